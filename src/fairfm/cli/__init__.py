@@ -1,0 +1,62 @@
+"""The ``fairfm`` command: a thin Typer layer over the Python API.
+
+Bad input raises :class:`fairfm.errors.InputError`; :func:`main` turns it into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from fairfm.errors import InputError
+
+app = typer.Typer(
+    name="fairfm",
+    help="Measure and improve the fairness of medical-imaging foundation models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _register_commands() -> None:
+    # Each sub-module adds its commands to ``app`` when imported; command groups are Typer sub-apps.
+    # Imports happen here, not at module top, so that ``fairfm --help`` does not pay for torch.
+    from fairfm.cli import demo, evaluate  # noqa: F401  (modules register their commands on import)
+
+
+def _usage_error(exc: BaseException) -> bool:
+    # Typer may vendor its own copy of click, so match click's protocol rather than click's classes.
+    return hasattr(exc, "exit_code") and hasattr(exc, "format_message")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: bad input is one line on stderr and exit code 2, never a traceback."""
+    _register_commands()
+    command = typer.main.get_command(app)
+    try:
+        # Without standalone mode click returns the code of ``typer.Exit`` instead of raising it.
+        code = command.main(args=argv, prog_name="fairfm", standalone_mode=False)
+    except InputError as exc:
+        err_console.print(f"error: {exc}", markup=False)
+        sys.exit(2)
+    except (click.exceptions.Exit, typer.Exit) as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted", markup=False)
+        sys.exit(130)
+    except Exception as exc:
+        if not _usage_error(exc):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(0)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err_console.print(f"error: {exc.format_message()}{hint}", markup=False)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

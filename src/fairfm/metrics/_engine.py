@@ -1,0 +1,403 @@
+"""Per-group statistics and summary metrics for one attribute, for the point estimate and every resample.
+
+The point estimate and each bootstrap resample run the same code: group statistics come from
+:func:`fairfm.metrics._layout.count_stats` under a count vector (``None`` for the data as observed), and summary
+metrics (gaps, worst group, ES) are computed from the group statistics by :func:`summarise`, vectorised over the
+resample axis. So a resample's gap is, by construction, the gap of that resample's own group metrics (paired).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from fairfm.metrics import _layout as L
+from fairfm.metrics import _resample as R
+
+GROUP_METRICS = ("auc", "acc", "tpr", "tnr", "fpr", "fnr", "ppv", "f1", "pos_rate", "youden", "bce", "ece", "brier")
+THRESHOLDED = ("acc", "tpr", "tnr", "fpr", "fnr", "ppv", "f1", "pos_rate", "youden")
+SEG_GROUP_METRICS = ("dice", "iou")
+
+# Summary metric -> (definition kind, group metric)
+GAP_METRICS = {
+    "auc_gap": "auc",
+    "acc_gap": "acc",
+    "bce_gap": "bce",
+    "ece_gap": "ece",
+    "tpr_gap": "tpr",
+    "fpr_gap": "fpr",
+    "tnr_gap": "tnr",
+    "ppv_gap": "ppv",
+    "dpd": "pos_rate",
+}
+SUMMARY_METRICS = (
+    "auc_gap", "worst_auc", "best_auc", "es_auc", "auc_std", "acc_gap", "es_acc", "bce_gap", "ece_gap",
+    "tpr_gap", "fpr_gap", "tnr_gap", "ppv_gap", "eqodds_score", "eod", "eopp_score", "dpd", "dp_score", "dpr", "eor",
+)  # fmt: skip
+SEG_SUMMARY_METRICS = tuple(
+    name.format(k=kind)
+    for kind in SEG_GROUP_METRICS
+    for name in ("mean_{k}", "worst_{k}", "best_{k}", "{k}_gap", "{k}_std", "es_{k}", "es_{k}_std", "{k}_skewness")
+)
+SEG_GAP_METRICS = {"dice_gap": "dice", "iou_gap": "iou"}
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How thresholded and calibration metrics are computed (profiles change these)."""
+
+    threshold: float
+    strict: bool = False  # ŷ = 1[p > t] instead of 1[p ≥ t]
+    bce: str = "clip"  # "clip": p clipped to [1e-7, 1-1e-7]; "torch": log terms clamped at -100 (torch BCELoss)
+    ece: str = "unit"  # "unit": 10 equal-width bins on [0, 1]; "range": on [min p, max p] with pandas-cut edges
+    ece_bins: int = 10
+
+
+def item_bce(y: np.ndarray, p: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "torch":
+        log_p = np.maximum(np.log(p, where=p > 0, out=np.full(p.shape, -np.inf)), -100.0)
+        log_q = np.maximum(np.log1p(-p, where=p < 1, out=np.full(p.shape, -np.inf)), -100.0)
+    else:
+        clipped = np.clip(p, 1e-7, 1 - 1e-7)
+        log_p, log_q = np.log(clipped), np.log1p(-clipped)
+    return -(y * log_p + (1 - y) * log_q)
+
+
+def _pandas_cut_edges(lo: float, hi: float, bins: int) -> np.ndarray:
+    """Bin edges that ``pandas.cut(x, bins)`` uses for data spanning [lo, hi] (right-closed intervals)."""
+    if lo == hi:
+        lo -= 0.001 * abs(lo) if lo != 0 else 0.001
+        hi += 0.001 * abs(hi) if hi != 0 else 0.001
+        return np.linspace(lo, hi, bins + 1)
+    edges = np.linspace(lo, hi, bins + 1)
+    edges[0] -= (hi - lo) * 0.001
+    return edges
+
+
+class AttributeEngine:
+    """Everything needed to compute one attribute's group statistics quickly, many times."""
+
+    def __init__(self, y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_groups: int, rules: Rules,
+                 extra_thresholds: dict[str, float] | None = None) -> None:  # fmt: skip
+        self.rules = rules
+        self.n_groups = n_groups
+        self.layout = L.build_layout(y, p, codes, n_groups)
+        self.overall = L.overall_layout(y, p)
+        position = np.empty(y.size, dtype=np.int64)
+        position[self.layout.order] = np.arange(y.size)
+        self.to_overall = position[self.overall.order]  # overall position -> layout position
+        self.extra_thresholds = dict(extra_thresholds or {})
+        ly, lp = self.layout.y.astype(np.float64), self.layout.p
+        # Per-sample values whose count-weighted sums give calibration metrics: p, BCE term, Brier term.
+        self.values = np.column_stack([lp, item_bce(ly, lp, rules.bce), (lp - ly) ** 2])
+        # Resample sums of these use float32 (half the memory traffic of this memory-bound step; relative error
+        # ~1e-6, far inside any interval). AUCs and rates stay exact integers; point estimates use float64.
+        self.values32 = self.values.astype(np.float32)
+        if rules.ece == "unit":
+            edges = np.linspace(0.0, 1.0, rules.ece_bins + 1)[1:-1]
+            inner = self.layout.bin_positions(edges, right=False)  # left-closed bins; the last is [0.9, 1]
+            self._unit_edges = np.concatenate([self.layout.starts[:-1, None], inner, self.layout.starts[1:, None]], 1)
+
+    def _range_edges(self, layout: L.Layout, counts: np.ndarray | None) -> np.ndarray:
+        """pandas-cut edges over each stratum's own [min p, max p] of the samples present (FairMedFM's ECE)."""
+        out = np.empty((layout.n_groups + 1, self.rules.ece_bins + 1), dtype=np.int64)
+        for s in range(layout.n_groups + 1):
+            lo, hi = layout.starts[s], layout.starts[s + 1]
+            if hi == lo:
+                out[s] = lo
+                continue
+            if counts is None:
+                first, last = lo, hi - 1
+            else:
+                present = np.flatnonzero(counts[lo:hi])
+                first, last = lo + present[0], lo + present[-1]
+            edges = _pandas_cut_edges(layout.p[first], layout.p[last], self.rules.ece_bins)
+            out[s] = lo + np.searchsorted(layout.p[lo:hi], edges, side="right")
+            out[s, 0], out[s, -1] = lo, hi
+        return out
+
+    @staticmethod
+    def _binned(layout: L.Layout, stats: L.Counts, edges: np.ndarray, values: np.ndarray, weights):
+        """Per stratum and bin: sample counts, positive counts and weighted sums of ``values`` columns."""
+        bounds = np.append(edges[:, :-1].ravel(), edges[-1, -1])
+        sums = L.segment_sums(values, bounds, weights).reshape(edges.shape[0], edges.shape[1] - 1, values.shape[1])
+        neg = stats.cum_neg[edges].astype(np.int64)
+        pos = stats.cum_pos_at[np.searchsorted(layout.pos_index, edges)]
+        return np.diff(neg + pos, axis=1), np.diff(pos, axis=1), sums
+
+    def _all_stats(self, counts: np.ndarray | None, sizes: np.ndarray | None):
+        lay, rules = self.layout, self.rules
+        weights = None if counts is None else counts.astype(np.float32)
+        values = self.values if counts is None else self.values32
+        stats = L.count_stats(lay, counts, sizes)
+        edges = self._unit_edges if rules.ece == "unit" else self._range_edges(lay, counts)
+        _, pos_bin, sums = self._binned(lay, stats, edges, values, weights)
+        sums = sums.astype(np.float64)
+        n = stats.n.astype(np.float64)
+        group: dict[str, np.ndarray] = {"n": stats.n, "n_pos": stats.n_pos, "auc": stats.auc()}
+        conf = {"": L.confusion_at(lay, stats, rules.threshold, rules.strict)}
+        for name, t in self.extra_thresholds.items():
+            conf[f"@{name}"] = L.confusion_at(lay, stats, t, rules.strict)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for suffix, c in conf.items():
+                group.update({f"{k}{suffix}": v for k, v in _rates(c, n).items()})
+            group["bce"] = sums[:, :, 1].sum(axis=1) / n
+            group["brier"] = sums[:, :, 2].sum(axis=1) / n
+            group["ece"] = np.abs(sums[:, :, 0] - pos_bin).sum(axis=1) / n
+
+            # Overall statistics: every sum adds up over strata; only the AUC needs the overall order.
+            total = float(n.sum())
+            c_all = None if counts is None else counts[self.to_overall]
+            o_stats = L.count_stats(self.overall, c_all, None if counts is None else np.array([int(stats.n.sum())]))
+            overall: dict[str, float] = {"n": float(total), "n_pos": float(stats.n_pos.sum()),
+                                         "auc": float(o_stats.auc()[0])}  # fmt: skip
+            for suffix, c in conf.items():
+                summed = {k: np.array([v.sum()]) for k, v in c.items()}
+                overall.update({f"{k}{suffix}": float(v[0]) for k, v in _rates(summed, np.array([total])).items()})
+            overall["bce"] = float(sums[:, :, 1].sum() / total)
+            overall["brier"] = float(sums[:, :, 2].sum() / total)
+            if rules.ece == "unit":
+                overall["ece"] = float(np.abs(sums[:, :, 0].sum(axis=0) - pos_bin.sum(axis=0)).sum() / total)
+            else:
+                o_edges = self._range_edges(self.overall, c_all)
+                o_weights = None if c_all is None else c_all.astype(np.float64)
+                o_values = self.overall.p[:, None]
+                _, o_pos, o_sums = self._binned(self.overall, o_stats, o_edges, o_values, o_weights)
+                overall["ece"] = float(np.abs(o_sums[:, :, 0] - o_pos).sum() / total)
+        return group, overall
+
+    def group_stats(self, counts: np.ndarray | None = None, sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per stratum (G groups, then the unknown stratum) statistics."""
+        return self._all_stats(counts, sizes)[0]
+
+    def overall_stats(self, counts: np.ndarray | None = None) -> dict[str, float]:
+        return self._all_stats(counts, None)[1]
+
+    def strata(self, stratify: str) -> R.Strata:
+        lay = self.layout
+        if stratify == "group":
+            return R.Strata(n=lay.n, starts=lay.starts)
+        if stratify == "group_class":
+            members = []
+            for s in range(lay.n_groups + 1):
+                idx = np.arange(lay.starts[s], lay.starts[s + 1])
+                members += [idx[lay.y[idx] == 1], idx[lay.y[idx] == 0]]
+            return R.Strata(n=lay.n, members=members)
+        if stratify == "class":
+            return R.Strata(n=lay.n, members=[lay.pos_index, np.flatnonzero(lay.y == 0)])
+        raise ValueError(f"unknown stratification {stratify!r}")
+
+    def bootstrap(self, n_resamples: int, seed_sequence: np.random.SeedSequence, stratify: str = "group",
+                  n_jobs: int = 2) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:  # fmt: skip
+        """Group (B, S) and overall (B,) statistics for ``n_resamples`` stratified resamples.
+
+        Resample ``b`` uses its own generator (spawned from ``seed_sequence``), so results do not depend on
+        ``n_jobs``. Work is split across forked worker processes: the kernels are memory-bound sequences of
+        numpy calls, which threads cannot overlap (the GIL is re-taken between calls).
+        """
+        seeds = seed_sequence.spawn(n_resamples)
+        if n_resamples == 0:
+            return {}, {}
+        big_enough = n_resamples >= _MIN_PARALLEL_RESAMPLES and n_resamples * self.layout.n >= _MIN_PARALLEL_WORK
+        if n_jobs > 1 and big_enough and _can_fork():
+            chunks = [c for c in np.array_split(np.arange(n_resamples), n_jobs) if c.size]
+            parts = _forked_map(self, [(seeds[c[0]:c[-1] + 1], stratify) for c in chunks])
+        else:
+            parts = [self._bootstrap_chunk(seeds, stratify)]
+        groups = {k: np.concatenate([part[0][k] for part in parts]) for k in parts[0][0]}
+        overall = {k: np.concatenate([part[1][k] for part in parts]) for k in parts[0][1]}
+        return groups, overall
+
+    def _bootstrap_chunk(self, seeds: list[np.random.SeedSequence], stratify: str):
+        strata = self.strata(stratify)
+        sizes = np.diff(self.layout.starts) if stratify == "group" else None
+        groups: dict[str, np.ndarray] = {}
+        overall: dict[str, np.ndarray] = {}
+        for b, seed in enumerate(seeds):
+            counts = R.draw_counts(R.generator(seed), strata)
+            g, o = self._all_stats(counts, sizes)
+            if b == 0:
+                groups = {k: np.empty((len(seeds), v.size)) for k, v in g.items()}
+                overall = {k: np.empty(len(seeds)) for k in o}
+            for key, value in g.items():
+                groups[key][b] = value
+            for key, value in o.items():
+                overall[key][b] = value
+        return groups, overall
+
+    def resample_counts(self, b: int, n_resamples: int, seed_sequence: np.random.SeedSequence,
+                        stratify: str = "group") -> np.ndarray:  # fmt: skip
+        """The count vector (layout order) of resample ``b`` — for checking a resample against other tools."""
+        child = seed_sequence.spawn(n_resamples)[b]
+        return R.draw_counts(R.generator(child), self.strata(stratify))
+
+
+_MIN_PARALLEL_RESAMPLES = 50
+_MIN_PARALLEL_WORK = 20_000_000  # samples × resamples below which forking costs more than it saves
+_FORKED_ENGINE: "AttributeEngine | None" = None  # read by forked workers; set only around a pool's lifetime
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods() and multiprocessing.current_process().daemon is False
+
+
+def _forked_chunk(args):
+    seeds, stratify = args
+    return _FORKED_ENGINE._bootstrap_chunk(seeds, stratify)
+
+
+def _forked_map(engine: "AttributeEngine", tasks: list) -> list:
+    """Run chunks in forked processes that inherit ``engine`` (no pickling of the large arrays)."""
+    global _FORKED_ENGINE
+    _FORKED_ENGINE = engine
+    try:
+        with warnings.catch_warnings():
+            # Python ≥ 3.12 warns about fork() in a multi-threaded process; the workers only run numpy.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(len(tasks), mp_context=context) as pool:
+                return list(pool.map(_forked_chunk, tasks))
+    finally:
+        _FORKED_ENGINE = None
+
+
+def _rates(conf: dict[str, np.ndarray], n: np.ndarray) -> dict[str, np.ndarray]:
+    tp, fp, tn, fn = (conf[k].astype(np.float64) for k in ("tp", "fp", "tn", "fn"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = tp / (tp + fn)
+        fpr = fp / (fp + tn)
+        return {
+            "acc": (tp + tn) / n,
+            "tpr": tpr,
+            "tnr": tn / (tn + fp),
+            "fpr": fpr,
+            "fnr": fn / (fn + tp),
+            "ppv": tp / (tp + fp),
+            "f1": 2 * tp / (2 * tp + fp + fn),
+            "pos_rate": (tp + fp) / n,
+            "youden": tpr - fpr,
+        }
+
+
+def _spread(values: np.ndarray) -> np.ndarray:
+    """max − min across groups (last axis); NaN when any group is NaN or fewer than two groups."""
+    if values.shape[-1] < 2:
+        return np.full(values.shape[:-1], np.nan)
+    return values.max(axis=-1) - values.min(axis=-1)
+
+
+def _ratio(values: np.ndarray) -> np.ndarray:
+    if values.shape[-1] < 2:
+        return np.full(values.shape[:-1], np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return values.min(axis=-1) / values.max(axis=-1)
+
+
+def summarise(groups: dict[str, np.ndarray], overall: dict[str, np.ndarray], valid: np.ndarray,
+              suffix: str = "") -> dict[str, np.ndarray]:  # fmt: skip
+    """Summary metrics from group statistics. Arrays are (..., S) for groups and (...) for overall.
+
+    Only ``valid`` groups enter any gap, worst-group, ratio or ES metric (METRICS.md §5). ``suffix`` selects the
+    thresholded statistics of an extra threshold (``"@0.5"``).
+    """
+    G = valid.size
+    sel = {k: v[..., :G][..., valid] for k, v in groups.items()}
+    overall = {k: np.asarray(v, dtype=np.float64) for k, v in overall.items()}
+    out: dict[str, np.ndarray] = {}
+    auc_g = sel["auc"]
+    out["auc_gap"] = _spread(auc_g)
+    out["worst_auc"] = auc_g.min(axis=-1) if auc_g.shape[-1] else np.full(auc_g.shape[:-1], np.nan)
+    out["best_auc"] = auc_g.max(axis=-1) if auc_g.shape[-1] else np.full(auc_g.shape[:-1], np.nan)
+    out["auc_std"] = auc_g.std(axis=-1) if auc_g.shape[-1] else np.full(auc_g.shape[:-1], np.nan)
+    if auc_g.shape[-1] >= 2:
+        out["es_auc"] = overall["auc"] / (1 + np.abs(auc_g - overall["auc"][..., None]).sum(axis=-1))
+    else:
+        out["es_auc"] = np.full(auc_g.shape[:-1], np.nan)
+    for name in ("bce", "ece"):
+        out[f"{name}_gap"] = _spread(sel[name])
+    acc_g = sel[f"acc{suffix}"]
+    out["acc_gap"] = _spread(acc_g)
+    if acc_g.shape[-1] >= 2:
+        out["es_acc"] = overall[f"acc{suffix}"] / (1 + np.abs(acc_g - overall[f"acc{suffix}"][..., None]).sum(axis=-1))
+    else:
+        out["es_acc"] = np.full(acc_g.shape[:-1], np.nan)
+    for rate in ("tpr", "fpr", "tnr", "ppv"):
+        out[f"{rate}_gap"] = _spread(sel[f"{rate}{suffix}"])
+    out["dpd"] = _spread(sel[f"pos_rate{suffix}"])
+    out["eqodds_score"] = 1 - (out["tpr_gap"] + out["tnr_gap"]) / 2
+    out["eod"] = np.maximum(out["tpr_gap"], out["fpr_gap"])
+    out["eopp_score"] = 1 - out["tpr_gap"]
+    out["dp_score"] = 1 - out["dpd"]
+    out["dpr"] = _ratio(sel[f"pos_rate{suffix}"])
+    out["eor"] = np.minimum(_ratio(sel[f"tpr{suffix}"]), _ratio(sel[f"fpr{suffix}"]))
+    return out
+
+
+def summarise_segmentation(groups: dict[str, np.ndarray], overall: dict[str, np.ndarray],
+                           valid: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+    G = valid.size
+    overall = {k: np.asarray(v, dtype=np.float64) for k, v in overall.items()}
+    out: dict[str, np.ndarray] = {}
+    for kind in [k for k in SEG_GROUP_METRICS if k in groups]:
+        vals = groups[kind][..., :G][..., valid]
+        mean = overall[kind]
+        out[f"mean_{kind}"] = mean
+        has = vals.shape[-1] >= 1
+        out[f"worst_{kind}"] = vals.min(axis=-1) if has else np.full(vals.shape[:-1], np.nan)
+        out[f"best_{kind}"] = vals.max(axis=-1) if has else np.full(vals.shape[:-1], np.nan)
+        out[f"{kind}_gap"] = _spread(vals)
+        out[f"{kind}_std"] = vals.std(axis=-1) if vals.shape[-1] >= 2 else np.full(vals.shape[:-1], np.nan)
+        if vals.shape[-1] >= 2:
+            out[f"es_{kind}"] = mean / (1 + np.abs(vals - mean[..., None]).sum(axis=-1))
+            out[f"es_{kind}_std"] = mean / (1 + out[f"{kind}_std"])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                skew = (1 - out[f"worst_{kind}"]) / (1 - out[f"best_{kind}"])
+            out[f"{kind}_skewness"] = np.where(np.isfinite(skew), skew, np.nan)
+        else:
+            for name in (f"es_{kind}", f"es_{kind}_std", f"{kind}_skewness"):
+                out[name] = np.full(vals.shape[:-1], np.nan)
+    return out
+
+
+class SegmentationEngine:
+    """Group means of per-sample Dice/IoU, for the point estimate and stratified resamples."""
+
+    def __init__(self, values: dict[str, np.ndarray], codes: np.ndarray, n_groups: int) -> None:
+        first = next(iter(values.values()))
+        zeros = np.zeros(first.size, dtype=np.uint8)
+        # Scores play no role here; the layout only groups samples into contiguous strata.
+        self.layout = L.build_layout(zeros, np.zeros(first.size), codes, n_groups)
+        self.values = {k: np.asarray(v, dtype=np.float64)[self.layout.order] for k, v in values.items()}
+        self.n_groups = n_groups
+
+    def group_stats(self, counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        weights = None if counts is None else counts.astype(np.float64)
+        n = np.diff(self.layout.starts).astype(np.float64)
+        out = {"n": n}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for key, vals in self.values.items():
+                out[key] = L.segment_sums(vals[:, None], self.layout.starts, weights)[:, 0] / n
+        return out
+
+    def overall_stats(self, counts: np.ndarray | None = None) -> dict[str, float]:
+        out = {}
+        for key, vals in self.values.items():
+            out[key] = vals.mean() if counts is None else float(np.dot(counts.astype(np.float64), vals) / vals.size)
+        return out
+
+    def bootstrap(self, n_resamples: int, seed_sequence: np.random.SeedSequence):
+        strata = R.Strata(n=self.layout.n, starts=self.layout.starts)
+        rngs = [R.generator(s) for s in seed_sequence.spawn(n_resamples)]
+        groups: dict[str, list] = {}
+        overall: dict[str, list] = {}
+        for rng in rngs:
+            counts = R.draw_counts(rng, strata)
+            for k, v in self.group_stats(counts).items():
+                groups.setdefault(k, []).append(v)
+            for k, v in self.overall_stats(counts).items():
+                overall.setdefault(k, []).append(v)
+        return ({k: np.asarray(v) for k, v in groups.items()}, {k: np.asarray(v) for k, v in overall.items()})

@@ -1,0 +1,117 @@
+"""Exact stratified bootstrap resamples, drawn as count vectors.
+
+Resampling ``m`` items with replacement (a multinomial over the stratum) is generated as independent Poisson(1)
+counts per item, conditioned *exactly* on the stratum total: when the Poisson total exceeds ``m``, a uniformly
+random subset of the surplus draws is removed; when it falls short, the missing draws are added uniformly. Both
+steps preserve "i.i.d. uniform draws", so each stratum receives exactly ``m`` draws, as in the textbook stratified
+bootstrap. Poisson(1) is drawn by inverse CDF on a 32-bit uniform, refined lazily: one random byte decides the
+count for ~98% of items, and only items whose byte straddles a CDF step draw 24 more bits (probability error
+< 3e-10 per item, from 32-bit resolution).
+
+Hand-written because numpy's multinomial and integer-draw + bincount routes take 3–5× longer and hold the GIL,
+and the bootstrap of every group metric on 1e6 samples must take seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import exp, factorial
+
+import numpy as np
+
+_MAX_COUNT = 12  # P(Poisson(1) ≥ 13) < 2^-32: beyond 32-bit resolution
+
+
+def _thresholds() -> np.ndarray:
+    """T_k = round(2^32 · P(X < k)) for k = 1..12: u ≥ T_k ⇔ X ≥ k."""
+    cdf, out = 0.0, []
+    for k in range(1, _MAX_COUNT + 1):
+        cdf += exp(-1.0) / factorial(k - 1)
+        out.append(min(round(cdf * 2**32), 2**32 - 1))
+    return np.asarray(out, dtype=np.uint64)
+
+
+_T = _thresholds()
+
+
+def _byte_table() -> np.ndarray:
+    """Count for each leading byte, or 255 where a CDF step falls strictly inside the byte's interval."""
+    table = np.empty(256, dtype=np.uint8)
+    for b in range(256):
+        lo, hi = b << 24, ((b + 1) << 24) - 1
+        c_lo, c_hi = int(np.sum(_T <= lo)), int(np.sum(_T <= hi))
+        table[b] = c_lo if c_lo == c_hi else _AMBIGUOUS
+    return table
+
+
+_AMBIGUOUS = 255
+_BYTE_TABLE = _byte_table()
+
+
+def poisson_counts(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n i.i.d. Poisson(1) counts (uint8), exact at 32-bit resolution."""
+    b = rng.bit_generator.random_raw((n + 7) // 8).view(np.uint8)[:n]
+    counts = np.take(_BYTE_TABLE, b)
+    ambiguous = np.flatnonzero(counts == _AMBIGUOUS)
+    if ambiguous.size:
+        low_bits = rng.integers(0, 1 << 24, size=ambiguous.size, dtype=np.uint64)
+        u = (b[ambiguous].astype(np.uint64) << np.uint64(24)) | low_bits
+        counts[ambiguous] = np.searchsorted(_T, u, side="right").astype(np.uint8)
+    return counts
+
+
+@dataclass
+class Strata:
+    """Resampling strata over a layout: contiguous ``[starts[k], starts[k+1])`` or explicit index arrays."""
+
+    n: int
+    starts: np.ndarray | None = None
+    members: list[np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.starts is None) == (self.members is None):
+            raise ValueError("give exactly one of starts or members")
+
+
+def _fix_total(rng: np.random.Generator, c: np.ndarray, m: int, total: int) -> None:
+    """Condition the Poisson counts ``c`` (one stratum, summing to ``total``) on exactly ``m`` draws, in place."""
+    surplus = total - m
+    if surplus > 0:
+        # Remove `surplus` of the `total` draws, chosen uniformly without replacement.
+        slots = rng.choice(total, size=surplus, replace=False)
+        cum = np.cumsum(c, dtype=np.int32 if total < 2**31 else np.int64)
+        items = np.searchsorted(cum, slots, side="right")
+        np.subtract.at(c, items, 1)
+    elif surplus < 0:
+        np.add.at(c, rng.integers(0, m, size=-surplus), 1)
+
+
+def draw_counts(rng: np.random.Generator, strata: Strata) -> np.ndarray:
+    """One stratified resample as counts per layout position (uint8; ≤ 255 by construction at these sizes)."""
+    counts = poisson_counts(rng, strata.n)
+    if strata.starts is not None:
+        bounds = strata.starts
+        nonempty = np.flatnonzero(np.diff(bounds) > 0)
+        if nonempty.size:
+            totals = np.add.reduceat(counts, bounds[nonempty], dtype=np.int64)
+            for k, total in zip(nonempty.tolist(), totals.tolist()):
+                lo, hi = int(bounds[k]), int(bounds[k + 1])
+                _fix_total(rng, counts[lo:hi], hi - lo, total)  # a slice is a view: fixed in place
+    else:
+        for idx in strata.members:
+            if idx.size:
+                sub = counts[idx]
+                _fix_total(rng, sub, int(idx.size), int(sub.sum(dtype=np.int64)))
+                counts[idx] = sub
+    return counts
+
+
+def generator(seed: np.random.SeedSequence) -> np.random.Generator:
+    """The generator of one resample. SFC64 passes the standard statistical test batteries and emits raw bits
+    about three times faster than PCG64, which matters at one random byte per sample per resample."""
+    return np.random.Generator(np.random.SFC64(seed))
+
+
+def counts_to_indices(order: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The resampled sample indices that a count vector stands for (for checks against other libraries)."""
+    return np.repeat(order, counts.astype(np.int64))

@@ -1,0 +1,208 @@
+"""Evaluate tables of predictions (CSV / Parquet / DataFrames): the API behind ``fairfm evaluate``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fairfm.errors import InputError
+from fairfm.groups import parse_bins
+from fairfm.metrics import _engine as E
+from fairfm.metrics import _inputs as I
+from fairfm.metrics.profiles import get_profile
+from fairfm.metrics.report import Report, evaluate, evaluate_segmentation
+from fairfm.metrics.thresholds import parse_policy
+from fairfm.tableio import join_on, read_table, require_columns
+
+
+def _load(table: str | os.PathLike | pd.DataFrame, name: str) -> tuple[pd.DataFrame, str, int | None]:
+    """(frame, how to name it in messages, line offset of data row 0 in the file or None)."""
+    if isinstance(table, pd.DataFrame):
+        if table.empty:
+            raise InputError(f"{name}: the table has no rows")
+        return table.reset_index(drop=True), name, None
+    path = Path(table)
+    frame = read_table(path)
+    is_csv = path.suffix.lower() not in {".parquet", ".pq"}
+    return frame, str(path), (2 if is_csv else None)
+
+
+def known_summary_metrics() -> list[str]:
+    return list(E.SUMMARY_METRICS) + list(E.SEG_SUMMARY_METRICS)
+
+
+def evaluate_frame(
+    predictions: str | os.PathLike | pd.DataFrame,
+    *,
+    y_true: Sequence[str] = (),
+    y_score: Sequence[str] = (),
+    attributes: Sequence[str] = (),
+    meta: str | os.PathLike | pd.DataFrame | None = None,
+    on: str = "sample_id",
+    bins: Sequence[str] = (),
+    intersect: Sequence[str] = (),
+    threshold: str | None = None,
+    val_file: str | os.PathLike | pd.DataFrame | None = None,
+    bootstrap: int | None = None,
+    seed: int = 0,
+    profile: str | None = None,
+    stratify: str | None = None,
+    pos_label: Any = None,
+    min_group_size: int = 1,
+    dice: str | None = None,
+    iou: str | None = None,
+    metrics: Sequence[str] = (),
+    split_column: str | None = None,
+    eval_split: str = "test",
+    val_split: str = "val",
+    task_column: str | None = None,
+) -> Report:
+    """Read, join and check a predictions table, then :func:`evaluate` it. Errors name file, column and row.
+
+    A PredictionTable (DESIGN.md) has one row per (sample, task) and a split column: ``task_column="task"`` reads
+    that long format (one ``y_true``/``y_score`` pair, tasks from the column), and ``split_column="split"``
+    evaluates the ``eval_split`` rows while the ``val_split`` rows, when present, choose the threshold.
+    """
+    # Options first, so a typo fails before any file is read.
+    get_profile(profile)
+    if threshold is not None:
+        parse_policy(threshold)
+    bin_specs = dict(parse_bins(spec) for spec in bins)
+    intersections = [[c.strip() for c in spec.split(",") if c.strip()] for spec in intersect]
+    known = known_summary_metrics()
+    for name in metrics:
+        if name not in known:
+            raise InputError(f"unknown metric {name!r}; known summary metrics: {', '.join(known)}")
+    segmentation = dice is not None or iou is not None
+    if segmentation and (y_true or y_score):
+        raise InputError("give either --dice/--iou (segmentation) or --y-true/--y-score (classification), not both")
+    if not segmentation:
+        if not y_true or not y_score:
+            raise InputError("name the label and score columns: --y-true COL --y-score COL")
+        if len(y_true) != len(y_score):
+            raise InputError(f"{len(y_true)} --y-true column(s) but {len(y_score)} --y-score column(s); pair them")
+    if min_group_size < 1:
+        raise InputError(f"--min-group-size must be at least 1, got {min_group_size}")
+    if not attributes:
+        raise InputError("name at least one sensitive attribute: --attr COL")
+
+    frame, source, offset = _load(predictions, "predictions")
+    if meta is not None:
+        meta_frame, meta_source, _ = _load(meta, "meta")
+        frame = join_on(frame, meta_frame, on, source, meta_source, left_unique=task_column is None)
+        # A left join keeps the prediction file's row order, so rows still map to its lines.
+    value_columns = [c for c in (dice, iou) if c] if segmentation else [*y_true, *y_score]
+    require_columns(frame, value_columns + list(attributes), source if meta is None else f"{source} joined with {meta}")
+    for column in bin_specs:
+        if column not in attributes:
+            raise InputError(f"--bins {column}=…: '{column}' is not one of the --attr columns")
+    for columns in intersections:
+        for column in columns:
+            if column not in attributes:
+                raise InputError(f"--intersect {','.join(columns)}: '{column}' is not one of the --attr columns")
+
+    def checked(check, *args):
+        try:
+            return check(*args)
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
+
+    if segmentation:
+        groups = frame[list(attributes)]
+        values = {name: checked(I.check_scores, frame[col].to_numpy(), col, offset) for name, col in (("dice", dice), ("iou", iou)) if col}
+        report = evaluate_segmentation(values.get("dice"), iou=values.get("iou"), groups=groups,
+                                       bootstrap=1000 if bootstrap is None else bootstrap, seed=seed,
+                                       min_group_size=min_group_size, bins=bin_specs, intersect=intersections)  # fmt: skip
+    else:
+        label = 1 if pos_label is None else pos_label
+        # Check every row of the file first, so that a message's row is the file's row.
+        checked_frame = frame.copy()
+        for c in y_true:
+            checked_frame[c] = checked(I.check_labels, frame[c].to_numpy(), c, label, offset)
+        for c in y_score:
+            checked_frame[c] = checked(I.check_scores, frame[c].to_numpy(), c, offset)
+        eval_frame, val_frame_from_split = _select_splits(checked_frame, source, split_column, eval_split, val_split)
+        labels, scores, groups = _wide(eval_frame, y_true, y_score, attributes, task_column, on, source)
+        for c in labels.columns:
+            checked(I.check_both_classes, labels[c].to_numpy(), c)
+        val_labels = val_scores = None
+        if val_file is not None:
+            val_frame, val_source, val_offset = _load(val_file, "validation predictions")
+            require_columns(val_frame, [*y_true, *y_score] + ([task_column, on] if task_column else []), val_source)
+            try:
+                for c in y_true:
+                    val_frame[c] = I.check_labels(val_frame[c].to_numpy(), c, label, val_offset)
+                for c in y_score:
+                    val_frame[c] = I.check_scores(val_frame[c].to_numpy(), c, val_offset)
+            except InputError as exc:
+                raise InputError(f"{val_source}: {exc}") from None
+            val_labels, val_scores, _ = _wide(val_frame, y_true, y_score, [], task_column, on, val_source)
+        elif val_frame_from_split is not None:
+            val_labels, val_scores, _ = _wide(val_frame_from_split, y_true, y_score, [], task_column, on, source)
+        kwargs = {} if bootstrap is None else {"bootstrap": bootstrap}
+        single = labels.shape[1] == 1
+        first = lambda frame_: frame_.iloc[:, 0] if single else frame_  # noqa: E731
+        report = evaluate(
+            first(labels), first(scores), groups=groups,
+            val_true=None if val_labels is None else first(val_labels),
+            val_score=None if val_scores is None else first(val_scores),
+            threshold=threshold, profile=profile, seed=seed, stratify=stratify, min_group_size=min_group_size,
+            bins=bin_specs, intersect=intersections, **kwargs,
+        )  # fmt: skip
+    usable = [a for t in report.tasks.values() for a in t.attributes.values() if len(a.groups) - len(a.excluded) >= 2]
+    if not usable:
+        details = "; ".join(
+            f"'{a.name}': " + (", ".join(f"{g} ({r})" for g, r in a.excluded.items()) or f"only {a.groups}")
+            for t in report.tasks.values() for a in t.attributes.values()
+        )  # fmt: skip
+        raise InputError(f"{source}: no attribute has two valid groups to compare — {details}")
+    if metrics:
+        report.restrict(list(metrics))
+    return report
+
+
+def _select_splits(frame: pd.DataFrame, source: str, split_column: str | None, eval_split: str, val_split: str):
+    """(rows to evaluate, validation rows or None) by the split column."""
+    if split_column is None:
+        return frame, None
+    require_columns(frame, [split_column], source)
+    splits = frame[split_column].astype(str)
+    if not (splits == eval_split).any():
+        found = ", ".join(sorted(splits.unique())[:10])
+        raise InputError(f"{source}: column '{split_column}' has no '{eval_split}' rows (values: {found})")
+    val = frame[splits == val_split] if (splits == val_split).any() else None
+    return frame[splits == eval_split].reset_index(drop=True), None if val is None else val.reset_index(drop=True)
+
+
+def _wide(frame: pd.DataFrame, y_true: Sequence[str], y_score: Sequence[str], attributes: Sequence[str],
+          task_column: str | None, on: str, source: str):  # fmt: skip
+    """(labels, scores, groups) with one column per task; the long format is pivoted on (sample id, task)."""
+    if task_column is None:
+        labels = frame[list(y_true)].copy()
+        scores = frame[list(y_score)].copy()
+        labels.columns = scores.columns = list(y_true)  # tasks are named after their label columns
+        return labels, scores, frame[list(attributes)]
+    if len(y_true) != 1:
+        raise InputError(f"--task-column {task_column}: give one --y-true/--y-score pair (the long format's columns)")
+    require_columns(frame, [task_column, on], source)
+    keys = frame[[on, task_column]].astype(str)
+    dup = keys.duplicated()
+    if dup.any():
+        row = int(dup.to_numpy().nonzero()[0][0])
+        raise InputError(f"{source}: sample {keys.iloc[row, 0]!r} appears twice for task {keys.iloc[row, 1]!r}")
+    ids = keys[on]
+    tasks = list(dict.fromkeys(keys[task_column]))
+    labels = frame.assign(_id=ids, _task=keys[task_column]).pivot(index="_id", columns="_task", values=y_true[0])
+    scores = frame.assign(_id=ids, _task=keys[task_column]).pivot(index="_id", columns="_task", values=y_score[0])
+    missing = labels.isna()
+    if missing.to_numpy().any():
+        sample, task = missing.stack()[lambda s: s].index[0]
+        raise InputError(f"{source}: sample {sample!r} has no row for task {task!r}")
+    order = list(dict.fromkeys(ids))
+    labels, scores = labels.loc[order, tasks], scores.loc[order, tasks]
+    groups = frame.assign(_id=ids).drop_duplicates("_id").set_index("_id").loc[order, list(attributes)]
+    return labels.astype(np.uint8).reset_index(drop=True), scores.reset_index(drop=True), groups.reset_index(drop=True)

@@ -1,0 +1,621 @@
+"""``evaluate``: every metric of METRICS.md, per attribute and task, with paired stratified bootstrap intervals.
+
+The result is a :class:`Report` with a per-attribute ``summary``, a per-group table ``by_group``, the long
+MetricTable of DESIGN.md (``to_metric_table``) and the JSON document of ``fairfm evaluate --format json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fairfm.errors import InputError
+from fairfm.metrics import _engine as E
+from fairfm.metrics import _inputs as I
+from fairfm.metrics import thresholds as T
+from fairfm.metrics.profiles import Profile, get_profile
+from fairfm.metrics.significance import benjamini_hochberg
+
+OVERALL_CLASSIFICATION = ("auc", "acc", "tpr", "tnr", "fpr", "fnr", "ppv", "f1", "pos_rate", "bce", "ece", "brier")
+STRATIFY = ("group", "group_class", "class")
+
+
+class FairnessWarning(UserWarning):
+    """A result that exists but deserves attention (e.g. an attribute with fewer than two valid groups)."""
+
+
+@dataclass
+class Estimate:
+    value: float
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+
+    def as_list(self) -> list[float | None]:
+        return [_clean(self.ci_low), _clean(self.ci_high)]
+
+
+@dataclass
+class AttributeResult:
+    name: str
+    groups: list[str]
+    group_counts: dict[str, tuple[int, int]]  # group -> (n, n_pos)
+    group_metrics: dict[str, dict[str, Estimate]]  # group -> metric -> estimate
+    excluded: dict[str, str]
+    summary: dict[str, Estimate]
+    significance: dict[str, float] = field(default_factory=dict)  # "<gap>_p" and, after BH, "<gap>_q"
+    worst_group: dict[str, str] = field(default_factory=dict)  # "auc" -> group with the lowest AUC
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskResult:
+    task: str
+    n: int
+    n_pos: int
+    overall: dict[str, Estimate]
+    threshold_policy: str
+    threshold: float | None
+    attributes: dict[str, AttributeResult]
+    extra_thresholds: dict[str, float] = field(default_factory=dict)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    return value
+
+
+def _percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(finite, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+@dataclass
+class Report:
+    """The result of :func:`evaluate` (or :func:`evaluate_segmentation`)."""
+
+    kind: str  # "classification" | "segmentation"
+    tasks: dict[str, TaskResult]
+    bootstrap: dict[str, Any]
+    profile: Profile | None = None
+    warnings: list[str] = field(default_factory=list)
+    macro: dict[str, dict[str, float]] = field(default_factory=dict)  # attribute -> macro_<metric> over tasks
+    shown_metrics: list[str] | None = None  # summary metrics a person asked to see (None: the default set)
+
+    def restrict(self, metrics: list[str]) -> None:
+        """Keep only these summary metrics (and their significance) in every attribute."""
+        keep = set(metrics)
+        for task in self.tasks.values():
+            for attr in task.attributes.values():
+                attr.summary = {m: e for m, e in attr.summary.items() if m in keep}
+                attr.significance = {k: v for k, v in attr.significance.items() if k.rsplit("_", 1)[0] in keep}
+        self.shown_metrics = list(metrics)
+
+    # -- tables ----------------------------------------------------------------------------------------------
+    @property
+    def multi_task(self) -> bool:
+        return len(self.tasks) > 1
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per attribute (per task and attribute for multi-label input)."""
+        rows = []
+        for task in self.tasks.values():
+            for attr in task.attributes.values():
+                row: dict[str, Any] = {"task": task.task, "attribute": attr.name,
+                                       "n_groups": len(attr.groups) - len(attr.excluded)}  # fmt: skip
+                for metric, est in attr.summary.items():
+                    row[metric] = est.value
+                    row[f"{metric}_ci_low"] = est.ci_low
+                    row[f"{metric}_ci_high"] = est.ci_high
+                row.update(attr.significance)
+                for metric, group in attr.worst_group.items():
+                    row[f"worst_{metric}_group"] = group
+                rows.append(row)
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            return frame
+        index = ["task", "attribute"] if self.multi_task else ["attribute"]
+        if not self.multi_task:
+            frame = frame.drop(columns="task")
+        return frame.set_index(index)
+
+    @property
+    def by_group(self) -> pd.DataFrame:
+        """One row per (attribute, group): n, n_pos, every group metric and its interval; excluded groups noted."""
+        rows = []
+        for task in self.tasks.values():
+            for attr in task.attributes.values():
+                for group in attr.groups:
+                    n, n_pos = attr.group_counts[group]
+                    row: dict[str, Any] = {"task": task.task, "attribute": attr.name, "group": group,
+                                           "n": n, "n_pos": n_pos, "note": attr.excluded.get(group, "")}  # fmt: skip
+                    for metric, est in attr.group_metrics.get(group, {}).items():
+                        row[metric] = est.value
+                        row[f"{metric}_ci_low"] = est.ci_low
+                        row[f"{metric}_ci_high"] = est.ci_high
+                    rows.append(row)
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            return frame
+        index = ["task", "attribute", "group"] if self.multi_task else ["attribute", "group"]
+        if not self.multi_task:
+            frame = frame.drop(columns="task")
+        return frame.set_index(index)
+
+    def to_metric_table(self, run_id: str = "") -> pd.DataFrame:
+        """The long MetricTable of DESIGN.md: run_id, task, attribute, group, metric, value, ci, n, policy, note."""
+        rows = []
+
+        def add(task: TaskResult, attribute: str, group: str, metric: str, est: Estimate, n: int, note: str = ""):
+            rows.append({
+                "run_id": run_id, "task": task.task, "attribute": attribute, "group": group, "metric": metric,
+                "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": n,
+                "threshold_policy": task.threshold_policy, "note": note,
+            })  # fmt: skip
+
+        for task in self.tasks.values():
+            for metric, est in task.overall.items():
+                add(task, "__all__", "__all__", metric, est, task.n)
+            for attr in task.attributes.values():
+                for group in attr.groups:
+                    n, n_pos = attr.group_counts[group]
+                    note = attr.excluded.get(group, "")
+                    metrics = attr.group_metrics.get(group, {})
+                    if not metrics:
+                        add(task, attr.name, group, "n_pos", Estimate(float(n_pos)), n, note)
+                    for metric, est in metrics.items():
+                        add(task, attr.name, group, metric, est, n, note)
+                note = "; ".join(attr.notes)
+                n_known = sum(attr.group_counts[g][0] for g in attr.groups)
+                for metric, est in attr.summary.items():
+                    add(task, attr.name, "__summary__", metric, est, n_known, note if not math.isfinite(est.value) else "")
+                for key, value in attr.significance.items():
+                    add(task, attr.name, "__summary__", key, Estimate(value), n_known)
+        columns = ["run_id", "task", "attribute", "group", "metric", "value", "ci_low", "ci_high", "n",
+                   "threshold_policy", "note"]  # fmt: skip
+        return pd.DataFrame(rows, columns=columns)
+
+    # -- JSON ------------------------------------------------------------------------------------------------
+    def _task_dict(self, task: TaskResult) -> dict[str, Any]:
+        overall = {m: _clean(e.value) for m, e in task.overall.items()}
+        overall.update({f"{m}_ci": e.as_list() for m, e in task.overall.items() if self.bootstrap["B"]})
+        overall["n"], overall["n_pos"] = task.n, task.n_pos
+        attributes = {}
+        for attr in task.attributes.values():
+            summary: dict[str, Any] = {}
+            for metric, est in attr.summary.items():
+                summary[metric] = _clean(est.value)
+                if self.bootstrap["B"]:
+                    summary[f"{metric}_ci"] = est.as_list()
+            summary.update({k: _clean(v) for k, v in attr.significance.items()})
+            summary.update({f"worst_{m}_group": g for m, g in attr.worst_group.items()})
+            groups = {}
+            for group in attr.groups:
+                n, n_pos = attr.group_counts[group]
+                entry: dict[str, Any] = {"n": n, "n_pos": n_pos}
+                for metric, est in attr.group_metrics.get(group, {}).items():
+                    entry[metric] = _clean(est.value)
+                    if self.bootstrap["B"]:
+                        entry[f"{metric}_ci"] = est.as_list()
+                groups[group] = entry
+            attributes[attr.name] = {"summary": summary, "groups": groups, "excluded_groups": dict(attr.excluded)}
+            if attr.notes:
+                attributes[attr.name]["notes"] = list(attr.notes)
+        out: dict[str, Any] = {"overall": overall, "attributes": attributes}
+        if self.kind == "classification":
+            out["threshold"] = {"policy": task.threshold_policy, "value": _clean(task.threshold)}
+            if task.extra_thresholds:
+                out["threshold"]["also_reported"] = {k: _clean(v) for k, v in task.extra_thresholds.items()}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.multi_task:
+            doc: dict[str, Any] = {"tasks": {t: self._task_dict(r) for t, r in self.tasks.items()},
+                                   "macro": {a: {k: _clean(v) for k, v in m.items()} for a, m in self.macro.items()}}  # fmt: skip
+        else:
+            doc = self._task_dict(next(iter(self.tasks.values())))
+        doc["bootstrap"] = dict(self.bootstrap)
+        if self.profile is not None:
+            doc["profile"] = {
+                "name": self.profile.name,
+                "description": self.profile.description,
+                "reported_metrics": list(self.profile.summary_metrics or ()),
+                "reference_names": dict(self.profile.reference_names),
+                "flags": list(self.profile.flags),
+            }
+        if self.warnings:
+            doc["warnings"] = list(self.warnings)
+        return doc
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _resolve_policy(threshold: str | float | None, has_val: bool, profile: Profile | None) -> str:
+    if threshold is not None:
+        return str(threshold)
+    if profile is not None:
+        return profile.threshold
+    return "best_f1@val" if has_val else "0.5"
+
+
+def _threshold_value(policy_name: str, y, p, y_val, p_val) -> tuple[float, bool]:
+    """(threshold, leaks labels of the evaluated set)."""
+    if policy_name == "fairmedfm_f1":
+        return T.fairmedfm_threshold(y, p), True
+    policy = T.parse_policy(policy_name)
+    return T.choose_threshold(policy, y, p, y_val, p_val), policy.leaks_labels
+
+
+def _extra_threshold_value(name: str, y, p) -> float:
+    if name.startswith(("tnr@", "tpr@")):  # MEDFAIR: interpolated on sklearn's ROC points
+        rate, target = name.split("@")
+        fpr, tpr, thr = T.roc_points(y, p, drop_intermediate=True)
+        x = (1 - fpr) if rate == "tnr" else tpr
+        x, thr = x[1:], thr[1:]
+        order = np.argsort(x, kind="stable")
+        return float(np.interp(float(target), x[order], thr[order]))
+    return float(name)
+
+
+def _validity(n: np.ndarray, n_pos: np.ndarray, groups: list[str], min_group_size: int, need_both: bool):
+    valid = np.ones(len(groups), dtype=bool)
+    excluded: dict[str, str] = {}
+    for i, group in enumerate(groups):
+        if n[i] < min_group_size:
+            valid[i] = False
+            excluded[group] = f"fewer than {min_group_size} samples (n={int(n[i])})"
+        elif need_both and (n_pos[i] == 0 or n_pos[i] == n[i]):
+            valid[i] = False
+            which = "positive" if n_pos[i] == n[i] else "negative"
+            excluded[group] = f"only {which} samples (n={int(n[i])}, n_pos={int(n_pos[i])}): no AUC"
+    return valid, excluded
+
+
+def evaluate(
+    y_true: Any,
+    y_score: Any,
+    *,
+    groups: Any = None,
+    val_true: Any = None,
+    val_score: Any = None,
+    threshold: str | float | None = None,
+    profile: str | None = None,
+    bootstrap: int | None = 1000,
+    seed: int = 0,
+    stratify: str | None = None,
+    ci: float = 0.95,
+    min_group_size: int = 1,
+    pos_label: Any = 1,
+    bins: Mapping[str, Sequence[float]] | None = None,
+    intersect: Sequence[Sequence[str]] | None = None,
+    n_jobs: int = 2,
+) -> Report:
+    """Every classification metric for every attribute (and task), with stratified bootstrap intervals.
+
+    ``y_true``/``y_score``: 1-D arrays, or 2-D arrays / DataFrames with one column per task (multi-label).
+    ``groups``: a DataFrame (one column per sensitive attribute), a mapping, or one array. ``val_true`` /
+    ``val_score``: validation predictions for thresholds chosen on validation (the default policy when given).
+    ``bins``: ``{"age": [60]}`` bins a continuous column; ``intersect``: ``[["sex", "race"]]`` adds ``sex×race``.
+    ``stratify``: resample within each ``group`` (default), ``group_class`` or ``class``. ``bootstrap=0`` skips
+    intervals.
+    """
+    prof = get_profile(profile)
+    B = int(prof.bootstrap if prof is not None and prof.bootstrap is not None and bootstrap == 1000 else bootstrap or 0)
+    stratify = stratify or (prof.stratify if prof is not None else "group")
+    if stratify not in STRATIFY:
+        raise InputError(f"unknown stratification {stratify!r}; choose one of: {', '.join(STRATIFY)}")
+    if not 0 < ci < 1:
+        raise InputError(f"confidence level {ci!r} must lie strictly between 0 and 1")
+    if B < 0:
+        raise InputError(f"bootstrap resamples must be ≥ 0, got {B}")
+    Y, task_names = I.as_task_matrix(y_true, "y_true")
+    P, score_names = I.as_task_matrix(y_score, "y_score")
+    if Y.shape != P.shape:
+        raise InputError(f"y_true has shape {Y.shape} but y_score has shape {P.shape} (length mismatch)")
+    has_val = val_true is not None and val_score is not None
+    if has_val:
+        YV, _ = I.as_task_matrix(val_true, "val_true")
+        PV, _ = I.as_task_matrix(val_score, "val_score")
+        if YV.shape != PV.shape or YV.shape[1] != Y.shape[1]:
+            raise InputError(f"validation labels {YV.shape} and scores {PV.shape} do not match the tasks {Y.shape}")
+    policy_name = _resolve_policy(threshold, has_val, prof)
+    if policy_name != "fairmedfm_f1":
+        T.parse_policy(policy_name)  # unknown policies fail before any work
+    frame = I.as_group_frame(groups, Y.shape[0])
+    attributes = I.attribute_codes(frame, bins, intersect)
+    rules_base = dict(strict=prof.strict, bce=prof.bce, ece=prof.ece) if prof is not None else {}
+    root_seed = np.random.SeedSequence(seed)
+    task_seeds = root_seed.spawn(len(task_names))
+    report_warnings: list[str] = []
+    tasks: dict[str, TaskResult] = {}
+    for j, task in enumerate(task_names):
+        label_col = task_names[j] if task_names[j] != "task" else "y_true"
+        score_col = score_names[j] if score_names[j] != "task" else "y_score"
+        y = I.check_labels(Y[:, j], label_col, pos_label)
+        p = I.check_scores(P[:, j], score_col)
+        I.check_both_classes(y, label_col)
+        yv = pv = None
+        if has_val:
+            yv = I.check_labels(YV[:, j], f"validation {label_col}", pos_label)
+            pv = I.check_scores(PV[:, j], f"validation {score_col}")
+        t_value, _ = _threshold_value(policy_name, y, p, yv, pv)
+        extra = {name: _extra_threshold_value(name, y, p) for name in (prof.extra_thresholds if prof else ())}
+        rules = E.Rules(threshold=t_value, **rules_base)
+        result = _evaluate_task(task, y, p, attributes, rules, extra, B, task_seeds[j], stratify, ci,
+                                min_group_size, n_jobs, report_warnings, prof)  # fmt: skip
+        result.threshold_policy = policy_name
+        tasks[task] = result
+    report = Report(
+        kind="classification",
+        tasks=tasks,
+        bootstrap={"B": B, "seed": seed, "stratify": stratify, "ci": ci, "method": "percentile"},
+        profile=prof,
+        warnings=report_warnings,
+    )
+    _add_significance(report)
+    if len(tasks) > 1:
+        report.macro = _macro(tasks)
+    if prof is not None and prof.scale != 1.0:
+        _scale(report, prof)
+    return report
+
+
+def _evaluate_task(task, y, p, attributes, rules, extra, B, seed_seq, stratify, ci, min_group_size, n_jobs,
+                   report_warnings, prof) -> TaskResult:  # fmt: skip
+    attr_seeds = seed_seq.spawn(max(len(attributes), 1))
+    overall_point = overall_boot = None
+    results: dict[str, AttributeResult] = {}
+    items = list(attributes.items()) or [("__all__", (np.zeros(y.size, dtype=np.int64), ["all"]))]
+    for k, (name, (codes, group_names)) in enumerate(items):
+        engine = E.AttributeEngine(y, p, codes, len(group_names), rules, extra)
+        g = engine.group_stats()
+        o = engine.overall_stats()
+        gb = ob = None
+        if B:
+            gb, ob = engine.bootstrap(B, attr_seeds[k], stratify, n_jobs)
+        if overall_point is None:
+            overall_point, overall_boot = o, ob
+        if name == "__all__":
+            continue
+        results[name] = _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size, report_warnings)
+    overall = {}
+    names = list(OVERALL_CLASSIFICATION) + [f"{m}@{x}" for x in extra for m in E.THRESHOLDED]
+    for metric in names:
+        lo, hi = _percentile_ci(overall_boot[metric], ci) if overall_boot is not None else (math.nan, math.nan)
+        overall[metric] = Estimate(float(overall_point[metric]), lo, hi)
+    return TaskResult(task=task, n=int(y.size), n_pos=int(y.sum()), overall=overall, threshold_policy="",
+                      threshold=rules.threshold, attributes=results, extra_thresholds=extra)  # fmt: skip
+
+
+def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size, report_warnings) -> AttributeResult:
+    G = len(group_names)
+    valid, excluded = _validity(g["n"][:G], g["n_pos"][:G], group_names, min_group_size, need_both=True)
+    counts = {grp: (int(g["n"][i]), int(g["n_pos"][i])) for i, grp in enumerate(group_names)}
+    group_metrics: dict[str, dict[str, Estimate]] = {}
+    metric_names = [m for m in g if m not in ("n", "n_pos")]
+    for i, grp in enumerate(group_names):
+        if g["n"][i] == 0:
+            continue
+        entry = {}
+        for metric in metric_names:
+            value = float(g[metric][i])
+            lo, hi = _percentile_ci(gb[metric][:, i], ci) if gb is not None else (math.nan, math.nan)
+            entry[metric] = Estimate(value, lo, hi)
+        group_metrics[grp] = entry
+    point = E.summarise(g, o, valid)
+    boot = E.summarise(gb, ob, valid) if gb is not None else None
+    summary = {m: _summary_estimate(point[m], boot[m] if boot else None, ci) for m in E.SUMMARY_METRICS}
+    for x in extra:
+        point_x = E.summarise(g, o, valid, suffix=f"@{x}")
+        boot_x = E.summarise(gb, ob, valid, suffix=f"@{x}") if gb is not None else None
+        for m in _THRESHOLDED_SUMMARIES:
+            summary[f"{m}@{x}"] = _summary_estimate(point_x[m], boot_x[m] if boot_x else None, ci)
+    notes: list[str] = []
+    worst: dict[str, str] = {}
+    if valid.sum() < 2:
+        message = (f"attribute '{name}': fewer than two valid groups ({int(valid.sum())} of {G}); "
+                   f"its gaps are NaN")  # fmt: skip
+        notes.append(message)
+        report_warnings.append(message)
+        warnings.warn(message, FairnessWarning, stacklevel=4)
+    else:
+        auc_valid = np.where(valid, g["auc"][:G], np.inf)
+        worst["auc"] = group_names[int(np.argmin(auc_valid))]
+    result = AttributeResult(name=name, groups=list(group_names), group_counts=counts, group_metrics=group_metrics,
+                             excluded=excluded, summary=summary, worst_group=worst, notes=notes)  # fmt: skip
+    if gb is not None and valid.sum() >= 2:
+        result.significance = _flip_p_values(g, gb, valid, E.GAP_METRICS)
+    return result
+
+
+_THRESHOLDED_SUMMARIES = ("acc_gap", "es_acc", "tpr_gap", "fpr_gap", "tnr_gap", "ppv_gap", "eqodds_score", "eod",
+                          "eopp_score", "dpd", "dp_score", "dpr", "eor")  # fmt: skip
+
+
+def _summary_estimate(point: Any, boot: np.ndarray | None, ci: float) -> Estimate:
+    lo, hi = _percentile_ci(np.asarray(boot), ci) if boot is not None else (math.nan, math.nan)
+    return Estimate(float(point), lo, hi)
+
+
+def _flip_p_values(g, gb, valid, gap_metrics: Mapping[str, str]) -> dict[str, float]:
+    """Share of resamples in which the point estimate's best-minus-worst difference is ≤ 0 (the sign flips)."""
+    out = {}
+    idx = np.flatnonzero(valid)
+    for gap, metric in gap_metrics.items():
+        values = g[metric][idx]
+        if not np.all(np.isfinite(values)):
+            continue
+        hi_g, lo_g = idx[int(np.argmax(values))], idx[int(np.argmin(values))]
+        diff = gb[metric][:, hi_g] - gb[metric][:, lo_g]
+        diff = diff[np.isfinite(diff)]
+        if diff.size == 0 or hi_g == lo_g:
+            continue
+        out[f"{gap}_p"] = float(np.mean(diff <= 0))
+    return out
+
+
+def _add_significance(report: Report) -> None:
+    """Benjamini–Hochberg across the attributes and tasks of the report, separately for each gap."""
+    keys = sorted({k for t in report.tasks.values() for a in t.attributes.values() for k in a.significance})
+    for key in keys:
+        holders = [a for t in report.tasks.values() for a in t.attributes.values() if key in a.significance]
+        q = benjamini_hochberg(np.array([a.significance[key] for a in holders]))
+        for attr, q_value in zip(holders, q):
+            attr.significance[key.replace("_p", "_q")] = float(q_value)
+
+
+def _macro(tasks: dict[str, TaskResult]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {"__all__": {}}
+    for metric in ("auc", "acc", "bce", "ece", "brier"):
+        out["__all__"][f"macro_{metric}"] = float(np.nanmean([t.overall[metric].value for t in tasks.values()]))
+    attrs = {a for t in tasks.values() for a in t.attributes}
+    for attr in sorted(attrs):
+        per = [t.attributes[attr] for t in tasks.values() if attr in t.attributes]
+        metrics = per[0].summary.keys()
+        out[attr] = {}
+        for metric in metrics:
+            vals = [a.summary[metric].value for a in per]
+            finite = [v for v in vals if math.isfinite(v)]
+            out[attr][f"macro_{metric}"] = float(np.mean(finite)) if finite else math.nan
+    return out
+
+
+def _scale(report: Report, prof: Profile) -> None:
+    def scaled(est: Estimate) -> Estimate:
+        return Estimate(est.value * prof.scale, est.ci_low * prof.scale, est.ci_high * prof.scale)
+
+    for task in report.tasks.values():
+        for metric in prof.scaled_metrics:
+            if metric in task.overall:
+                task.overall[metric] = scaled(task.overall[metric])
+        for attr in task.attributes.values():
+            for metric in prof.scaled_metrics:
+                if metric in attr.summary:
+                    attr.summary[metric] = scaled(attr.summary[metric])
+                for entry in attr.group_metrics.values():
+                    if metric in entry:
+                        entry[metric] = scaled(entry[metric])
+    for attr, metrics in report.macro.items():
+        for metric in list(metrics):
+            if metric.removeprefix("macro_") in prof.scaled_metrics:
+                metrics[metric] *= prof.scale
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def evaluate_segmentation(
+    dice: Any = None,
+    *,
+    groups: Any = None,
+    iou: Any = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    min_group_size: int = 1,
+    bins: Mapping[str, Sequence[float]] | None = None,
+    intersect: Sequence[Sequence[str]] | None = None,
+    both_empty: Any = None,
+    pred_masks: Any = None,
+    true_masks: Any = None,
+    task: str = "segmentation",
+) -> Report:
+    """Segmentation fairness from per-sample Dice (and/or IoU) scores, or from mask stacks (METRICS.md §3).
+
+    With ``pred_masks``/``true_masks`` (N, H, W[, D]) the per-sample Dice and IoU are computed here, a sample whose
+    masks are both empty scores 1.0, and the report counts such samples (``n_both_empty``).
+    """
+    if pred_masks is not None or true_masks is not None:
+        if pred_masks is None or true_masks is None or dice is not None or iou is not None:
+            raise InputError("give both pred_masks and true_masks, and no dice/iou scores alongside them")
+        from fairfm.metrics.functions import segmentation_scores
+
+        scores = segmentation_scores(pred_masks, true_masks)
+        dice, iou, both_empty = scores["dice"].to_numpy(), scores["iou"].to_numpy(), scores["both_empty"].to_numpy()
+    values: dict[str, np.ndarray] = {}
+    for name, arr in (("dice", dice), ("iou", iou)):
+        if arr is None:
+            continue
+        scores = I.check_scores(np.asarray(arr).reshape(-1), name)
+        bad = (scores < 0) | (scores > 1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(f"column '{name}', row {row}: {scores[row]} is not a {name} score in [0, 1]")
+        values[name] = scores
+    if not values:
+        raise InputError("segmentation needs per-sample dice and/or iou scores")
+    sizes = {v.size for v in values.values()}
+    if len(sizes) > 1:
+        raise InputError(f"dice and iou have different lengths {sorted(sizes)} (length mismatch)")
+    n = sizes.pop()
+    frame = I.as_group_frame(groups, n)
+    attributes = I.attribute_codes(frame, bins, intersect)
+    seeds = np.random.SeedSequence(seed).spawn(max(len(attributes), 1))
+    report_warnings: list[str] = []
+    results: dict[str, AttributeResult] = {}
+    overall_point: dict[str, float] = {}
+    overall_boot: dict[str, np.ndarray] | None = None
+    items = list(attributes.items()) or [("__all__", (np.zeros(n, dtype=np.int64), ["all"]))]
+    for k, (name, (codes, group_names)) in enumerate(items):
+        engine = E.SegmentationEngine(values, codes, len(group_names))
+        g, o = engine.group_stats(), engine.overall_stats()
+        gb, ob = engine.bootstrap(bootstrap, seeds[k]) if bootstrap else (None, None)
+        if k == 0:
+            overall_point, overall_boot = o, ob
+        if name == "__all__":
+            continue
+        G = len(group_names)
+        valid, excluded = _validity(g["n"][:G], np.zeros(G), group_names, min_group_size, need_both=False)
+        point = E.summarise_segmentation(g, o, valid)
+        boot = E.summarise_segmentation(gb, ob, valid) if gb is not None else None
+        summary = {m: _summary_estimate(point[m], boot[m] if boot else None, ci) for m in point}
+        group_metrics = {}
+        for i, grp in enumerate(group_names):
+            if g["n"][i] == 0:
+                continue
+            group_metrics[grp] = {
+                m: Estimate(float(g[m][i]), *(_percentile_ci(gb[m][:, i], ci) if gb is not None else (math.nan,) * 2))
+                for m in values
+            }
+        notes, worst = [], {}
+        if valid.sum() < 2:
+            message = f"attribute '{name}': fewer than two valid groups ({int(valid.sum())} of {G}); its gaps are NaN"
+            notes.append(message)
+            report_warnings.append(message)
+            warnings.warn(message, FairnessWarning, stacklevel=2)
+        else:
+            for m in values:
+                worst[m] = group_names[int(np.argmin(np.where(valid, g[m][:G], np.inf)))]
+        result = AttributeResult(name=name, groups=list(group_names),
+                                 group_counts={grp: (int(g["n"][i]), 0) for i, grp in enumerate(group_names)},
+                                 group_metrics=group_metrics, excluded=excluded, summary=summary,
+                                 worst_group=worst, notes=notes)  # fmt: skip
+        if gb is not None and valid.sum() >= 2:
+            result.significance = _flip_p_values(g, gb, valid, {k: v for k, v in E.SEG_GAP_METRICS.items() if v in values})
+        results[name] = result
+    overall = {}
+    for m in values:
+        lo, hi = _percentile_ci(overall_boot[m], ci) if overall_boot is not None else (math.nan, math.nan)
+        overall[f"mean_{m}"] = Estimate(float(overall_point[m]), lo, hi)
+    if both_empty is not None:
+        overall["n_both_empty"] = Estimate(float(np.asarray(both_empty, dtype=bool).sum()))
+    task_result = TaskResult(task=task, n=n, n_pos=0, overall=overall, threshold_policy="none", threshold=None,
+                             attributes=results)  # fmt: skip
+    report = Report(kind="segmentation", tasks={task: task_result},
+                    bootstrap={"B": int(bootstrap), "seed": seed, "stratify": "group", "ci": ci, "method": "percentile"},
+                    warnings=report_warnings)  # fmt: skip
+    _add_significance(report)
+    return report

@@ -1,0 +1,116 @@
+"""Reading user tables (CSV / Parquet) and writing results atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from fairfm.errors import InputError
+
+_PARQUET_SUFFIXES = {".parquet", ".pq"}
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV (optionally compressed) or Parquet file, with errors that name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a CSV or Parquet file")
+    try:
+        if path.suffix.lower() in _PARQUET_SUFFIXES:
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot be read as {'Parquet' if path.suffix.lower() in _PARQUET_SUFFIXES else 'CSV'} ({first_line})") from None
+    if frame.shape[0] == 0:
+        raise InputError(f"{path}: file has a header but no rows")
+    return frame
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed.
+
+    A reader never sees a half-written file, and a crash leaves the previous version (or nothing) in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str], source: str | os.PathLike) -> None:
+    """InputError naming the first missing column and the columns that do exist."""
+    for column in columns:
+        if column not in frame.columns:
+            shown = ", ".join(map(str, list(frame.columns)[:20]))
+            raise InputError(f"{source}: no column '{column}' (columns: {shown})")
+
+
+def _first_duplicate(ids: pd.Series) -> tuple[object, list[int]]:
+    dup = ids[ids.duplicated(keep=False)]
+    value = dup.iloc[0]
+    rows = [int(i) for i in ids.index[ids == value][:3]]
+    return value, rows
+
+
+def join_on(
+    left: pd.DataFrame,
+    right: pd.DataFrame,
+    on: str,
+    left_source: str | os.PathLike,
+    right_source: str | os.PathLike,
+    left_unique: bool = True,
+) -> pd.DataFrame:
+    """Join ``right`` (e.g. demographics) onto ``left`` (predictions) by id; every left id must match once.
+
+    ``left_unique=False`` allows repeated ids on the left (a long table: one row per sample and task).
+    """
+    require_columns(left, [on], left_source)
+    require_columns(right, [on], right_source)
+    for frame, source in ((left, left_source), (right, right_source))[0 if left_unique else 1:]:
+        ids = frame[on].astype(str)
+        if ids.duplicated().any():
+            value, rows = _first_duplicate(ids.reset_index(drop=True))
+            raise InputError(f"{source}: column '{on}' has duplicate id {value!r} (rows {', '.join(map(str, rows))})")
+    left_ids = left[on].astype(str)
+    right_ids = right[on].astype(str)
+    missing = ~left_ids.isin(set(right_ids))
+    if missing.all():
+        raise InputError(
+            f"{right_source}: none of its '{on}' values match those of {left_source} "
+            f"(e.g. {left_ids.iloc[0]!r} vs {right_ids.iloc[0]!r})"
+        )
+    if missing.any():
+        row = int(missing.to_numpy().nonzero()[0][0])
+        raise InputError(
+            f"{right_source}: {int(missing.sum())} id(s) of {left_source} have no row in it "
+            f"(first: {left_ids.iloc[row]!r}, row {row} of {left_source})"
+        )
+    overlap = [c for c in right.columns if c in left.columns and c != on]
+    right = right.drop(columns=overlap)
+    validate = "one_to_one" if left_unique else "many_to_one"
+    merged = left.assign(**{on: left_ids}).merge(right.assign(**{on: right_ids}), on=on, how="left", validate=validate)
+    return merged
