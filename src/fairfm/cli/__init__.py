@@ -28,6 +28,10 @@ def _register_commands() -> None:
     # Imports happen here, not at module top, so that ``fairfm --help`` does not pay for torch.
     from fairfm.cli import demo, evaluate  # noqa: F401  (modules register their commands on import)
 
+    from fairfm.cli import datasets as datasets_cli
+
+    app.add_typer(datasets_cli.app, name="datasets")
+
 
 def _usage_error(exc: BaseException) -> bool:
     # Typer may vendor its own copy of click, so match click's protocol rather than click's classes.

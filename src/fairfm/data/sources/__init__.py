@@ -1,0 +1,1 @@
+"""One module per dataset family; each registers its sources with ``@register_dataset``."""
