@@ -59,12 +59,12 @@ def test_prevalence_shift_and_under_representation(planted):
 def test_label_noise_only_underdiagnoses_the_target_group(planted):
     _, truth, frame, _, _ = planted
     differs = frame["label_disease"] != frame["true_disease"]
-    assert differs.equals(frame["label_flipped"])
+    assert differs.equals(frame["noise_flipped"])
     assert set(frame.loc[differs, "group_sex"]) == {"F"}
     assert (frame.loc[differs, "true_disease"] == 1).all() and (frame.loc[differs, "label_disease"] == 0).all()
     assert int(differs.sum()) == truth["observed"]["flipped_labels"]["F"] > 0
     positives_f = frame[(frame["group_sex"] == "F") & (frame["true_disease"] == 1)]
-    assert abs(positives_f["label_flipped"].mean() - truth["planted"]["label_noise"]["flip_rate"]) < 0.1
+    assert abs(positives_f["noise_flipped"].mean() - truth["planted"]["label_noise"]["flip_rate"]) < 0.1
 
 
 def test_acquisition_shift_is_a_visible_shortcut(planted):
@@ -100,7 +100,7 @@ def test_appearance_shift_makes_target_lesions_fainter(planted):
 def test_no_mechanism_means_no_bias_and_seed_determinism(tmp_path):
     truth = generate(tmp_path / "a", n=400, size=32, mechanisms=["none"], seed=1)
     frame, _ = load_prepared(tmp_path / "a")
-    assert truth["mechanisms"] == [] and not frame["label_flipped"].any()
+    assert truth["mechanisms"] == [] and not frame["noise_flipped"].any()
     assert truth["planted"]["prevalence"] == {"F": 0.3, "M": 0.3}
     assert set(frame["lesion_radius"]) == {0.09}
     generate(tmp_path / "b", n=400, size=32, mechanisms=["none"], seed=1)
@@ -120,3 +120,12 @@ def test_synth_cli(tmp_path, capsys):
     assert truth["mechanisms"] == ["label_noise", "prevalence_shift"] and truth["seed"] == 4
     code, _, err = run_cli(["datasets", "synth", "--out", str(tmp_path / "t"), "--n", "5"], capsys)
     assert code == 2 and "at least 20" in err
+
+
+def test_only_the_task_is_a_label_column(tmp_path):
+    """Bookkeeping columns must not look like tasks (``label_*``) to loaders, describe or evaluation."""
+    from fairfm.data.sampletable import label_columns
+
+    generate(tmp_path / "s", n=60, size=32, seed=0)
+    frame, _ = load_prepared(tmp_path / "s")
+    assert label_columns(frame) == ["label_disease"]

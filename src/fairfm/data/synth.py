@@ -200,7 +200,7 @@ def generate(
     })
     frame["group_age"] = age_groups(frame["attr_age"])
     frame["true_disease"] = disease
-    frame["label_flipped"] = flipped
+    frame["noise_flipped"] = flipped
     frame["lesion_y"], frame["lesion_x"] = centres[:, 0].astype(float), centres[:, 1].astype(float)
     # float64 from the parameters themselves, so the columns equal the values in truth.json exactly
     frame["lesion_radius"] = [params.get("appearance_shift", base)["lesion_radius"] if t else base["lesion_radius"]
@@ -241,7 +241,7 @@ def generate(
         "columns": {
             "label_disease": "the label a model is trained and evaluated on (after label noise)",
             "true_disease": "the clean label (what was drawn in the image)",
-            "label_flipped": "true where label noise turned a positive into a negative",
+            "noise_flipped": "true where label noise turned a positive into a negative",
         },
     }
     manifest = {
