@@ -98,3 +98,17 @@ def test_intervals_cover_the_truth_on_simulated_data():
         est = report.tasks["task"].attributes["g"].group_metrics["0"]["auc"]
         hits += est.ci_low <= norm.cdf(1.0 / np.sqrt(2)) <= est.ci_high
     assert hits >= 16
+
+
+def test_resamples_where_a_small_group_loses_a_class_are_reported():
+    rng = np.random.default_rng(0)
+    n = 300
+    g = np.array(["big"] * (n - 6) + ["tiny"] * 6)
+    y = rng.integers(0, 2, n)
+    y[-6:] = [1, 0, 0, 0, 0, 0]  # one positive: often drawn zero times
+    p = rng.random(n)
+    report = M.evaluate(y, p, groups={"g": g}, bootstrap=200, seed=0)
+    notes = report.tasks["task"].attributes["g"].notes
+    assert any("resamples a group lost one class" in note for note in notes)
+    fixed = M.evaluate(y, p, groups={"g": g}, bootstrap=200, seed=0, stratify="group_class")
+    assert not fixed.tasks["task"].attributes["g"].notes

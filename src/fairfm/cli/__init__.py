@@ -32,6 +32,16 @@ def _register_commands() -> None:
 
     app.add_typer(datasets_cli.app, name="datasets")
 
+    from fairfm.cli import features as features_cli
+    from fairfm.cli import models as models_cli
+
+    app.add_typer(models_cli.app, name="models")
+    app.add_typer(features_cli.app, name="features")
+
+    from fairfm.cli import runs as runs_cli
+
+    app.add_typer(runs_cli.app, name="runs")
+
 
 def _usage_error(exc: BaseException) -> bool:
     # Typer may vendor its own copy of click, so match click's protocol rather than click's classes.

@@ -426,6 +426,11 @@ def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size
         for m in _THRESHOLDED_SUMMARIES:
             summary[f"{m}@{x}"] = _summary_estimate(point_x[m], boot_x[m] if boot_x else None, ci)
     notes: list[str] = []
+    if boot is not None and valid.sum() >= 2:
+        degenerate = int(np.sum(~np.isfinite(boot["auc_gap"])))
+        if degenerate:
+            notes.append(f"attribute '{name}': in {degenerate} of {boot['auc_gap'].size} resamples a group lost one "
+                         "class; AUC intervals use the other resamples (stratify='group_class' avoids this)")  # fmt: skip
     worst: dict[str, str] = {}
     if valid.sum() < 2:
         message = (f"attribute '{name}': fewer than two valid groups ({int(valid.sum())} of {G}); "

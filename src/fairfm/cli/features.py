@@ -1,0 +1,48 @@
+"""``fairfm features extract``: cached embeddings of a prepared dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Frozen-encoder features with a content-addressed cache.", no_args_is_help=True)
+
+
+@app.command("extract")
+def extract_command(
+    data: Path = typer.Option(..., "--data", help="folder with samples.parquet (a prepared SampleTable)"),
+    model: str = typer.Option(..., "--model", help="model name (see `fairfm models list`)"),
+    out: Path = typer.Option(..., "--out", help="feature cache folder"),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="weights file or local model folder"
+    ),
+    trust_checkpoint: bool = typer.Option(
+        False,
+        "--trust-checkpoint",
+        help="allow checkpoints that need Python pickle (only from a trusted source)",
+    ),
+    root: Optional[Path] = typer.Option(
+        None, "--root", help="folder the image paths are relative to (default: --data)"
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="image-decoding worker processes"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for the encoder"),
+) -> None:
+    """Embed every sample once; a repeated call returns the cached features, an interrupted one resumes."""
+    from fairfm.adapt.features import extract_features
+
+    result = extract_features(
+        data,
+        model,
+        out=out,
+        checkpoint=checkpoint,
+        trust_checkpoint=trust_checkpoint,
+        root=root,
+        batch_size=batch_size,
+        num_workers=workers,
+        threads=threads,
+    )
+    status = "cached" if result.computed == 0 else f"computed {result.computed} samples"
+    typer.echo(f"{result.path}: {result.features.shape[0]} × {result.features.shape[1]} features ({status})")

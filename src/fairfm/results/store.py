@@ -1,0 +1,535 @@
+"""The results store: one folder per finished run, Parquet tables, and a DuckDB catalogue over all of them.
+
+Layout::
+
+    STORE/runs/<run_id>/spec.json            the resolved spec (what was computed)
+                       /predictions.parquet  the PredictionTable
+                       /metrics.parquet      the MetricTable
+                       /meta.json            versions, timings, seed, host
+    STORE/tmp/<run_id>.<host>.<pid>.<rand>/  a run being written
+
+A run folder is built in ``STORE/tmp`` and renamed into ``STORE/runs`` with one ``os.replace`` once every file is
+complete, so a run killed at any point leaves no half-written result under ``runs/``; the orphaned temporary
+folder is removed (and the run redone) the next time that run is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from fairfm.errors import InputError
+from fairfm.results.runid import code_version, compute_run_id, config_id, data_version, weights_version
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from fairfm.metrics import Report
+    from fairfm.spec import RunSpec
+
+DEFAULT_STORE = "fairfm_runs"
+STORE_ENV = "FAIRFM_STORE"
+SPEC_FILE, META_FILE = "spec.json", "meta.json"
+PREDICTIONS_FILE, METRICS_FILE = "predictions.parquet", "metrics.parquet"
+RUN_FILES = (SPEC_FILE, PREDICTIONS_FILE, METRICS_FILE, META_FILE)
+
+PREDICTION_KEYS = ("run_id", "sample_id", "task", "split")
+METRIC_COLUMNS = ("run_id", "task", "attribute", "group", "metric", "value", "ci_low", "ci_high", "n",
+                  "threshold_policy", "note")  # fmt: skip
+#: A foreign host's temporary folder is only presumed dead after this long (its pid cannot be checked from here).
+STALE_FOREIGN_TMP_S = 24 * 3600
+
+_METRICS_SQL_TYPES = {"value": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "n": "BIGINT"}
+
+
+def default_store_path() -> Path:
+    return Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
+
+
+@dataclass
+class RunOutput:
+    """What a run function returns: the PredictionTable, the MetricTable (or a metrics ``Report``) and extra meta."""
+
+    predictions: pd.DataFrame
+    metrics: "pd.DataFrame | Report"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    """A finished run in the store; the tables are read from Parquet on first access."""
+
+    run_id: str
+    path: Path
+    spec: dict[str, Any]
+    meta: dict[str, Any]
+    _predictions: pd.DataFrame | None = field(default=None, repr=False)
+    _metrics: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def predictions(self) -> pd.DataFrame:
+        if self._predictions is None:
+            self._predictions = pd.read_parquet(self.path / PREDICTIONS_FILE)
+        return self._predictions
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        if self._metrics is None:
+            self._metrics = pd.read_parquet(self.path / METRICS_FILE)
+        return self._metrics
+
+    @property
+    def created(self) -> str:
+        return str(self.meta.get("created", ""))
+
+    def run_spec(self) -> "RunSpec":
+        """The stored spec as a :class:`RunSpec` again (execution fields such as ``device`` from meta.json)."""
+        from fairfm.spec import EXECUTION_FIELDS, RunSpec
+
+        execution = {name: self.meta[name] for name in EXECUTION_FIELDS if name in self.meta}
+        return RunSpec.from_dict({**self.spec, **execution}, source=str(self.path / SPEC_FILE))
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """Everything that identifies a run: the resolved spec and the code, data (and weights) versions it was hashed
+    with."""
+
+    run_id: str
+    config_id: str
+    resolved: dict[str, Any]
+    code: dict[str, Any]
+    data: str
+    weights: str | None = None
+
+
+class Store:
+    """Finished runs under ``path`` (default ``$FAIRFM_STORE`` or ``./fairfm_runs``)."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, code: Mapping[str, Any] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        self.runs_dir = self.path / "runs"
+        self.tmp_dir = self.path / "tmp"
+        # ``code`` overrides the detected code version (tests; reproducing a run made by another version).
+        self._code = dict(code) if code is not None else None
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # -- identity --------------------------------------------------------------------------------------------
+    def key(self, spec: "RunSpec | Mapping[str, Any]") -> RunKey:
+        spec = _as_spec(spec)
+        resolved = spec.resolve()
+        code = self._code if self._code is not None else code_version()
+        data = data_version(resolved["dataset"])
+        weights = weights_version(resolved["checkpoint"])
+        return RunKey(compute_run_id(resolved, code, data, weights), config_id(resolved, code, data, weights),
+                      resolved, code, data, weights)  # fmt: skip
+
+    def run_id(self, spec: "RunSpec | Mapping[str, Any]") -> str:
+        return self.key(spec).run_id
+
+    # -- finding and reading ---------------------------------------------------------------------------------
+    def exists(self, run_id: str) -> bool:
+        return (self.runs_dir / run_id / META_FILE).is_file()
+
+    def find(self, spec: "RunSpec | Mapping[str, Any]") -> RunRecord | None:
+        """The stored run of ``spec`` (same spec, code and data versions), or None."""
+        run_id = self.run_id(spec)
+        return self._read(run_id) if self.exists(run_id) else None
+
+    def load(self, run_id: str) -> RunRecord:
+        """A run by id or by an unambiguous prefix of it (as in ``fairfm runs show``)."""
+        run_id = str(run_id).strip()
+        if run_id and self.exists(run_id):
+            return self._read(run_id)
+        matches = [p.name for p in self._run_dirs() if run_id and p.name.startswith(run_id)]
+        if len(matches) == 1:
+            return self._read(matches[0])
+        if len(matches) > 1:
+            raise InputError(f"run id {run_id!r} is ambiguous in {self.path}: matches {', '.join(sorted(matches)[:5])}")
+        count = len(self._run_dirs())
+        raise InputError(f"no run {run_id!r} in {self.path} ({count} run(s); see 'fairfm runs list')")
+
+    def list(self) -> list[RunRecord]:
+        """Every finished run, oldest first."""
+        records = [self._read(p.name) for p in self._run_dirs()]
+        return sorted(records, key=lambda r: (r.created, r.run_id))
+
+    def __len__(self) -> int:
+        return len(self._run_dirs())
+
+    def _run_dirs(self) -> list[Path]:
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and (p / META_FILE).is_file())
+
+    def _read(self, run_id: str) -> RunRecord:
+        folder = self.runs_dir / run_id
+        docs = []
+        for name in (SPEC_FILE, META_FILE):
+            try:
+                docs.append(json.loads((folder / name).read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputError(f"{folder / name}: cannot be read ({exc})") from None
+        return RunRecord(run_id=run_id, path=folder, spec=docs[0], meta=docs[1])
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def write(
+        self,
+        spec: "RunSpec | Mapping[str, Any]",
+        predictions: pd.DataFrame,
+        metrics: "pd.DataFrame | Report",
+        meta: Mapping[str, Any] | None = None,
+        *,
+        _key: RunKey | None = None,
+    ) -> str:
+        """Store a finished run atomically and return its id. A run that is already stored is kept as it is."""
+        spec = _as_spec(spec)
+        key = _key or self.key(spec)
+        if self.exists(key.run_id):
+            return key.run_id
+        predictions = _prediction_table(predictions, key.run_id)
+        metric_table = _metric_table(metrics, key.run_id)
+        full_meta = self._meta(spec, key, meta)
+        self._clean_stale(key.run_id)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key.run_id}.{_host_tag()}.{os.getpid()}.", dir=self.tmp_dir))
+        try:
+            predictions.to_parquet(tmp / PREDICTIONS_FILE, index=False)
+            metric_table.to_parquet(tmp / METRICS_FILE, index=False)
+            (tmp / SPEC_FILE).write_text(_dumps(key.resolved), encoding="utf-8")
+            (tmp / META_FILE).write_text(_dumps(full_meta), encoding="utf-8")
+            for name in RUN_FILES:
+                _fsync(tmp / name)
+            try:
+                os.replace(tmp, self.runs_dir / key.run_id)
+            except OSError:
+                if not self.exists(key.run_id):  # not simply a concurrent writer that finished the same run first
+                    raise
+            _fsync(self.runs_dir, directory=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return key.run_id
+
+    def run(
+        self,
+        spec: "RunSpec | Mapping[str, Any]",
+        fn: Callable[["RunSpec"], "RunOutput | tuple"],
+    ) -> RunRecord:
+        """The stored result of ``spec`` if there is one; otherwise ``fn(spec)`` is computed and stored.
+
+        ``fn`` returns a :class:`RunOutput` or a tuple ``(predictions, metrics[, meta])``; ``metrics`` may be a
+        MetricTable or a :class:`fairfm.metrics.Report`. A finished run is never recomputed.
+        """
+        spec = _as_spec(spec)
+        key = self.key(spec)
+        if self.exists(key.run_id):
+            return self._read(key.run_id)
+        self._clean_stale(key.run_id)
+        started = time.perf_counter()
+        output = _as_output(fn(spec))
+        elapsed = time.perf_counter() - started
+        meta = dict(output.meta)
+        meta["timings"] = {**dict(meta.get("timings") or {}), "run_s": round(elapsed, 3)}
+        self.write(spec, output.predictions, output.metrics, meta, _key=key)
+        return self._read(key.run_id)
+
+    def clean(self) -> list[Path]:
+        """Remove every stale temporary folder (from runs killed while being written); return what was removed."""
+        return self._clean_stale(None)
+
+    def _clean_stale(self, run_id: str | None) -> list[Path]:
+        if not self.tmp_dir.is_dir():
+            return []
+        removed = []
+        for folder in self.tmp_dir.iterdir():
+            parts = folder.name.split(".")
+            if len(parts) < 4 or (run_id is not None and parts[0] != run_id):
+                continue
+            host, pid = parts[1], parts[2]
+            if host == _host_tag():
+                stale = not (pid.isdigit() and _pid_alive(int(pid)))
+            else:
+                stale = time.time() - folder.stat().st_mtime > STALE_FOREIGN_TMP_S
+            if stale:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        return removed
+
+    def _meta(self, spec: "RunSpec", key: RunKey, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+        manifest = spec.manifest()
+        packages = {name: getattr(sys.modules[name], "__version__", None)
+                    for name in ("numpy", "pandas", "torch", "timm", "open_clip", "transformers", "peft")
+                    if name in sys.modules}  # fmt: skip
+        meta: dict[str, Any] = {
+            "run_id": key.run_id,
+            "config_id": key.config_id,
+            "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "code": key.code,
+            "data": {"dataset": manifest.get("dataset"), "dir": key.resolved["dataset"], "sha256": key.data,
+                     "dataset_version": manifest.get("dataset_version")},  # fmt: skip
+            "weights": key.weights,
+            "seed": spec.seed,
+            "device": spec.device,
+            "trust_checkpoint": spec.trust_checkpoint,
+            "host": socket.gethostname(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "packages": packages,
+        }
+        for name, value in (extra or {}).items():
+            if name in ("run_id", "config_id", "code", "data", "weights"):
+                raise InputError(f"meta: {name!r} is set by the store and cannot be given")
+            meta[name] = value
+        return meta
+
+    # -- catalogue -------------------------------------------------------------------------------------------
+    def runs_frame(self, records: Sequence[RunRecord] | None = None) -> pd.DataFrame:
+        """One row per run: id, config id (the run id without the seed), dataset, model, usage, method, seed, …"""
+        rows = [_run_row(r) for r in (self.list() if records is None else records)]
+        return pd.DataFrame(rows, columns=list(_RUN_COLUMNS))
+
+    def connect(self) -> "duckdb.DuckDBPyConnection":
+        """An in-memory DuckDB connection with three views over the store: ``runs``, ``metrics``, ``predictions``.
+
+        The views are built from one listing of the finished runs, so they agree with each other even while
+        other processes add runs.
+        """
+        import duckdb
+        import pyarrow as pa
+
+        records = self.list()
+        con = duckdb.connect(":memory:")
+        runs = self.runs_frame(records)
+        con.register("runs_arrow", pa.Table.from_pandas(runs, preserve_index=False))
+        con.execute("CREATE VIEW runs AS SELECT * FROM runs_arrow")
+        for view, name, empty in (("metrics", METRICS_FILE, _EMPTY_METRICS), ("predictions", PREDICTIONS_FILE,
+                                                                               _EMPTY_PREDICTIONS)):  # fmt: skip
+            files = [str(r.path / name) for r in records]
+            if files:
+                listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
+            else:
+                con.execute(f"CREATE VIEW {view} AS SELECT * FROM ({empty}) WHERE false")
+        return con
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """Run SQL over the views ``runs``, ``metrics`` and ``predictions``; errors name the query."""
+        import duckdb
+
+        con = self.connect()
+        try:
+            return con.execute(sql, list(params or [])).df()
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise InputError(f"query {sql.strip()[:80]!r}: {first}") from None
+        finally:
+            con.close()
+
+    def metrics(self, **filters: Any) -> pd.DataFrame:
+        """The MetricTable rows of every run joined with the run's description, filtered by equality.
+
+        ``store.metrics(model="dinov2", metric=["auc", "auc_gap"], attribute="sex")``: a list means "any of",
+        None means "missing" (e.g. ``method=None``).
+        """
+        where, params = _where(filters, _METRIC_VIEW_COLUMNS)
+        return self.query(f"SELECT * FROM ({_METRIC_VIEW}) {where} ORDER BY created, run_id, task, attribute, "
+                          f"\"group\", metric", params)  # fmt: skip
+
+    def aggregate(self, **filters: Any) -> pd.DataFrame:
+        """Mean ± std over seeds per (dataset, model, usage, method, task, attribute, group, metric).
+
+        Runs are grouped by ``config_id`` — runs that differ *only* by seed (same spec otherwise, same code and data
+        versions). ``std`` is the sample standard deviation (ddof = 1; NaN for one seed); missing values (NaN) are
+        skipped and ``n_seeds`` counts the seeds that have a value. Filters as in :meth:`metrics`.
+        """
+        where, params = _where(filters, _METRIC_VIEW_COLUMNS)
+        sql = f"""
+            SELECT dataset, model, usage, method, task, attribute, "group", metric,
+                   avg(v) AS mean, stddev_samp(v) AS std, count(v) AS n_seeds,
+                   list(seed ORDER BY seed) AS seeds, config_id
+            FROM (SELECT *, CASE WHEN isnan(value) THEN NULL ELSE value END AS v FROM ({_METRIC_VIEW}) {where})
+            GROUP BY config_id, dataset, model, usage, method, task, attribute, "group", metric
+            ORDER BY dataset, model, usage, method NULLS FIRST, config_id, task, attribute, "group", metric
+        """
+        return self.query(sql, params)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+_RUN_COLUMNS = ("run_id", "config_id", "dataset", "dataset_dir", "model", "checkpoint", "usage", "method", "split",
+                "seed", "tasks", "attributes", "threshold", "bootstrap", "hparams", "created", "run_s", "fairfm",
+                "git", "data_sha256")  # fmt: skip
+_METRIC_VIEW = ("SELECT m.*, r.config_id, r.dataset, r.model, r.usage, r.method, r.seed, r.created "
+                "FROM metrics m JOIN runs r USING (run_id)")  # fmt: skip
+_METRIC_VIEW_COLUMNS = (*METRIC_COLUMNS, "config_id", "dataset", "model", "usage", "method", "seed", "created")
+_EMPTY_METRICS = "SELECT " + ", ".join(
+    f"CAST(NULL AS {_METRICS_SQL_TYPES.get(c, 'VARCHAR')}) AS \"{c}\"" for c in METRIC_COLUMNS
+)
+_EMPTY_PREDICTIONS = ("SELECT CAST(NULL AS VARCHAR) AS run_id, CAST(NULL AS VARCHAR) AS sample_id, "
+                      "CAST(NULL AS VARCHAR) AS task, CAST(NULL AS VARCHAR) AS split, CAST(NULL AS DOUBLE) AS y_true, "
+                      "CAST(NULL AS DOUBLE) AS y_score")  # fmt: skip
+
+
+def _run_row(record: RunRecord) -> dict[str, Any]:
+    spec, meta = record.spec, record.meta
+    data = meta.get("data") or {}
+    code = meta.get("code") or {}
+    return {
+        "run_id": record.run_id,
+        "config_id": meta.get("config_id"),
+        "dataset": data.get("dataset") or Path(str(spec.get("dataset", ""))).name,
+        "dataset_dir": spec.get("dataset"),
+        "model": spec.get("model"),
+        "checkpoint": spec.get("checkpoint"),
+        "usage": spec.get("usage"),
+        "method": spec.get("method"),
+        "split": spec.get("split"),
+        "seed": spec.get("seed"),
+        "tasks": ",".join(spec.get("tasks") or []),
+        "attributes": ",".join(spec.get("attributes") or []),
+        "threshold": spec.get("threshold"),
+        "bootstrap": spec.get("bootstrap"),
+        "hparams": json.dumps(spec.get("hparams") or {}, sort_keys=True),
+        "created": record.created,
+        "run_s": (meta.get("timings") or {}).get("run_s"),
+        "fairfm": code.get("fairfm"),
+        "git": code.get("git"),
+        "data_sha256": data.get("sha256"),
+    }
+
+
+def _where(filters: Mapping[str, Any], columns: Iterable[str]) -> tuple[str, list[Any]]:
+    allowed = list(columns)
+    clauses, params = [], []
+    for name, value in filters.items():
+        if name not in allowed:
+            raise InputError(f"unknown filter {name!r}; filter on: {', '.join(allowed)}")
+        column = f'"{name}"'
+        if value is None:
+            clauses.append(f"{column} IS NULL")
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            values = list(value)
+            if not values:
+                clauses.append("false")
+                continue
+            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+        else:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _as_spec(spec: "RunSpec | Mapping[str, Any]") -> "RunSpec":
+    from fairfm.spec import RunSpec
+
+    if isinstance(spec, RunSpec):
+        return spec
+    if isinstance(spec, Mapping):
+        return RunSpec.from_dict(spec)
+    raise TypeError(f"expected a RunSpec or a mapping, got {type(spec).__name__}")
+
+
+def _as_output(result: Any) -> RunOutput:
+    if isinstance(result, RunOutput):
+        return result
+    if isinstance(result, tuple) and len(result) in (2, 3):
+        return RunOutput(*result)
+    raise TypeError(f"a run function must return RunOutput or (predictions, metrics[, meta]), "
+                    f"got {type(result).__name__}")
+
+
+def _prediction_table(predictions: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    if not isinstance(predictions, pd.DataFrame):
+        raise TypeError(f"predictions must be a DataFrame (the PredictionTable), got {type(predictions).__name__}")
+    table = predictions.drop(columns=["run_id"], errors="ignore").copy()
+    table.insert(0, "run_id", run_id)
+    missing = [c for c in PREDICTION_KEYS if c not in table.columns]
+    if "dice" not in table.columns:  # segmentation tables carry per-sample dice/iou instead of y_true/y_score
+        missing += [c for c in ("y_true", "y_score") if c not in table.columns]
+    if missing:
+        raise InputError(f"PredictionTable: missing column(s) {', '.join(missing)} "
+                         f"(columns: {', '.join(map(str, predictions.columns))})")  # fmt: skip
+    if table.empty:
+        raise InputError("PredictionTable: no rows")
+    # Canonical column order: keys, outcome columns, the sample's groups, then anything else (e.g. mask paths).
+    head = [c for c in (*PREDICTION_KEYS, "y_true", "y_score", "dice", "iou") if c in table.columns]
+    groups = [c for c in table.columns if str(c).startswith("group_")]
+    table = table[head + groups + [c for c in table.columns if c not in head and c not in groups]]
+    if table.duplicated(["sample_id", "task", "split"]).any():
+        row = table[table.duplicated(["sample_id", "task", "split"], keep=False)].iloc[0]
+        raise InputError(f"PredictionTable: sample {row['sample_id']!r} appears twice for task {row['task']!r} "
+                         f"in split {row['split']!r}")  # fmt: skip
+    return table
+
+
+def _metric_table(metrics: Any, run_id: str) -> pd.DataFrame:
+    if hasattr(metrics, "to_metric_table"):
+        metrics = metrics.to_metric_table(run_id)
+    if not isinstance(metrics, pd.DataFrame):
+        raise TypeError(f"metrics must be a MetricTable DataFrame or a Report, got {type(metrics).__name__}")
+    missing = [c for c in METRIC_COLUMNS if c not in metrics.columns]
+    if missing:
+        raise InputError(f"MetricTable: missing column(s) {', '.join(missing)}")
+    table = metrics.loc[:, list(METRIC_COLUMNS)].copy()
+    table["run_id"] = run_id
+    for column in ("value", "ci_low", "ci_high"):
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64")
+    table["n"] = pd.to_numeric(table["n"], errors="coerce").astype("Int64")
+    for column in ("run_id", "task", "attribute", "group", "metric", "threshold_policy", "note"):
+        table[column] = table[column].astype("string").fillna("")
+    return table
+
+
+def _dumps(document: Any) -> str:
+    return json.dumps(document, indent=2, sort_keys=False, ensure_ascii=False, default=str) + "\n"
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    # Durability against power loss, not only against a killed process; best effort where unsupported.
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _host_tag() -> str:
+    # Used inside a dotted folder name: keep it free of dots.
+    return "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True

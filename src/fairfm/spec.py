@@ -1,0 +1,682 @@
+"""The run spec and the sweep spec: what one run computes, validated with pydantic, loaded from YAML.
+
+A :class:`RunSpec` names a prepared dataset folder (``samples.parquet`` + ``dataset.json`` from
+``fairfm datasets prepare``), the model and how it is used (``usage`` with per-usage ``hparams``), an optional
+mitigation ``method``, the seed, the threshold policy and the bootstrap size. :meth:`RunSpec.resolve` turns it
+into the canonical, fully-defaulted dictionary that the results store hashes into a run id.
+
+Hyper-parameters are validated per usage: each usage registers one pydantic model with
+:func:`register_usage_hparams`, so adding a usage is one new model and no edit elsewhere. Every validation
+error becomes a single-line :class:`fairfm.errors.InputError` naming the file and the field path, e.g.
+``spec.yaml: hparams.lr: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Optional, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
+
+from fairfm.errors import InputError
+
+#: The built-in usages; each registers its hyper-parameter model below (a new usage registers one more).
+USAGES = (
+    "zero_shot", "linear_probe", "clip_adapter", "prototype", "lora", "bitfit", "vpt", "adapter", "full_finetune",
+    "sam_prompt",
+)  # fmt: skip
+#: Fields that say *where* or *how safely* a run executes, not *what* it computes: recorded in meta.json, left out
+#: of the hash, so a finished CPU run is found again when the same spec is asked for on a GPU machine.
+EXECUTION_FIELDS = ("device", "trust_checkpoint")
+
+_SAMPLES_FILE = "samples.parquet"
+_MANIFEST_FILE = "dataset.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors (a typo such as ``lerning_rate`` must not be silently ignored); NaN/inf rejected.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-usage hyper-parameters (defaults from reference/METHODS.md §2)
+
+class HParams(_Strict):
+    """Base of a usage's hyper-parameter model: typed fields with defaults; unknown keys are errors."""
+
+
+_HPARAMS: dict[str, type[HParams]] = {}
+_H = TypeVar("_H", bound=type[HParams])
+
+
+def register_usage_hparams(usage: str) -> Callable[[_H], _H]:
+    """Class decorator: the hyper-parameter model of ``usage`` (one model per usage)."""
+
+    def decorate(model: _H) -> _H:
+        if usage in _HPARAMS and _HPARAMS[usage] is not model:
+            raise ValueError(f"hyper-parameters of usage {usage!r} registered twice")
+        _HPARAMS[usage] = model
+        return model
+
+    return decorate
+
+
+def hparams_model(usage: str) -> type[HParams]:
+    if usage not in _HPARAMS:
+        raise InputError(f"usage {usage!r} has no hyper-parameter model; known: {', '.join(sorted(_HPARAMS))}")
+    return _HPARAMS[usage]
+
+
+def list_usages() -> list[str]:
+    return sorted(_HPARAMS)
+
+
+class TrainHParams(HParams):
+    """What every trainable usage shares: optimiser, schedule (warm-up + half-cosine), early stopping."""
+
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2.5e-4, gt=0, description="base learning rate (see lr_scaling)")
+    lr_scaling: Literal["none", "linear"] = Field("none", description="linear: lr = base lr × batch / 256")
+    min_lr: float = Field(1e-5, ge=0)
+    warmup_epochs: float = Field(5, ge=0)
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    schedule_per: Literal["epoch", "iteration"] = "epoch"
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.05, ge=0)
+    class_balanced: bool = Field(True, description="class weights N/(2·N_c) in the loss")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping_patience: Optional[int] = Field(10, ge=1, description="epochs without validation gain; null: off")
+    select_by: Literal["val_auc", "val_loss", "last"] = "val_auc"
+    amp: bool = Field(True, description="mixed precision on GPU (ignored on CPU)")
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError("both betas must lie in [0, 1)")
+        return value
+
+    @model_validator(mode="after")
+    def _min_lr_below_lr(self) -> "TrainHParams":
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr:g}) is larger than lr ({self.lr:g})")
+        return self
+
+
+class _ZeroShotPrompts(HParams):
+    templates: Optional[list[str]] = Field(None, description="prompt templates with '{}' (null: the dataset's)")
+    classnames: Optional[list[str]] = Field(None, description="[negative, positive] class names (null: dataset's)")
+
+    @field_validator("templates")
+    @classmethod
+    def _has_slot(cls, value: list[str] | None) -> list[str] | None:
+        for template in value or []:
+            if "{}" not in template:
+                raise ValueError(f"template {template!r} has no '{{}}' slot for the class name")
+        return value
+
+    @field_validator("classnames")
+    @classmethod
+    def _two_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(value) != 2:
+            raise ValueError(f"expected 2 class names [negative, positive], got {len(value)}")
+        return value
+
+
+@register_usage_hparams("zero_shot")
+class ZeroShotHParams(_ZeroShotPrompts):
+    ensemble: bool = Field(True, description="average the text embeddings of all templates")
+    batch_size: int = Field(128, ge=1)
+
+
+@register_usage_hparams("linear_probe")
+class LinearProbeHParams(TrainHParams):
+    """FairMedFM's linear probe (SGD, blr 2.5e-4, warm-up 5, min_lr 1e-5, wd 0.05), selected on validation."""
+
+    cache_features: bool = True
+
+
+@register_usage_hparams("prototype")
+class PrototypeHParams(TrainHParams, _ZeroShotPrompts):
+    """FairMedFM 'CLIP-Adapt': tune the per-class text embeddings (50 epochs, blr 2.5e-2)."""
+
+    epochs: int = Field(50, ge=1)
+    lr: float = Field(2.5e-2, gt=0)
+
+
+@register_usage_hparams("clip_adapter")
+class ClipAdapterHParams(TrainHParams, _ZeroShotPrompts):
+    """Gao et al.'s residual bottleneck adapter: f' = r·A(f) + (1 − r)·f."""
+
+    residual_ratio: float = Field(0.2, gt=0, le=1)
+    reduction: int = Field(4, ge=1)
+    text_adapter: bool = False
+
+
+@register_usage_hparams("lora")
+class LoraHParams(TrainHParams):
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: Optional[list[str]] = Field(None, description="module names (null: the model card's)")
+    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
+    lr: float = Field(1e-4, gt=0)
+
+
+@register_usage_hparams("bitfit")
+class BitFitHParams(TrainHParams):
+    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+
+
+@register_usage_hparams("vpt")
+class VptHParams(TrainHParams):
+    prompt_length: int = Field(10, ge=1)
+    deep: bool = False
+    init_std: float = Field(0.02, gt=0)
+    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+
+
+@register_usage_hparams("adapter")
+class AdapterHParams(TrainHParams):
+    bottleneck: int = Field(64, ge=1)
+    scale: float = Field(1.0, gt=0)
+    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+
+
+@register_usage_hparams("full_finetune")
+class FullFinetuneHParams(TrainHParams):
+    """Khan et al.'s recipe (METHODS.md §2.6): AdamW β2 0.95, blr 2.5e-4 × batch/256, layer decay 0.55, per-step
+    warm-up + cosine, drop path 0.2, RandAugment m6."""
+
+    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.95)
+    lr_scaling: Literal["none", "linear"] = "linear"
+    schedule_per: Literal["epoch", "iteration"] = "iteration"
+    layer_decay: float = Field(0.55, gt=0, le=1)
+    drop_path: float = Field(0.2, ge=0, lt=1)
+    randaugment: Optional[str] = Field("rand-m6-mstd0.5-inc1", description="timm auto-augment string; null: off")
+
+
+@register_usage_hparams("sam_prompt")
+class SamPromptHParams(HParams):
+    prompt: Literal["center", "rand", "rands", "bbox"] = "center"
+    n_points: int = Field(5, ge=1, description="points drawn for 'rands'")
+    jitter: float = Field(0.0, ge=0, description="box/point jitter σ as a fraction of the mean box side")
+    jitter_cap: int = Field(20, ge=0, description="jitter clipped to ± this many pixels")
+    multimask: bool = True
+    batch_size: int = Field(8, ge=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run spec
+
+
+def _prefixed(exc: ValidationError, prefix: tuple[Any, ...], title: str) -> ValidationError:
+    details = [
+        InitErrorDetails(type=e["type"], loc=prefix + tuple(e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+        for e in exc.errors()
+    ]
+    return ValidationError.from_exception_data(title, details)
+
+
+class RunSpec(_Strict):
+    """One run: dataset × model × usage × method × hyper-parameters × seed."""
+
+    dataset: Path = Field(description="a prepared dataset folder (samples.parquet + dataset.json)")
+    root: Optional[Path] = Field(None, description="image root (null: the root recorded in dataset.json)")
+    tasks: Optional[list[str]] = Field(None, description="label columns (null: every label_* column)")
+    attributes: Optional[list[str]] = Field(None, description="sensitive attributes (null: every group_* column)")
+    split: Optional[str] = Field(None, description="split policy (null: the one recorded in dataset.json)")
+    model: str
+    checkpoint: Optional[Path] = None
+    trust_checkpoint: bool = False
+    usage: str = Field(description="how the model is used (see list_usages())")
+    method: Optional[str] = Field(None, description="mitigation method (null: none)")
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(0, ge=0)
+    threshold: str = "best_f1@val"
+    bootstrap: int = Field(1000, ge=0)
+    device: str = "auto"
+
+    @field_validator("model", "split", "method")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid name (letters, digits, '_', '-', '.')")
+        return value
+
+    @field_validator("tasks", "attributes")
+    @classmethod
+    def _names(cls, value: list[str] | None, info) -> list[str] | None:
+        if value is None:
+            return None
+        prefix = "label_" if info.field_name == "tasks" else "group_"
+        names = [str(v).removeprefix(prefix) for v in value]
+        if not names:
+            raise ValueError("empty list (leave the field out to use every column)")
+        seen = set()
+        for name in names:
+            if name in seen:
+                raise ValueError(f"{name!r} listed twice")
+            seen.add(name)
+        return names
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> str:
+        from fairfm.metrics.thresholds import parse_policy
+
+        try:
+            return parse_policy(str(value)).name
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("usage")
+    @classmethod
+    def _known_usage(cls, value: str) -> str:
+        if value not in _HPARAMS:
+            raise ValueError(f"unknown usage {value!r}; choose one of: {', '.join(list_usages())}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device {value!r}: choose auto, cpu or cuda (cuda:N for one GPU)")
+        return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _typed_hparams(cls, data: Any, handler) -> "RunSpec":
+        # The hyper-parameters depend on ``usage``; validate them with that usage's model and report errors
+        # under ``hparams.<field>``, then keep the fully-defaulted dictionary.
+        spec = handler(data)
+        model = _HPARAMS[spec.usage]
+        try:
+            typed = model.model_validate(spec.hparams)
+        except ValidationError as exc:
+            raise _prefixed(exc, ("hparams",), cls.__name__) from None
+        spec.hparams = typed.model_dump(mode="json")
+        if spec.method is None and spec.method_params:
+            raise ValidationError.from_exception_data(cls.__name__, [InitErrorDetails(
+                type="value_error", loc=("method_params",), input=spec.method_params,
+                ctx={"error": "method_params given without a method"})])  # fmt: skip
+        return spec
+
+    # -- construction ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "spec") -> "RunSpec":
+        """Validate a mapping; errors become one-line InputErrors naming ``source`` and the field path."""
+        if not isinstance(data, Mapping):
+            raise InputError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise spec_error(exc, source) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "RunSpec":
+        """Read a spec from YAML; relative paths in it are taken relative to the YAML file's folder."""
+        path = Path(path)
+        data = _read_yaml(path)
+        return cls.from_dict(_relative_to(data, path.parent), source=str(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> "RunSpec":
+        """A spec from YAML (optional) with command-line values on top.
+
+        ``overrides`` maps dotted field paths to values (``{"hparams.lr": 1e-3, "seed": 2}``), e.g. from
+        :func:`parse_assignments`. An error in an overridden field names the command line, any other the file.
+        """
+        data: dict[str, Any] = {}
+        source = "command line"
+        if path is not None:
+            path = Path(path)
+            loaded = _read_yaml(path)
+            if not isinstance(loaded, Mapping):
+                raise InputError(f"{path}: expected a mapping of fields, got {type(loaded).__name__}")
+            data, source = _relative_to(loaded, path.parent), str(path)
+        overrides = dict(overrides or {})
+        merged = merge_overrides(data, overrides)
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as exc:
+            loc = ".".join(str(part) for part in exc.errors()[0]["loc"])
+            flagged = any(loc == key or loc.startswith(key + ".") or key.startswith(loc + ".") for key in overrides)
+            raise spec_error(exc, "command line" if flagged or path is None else source) from None
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        """The spec as YAML (every field, defaults included); written atomically when ``path`` is given."""
+        import yaml
+
+        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        if path is not None:
+            from fairfm.tableio import write_text_atomic
+
+            write_text_atomic(path, text)
+        return text
+
+    def typed_hparams(self) -> HParams:
+        """The hyper-parameters as the usage's pydantic model (attribute access, types)."""
+        return _HPARAMS[self.usage].model_validate(self.hparams)
+
+    def replace(self, **changes: Any) -> "RunSpec":
+        """A copy with ``changes`` applied and validated again (``hparams=`` replaces the whole dictionary)."""
+        return type(self).from_dict({**self.model_dump(), **changes}, source="spec")
+
+    # -- canonical form --------------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """The dataset's ``dataset.json`` (fails naming the path looked for)."""
+        return _read_manifest(self.dataset)
+
+    def resolve(self) -> dict[str, Any]:
+        """The canonical, fully-defaulted spec: absolute paths, defaults filled from the dataset, normalised floats,
+        sorted keys; execution-only fields (``device``, ``trust_checkpoint``) left out. Hashing it gives the run id's
+        spec part."""
+        dataset = _absolute(self.dataset)
+        manifest = _read_manifest(dataset)
+        labels, groups = _dataset_columns(dataset)
+        tasks = self.tasks if self.tasks is not None else labels
+        attributes = self.attributes if self.attributes is not None else groups
+        for field, wanted, available in (("tasks", tasks, labels), ("attributes", attributes, groups)):
+            prefix = "label_" if field == "tasks" else "group_"
+            for name in wanted:
+                if name not in available:
+                    shown = ", ".join(available) or "none"
+                    raise InputError(f"{field}: {dataset / _SAMPLES_FILE} has no column '{prefix}{name}' "
+                                     f"(available: {shown})")  # fmt: skip
+        if not tasks:
+            raise InputError(f"tasks: {dataset / _SAMPLES_FILE} has no label_* column to evaluate")
+        recorded_split = (manifest.get("split") or {}).get("policy")
+        if self.split is not None and recorded_split is not None and self.split != recorded_split:
+            raise InputError(f"split: the spec asks for {self.split!r} but {dataset / _MANIFEST_FILE} was split with "
+                             f"{recorded_split!r} (prepare the dataset again with --split {self.split})")  # fmt: skip
+        root = self.root if self.root is not None else manifest.get("root")
+        resolved = self.model_dump(mode="json", exclude=set(EXECUTION_FIELDS))
+        resolved.update(
+            dataset=str(dataset),
+            root=str(_absolute(Path(root))) if root is not None else None,
+            checkpoint=str(_absolute(self.checkpoint)) if self.checkpoint is not None else None,
+            tasks=list(tasks),
+            attributes=list(attributes),
+            split=self.split if self.split is not None else recorded_split,
+        )
+        return canonical(resolved)
+
+
+def spec_error(exc: ValidationError, source: str) -> InputError:
+    """One line: ``source: field.path: message`` (the first error, with a count of the others)."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling)"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    elif first["type"].startswith("literal_error") and "expected" in first.get("ctx", {}):
+        message = f"{first['input']!r} is not one of {first['ctx']['expected']}"
+    message = message.removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return InputError(f"{source}: {loc}: {message}{more}")
+
+
+#: Hyper-parameters whose value is itself a list (never a sweep axis in the flat sweep form).
+_LIST_HPARAMS = ("targets", "templates", "classnames", "betas")
+#: Fields whose command-line value may be a comma-separated list (``--attr sex,race``).
+_COMMA_LISTS = ("tasks", "attributes", "hparams.targets")
+_EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
+def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["hparams.lr=1e-3", "attributes=sex,race", "method=null"]`` → ``{"hparams.lr": 0.001, ...}``.
+
+    Values are read as YAML scalars (numbers, booleans, ``null``, ``[a, b]``); list fields also take ``a,b``.
+    """
+    import yaml
+
+    parsed: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise InputError(f"--set {item!r}: expected FIELD=VALUE, e.g. hparams.lr=1e-3")
+        key, text = (part.strip() for part in item.split("=", 1))
+        if not key:
+            raise InputError(f"--set {item!r}: empty field name")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, str) and _EXPONENT.fullmatch(value):  # YAML 1.1 reads "1e-3" as text
+            value = float(value)
+        if key in _COMMA_LISTS and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        parsed[key] = value
+    return parsed
+
+
+def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted paths (``hparams.lr``) in a copy of ``data``."""
+    merged = json.loads(json.dumps(dict(data), default=str))
+    for key, value in overrides.items():
+        parts = key.split(".")
+        target = merged
+        for part in parts[:-1]:
+            child = target.get(part)
+            if not isinstance(child, dict):
+                child = target[part] = {}
+            target = child
+        target[parts[-1]] = value
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sweeps
+
+
+class SweepSpec(_Strict):
+    """A grid of runs: the Cartesian product of the ``grid`` values (in field order, seeds varying fastest) on top of
+    the ``base`` fields, once per seed in ``seeds``.
+
+    The flat form is also accepted: RunSpec fields at the top level, a list meaning "sweep over these values"
+    (``model: [a, b]``, ``hparams: {lr: [1e-3, 1e-4]}``), except for fields whose value is itself a list
+    (``tasks``, ``attributes``, ``hparams.targets/templates/classnames/betas``) — sweep those with
+    ``grid: {hparams.targets: [[qkv], [qkv, proj]]}``.
+    """
+
+    base: dict[str, Any] = Field(default_factory=dict, description="fields shared by every run")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="field -> values (hparams.lr for hparams)")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+    _list_fields: ClassVar[frozenset[str]] = frozenset({"tasks", "attributes"})
+    _source: str = PrivateAttr("sweep")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_form(cls, data: Any) -> Any:
+        # Also accept the flat form: RunSpec fields at the top level, lists meaning "sweep over these values".
+        if not isinstance(data, Mapping) or set(data) <= {"base", "grid", "seeds"}:
+            return data
+        data = dict(data)
+        seeds = data.pop("seeds", [0])
+        base, grid = dict(data.pop("base", {})), dict(data.pop("grid", {}))
+        for key, value in data.items():
+            if key == "hparams" and isinstance(value, Mapping):
+                for hkey, hvalue in value.items():
+                    if isinstance(hvalue, list) and hkey not in _LIST_HPARAMS:
+                        grid[f"hparams.{hkey}"] = hvalue
+                    else:
+                        base.setdefault("hparams", {})[hkey] = hvalue
+            elif isinstance(value, list) and key not in cls._list_fields:
+                grid[key] = value
+            else:
+                base[key] = value
+        return {"base": base, "grid": grid, "seeds": seeds}
+
+    @field_validator("grid")
+    @classmethod
+    def _nonempty(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if not values:
+                raise ValueError(f"{key}: empty list of values")
+            if key == "seed":
+                raise ValueError("sweep seeds with 'seeds: [0, 1, 2]', not in the grid")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("empty list of seeds")
+        if len(set(value)) != len(value):
+            raise ValueError("a seed is listed twice")
+        return value
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "sweep") -> "SweepSpec":
+        try:
+            sweep = cls.model_validate(data)
+        except ValidationError as exc:
+            raise spec_error(exc, source) from None
+        sweep._source = source
+        list(sweep.expand())  # validate every cell now, not halfway through a sweep
+        return sweep
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "SweepSpec":
+        path = Path(path)
+        data = _read_yaml(path)
+        if not isinstance(data, Mapping):
+            raise InputError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+        return cls.from_dict(_relative_to(data, path.parent), source=str(path))
+
+    def __len__(self) -> int:
+        return math.prod(len(v) for v in self.grid.values()) * len(self.seeds)
+
+    def expand(self) -> Iterator[RunSpec]:
+        """Every cell of the grid as a validated :class:`RunSpec`."""
+        source = self._source
+        keys = list(self.grid)
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            cell: dict[str, Any] = json.loads(json.dumps(self.base, default=str))
+            for key, value in zip(keys, values):
+                if key.startswith("hparams."):
+                    cell.setdefault("hparams", {})[key.split(".", 1)[1]] = value
+                else:
+                    cell[key] = value
+            for seed in self.seeds:
+                yield RunSpec.from_dict({**cell, "seed": seed}, source=source)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def canonical(value: Any) -> Any:
+    """Sorted keys, floats normalised (12 significant digits, -0.0 → 0.0, integral floats stay floats)."""
+    if isinstance(value, Mapping):
+        return {str(k): canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InputError(f"non-finite number {value!r} in a spec")
+        normalised = float(f"{value:.12g}")
+        return 0.0 if normalised == 0 else normalised
+    if isinstance(value, os.PathLike):
+        return str(value)
+    return str(value)
+
+
+def canonical_json(value: Any) -> str:
+    """The exact text that is hashed: canonical values, sorted keys, no whitespace."""
+    return json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    if not path.is_file():
+        raise InputError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise InputError(f"{path}: the spec file is empty")
+    return data
+
+
+_PATH_FIELDS = ("dataset", "root", "checkpoint")
+
+
+def _relative_to(data: Any, folder: Path, keys: tuple[str, ...] = _PATH_FIELDS) -> Any:
+    if not isinstance(data, Mapping):
+        return data
+    out = dict(data)
+    for key in keys:
+        value = out.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            out[key] = str(folder / value)
+        elif isinstance(value, list):
+            out[key] = [str(folder / v) if isinstance(v, str) and not Path(v).expanduser().is_absolute() else v
+                        for v in value]  # fmt: skip
+    if isinstance(out.get("base"), Mapping):
+        out["base"] = _relative_to(out["base"], folder, keys)
+    if isinstance(out.get("grid"), Mapping):
+        out["grid"] = _relative_to(out["grid"], folder, keys)
+    return out
+
+
+def _read_manifest(dataset: Path) -> dict[str, Any]:
+    dataset = Path(dataset)
+    manifest_path = dataset / _MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise InputError(f"dataset: {manifest_path} not found — is {dataset} a folder written by "
+                         f"'fairfm datasets prepare'?")  # fmt: skip
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"dataset: {manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"dataset: {manifest_path}: expected a JSON object")
+    return manifest
+
+
+def _dataset_columns(dataset: Path) -> tuple[list[str], list[str]]:
+    """(task names, attribute names) from the Parquet schema only — no rows are read."""
+    import pyarrow.parquet as pq
+
+    samples = Path(dataset) / _SAMPLES_FILE
+    if not samples.is_file():
+        raise InputError(f"dataset: {samples} not found — is {dataset} a folder written by 'fairfm datasets prepare'?")
+    try:
+        names = pq.read_schema(samples).names
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise InputError(f"dataset: {samples}: cannot be read as Parquet ({str(exc).splitlines()[0]})") from None
+    labels = [c.removeprefix("label_") for c in names if c.startswith("label_")]
+    groups = [c.removeprefix("group_") for c in names if c.startswith("group_")]
+    return labels, groups
