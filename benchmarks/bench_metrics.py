@@ -45,7 +45,6 @@ def main() -> None:
 
     import fairfm.metrics as M
     from fairfm.metrics import _engine as E
-    from fairfm.metrics import _resample as R
 
     rng = np.random.default_rng(0)
     n, G = args.n, args.groups
@@ -111,8 +110,7 @@ def main() -> None:
     g_stats, o_stats = engine.bootstrap(3, seeds, "group", n_jobs=1)
     worst = 0.0
     for b in range(3):
-        counts = engine.resample_counts(b, 3, np.random.SeedSequence(123))
-        idx = R.counts_to_indices(engine.layout.order, counts)
+        idx = engine.resample_indices(b, 3, np.random.SeedSequence(123))
         worst = max(worst, abs(o_stats["auc"][b] - roc_auc_score(y[idx], p[idx])))
         for k in range(G):
             m = codes[idx] == k

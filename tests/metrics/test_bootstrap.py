@@ -12,20 +12,21 @@ from fairfm.metrics import _resample as R
 from tests.metrics.helpers import make_data
 
 
-def _engine(seed=0, n=400):
-    y, p, g = make_data(seed, n=n, n_groups=3)
+def _engine(seed=0, n=400, ties=True):
+    y, p, g = make_data(seed, n=n, n_groups=3, ties=ties)
     codes = np.select([g == "g0", g == "g1", g == "g2"], [0, 1, 2], -1)
     return y, p, codes, E.AttributeEngine(y, p, codes, 3, E.Rules(threshold=0.5))
 
 
+@pytest.mark.parametrize("ties", [True, False], ids=["tied-scores-cells", "distinct-scores"])
 @pytest.mark.parametrize("stratify", ["group", "group_class", "class"])
-def test_each_resample_auc_equals_sklearn_on_that_resample(stratify):
-    y, p, codes, engine = _engine()
+def test_each_resample_auc_equals_sklearn_on_that_resample(stratify, ties):
+    y, p, codes, engine = _engine(ties=ties)
+    assert (engine.cells is not None) == ties  # tied scores are summarised as cells
     seeds = np.random.SeedSequence(11)
     groups, overall = engine.bootstrap(25, seeds, stratify, n_jobs=2)
     for b in range(25):
-        counts = engine.resample_counts(b, 25, np.random.SeedSequence(11), stratify)
-        idx = R.counts_to_indices(engine.layout.order, counts)
+        idx = engine.resample_indices(b, 25, np.random.SeedSequence(11), stratify)
         assert abs(overall["auc"][b] - roc_auc_score(y[idx], p[idx])) < 1e-12
         for k in range(3):
             m = codes[idx] == k
@@ -112,3 +113,38 @@ def test_resamples_where_a_small_group_loses_a_class_are_reported():
     assert any("resamples a group lost one class" in note for note in notes)
     fixed = M.evaluate(y, p, groups={"g": g}, bootstrap=200, seed=0, stratify="group_class")
     assert not fixed.tasks["task"].attributes["g"].notes
+
+
+@pytest.mark.parametrize("profile", [None, "fairmedfm"])
+def test_cells_give_the_same_statistics_as_samples(profile):
+    """Summarising a resample by cells of identical (group, score, label) changes no statistic."""
+    from fairfm.metrics.profiles import get_profile
+
+    y, p, g = make_data(8, n=500, n_groups=3)
+    codes = np.select([g == "g0", g == "g1", g == "g2"], [0, 1, 2], -1)
+    prof = get_profile(profile)
+    rules = E.Rules(threshold=0.45, **({} if prof is None else dict(strict=prof.strict, bce=prof.bce, ece=prof.ece)))
+    engine = E.AttributeEngine(y, p, codes, 3, rules, {"0.5": 0.5})
+    assert engine.cells is not None and engine.cells.layout.n < 0.6 * y.size
+    strata = R.Strata(n=y.size, starts=engine.layout.starts)
+    for seed in range(5):
+        counts = R.draw_counts(np.random.default_rng(seed), strata)  # a resample over samples
+        g_cells, o_cells = engine.resample_stats(counts)
+        g_samples, o_samples = engine._all_stats(engine.samples, counts, None)
+        for key, value in g_samples.items():
+            np.testing.assert_allclose(g_cells[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+        for key, value in o_samples.items():
+            assert o_cells[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_cell_resamples_are_stratified_multinomial():
+    """Drawn on cells, each stratum keeps its size, and each cell is drawn in proportion to its size."""
+    starts = np.array([0, 3, 10, 12, 20])  # cells of 3, 7, 2 and 8 samples
+    bounds_cells, bounds_items = np.array([0, 2, 4]), np.array([0, 10, 20])
+    draws = np.array([R.draw_cell_counts(np.random.default_rng(s), 20, starts, bounds_cells, bounds_items)
+                      for s in range(4000)])  # fmt: skip
+    assert (draws[:, :2].sum(axis=1) == 10).all() and (draws[:, 2:].sum(axis=1) == 10).all()
+    np.testing.assert_allclose(draws.mean(axis=0), [3, 7, 2, 8], rtol=0.04)
+    # Multinomial variance of a cell with share q of a stratum of m draws: m·q·(1 − q).
+    np.testing.assert_allclose(draws.var(axis=0), [10 * 0.3 * 0.7, 10 * 0.7 * 0.3, 10 * 0.2 * 0.8, 10 * 0.8 * 0.2],
+                               rtol=0.1)  # fmt: skip

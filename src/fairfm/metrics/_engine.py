@@ -12,6 +12,7 @@ import multiprocessing
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -78,6 +79,18 @@ def _pandas_cut_edges(lo: float, hi: float, bins: int) -> np.ndarray:
     return edges
 
 
+@dataclass
+class _View:
+    """What the statistics are computed on: the samples, or cells of identical (group, score, label)."""
+
+    layout: L.Layout
+    overall: L.Layout
+    values: np.ndarray  # (K, 3): p, BCE term, Brier term per position, float64 (point estimates)
+    values32: np.ndarray  # the same in float32 (resamples)
+    unit_edges: np.ndarray | None
+    to_overall: Callable[[np.ndarray], np.ndarray]  # counts in this layout -> counts in the overall layout
+
+
 class AttributeEngine:
     """Everything needed to compute one attribute's group statistics quickly, many times."""
 
@@ -85,22 +98,41 @@ class AttributeEngine:
                  extra_thresholds: dict[str, float] | None = None) -> None:  # fmt: skip
         self.rules = rules
         self.n_groups = n_groups
-        self.layout = L.build_layout(y, p, codes, n_groups)
-        self.overall = L.overall_layout(y, p)
-        position = np.empty(y.size, dtype=np.int64)
-        position[self.layout.order] = np.arange(y.size)
-        self.to_overall = position[self.overall.order]  # overall position -> layout position
         self.extra_thresholds = dict(extra_thresholds or {})
-        ly, lp = self.layout.y.astype(np.float64), self.layout.p
-        # Per-sample values whose count-weighted sums give calibration metrics: p, BCE term, Brier term.
-        self.values = np.column_stack([lp, item_bce(ly, lp, rules.bce), (lp - ly) ** 2])
-        # Resample sums of these use float32 (half the memory traffic of this memory-bound step; relative error
-        # ~1e-6, far inside any interval). AUCs and rates stay exact integers; point estimates use float64.
-        self.values32 = self.values.astype(np.float32)
-        if rules.ece == "unit":
-            edges = np.linspace(0.0, 1.0, rules.ece_bins + 1)[1:-1]
-            inner = self.layout.bin_positions(edges, right=False)  # left-closed bins; the last is [0.9, 1]
-            self._unit_edges = np.concatenate([self.layout.starts[:-1, None], inner, self.layout.starts[1:, None]], 1)
+        strata = np.where(codes < 0, n_groups, codes).astype(np.int64)
+        samples = L.build_layout(y, p, codes, n_groups)
+        cells = L.cells_of(samples, y, p, strata)
+        if cells is not None:
+            samples, cell_layout, self.cell_starts = cells
+        self.layout = samples  # resampling happens on samples; statistics on cells when there are few
+        overall = L.overall_layout(y, p)
+        position = np.empty(y.size, dtype=np.int64)
+        position[samples.order] = np.arange(y.size)
+        gather = position[overall.order]  # overall position -> sample-layout position
+        self.samples = self._view(samples, overall, lambda counts: counts[gather])
+        self.cells = None
+        if cells is not None:
+            # Overall cells: identical (score, label) across groups; a resample's overall counts are sums.
+            o_order = np.lexsort((cell_layout.y, cell_layout.p))
+            oy, op = cell_layout.y[o_order], cell_layout.p[o_order]
+            o_starts = np.flatnonzero(np.r_[True, (op[1:] != op[:-1]) | (oy[1:] != oy[:-1])])
+            o_layout = L._layout_from_order(np.arange(o_starts.size), oy[o_starts], op[o_starts],
+                                            np.zeros(o_starts.size, dtype=np.int64), 1)  # fmt: skip
+            o_ends = np.append(o_starts[1:], o_order.size) - 1
+            self.cells = self._view(cell_layout, o_layout, lambda counts: R.run_sums(counts[o_order], o_ends))
+
+    def _view(self, layout: L.Layout, overall: L.Layout, to_overall) -> _View:
+        ly, lp = layout.y.astype(np.float64), layout.p
+        # Per-position values whose count-weighted sums give calibration metrics: p, BCE term, Brier term.
+        values = np.column_stack([lp, item_bce(ly, lp, self.rules.bce), (lp - ly) ** 2])
+        unit_edges = None
+        if self.rules.ece == "unit":
+            edges = np.linspace(0.0, 1.0, self.rules.ece_bins + 1)[1:-1]
+            inner = layout.bin_positions(edges, right=False)  # left-closed bins; the last is [0.9, 1]
+            unit_edges = np.concatenate([layout.starts[:-1, None], inner, layout.starts[1:, None]], 1)
+        # Resample sums use float32: half the memory traffic of this memory-bound step, relative error ~1e-6, far
+        # inside any interval. AUCs and rates stay exact integers; point estimates use float64.
+        return _View(layout, overall, values, values.astype(np.float32), unit_edges, to_overall)
 
     def _range_edges(self, layout: L.Layout, counts: np.ndarray | None) -> np.ndarray:
         """pandas-cut edges over each stratum's own [min p, max p] of the samples present (FairMedFM's ECE)."""
@@ -129,12 +161,12 @@ class AttributeEngine:
         pos = stats.cum_pos_at[np.searchsorted(layout.pos_index, edges)]
         return np.diff(neg + pos, axis=1), np.diff(pos, axis=1), sums
 
-    def _all_stats(self, counts: np.ndarray | None, sizes: np.ndarray | None):
-        lay, rules = self.layout, self.rules
+    def _all_stats(self, view: _View, counts: np.ndarray | None, sizes: np.ndarray | None):
+        lay, rules = view.layout, self.rules
         weights = None if counts is None else counts.astype(np.float32)
-        values = self.values if counts is None else self.values32
+        values = view.values if counts is None else view.values32
         stats = L.count_stats(lay, counts, sizes)
-        edges = self._unit_edges if rules.ece == "unit" else self._range_edges(lay, counts)
+        edges = view.unit_edges if rules.ece == "unit" else self._range_edges(lay, counts)
         _, pos_bin, sums = self._binned(lay, stats, edges, values, weights)
         sums = sums.astype(np.float64)
         n = stats.n.astype(np.float64)
@@ -151,8 +183,8 @@ class AttributeEngine:
 
             # Overall statistics: every sum adds up over strata; only the AUC needs the overall order.
             total = float(n.sum())
-            c_all = None if counts is None else counts[self.to_overall]
-            o_stats = L.count_stats(self.overall, c_all, None if counts is None else np.array([int(stats.n.sum())]))
+            c_all = None if counts is None else view.to_overall(counts)
+            o_stats = L.count_stats(view.overall, c_all, None if counts is None else np.array([int(stats.n.sum())]))
             overall: dict[str, float] = {"n": float(total), "n_pos": float(stats.n_pos.sum()),
                                          "auc": float(o_stats.auc()[0])}  # fmt: skip
             for suffix, c in conf.items():
@@ -163,19 +195,38 @@ class AttributeEngine:
             if rules.ece == "unit":
                 overall["ece"] = float(np.abs(sums[:, :, 0].sum(axis=0) - pos_bin.sum(axis=0)).sum() / total)
             else:
-                o_edges = self._range_edges(self.overall, c_all)
+                o_edges = self._range_edges(view.overall, c_all)
                 o_weights = None if c_all is None else c_all.astype(np.float64)
-                o_values = self.overall.p[:, None]
-                _, o_pos, o_sums = self._binned(self.overall, o_stats, o_edges, o_values, o_weights)
+                o_values = view.overall.p[:, None]
+                _, o_pos, o_sums = self._binned(view.overall, o_stats, o_edges, o_values, o_weights)
                 overall["ece"] = float(np.abs(o_sums[:, :, 0] - o_pos).sum() / total)
         return group, overall
 
+    def resample_stats(self, counts: np.ndarray, sizes: np.ndarray | None = None):
+        """Group and overall statistics of one resample given as counts over the sample layout."""
+        if self.cells is not None:
+            return self._all_stats(self.cells, R.run_sums(counts, self.cell_starts[1:] - 1), sizes)
+        return self._all_stats(self.samples, counts, sizes)
+
+    def _draw(self, seed: np.random.SeedSequence, stratify: str, strata: R.Strata | None = None):
+        """(statistics view, counts over it) of one resample. Stratified by group with cells, the resample is
+        drawn on the cells directly; otherwise per sample."""
+        rng = R.generator(seed)
+        if self.cells is not None and stratify == "group":
+            counts = R.draw_cell_counts(rng, self.layout.n, self.cell_starts, self.cells.layout.starts,
+                                        self.layout.starts)  # fmt: skip
+            return self.cells, counts
+        counts = R.draw_counts(rng, strata if strata is not None else self.strata(stratify))
+        if self.cells is not None:
+            return self.cells, R.run_sums(counts, self.cell_starts[1:] - 1)
+        return self.samples, counts
+
     def group_stats(self, counts: np.ndarray | None = None, sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Per stratum (G groups, then the unknown stratum) statistics."""
-        return self._all_stats(counts, sizes)[0]
+        """Per stratum (G groups, then the unknown stratum) statistics; ``counts`` over the sample layout."""
+        return self._all_stats(self.samples, counts, sizes)[0]
 
     def overall_stats(self, counts: np.ndarray | None = None) -> dict[str, float]:
-        return self._all_stats(counts, None)[1]
+        return self._all_stats(self.samples, counts, None)[1]
 
     def strata(self, stratify: str) -> R.Strata:
         lay = self.layout
@@ -218,8 +269,8 @@ class AttributeEngine:
         groups: dict[str, np.ndarray] = {}
         overall: dict[str, np.ndarray] = {}
         for b, seed in enumerate(seeds):
-            counts = R.draw_counts(R.generator(seed), strata)
-            g, o = self._all_stats(counts, sizes)
+            view, counts = self._draw(seed, stratify, strata)
+            g, o = self._all_stats(view, counts, sizes)
             if b == 0:
                 groups = {k: np.empty((len(seeds), v.size)) for k, v in g.items()}
                 overall = {k: np.empty(len(seeds)) for k in o}
@@ -229,11 +280,20 @@ class AttributeEngine:
                 overall[key][b] = value
         return groups, overall
 
-    def resample_counts(self, b: int, n_resamples: int, seed_sequence: np.random.SeedSequence,
-                        stratify: str = "group") -> np.ndarray:  # fmt: skip
-        """The count vector (layout order) of resample ``b`` — for checking a resample against other tools."""
-        child = seed_sequence.spawn(n_resamples)[b]
-        return R.draw_counts(R.generator(child), self.strata(stratify))
+    def resample_indices(self, b: int, n_resamples: int, seed_sequence: np.random.SeedSequence,
+                         stratify: str = "group") -> np.ndarray:  # fmt: skip
+        """The sample indices of resample ``b`` of :meth:`bootstrap` — to check a resample against other tools.
+
+        A cell's draws are spread over its samples uniformly at random (with a separate generator); every metric
+        is the same whichever of a cell's identical samples were drawn.
+        """
+        view, counts = self._draw(seed_sequence.spawn(n_resamples)[b], stratify)
+        if view is self.samples:
+            return R.counts_to_indices(self.layout.order, counts)
+        spread = np.random.default_rng(b)
+        starts, sizes = self.cell_starts[:-1], np.diff(self.cell_starts)
+        cells = np.repeat(np.arange(counts.size), counts)
+        return self.layout.order[starts[cells] + spread.integers(0, sizes[cells])]
 
 
 _MIN_PARALLEL_RESAMPLES = 50

@@ -109,6 +109,36 @@ def _layout_from_order(order, y, p, strata, n_groups) -> Layout:
     )
 
 
+def cells_of(layout: Layout, y: np.ndarray, p: np.ndarray, strata: np.ndarray,
+             max_fraction: float = 0.6) -> tuple[Layout, Layout, np.ndarray] | None:  # fmt: skip
+    """Group samples of identical (stratum, score, label) into cells, when that shrinks the problem.
+
+    Every metric depends on a sample only through its stratum, score and label, so a resample can be summarised
+    by how often each *cell* was drawn. Scores exported with few decimals tie a lot: 1e6 samples may form only
+    ~1e5 cells, and every per-resample kernel then runs on the cells. Returns (the sample layout reordered so that
+    cells are contiguous, the cell layout, the cells' start positions in the sample layout), or None when cells
+    would save little.
+    """
+    n = layout.n
+    if n == 0:
+        return None
+    stratum = np.repeat(np.arange(layout.n_groups + 1), np.diff(layout.starts))
+    new_block = np.ones(n, dtype=bool)
+    new_block[1:] = (layout.p[1:] != layout.p[:-1]) | (stratum[1:] != stratum[:-1])
+    if new_block.all():
+        return None
+    key = np.cumsum(new_block, dtype=np.int64) * 2 + layout.y
+    perm = np.argsort(key, kind="stable")  # only reorders labels inside each tie block
+    key = key[perm]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    if starts.size > max_fraction * n:
+        return None
+    samples = _layout_from_order(layout.order[perm], y, p, strata, layout.n_groups)
+    cells = _layout_from_order(np.arange(starts.size), samples.y[starts], samples.p[starts], stratum[perm][starts],
+                               layout.n_groups)  # fmt: skip
+    return samples, cells, np.append(starts, n)
+
+
 def overall_layout(y: np.ndarray, p: np.ndarray) -> Layout:
     """All samples as one stratum (used for overall metrics)."""
     return build_layout(y, p, np.zeros(y.size, dtype=np.int64), 1)
@@ -148,8 +178,11 @@ def count_stats(layout: Layout, counts: np.ndarray | None = None, sizes: np.ndar
     Prefix sums are kept in int32 where the totals allow it: memory traffic, not arithmetic, bounds this kernel.
     """
     n = layout.n
-    narrow = n < 2**26  # then 2·n·max_count (< 2·n·256) fits in int32
-    acc = np.int32 if narrow else np.int64
+    if counts is None:
+        draws = n
+    else:
+        draws = int(sizes.sum()) if sizes is not None else int(counts.sum(dtype=np.int64))
+    acc = np.int32 if draws < 2**29 else np.int64  # prefix sums of counts stay below 2·draws
     if counts is None:
         neg_counts = layout.is_neg
         cp = np.ones(layout.pos_index.size, dtype=acc)

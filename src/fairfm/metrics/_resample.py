@@ -105,17 +105,24 @@ def draw_counts(rng: np.random.Generator, strata: Strata) -> np.ndarray:
     return counts
 
 
-def _fix_contiguous(rng: np.random.Generator, counts: np.ndarray, bounds: np.ndarray) -> None:
+def _fix_contiguous(rng: np.random.Generator, counts: np.ndarray, bounds: np.ndarray,
+                    item_starts: np.ndarray | None = None, item_bounds: np.ndarray | None = None) -> None:  # fmt: skip
     """:func:`_fix_total` for every contiguous stratum at once: one prefix sum gives every stratum's total and
-    locates the draws to remove; one scatter removes them and one adds the missing draws."""
+    locates the draws to remove; one scatter removes them and one adds the missing draws.
+
+    With ``item_starts`` the counts are per *cell* (runs of samples starting at ``item_starts``) and the strata
+    hold ``diff(item_bounds)`` samples: a missing draw then lands in a cell with probability proportional to its
+    size, exactly as a draw of one of its samples would.
+    """
     nonempty = np.flatnonzero(np.diff(bounds) > 0)
     if not nonempty.size:
         return
     lo, hi = bounds[nonempty], bounds[nonempty + 1]
+    sizes = (hi - lo) if item_bounds is None else np.diff(item_bounds)[nonempty]
     cum = np.cumsum(counts, dtype=np.int32 if counts.size < 2**27 else np.int64)  # total ≤ 13·n draws
     base = np.where(lo > 0, cum[np.maximum(lo - 1, 0)], 0).astype(np.int64)
     totals = cum[hi - 1] - base
-    surplus = totals - (hi - lo)
+    surplus = totals - sizes
     if (surplus > 0).any():
         slots = [base[k] + rng.choice(int(totals[k]), size=int(surplus[k]), replace=False)
                  for k in np.flatnonzero(surplus > 0)]  # fmt: skip
@@ -123,8 +130,32 @@ def _fix_contiguous(rng: np.random.Generator, counts: np.ndarray, bounds: np.nda
         _add(counts, np.searchsorted(cum, np.sort(np.concatenate(slots)), side="right"), -1)
     if (surplus < 0).any():
         need = np.maximum(-surplus, 0)
-        offsets = rng.integers(0, np.repeat(hi - lo, need))
-        _add(counts, np.repeat(lo, need) + offsets, 1)
+        offsets = rng.integers(0, np.repeat(sizes, need))
+        if item_starts is None:
+            _add(counts, np.repeat(lo, need) + offsets, 1)
+        else:
+            items = np.repeat(item_bounds[nonempty], need) + offsets
+            _add(counts, np.searchsorted(item_starts, items, side="right") - 1, 1)
+
+
+def run_sums(counts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Sums of consecutive runs of ``counts`` ending at ``ends`` (inclusive). A prefix sum and a difference are
+    several times faster than ``np.add.reduceat`` when there are many short runs."""
+    cum = np.cumsum(counts, dtype=np.int32 if counts.size < 2**26 else np.int64)[ends]
+    cum[1:] -= cum[:-1].copy()
+    return cum
+
+
+def draw_cell_counts(rng: np.random.Generator, n: int, cell_starts: np.ndarray, cell_bounds: np.ndarray,
+                     item_bounds: np.ndarray) -> np.ndarray:  # fmt: skip
+    """A resample stratified by contiguous strata, summarised per cell (int32 counts per cell).
+
+    Poisson(1) per sample summed over a cell is Poisson(cell size); conditioning each stratum's total then happens
+    on the cells. The result has the distribution of :func:`draw_counts` summed over cells.
+    """
+    counts = run_sums(poisson_counts(rng, n), cell_starts[1:] - 1)
+    _fix_contiguous(rng, counts, cell_bounds, cell_starts, item_bounds)
+    return counts
 
 
 def _add(counts: np.ndarray, index: np.ndarray, sign: int) -> None:
