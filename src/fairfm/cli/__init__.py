@@ -42,6 +42,8 @@ def _register_commands() -> None:
 
     app.add_typer(runs_cli.app, name="runs")
 
+    from fairfm.cli import run as run_cli  # noqa: F401  (registers ``fairfm run``)
+
 
 def _usage_error(exc: BaseException) -> bool:
     # Typer may vendor its own copy of click, so match click's protocol rather than click's classes.

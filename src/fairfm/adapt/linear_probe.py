@@ -1,0 +1,266 @@
+"""Linear probing: a linear head trained on frozen-encoder features (METHODS.md §2.2).
+
+One ``nn.Linear(D, T)`` output per task, multi-label BCE with a positive weight per task (negatives / positives
+on the training split; ``class_balanced``), the spec's optimiser (SGD with momentum, AdamW or Adam; no weight
+decay on biases, as in timm's parameter groups), linear warm-up then half-cosine from ``lr`` to ``min_lr``, and
+model selection on the validation split (macro AUC over tasks, validation loss, or the last epoch) with early
+stopping after ``early_stopping_patience`` epochs without improvement. The weights of the selected epoch are kept
+in memory and can be written with safetensors.
+
+Unlike FairMedFM (which always uses SGD, keeps the last epoch and never looks at a validation set), the optimiser
+named in the hyper-parameters is the one used and the head is selected on validation.
+
+Inputs are either cached features (the usual path) or anything an ``embed`` callable turns into features batch by
+batch — e.g. preprocessed images and a frozen encoder — so the two paths train on exactly the same batches.
+``amp`` and ``num_workers`` do not apply to a head trained on in-memory features and are not used here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from fairfm.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from fairfm.spec import LinearProbeHParams
+
+
+@dataclass
+class LinearProbeResult:
+    """The selected head, its predictions and the training history."""
+
+    state_dict: dict[str, "torch.Tensor"]  # weights of the selected epoch (CPU tensors)
+    best_epoch: int  # 1-based
+    best_score: float  # the selection criterion at best_epoch (val AUC, −val loss, or nan for 'last')
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, val_loss, val_auc, lr
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)  # set name -> (N, T) probabilities
+    tasks: list[str] = field(default_factory=list)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the selected head with safetensors (atomically)."""
+        from safetensors.torch import save_file
+
+        from fairfm.tableio import atomic_path
+
+        metadata = {"best_epoch": str(self.best_epoch), "tasks": ",".join(self.tasks)}
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict.items()}, str(tmp), metadata=metadata)
+
+
+def lr_at(step: float, total: float, warmup: float, lr: float, min_lr: float, schedule: str) -> float:
+    """Learning rate after ``step`` of ``total`` units (epochs or iterations): linear warm-up, then the schedule."""
+    if warmup > 0 and step < warmup:
+        return lr * step / warmup
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup) / max(total - warmup, 1e-12)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def macro_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Mean ROC AUC over the tasks whose known labels contain both classes (NaN labels are skipped); nan if none."""
+    from sklearn.metrics import roc_auc_score
+
+    values = []
+    for j in range(y_true.shape[1]):
+        known = ~np.isnan(y_true[:, j])
+        y = y_true[known, j]
+        if y.size and 0 < y.sum() < y.size:
+            values.append(roc_auc_score(y, y_score[known, j]))
+    return float(np.mean(values)) if values else math.nan
+
+
+def _as_labels(y: Any, name: str) -> np.ndarray:
+    array = np.asarray(y, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    bad = ~np.isnan(array) & (array != 0) & (array != 1)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        value = float(array[row, col])
+        raise InputError(f"{name} labels: row {row}, task {col} has value {value!r} (expected 0, 1 or NaN)")
+    return array
+
+
+def _param_groups(head: "torch.nn.Module", weight_decay: float) -> list[dict[str, Any]]:
+    # timm's convention: no weight decay on 1-D parameters (biases, norms).
+    decay = [p for p in head.parameters() if p.ndim > 1]
+    no_decay = [p for p in head.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _optimizer(name: str, groups: list[dict[str, Any]], hp: "LinearProbeHParams", lr: float):
+    import torch
+
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=hp.momentum)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(hp.betas))
+    raise InputError(f"hparams.optimizer: {name!r} is not one of sgd, adamw, adam")
+
+
+def train_linear_probe(
+    train_x: Any,
+    train_y: Any,
+    val_x: Any,
+    val_y: Any,
+    *,
+    hparams: "LinearProbeHParams",
+    seed: int = 0,
+    predict: dict[str, Any] | None = None,
+    embed: Callable[["torch.Tensor"], "torch.Tensor"] | None = None,
+    tasks: Sequence[str] | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> LinearProbeResult:
+    """Train a linear head and return the validation-selected weights with their predictions.
+
+    ``train_x``/``val_x`` (and the values of ``predict``, extra sets to score, e.g. ``{"test": X}``) are
+    feature arrays (N, D) — or, with ``embed``, inputs that ``embed(batch)`` turns into (B, D) features (a frozen
+    encoder run inside the loop). ``train_y``/``val_y``: (N,) or (N, T) with 0/1 and NaN for unknown labels.
+    ``predictions`` holds ``"val"`` and every ``predict`` set as (N, T) probabilities of the selected head.
+    """
+    import torch
+    from torch import nn
+
+    hp = hparams
+    if hp.schedule == "step":
+        raise InputError("hparams.schedule: 'step' is not implemented for the linear probe (use cosine or constant)")
+    y_train, y_val = _as_labels(train_y, "training"), _as_labels(val_y, "validation")
+    n_tasks = y_train.shape[1]
+    task_names = list(tasks) if tasks is not None else [f"task{j}" for j in range(n_tasks)]
+    if len(train_x) != len(y_train) or len(val_x) != len(y_val):
+        raise InputError(f"linear probe: {len(train_x)} training inputs for {len(y_train)} labels, "
+                         f"{len(val_x)} validation inputs for {len(y_val)} labels")
+    if len(y_train) == 0 or len(y_val) == 0:
+        raise InputError("linear probe: the training and validation splits must both have samples")
+    positives = np.nansum(y_train, axis=0)
+    negatives = np.sum(~np.isnan(y_train), axis=0) - positives
+    for j, name in enumerate(task_names):
+        if positives[j] == 0 or negatives[j] == 0:
+            which = "positive" if positives[j] == 0 else "negative"
+            raise InputError(f"task {name!r}: the training split has no {which} sample; a probe cannot be trained")
+    if hp.select_by == "val_auc":
+        for j, name in enumerate(task_names):
+            known = y_val[~np.isnan(y_val[:, j]), j]
+            if not (known.size and 0 < known.sum() < known.size):
+                raise InputError(f"task {name!r}: the validation split has only one class, so validation AUC cannot "
+                                 "select the epoch (set hparams.select_by to val_loss or last)")
+
+    dev = torch.device(device)
+    to_features = embed or (lambda batch: batch)
+
+    def features_of(inputs: Any, index: np.ndarray) -> "torch.Tensor":
+        batch = inputs[index]
+        batch = torch.as_tensor(np.asarray(batch)) if not isinstance(batch, torch.Tensor) else batch
+        features = to_features(batch).float().to(dev)
+        # A frozen encoder returns inference-mode tensors, which autograd refuses to save: copy them out.
+        return features.clone() if features.is_inference() else features
+
+    # Dimension from one sample (cheap for features; one encoder call otherwise).
+    dim = int(features_of(train_x, np.arange(1)).shape[1])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Linear(dim, n_tasks).to(dev)
+    pos_weight = torch.as_tensor(negatives / positives if hp.class_balanced else np.ones(n_tasks),
+                                 dtype=torch.float32, device=dev)  # fmt: skip
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
+    base_lr = hp.lr * (hp.batch_size / 256 if hp.lr_scaling == "linear" else 1.0)
+    min_lr = min(hp.min_lr, base_lr)
+    optimizer = _optimizer(hp.optimizer, _param_groups(head, hp.weight_decay), hp, base_lr)
+    generator = torch.Generator().manual_seed(seed)
+    n_train = len(y_train)
+    steps_per_epoch = math.ceil(n_train / hp.batch_size)
+    per_iteration = hp.schedule_per == "iteration"
+    total = hp.epochs * (steps_per_epoch if per_iteration else 1)
+    warmup = hp.warmup_epochs * (steps_per_epoch if per_iteration else 1)
+    targets_train = torch.as_tensor(y_train, dtype=torch.float32)
+    smoothing = hp.label_smoothing
+
+    def loss_of(logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
+        known = ~torch.isnan(targets)
+        clean = torch.where(known, targets, torch.zeros_like(targets))
+        if smoothing:
+            clean = clean * (1 - smoothing) + 0.5 * smoothing
+        losses = criterion(logits, clean) * known
+        return losses.sum() / known.sum().clamp(min=1)
+
+    def logits_of(inputs: Any) -> "torch.Tensor":
+        head.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(inputs), hp.batch_size):
+                index = np.arange(start, min(start + hp.batch_size, len(inputs)))
+                out.append(head(features_of(inputs, index)))
+        return torch.cat(out) if out else torch.zeros((0, n_tasks), device=dev)
+
+    def predict_set(inputs: Any) -> np.ndarray:
+        return torch.sigmoid(logits_of(inputs)).cpu().double().numpy()
+
+    targets_val = torch.as_tensor(y_val, dtype=torch.float32, device=dev)
+
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch, best_score, since_best = 0, -math.inf, 0
+    history: list[dict[str, float]] = []
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    columns = [TextColumn("[bold]linear probe"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]} val AUC {task.fields[auc]}")]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task_bar = bar.add_task("probe", total=hp.epochs, loss="–", auc="–")
+        step = 0
+        for epoch in range(hp.epochs):
+            head.train()
+            if not per_iteration:
+                lr = lr_at(epoch, total, warmup, base_lr, min_lr, hp.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            order = torch.randperm(n_train, generator=generator).numpy()
+            running, seen = 0.0, 0
+            for start in range(0, n_train, hp.batch_size):
+                index = order[start:start + hp.batch_size]
+                if per_iteration:
+                    lr = lr_at(step, total, warmup, base_lr, min_lr, hp.schedule)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                loss = loss_of(head(features_of(train_x, index)), targets_train[index].to(dev))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                running += loss.item() * len(index)
+                seen += len(index)
+                step += 1
+            val_logits = logits_of(val_x)
+            val_auc = macro_auc(y_val, torch.sigmoid(val_logits).cpu().double().numpy())
+            with torch.no_grad():
+                val_loss = float(loss_of(val_logits, targets_val))
+            history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "val_loss": val_loss,
+                            "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
+            score = {"val_auc": val_auc, "val_loss": -val_loss, "last": float(epoch)}[hp.select_by]
+            if score > best_score or best_state is None:
+                best_score, best_epoch, since_best = score, epoch + 1, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+            else:
+                since_best += 1
+            bar.update(task_bar, advance=1, loss=f"{history[-1]['loss']:.4f}", auc=f"{val_auc:.3f}")
+            patience = hp.early_stopping_patience
+            if hp.select_by != "last" and patience is not None and since_best >= patience:
+                break
+
+    assert best_state is not None
+    head.load_state_dict(best_state)
+    predictions = {"val": predict_set(val_x)}
+    for name, inputs in (predict or {}).items():
+        predictions[name] = predict_set(inputs)
+    return LinearProbeResult(state_dict=best_state, best_epoch=best_epoch,
+                             best_score=best_score if hp.select_by != "last" else math.nan,
+                             history=history, predictions=predictions, tasks=task_names)  # fmt: skip

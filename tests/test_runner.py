@@ -1,0 +1,253 @@
+"""End to end: spec → planted-bias dataset → tiny random-weight CLIP → usage → stored predictions and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fairfm import runner
+from fairfm.cli import main
+from fairfm.errors import InputError
+from fairfm.results import Store
+from fairfm.spec import RunSpec
+from tests.adapt.helpers import make_synth, make_tiny_clip
+
+CONTRACT = ["run_id", "sample_id", "task", "split", "y_true", "y_score", "group_sex", "group_age"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("caches")
+    for name in ("HF_HUB_CACHE", "TORCH_HOME", "FAIRFM_HOME"):
+        monkeypatch.setenv(name, str(home / name.lower()))
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    return make_synth(tmp_path_factory.mktemp("synth") / "data")
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> Path:
+    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip")
+
+
+def _spec(synth_dir: Path, clip_dir: Path, usage: str, **extra) -> RunSpec:
+    hparams = {"epochs": 8, "batch_size": 32, "lr": 1e-2, "warmup_epochs": 1} if usage == "linear_probe" else {}
+    return RunSpec.from_dict({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                              "usage": usage, "hparams": hparams, "bootstrap": 50, "seed": 1, **extra})  # fmt: skip
+
+
+def _count_computations(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    original = runner.compute_run
+
+    def counting(spec, **kwargs):
+        calls.append(spec.usage)
+        return original(spec, **kwargs)
+
+    monkeypatch.setattr(runner, "compute_run", counting)
+    return calls
+
+
+def _count_encoder_calls(monkeypatch) -> list[int]:
+    from fairfm.models.base import Encoder
+
+    calls: list[int] = []
+    original = Encoder.encode_image
+
+    def counting(self, batch):
+        calls.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(Encoder, "encode_image", counting)
+    return calls
+
+
+def test_linear_probe_run_writes_predictions_and_metrics_and_is_found_again(synth_dir, clip_dir, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
+    store = Store(tmp_path / "store")
+    computations = _count_computations(monkeypatch)
+    encoder_calls = _count_encoder_calls(monkeypatch)
+    spec = _spec(synth_dir, clip_dir, "linear_probe")
+    first = runner.execute(spec, store, progress=False, want_report=True)
+    assert first.computed and computations == ["linear_probe"]
+    assert sum(encoder_calls) == len(pd.read_parquet(synth_dir / "samples.parquet"))  # every sample encoded once
+
+    predictions = first.record.predictions
+    assert list(predictions.columns) == CONTRACT
+    assert set(predictions["split"]) == {"val", "test"}
+    assert (predictions["run_id"] == first.record.run_id).all()
+    assert predictions["y_score"].between(0, 1).all()
+    samples = pd.read_parquet(synth_dir / "samples.parquet")[["sample_id", "split", "label_disease", "group_sex"]]
+    joined = predictions.merge(samples, on="sample_id", suffixes=("", "_sample"), validate="many_to_one")
+    assert len(joined) == len(predictions)
+    assert (joined["split"] == joined["split_sample"]).all()
+    assert (joined["y_true"] == joined["label_disease"]).all()
+    assert (joined["group_sex"] == joined["group_sex_sample"]).all()
+
+    metrics = first.record.metrics
+    auc = metrics[(metrics["metric"] == "auc") & (metrics["attribute"] == "sex")]
+    assert set(auc["group"]) >= {"F", "M"}
+    gap = metrics[(metrics["metric"] == "auc_gap") & (metrics["attribute"] == "sex")]
+    assert len(gap) == 1 and gap["ci_low"].notna().all()  # bootstrap intervals were computed
+    assert set(metrics["threshold_policy"]) == {"best_f1@val"}
+
+    meta = first.record.meta
+    assert meta["seeds"]["run"] == 1 and meta["device"] == "cpu"
+    assert {"features_s", "train_s", "metrics_s"} <= set(meta["timings"])
+    assert meta["training"]["optimizer"] == "sgd" and 1 <= meta["training"]["best_epoch"] <= 8
+    assert Path(meta["head"]).is_file()
+
+    # The report kept from the run matches the stored MetricTable.
+    sex = first.report.tasks["disease"].attributes["sex"]
+    assert gap["value"].iloc[0] == pytest.approx(sex.summary["auc_gap"].value)
+
+    second = runner.execute(spec, store, progress=False, want_report=True)
+    assert not second.computed and computations == ["linear_probe"]  # found, not recomputed
+    assert second.record.run_id == first.record.run_id
+    assert second.report.tasks["disease"].attributes["sex"].summary["auc_gap"].value == pytest.approx(
+        sex.summary["auc_gap"].value)  # fmt: skip
+
+    # A different seed is a different run, which reuses the cached features (no encoder call).
+    before = sum(encoder_calls)
+    third = runner.execute(spec.replace(seed=2), store, progress=False)
+    assert third.computed and third.record.run_id != first.record.run_id
+    assert sum(encoder_calls) == before
+
+
+def test_zero_shot_run(synth_dir, clip_dir, tmp_path):
+    store = Store(tmp_path / "store")
+    record = runner.run(_spec(synth_dir, clip_dir, "zero_shot", hparams={"ensemble": False}), store, progress=False)
+    assert list(record.predictions.columns) == CONTRACT
+    assert set(record.predictions["split"]) == {"val", "test"}
+    assert record.predictions["y_score"].between(0, 1).all()
+    assert record.meta["prompts"]["disease"] == {"negative": ["a chest X-ray of a normal lungs"],
+                                                 "positive": ["a chest X-ray of a lung opacity"]}  # fmt: skip
+    assert (record.metrics["metric"] == "auc").any()
+    assert len(store) == 1
+
+
+def test_a_crash_mid_run_leaves_nothing_and_the_next_call_recomputes(synth_dir, clip_dir, tmp_path, monkeypatch):
+    store = Store(tmp_path / "store")
+    spec = _spec(synth_dir, clip_dir, "zero_shot")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while computing metrics")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "report_from_predictions", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            runner.run(spec, store, progress=False)
+    assert len(store) == 0 and store.find(spec) is None
+
+    # A crash while the run folder is being written leaves no run and no temporary folder.
+    original = pd.DataFrame.to_parquet
+
+    def crash_on_metrics(self, path, *args, **kwargs):
+        if str(path).endswith("metrics.parquet"):
+            raise OSError("disk full")
+        return original(self, path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pd.DataFrame, "to_parquet", crash_on_metrics)
+        with pytest.raises(OSError, match="disk full"):
+            runner.run(spec, store, progress=False)
+    assert len(store) == 0
+    assert not any((store.path / "tmp").iterdir())
+
+    computations = _count_computations(monkeypatch)
+    result = runner.execute(spec, store, progress=False)
+    assert result.computed and computations == ["zero_shot"]
+    assert len(store) == 1 and store.find(spec) is not None
+
+
+def test_unimplemented_usages_and_methods_say_so(synth_dir, clip_dir, tmp_path):
+    store = Store(tmp_path / "store")
+    with pytest.raises(InputError, match="usage 'lora' is not implemented yet"):
+        runner.run(_spec(synth_dir, clip_dir, "lora"), store, progress=False)
+    with pytest.raises(InputError, match="method 'group_dro': mitigation methods are not implemented yet"):
+        runner.run(_spec(synth_dir, clip_dir, "zero_shot", method="group_dro"), store, progress=False)
+    with pytest.raises(InputError, match="'resnet50_scratch' is a vision model: zero-shot needs a vision-language"):
+        runner.run(RunSpec.from_dict({"dataset": str(synth_dir), "model": "resnet50_scratch", "usage": "zero_shot",
+                                      "bootstrap": 0}), store, progress=False)  # fmt: skip
+    assert len(store) == 0
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_fairfm_run_cli(synth_dir, clip_dir, tmp_path, capsys):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                                         "usage": "zero_shot", "bootstrap": 30}))  # fmt: skip
+    store = tmp_path / "store"
+    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "-q", "--set", "seed=3")
+    assert code == 0, err
+    run_id = Store(store).list()[0].run_id
+    assert f"run {run_id}: computed" in out
+    assert "AUC gap" in out and "sex" in out and "95% CI" in out
+    assert Store(store).list()[0].spec["seed"] == 3
+
+    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "-q", "--set", "seed=3")
+    assert code == 0 and f"run {run_id}: found in the store (not recomputed)" in out
+    assert len(Store(store)) == 1
+
+    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "--set", "hparams.lr=0.1")
+    assert code == 2 and err.strip() == "error: command line: hparams.lr: unknown field (check the spelling)"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: nowhere\nmodel: clip\nusage: zero_shot\nbootstrap: -1\n")
+    code, out, err = _cli(capsys, "run", bad, "--store", store)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "bootstrap" in err and str(bad) in err
+    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "--set", "usage=full_finetune")
+    assert code == 2 and "usage 'full_finetune' is not implemented yet" in err
+
+
+def test_tasks_with_different_known_labels_are_evaluated_separately():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n in (("val", 60), ("test", 120)):
+        for i in range(n):
+            sex = "F" if i % 3 == 0 else "M"
+            for task in ("a", "b"):
+                if task == "b" and i % 5 == 0:
+                    continue  # unknown label of task b: no row
+                y = int(rng.random() < 0.4)
+                rows.append({"sample_id": f"{split}{i}", "task": task, "split": split, "y_true": y,
+                             "y_score": float(np.clip(0.3 * y + rng.random() * 0.7, 0, 1)), "group_sex": sex})
+    predictions = pd.DataFrame(rows)
+    spec = RunSpec.from_dict({"dataset": "x", "model": "clip", "usage": "zero_shot", "bootstrap": 0})
+    report = runner.report_from_predictions(predictions, spec)
+    assert set(report.tasks) == {"a", "b"}
+    from fairfm.metrics import evaluate_frame
+
+    only_b = predictions[predictions["task"] == "b"].rename(columns={"group_sex": "sex"}).reset_index(drop=True)
+    oracle = evaluate_frame(only_b, y_true=["y_true"], y_score=["y_score"], attributes=["sex"], task_column="task",
+                            split_column="split", bootstrap=0)  # fmt: skip
+    assert report.tasks["b"].n == 96  # the test rows of task b only
+    assert report.tasks["b"].attributes["sex"].summary["auc_gap"].value == pytest.approx(
+        oracle.tasks["b"].attributes["sex"].summary["auc_gap"].value)  # fmt: skip
+
+
+def test_device_resolution():
+    import torch
+
+    assert runner.resolve_device("cpu") == "cpu"
+    assert runner.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert runner.resolve_device("cuda:0") == "cuda:0"
+    else:
+        with pytest.raises(InputError, match="'cuda:0' asked for, but no CUDA device is available"):
+            runner.resolve_device("cuda:0")
