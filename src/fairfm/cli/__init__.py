@@ -23,6 +23,15 @@ app = typer.Typer(
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def make_console(**kwargs) -> Console:
+    """A console for tables: at least 120 columns when output is not a terminal (pipes, files, CI logs), so
+    tables are not squeezed into 80 columns of wrapped cells."""
+    probe = Console(**kwargs)
+    if not probe.is_terminal and "width" not in kwargs:
+        return Console(width=max(probe.width, 120), **kwargs)
+    return probe
+
+
 def _register_commands() -> None:
     # Each sub-module adds its commands to ``app`` when imported; command groups are Typer sub-apps.
     # Imports happen here, not at module top, so that ``fairfm --help`` does not pay for torch.

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from fairfm.cli import make_console
 from fairfm.errors import InputError
 
 app = typer.Typer(help="Datasets: list, prepare (load + split), describe, check files, synthesise planted-bias data.",
                   no_args_is_help=True)
-console = Console(highlight=False, soft_wrap=True)
+console = make_console(highlight=False, soft_wrap=True)
 
 
 def _parse_options(options: list[str] | None) -> dict[str, object]:

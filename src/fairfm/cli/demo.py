@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from fairfm.cli import app
+from fairfm.cli import app, make_console
 
 
 @app.command("demo")
@@ -23,14 +23,12 @@ def demo_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Planted-bias data → tiny random-weight models → zero-shot and linear probe → stored, compared results."""
-    from rich.console import Console
 
     from fairfm.demo import run_demo
     from fairfm.errors import InputError
 
     if n < 200:
         raise InputError(f"--n {n}: the demo needs at least 200 images for a meaningful test split")
-    probe = Console()
-    console = probe if probe.is_terminal else Console(width=max(probe.width, 120), highlight=False)
+    console = make_console(highlight=False)
     console.print("[bold]fairfm demo[/bold] — planted-bias data, tiny models with RANDOM weights, no download")
     run_demo(out, n=n, seed=seed, bootstrap=bootstrap, progress=not quiet, console=console)

@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 
 from fairfm.cli import app, err_console
-from fairfm.errors import InputError
 
 
 class OutputFormat(str, Enum):
@@ -70,12 +69,13 @@ def evaluate_command(
 
 
 def _emit(report, output_format: OutputFormat, out: Path | None, metrics: list[str]) -> None:
-    from fairfm.report.tables import console, markdown, rich_tables
+    from fairfm.cli import make_console
+    from fairfm.report.tables import markdown, rich_tables
     from fairfm.tableio import atomic_path, write_text_atomic
 
     if output_format is OutputFormat.table:
         if out is None:
-            console(highlight=False).print(rich_tables(report))
+            make_console(highlight=False).print(rich_tables(report))
             return
         with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as handle:
             Console(file=handle, width=160, highlight=False, color_system=None).print(rich_tables(report))

@@ -9,12 +9,13 @@ from typing import Any, List, Optional
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
+
+from fairfm.cli import make_console
 
 app = typer.Typer(help="Finished runs in the results store: list them, show one, aggregate over seeds.",
                   no_args_is_help=True)
-console = Console(highlight=False, soft_wrap=True)
+console = make_console(highlight=False, soft_wrap=True)
 
 _STORE_HELP = "Results store folder (default: $FAIRFM_STORE, else ./fairfm_runs)."
 #: Utility metric and gap shown per run: classification first, segmentation otherwise.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-from rich.console import Console
 from rich.console import Group as RichGroup
 from rich.table import Table
 from rich.text import Text
@@ -95,14 +94,6 @@ def _q(q: float | None, n_resamples: int) -> str:
         return ""
     floor = 1.0 / max(n_resamples, 1)
     return f"<{floor:g}" if q < floor else f"{q:.3g}"
-
-
-def console(**kwargs) -> Console:
-    """A console at least 100 columns wide when output is not a terminal (pipes, files, CI logs)."""
-    probe = Console(**kwargs)
-    if not probe.is_terminal and "width" not in kwargs:
-        return Console(width=max(probe.width, 110), **kwargs)
-    return probe
 
 
 def rich_tables(report: Report) -> RichGroup:
