@@ -99,27 +99,39 @@ class AttributeEngine:
         self.rules = rules
         self.n_groups = n_groups
         self.extra_thresholds = dict(extra_thresholds or {})
-        strata = np.where(codes < 0, n_groups, codes).astype(np.int64)
-        samples = L.build_layout(y, p, codes, n_groups)
-        cells = L.cells_of(samples, y, p, strata)
-        if cells is not None:
-            samples, cell_layout, self.cell_starts = cells
-        self.layout = samples  # resampling happens on samples; statistics on cells when there are few
-        overall = L.overall_layout(y, p)
-        position = np.empty(y.size, dtype=np.int64)
-        position[samples.order] = np.arange(y.size)
-        gather = position[overall.order]  # overall position -> sample-layout position
-        self.samples = self._view(samples, overall, lambda counts: counts[gather])
-        self.cells = None
-        if cells is not None:
-            # Overall cells: identical (score, label) across groups; a resample's overall counts are sums.
-            o_order = np.lexsort((cell_layout.y, cell_layout.p))
-            oy, op = cell_layout.y[o_order], cell_layout.p[o_order]
-            o_starts = np.flatnonzero(np.r_[True, (op[1:] != op[:-1]) | (oy[1:] != oy[:-1])])
-            o_layout = L._layout_from_order(np.arange(o_starts.size), oy[o_starts], op[o_starts],
-                                            np.zeros(o_starts.size, dtype=np.int64), 1)  # fmt: skip
-            o_ends = np.append(o_starts[1:], o_order.size) - 1
-            self.cells = self._view(cell_layout, o_layout, lambda counts: R.run_sums(counts[o_order], o_ends))
+        self._y, self._p = y, p
+        self._strata = np.where(codes < 0, n_groups, codes).astype(np.int64)
+        by_score = np.argsort(p, kind="quicksort")  # one sort serves both layouts
+        self.layout = L.build_layout(y, p, codes, n_groups, by_score)
+        self._overall = L.overall_layout(y, p, by_score)
+        self.samples = self._samples_view()
+        self._cells: _View | None | bool = False  # built on first use: only resamples need them
+
+    def _samples_view(self) -> _View:
+        position = np.empty(self.layout.n, dtype=np.int64)
+        position[self.layout.order] = np.arange(self.layout.n)
+        gather = position[self._overall.order]  # overall position -> sample-layout position
+        return self._view(self.layout, self._overall, lambda counts: counts[gather])
+
+    @property
+    def cells(self) -> _View | None:
+        """Cells of identical (group, score, label), when they shrink the problem (see :func:`L.cells_of`)."""
+        if self._cells is False:
+            found = L.cells_of(self.layout, self._y, self._p, self._strata)
+            self._cells = None
+            if found is not None:
+                # Resampling happens on samples reordered so that cells are contiguous; statistics on cells.
+                self.layout, cell_layout, self.cell_starts = found
+                self.samples = self._samples_view()
+                # Overall cells: identical (score, label) across groups; a resample's overall counts are sums.
+                o_order = np.lexsort((cell_layout.y, cell_layout.p))
+                oy, op = cell_layout.y[o_order], cell_layout.p[o_order]
+                o_starts = np.flatnonzero(np.r_[True, (op[1:] != op[:-1]) | (oy[1:] != oy[:-1])])
+                o_layout = L._layout_from_order(np.arange(o_starts.size), oy[o_starts], op[o_starts],
+                                                np.zeros(o_starts.size, dtype=np.int64), 1)  # fmt: skip
+                o_ends = np.append(o_starts[1:], o_order.size) - 1
+                self._cells = self._view(cell_layout, o_layout, lambda counts: R.run_sums(counts[o_order], o_ends))
+        return self._cells
 
     def _view(self, layout: L.Layout, overall: L.Layout, to_overall) -> _View:
         ly, lp = layout.y.astype(np.float64), layout.p
@@ -203,7 +215,8 @@ class AttributeEngine:
         return group, overall
 
     def resample_stats(self, counts: np.ndarray, sizes: np.ndarray | None = None):
-        """Group and overall statistics of one resample given as counts over the sample layout."""
+        """Group and overall statistics of one resample given as counts over the sample layout (read
+        :attr:`cells` first: building the cells reorders the layout)."""
         if self.cells is not None:
             return self._all_stats(self.cells, R.run_sums(counts, self.cell_starts[1:] - 1), sizes)
         return self._all_stats(self.samples, counts, sizes)
@@ -253,6 +266,7 @@ class AttributeEngine:
         seeds = seed_sequence.spawn(n_resamples)
         if n_resamples == 0:
             return {}, {}
+        self.cells  # noqa: B018  (built now: it reorders the layout, and forked workers should inherit it)
         big_enough = n_resamples >= _MIN_PARALLEL_RESAMPLES and n_resamples * self.layout.n >= _MIN_PARALLEL_WORK
         if n_jobs > 1 and big_enough and _can_fork():
             chunks = [c for c in np.array_split(np.arange(n_resamples), n_jobs) if c.size]
@@ -287,6 +301,7 @@ class AttributeEngine:
         A cell's draws are spread over its samples uniformly at random (with a separate generator); every metric
         is the same whichever of a cell's identical samples were drawn.
         """
+        self.cells  # noqa: B018  (the layout the resample refers to is the one with cells, when there are cells)
         view, counts = self._draw(seed_sequence.spawn(n_resamples)[b], stratify)
         if view is self.samples:
             return R.counts_to_indices(self.layout.order, counts)

@@ -61,10 +61,12 @@ class Layout:
         return out
 
 
-def build_layout(y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_groups: int) -> Layout:
-    """``codes`` in ``0..G-1`` for known groups and ``-1`` for unknown."""
+def build_layout(y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_groups: int,
+                 by_score: np.ndarray | None = None) -> Layout:  # fmt: skip
+    """``codes`` in ``0..G-1`` for known groups and ``-1`` for unknown; ``by_score`` may pass ``argsort(p)``."""
     strata = np.where(codes < 0, n_groups, codes).astype(np.int64)
-    by_score = np.argsort(p, kind="quicksort")
+    if by_score is None:
+        by_score = np.argsort(p, kind="quicksort")
     # Stable radix-like sort on the small integer strata keeps score order inside each stratum.
     order = by_score[np.argsort(strata[by_score], kind="stable")]
     return _layout_from_order(order, y, p, strata, n_groups)
@@ -139,9 +141,11 @@ def cells_of(layout: Layout, y: np.ndarray, p: np.ndarray, strata: np.ndarray,
     return samples, cells, np.append(starts, n)
 
 
-def overall_layout(y: np.ndarray, p: np.ndarray) -> Layout:
+def overall_layout(y: np.ndarray, p: np.ndarray, by_score: np.ndarray | None = None) -> Layout:
     """All samples as one stratum (used for overall metrics)."""
-    return build_layout(y, p, np.zeros(y.size, dtype=np.int64), 1)
+    if by_score is None:
+        by_score = np.argsort(p, kind="quicksort")
+    return _layout_from_order(by_score, y, p, np.zeros(y.size, dtype=np.int64), 1)
 
 
 def _segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
