@@ -33,6 +33,58 @@ def test_models_list_json_and_table(capsys):
     assert code == 2 and err.strip().count("\n") == 0 and "unknown model family 'audio'" in err
 
 
+def test_models_list_is_one_line_per_model_in_a_log(capsys, monkeypatch):
+    from fairfm.models import list_models
+
+    # a CI runner's default; output that is not a terminal still gets 120 columns
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = _run(["models", "list"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"fairfm models ({len(list_models())})" and max(len(line) for line in lines) <= 120
+    header = lines[1].split()
+    assert header == ["name", "family", "architecture", "input", "dim", "zero-shot", "licence"]
+    body = {line.split()[0]: line for line in lines[3:] if line.strip()}
+    assert len(body) == len(list_models())  # no cell wrapped onto a second line
+    for card in list_models():
+        cells = body[card.name].split()
+        assert cells[1] == card.family and f"{card.preprocess.size}px" in cells
+        assert str(card.embed_dim) in cells and ("yes" in cells) == card.zero_shot
+        assert card.licence.split()[0][:15] in body[card.name]
+    code, out, _ = _run(["models", "list", "--wide", "--pattern", "biomedclip"], capsys)
+    assert code == 0 and "open_clip" in out and "0.481455" in out
+    code, out, _ = _run(["models", "list", "--pattern", "nothing*"], capsys)
+    assert code == 0 and out.strip() == "no registered model matches --pattern 'nothing*'"
+
+
+def test_models_show_prints_the_full_card(capsys):
+    from fairfm.models import get_model
+
+    card = get_model("medsam")
+    code, out, _ = _run(["models", "show", "MedSAM"], capsys)
+    assert code == 0 and out.splitlines()[0].strip() == "medsam"
+    flat = " ".join(out.split())
+    for value in (*card.identifiers, *card.checkpoint_files, card.licence, card.architecture):
+        assert " ".join(value.split()) in flat
+    assert " ".join(card.download.split()) in flat and " ".join(card.paper.split()) in flat
+    assert "local weights none found offline" in flat
+    code, out, _ = _run(["models", "show", "biomedclip", "--json"], capsys)
+    shown = json.loads(out)
+    assert code == 0 and shown["embed_dim"] == 512 and shown["local_weights"] is None
+    assert shown["checkpoint_files"] == list(get_model("biomedclip").checkpoint_files)
+    import os
+    from pathlib import Path
+
+    placed = Path(os.environ["FAIRFM_HOME"]) / "checkpoints" / "medsam" / card.checkpoint_files[0]
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(b"weights")
+    code, out, _ = _run(["models", "show", "medsam", "--json"], capsys)
+    assert code == 0 and json.loads(out)["local_weights"] == str(placed)
+    code, out, err = _run(["models", "show", "medsamm"], capsys)
+    assert code == 2 and out == "" and err.strip().count("\n") == 0
+    assert "unknown model 'medsamm'; did you mean medsam" in err
+
+
 def test_features_extract_with_a_checkpoint_then_cached(tmp_path, capsys, open_clip_dir):
     folder, _ = open_clip_dir
     rng = np.random.default_rng(0)
@@ -61,7 +113,7 @@ def test_features_extract_with_a_checkpoint_then_cached(tmp_path, capsys, open_c
     ]
     code, out, err = _run(argv, capsys)
     assert code == 0, err
-    assert "3 × 64 features (computed 3 samples)" in out
+    assert "3 × 64 features of path (computed 3 samples)" in out
     code, out, _ = _run(argv, capsys)
     assert code == 0 and "(cached)" in out
     key_dir = next((tmp_path / "cache").iterdir())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,20 +14,27 @@ def extract_command(
     data: Path = typer.Option(..., "--data", help="folder with samples.parquet (a prepared SampleTable)"),
     model: str = typer.Option(..., "--model", help="model name (see `fairfm models list`)"),
     out: Path = typer.Option(..., "--out", help="feature cache folder"),
-    checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", help="weights file or local model folder"
-    ),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="weights file or local model folder"),
     trust_checkpoint: bool = typer.Option(
         False,
         "--trust-checkpoint",
         help="allow checkpoints that need Python pickle (only from a trusted source)",
     ),
-    root: Optional[Path] = typer.Option(
-        None, "--root", help="folder the image paths are relative to (default: --data)"
+    root: Path | None = typer.Option(
+        None,
+        "--root",
+        help="folder the image paths are relative to (default: the release root recorded in "
+        "--data/dataset.json, "
+        "else --data)",
+    ),
+    column: str = typer.Option(
+        "path",
+        "--column",
+        help="path column (view) to embed, e.g. path_oct; each row reads the array its locator columns name",
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="image-decoding worker processes"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for the encoder"),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="image-decoding worker processes"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for the encoder"),
 ) -> None:
     """Embed every sample once; a repeated call returns the cached features, an interrupted one resumes."""
     from fairfm.adapt.features import extract_features
@@ -43,6 +49,10 @@ def extract_command(
         batch_size=batch_size,
         num_workers=workers,
         threads=threads,
+        column=column,
     )
     status = "cached" if result.computed == 0 else f"computed {result.computed} samples"
-    typer.echo(f"{result.path}: {result.features.shape[0]} × {result.features.shape[1]} features ({status})")
+    rows, dim = result.features.shape
+    samples = result.meta.get("samples", rows)
+    per = "" if rows == samples else f" from {samples} samples"
+    typer.echo(f"{result.path}: {rows} × {dim} features{per} of {column} ({status})")

@@ -23,7 +23,7 @@ def run_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Run a spec, or find its stored result, and print a per-attribute summary (AUC per group, AUC gap)."""
-    from fairfm.report.tables import console as make_console
+    from fairfm.cli import make_console
     from fairfm.report.tables import rich_tables
     from fairfm.results import Store
     from fairfm.runner import execute
