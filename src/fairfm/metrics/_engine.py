@@ -234,12 +234,9 @@ class AttributeEngine:
             return self.cells, R.run_sums(counts, self.cell_starts[1:] - 1)
         return self.samples, counts
 
-    def group_stats(self, counts: np.ndarray | None = None, sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Per stratum (G groups, then the unknown stratum) statistics; ``counts`` over the sample layout."""
-        return self._all_stats(self.samples, counts, sizes)[0]
-
-    def overall_stats(self, counts: np.ndarray | None = None) -> dict[str, float]:
-        return self._all_stats(self.samples, counts, None)[1]
+    def point_stats(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Per stratum (G groups, then the unknown stratum) and overall statistics of the data as observed."""
+        return self._all_stats(self.samples, None, None)
 
     def strata(self, stratify: str) -> R.Strata:
         lay = self.layout

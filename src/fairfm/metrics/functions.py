@@ -45,7 +45,7 @@ def _prepare(y_true, y_values, groups, *, values_are_scores: bool):
 
 def _group_and_overall(y, v, codes, names):
     engine = E.AttributeEngine(y, v, codes, len(names), E.Rules(threshold=0.5))
-    g, o = engine.group_stats(), engine.overall_stats()
+    g, o = engine.point_stats()
     G = len(names)
     valid = (g["n"][:G] >= 1) & (g["n_pos"][:G] > 0) & (g["n_pos"][:G] < g["n"][:G])
     return g, o, valid
@@ -95,7 +95,7 @@ def _overall(y_true, y_score, metric: str) -> float:
     if p.size != y.size:
         raise I.InputError(f"y_true has {y.size} samples but y_score has {p.size} (length mismatch)")
     engine = E.AttributeEngine(y, p, np.zeros(y.size, dtype=np.int64), 1, E.Rules(threshold=0.5))
-    return float(engine.overall_stats()[metric])
+    return float(engine.point_stats()[1][metric])
 
 
 def auc(y_true: Any, y_score: Any) -> float:
@@ -122,7 +122,7 @@ def group_metrics(y_true: Any, y_score: Any, *, groups: Any, threshold: float = 
     """Every group metric (METRICS.md §1) per group at ``ŷ = 1[p ≥ threshold]``, one row per group."""
     y, p, codes, names = _prepare(y_true, y_score, groups, values_are_scores=True)
     engine = E.AttributeEngine(y, p, codes, len(names), E.Rules(threshold=float(threshold)))
-    g = engine.group_stats()
+    g = engine.point_stats()[0]
     G = len(names)
     frame = pd.DataFrame({k: v[:G] for k, v in g.items()}, index=pd.Index(names, name="group"))
     return frame.astype({"n": int, "n_pos": int})

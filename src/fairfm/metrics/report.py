@@ -383,8 +383,7 @@ def _evaluate_task(task, y, p, attributes, rules, extra, B, seed_seq, stratify, 
     items = list(attributes.items()) or [("__all__", (np.zeros(y.size, dtype=np.int64), ["all"]))]
     for k, (name, (codes, group_names)) in enumerate(items):
         engine = E.AttributeEngine(y, p, codes, len(group_names), rules, extra)
-        g = engine.group_stats()
-        o = engine.overall_stats()
+        g, o = engine.point_stats()
         gb = ob = None
         if B:
             gb, ob = engine.bootstrap(B, attr_seeds[k], stratify, n_jobs)
