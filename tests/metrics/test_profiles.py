@@ -123,7 +123,7 @@ def test_medfair_scores_at_specificity_and_sensitivity_targets():
 
 
 def test_glocker_profile_threshold_bootstrap_and_stratification():
-    y, p, g = make_data(3, n=300, ties=False)
+    y, p, g = make_data(3, n=300, ties=True)  # ties make collinear ROC points, which sklearn drops
     fpr, tpr, thr = roc_curve(y, p)
     report = M.evaluate(y, p, groups={"race": g}, profile="glocker", bootstrap=1000)
     assert report.tasks["task"].threshold == thr[1:][np.argmin(np.abs(fpr[1:] - 0.2))]
@@ -158,3 +158,16 @@ def test_glocker_hand_example_threshold_at_fpr_one_sixth():
     assert groups.loc["A", "tpr"] == pytest.approx(1 / 3) and groups.loc["A", "fpr"] == pytest.approx(0)
     assert groups.loc["B", "tpr"] == pytest.approx(2 / 3) and groups.loc["B", "fpr"] == pytest.approx(1 / 3)
     assert groups.loc["A", "youden"] == pytest.approx(1 / 3) and groups.loc["B", "youden"] == pytest.approx(1 / 3)
+
+
+def test_glocker_uses_sklearn_roc_points_where_they_differ_from_all_thresholds():
+    # Negatives strung along one horizontal ROC segment: sklearn drops its inner points.
+    y = np.array([1, 0, 0, 0, 0, 0, 1, 1, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.1, 0.95, 0.05])
+    g = np.array(["a", "b"] * 4 + ["a"])
+    fpr, _, thr = roc_curve(y, p)
+    sklearn_choice = thr[1:][np.argmin(np.abs(fpr[1:] - 0.2))]
+    glocker = M.evaluate(y, p, groups={"g": g}, profile="glocker", bootstrap=0).tasks["task"].threshold
+    native = M.evaluate(y, p, groups={"g": g}, threshold="fpr@0.2", bootstrap=0).tasks["task"].threshold
+    assert glocker == sklearn_choice == 0.95  # kept points have FPR 0 or ≥ 5/6; the first FPR-0 point wins
+    assert native == 0.8  # among all thresholds, FPR 1/6 at t = 0.8 is closest to 0.2

@@ -28,6 +28,7 @@ class Profile:
     summary_metrics: tuple[str, ...] | None = None  # None: every summary metric
     reference_names: dict[str, str] = field(default_factory=dict)
     flags: tuple[str, ...] = ()
+    sklearn_roc: bool = False  # fpr@/tpr@ thresholds on sklearn's ROC points (collinear points dropped)
 
 
 PROFILES: dict[str, Profile] = {
@@ -77,6 +78,7 @@ PROFILES: dict[str, Profile] = {
         threshold="fpr@0.2",
         bootstrap=2000,
         stratify="class",
+        sklearn_roc=True,
         summary_metrics=("auc_gap", "worst_auc", "tpr_gap", "fpr_gap"),
         flags=("threshold chosen on the evaluated set (overall FPR 0.20), as in Glocker et al.",),
     ),

@@ -253,11 +253,17 @@ def _resolve_policy(threshold: str | float | None, has_val: bool, profile: Profi
     return "best_f1@val" if has_val else "0.5"
 
 
-def _threshold_value(policy_name: str, y, p, y_val, p_val) -> tuple[float, bool]:
-    """(threshold, leaks labels of the evaluated set)."""
+def _threshold_value(policy_name: str, y, p, y_val, p_val, sklearn_roc: bool = False) -> tuple[float, bool]:
+    """(threshold, leaks labels of the evaluated set). ``sklearn_roc``: rate targets use sklearn's ROC points
+    (collinear points dropped), as the reference code did."""
     if policy_name == "fairmedfm_f1":
         return T.fairmedfm_threshold(y, p), True
     policy = T.parse_policy(policy_name)
+    if sklearn_roc and policy.kind in ("fpr", "tpr"):
+        y_use, p_use = (y_val, p_val) if policy.on == "val" else (y, p)
+        if y_use is None:
+            return T.choose_threshold(policy, y, p, y_val, p_val), policy.leaks_labels  # raises the usual error
+        return T.rate_threshold(y_use, p_use, policy.kind, float(policy.target), drop_intermediate=True), policy.leaks_labels
     return T.choose_threshold(policy, y, p, y_val, p_val), policy.leaks_labels
 
 
@@ -353,7 +359,8 @@ def evaluate(
         if has_val:
             yv = I.check_labels(YV[:, j], f"validation {label_col}", pos_label)
             pv = I.check_scores(PV[:, j], f"validation {score_col}")
-        t_value, _ = _threshold_value(policy_name, y, p, yv, pv)
+        sklearn_roc = prof is not None and prof.sklearn_roc and threshold is None
+        t_value, _ = _threshold_value(policy_name, y, p, yv, pv, sklearn_roc)
         extra = {name: _extra_threshold_value(name, y, p) for name in (prof.extra_thresholds if prof else ())}
         rules = E.Rules(threshold=t_value, **rules_base)
         result = _evaluate_task(task, y, p, attributes, rules, extra, B, task_seeds[j], stratify, ci,
