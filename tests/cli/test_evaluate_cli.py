@@ -190,7 +190,8 @@ def test_a_long_prediction_table_with_splits(run, preds, tmp_path):
         rows.append(part)
     long = pd.concat(rows).sample(frac=1, random_state=1)
     long.drop(columns=["sex"]).to_parquet(tmp_path / "predictions.parquet")
-    frame[["sample_id", "sex"]].to_csv(tmp_path / "meta.csv", index=False)  # one row per sample, joined many-to-one
+    # one row per sample, joined many-to-one; named as in a SampleTable: --attr sex finds group_sex
+    frame[["sample_id", "sex"]].rename(columns={"sex": "group_sex"}).to_csv(tmp_path / "meta.csv", index=False)
     out = tmp_path / "r.json"
     result = run("evaluate", tmp_path / "predictions.parquet", "--meta", tmp_path / "meta.csv", "--y-true", "y_true",
                  "--y-score", "y_score", "--attr", "sex", "--task-column", "task", "--split-column", "split",
@@ -203,6 +204,7 @@ def test_a_long_prediction_table_with_splits(run, preds, tmp_path):
     assert effusion["overall"]["n"] == len(test)
     assert effusion["overall"]["auc"] == pytest.approx(roc_auc_score(test.label, test.score))
     assert effusion["threshold"]["policy"] == "best_f1@val"
+    assert set(effusion["attributes"]) == {"sex"}
     from fairfm.metrics.thresholds import best_f1_threshold
 
     val = frame.iloc[:150]

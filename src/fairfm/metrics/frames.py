@@ -95,6 +95,9 @@ def evaluate_frame(
         meta_frame, meta_source, _ = _load(meta, "meta")
         frame = join_on(frame, meta_frame, on, source, meta_source, left_unique=task_column is None)
         # A left join keeps the prediction file's row order, so rows still map to its lines.
+    # A SampleTable or PredictionTable names its harmonised groups group_<name>: --attr sex finds group_sex.
+    renames = {f"group_{a}": a for a in attributes if a not in frame.columns and f"group_{a}" in frame.columns}
+    frame = frame.rename(columns=renames)
     value_columns = [c for c in (dice, iou) if c] if segmentation else [*y_true, *y_score]
     require_columns(frame, value_columns + list(attributes), source if meta is None else f"{source} joined with {meta}")
     for column in bin_specs:
