@@ -9,6 +9,7 @@ resample axis. So a resample's gap is, by construction, the gap of that resample
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -314,7 +315,8 @@ _FORKED_ENGINE: "AttributeEngine | None" = None  # read by forked workers; set o
 
 
 def _can_fork() -> bool:
-    return "fork" in multiprocessing.get_all_start_methods() and multiprocessing.current_process().daemon is False
+    # Linux only: on macOS fork() is unsafe with system frameworks; elsewhere the work runs in this process.
+    return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
 
 
 def _forked_chunk(args):
