@@ -167,8 +167,8 @@ def test_a_crash_mid_run_leaves_nothing_and_the_next_call_recomputes(synth_dir, 
 
 def test_unimplemented_usages_and_methods_say_so(synth_dir, clip_dir, tmp_path):
     store = Store(tmp_path / "store")
-    with pytest.raises(InputError, match="usage 'lora' is not implemented yet"):
-        runner.run(_spec(synth_dir, clip_dir, "lora"), store, progress=False)
+    with pytest.raises(InputError, match="usage 'vpt' is not implemented yet"):
+        runner.run(_spec(synth_dir, clip_dir, "vpt"), store, progress=False)
     with pytest.raises(InputError, match="method 'group_dro': mitigation methods are not implemented yet"):
         runner.run(_spec(synth_dir, clip_dir, "zero_shot", method="group_dro"), store, progress=False)
     with pytest.raises(InputError, match="'resnet50_scratch' is a vision model: zero-shot needs a vision-language"):
@@ -209,8 +209,34 @@ def test_fairfm_run_cli(synth_dir, clip_dir, tmp_path, capsys):
     bad.write_text("dataset: nowhere\nmodel: clip\nusage: zero_shot\nbootstrap: -1\n")
     code, out, err = _cli(capsys, "run", bad, "--store", store)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "bootstrap" in err and str(bad) in err
-    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "--set", "usage=full_finetune")
-    assert code == 2 and "usage 'full_finetune' is not implemented yet" in err
+    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "--set", "usage=prototype")
+    assert code == 2 and "usage 'prototype' is not implemented yet" in err
+
+
+@pytest.mark.parametrize("usage", ["lora", "bitfit"])
+def test_fine_tuning_usages_run_end_to_end(synth_dir, clip_dir, tmp_path, usage):
+    """LoRA and BitFit train the image tower on the train split through fairfm run's pipeline and are stored."""
+    from safetensors.numpy import load_file
+
+    store = Store(tmp_path / "store")
+    spec = RunSpec.from_dict({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                              "usage": usage, "bootstrap": 20, "seed": 0,
+                              "hparams": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0}})  # fmt: skip
+    result = runner.execute(spec, store, progress=False)
+    assert result.computed
+    record = store.load(result.record.run_id)
+    predictions = pd.read_parquet(record.path / "predictions.parquet")
+    assert set(predictions["split"]) == {"val", "test"} and predictions["y_score"].between(0, 1).all()
+    meta = record.meta
+    assert meta["usage"] == usage and meta["n_samples"]["train"] > 0
+    state = load_file(meta["trained_state"])
+    trained = [name for name in state if name.startswith("backbone.")]  # head, buffers are kept too
+    assert trained, "the image tower must have trainable parameters"
+    if usage == "lora":
+        assert all("lora_" in name for name in trained)
+    else:
+        assert all(name.endswith(".bias") for name in trained)
+    assert not runner.execute(spec, store, progress=False).computed
 
 
 def test_tasks_with_different_known_labels_are_evaluated_separately():

@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from fairfm.spec import RunSpec
 
 #: Usages the runner can execute today (the others have validated hyper-parameters but no implementation yet).
-IMPLEMENTED_USAGES = ("linear_probe", "zero_shot")
+IMPLEMENTED_USAGES = ("linear_probe", "zero_shot", "lora", "bitfit", "full_finetune")
+#: Usages that train on the train split (and so need one).
+TRAINED_USAGES = ("linear_probe", "lora", "bitfit", "full_finetune")
 FEATURES_DIR = "features"
 HEADS_DIR = "heads"
 
@@ -114,7 +116,7 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
     if "split" not in table.columns:
         raise InputError(f"{dataset_dir / 'samples.parquet'}: no 'split' column — prepare the dataset with a split")
     splits = table["split"].astype(str)
-    needed = ("train", "val", "test") if spec.usage == "linear_probe" else ("val", "test")
+    needed = ("train", "val", "test") if spec.usage in TRAINED_USAGES else ("val", "test")
     for name in needed:
         if not (splits == name).any():
             raise InputError(f"{dataset_dir / 'samples.parquet'}: the split has no '{name}' samples "
@@ -303,3 +305,30 @@ def _zero_shot(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: 
     meta["prompts"] = {task: {"negative": neg, "positive": pos} for task, (neg, pos) in result.prompts.items()}
     meta["logit_scale"] = encoder.logit_scale
     return UsageOutput({s: result.probabilities[split == s] for s in ("val", "test")}, meta)
+
+
+def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
+              device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
+    """LoRA, BitFit or full fine-tuning on the one training loop (:mod:`fairfm.adapt.train`)."""
+    from fairfm.adapt.peft_usages import finetune, model_overrides
+    from fairfm.models import create_model, get_model
+
+    hp = spec.typed_hparams()
+    started = time.perf_counter()
+    # A fresh encoder per run: fine-tuning changes it in place.
+    encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint,
+                           **model_overrides(spec.usage, hp, get_model(spec.model).library))  # fmt: skip
+    timings["model_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    out = finetune(spec.usage, hp, encoder, table, tasks, root=root, seed=spec.seed, device=device,
+                   progress=progress)  # fmt: skip
+    timings["train_s"] = time.perf_counter() - started
+    meta = dict(out.meta)
+    if heads_path is not None:
+        out.save(heads_path)
+        meta["trained_state"] = str(heads_path)
+    return UsageOutput({"val": out.probabilities["val"], "test": out.probabilities["test"]}, meta)
+
+
+for _usage in ("lora", "bitfit", "full_finetune"):
+    register_usage(_usage)(_finetune)
