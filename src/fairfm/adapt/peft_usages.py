@@ -77,7 +77,7 @@ def image_path_parameters(encoder: "Encoder") -> list[str]:
             p.grad = None
         size = encoder.preprocess.size
         batch = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-        encoder._image_fn(batch).float().sum().backward()
+        encoder.image_features(batch).float().sum().backward()
         return [name for name, p in module.named_parameters() if p.grad is not None]
     finally:
         for name, p in module.named_parameters():
@@ -287,7 +287,7 @@ def finetune(
     names, meta = apply_usage(usage, encoder, hparams)
     # Encoder.encode_image runs under inference_mode; training needs the same forward with autograd, which
     # is the encoder's image function itself.
-    model = make_classifier(encoder.module, encoder._image_fn, encoder.embed_dim, len(tasks), seed=seed)
+    model = make_classifier(encoder.module, encoder.image_features, encoder.embed_dim, len(tasks), seed=seed)
     trainable = [f"backbone.{n}" for n in names] + ["head.weight", "head.bias"]
     layer_decay = float(getattr(hparams, "layer_decay", 1.0))
     result = fit(

@@ -67,6 +67,11 @@ class Encoder:
     def __call__(self, batch: "torch.Tensor") -> "torch.Tensor":
         return self.encode_image(batch)
 
+    def image_features(self, batch: "torch.Tensor") -> "torch.Tensor":
+        """The image features *with* autograd and in the module's current train/eval mode — what fine-tuning
+        differentiates through. ``encode_image`` is the inference path (eval mode, no gradients, float32)."""
+        return self._image_fn(batch)
+
 
 class VisionLanguageEncoder(Encoder):
     """An image–text model: adds ``encode_text(list[str]) -> (M, D)`` and its logit scale (and bias, SigLIP)."""
