@@ -277,3 +277,16 @@ def test_device_resolution():
     else:
         with pytest.raises(InputError, match="'cuda:0' asked for, but no CUDA device is available"):
             runner.resolve_device("cuda:0")
+
+
+def test_model_options_build_a_small_model_and_are_part_of_the_run_id(synth_dir, tmp_path):
+    """``model_options`` reach the model's constructor (here a one-block-per-stage ResNet-50 baseline)."""
+    store = Store(tmp_path / "store")
+    base = {"dataset": str(synth_dir), "model": "resnet50_scratch", "usage": "linear_probe", "bootstrap": 0,
+            "hparams": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0}}  # fmt: skip
+    small = RunSpec.from_dict({**base, "model_options": {"layers": [1, 1, 1, 1]}})
+    result = runner.execute(small, store, progress=False)
+    assert result.computed
+    assert store.load(result.record.run_id).spec["model_options"] == {"layers": [1, 1, 1, 1]}
+    smaller = RunSpec.from_dict({**base, "model_options": {"layers": [1, 1, 1, 1], "base_width": 32}})
+    assert store.find(smaller) is None  # different constructor options: a different run

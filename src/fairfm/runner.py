@@ -258,7 +258,13 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
     from fairfm.adapt.linear_probe import train_linear_probe
 
     hp = spec.typed_hparams()
-    features, meta = _features(spec, table, spec.model, root=root, features_dir=features_dir, progress=progress,
+    model: Any = spec.model
+    if spec.model_options:
+        from fairfm.models import create_model
+
+        model = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint,
+                             **spec.model_options)  # fmt: skip
+    features, meta = _features(spec, table, model, root=root, features_dir=features_dir, progress=progress,
                                timings=timings)  # fmt: skip
     split = table["split"].astype(str).to_numpy()
     labels = _labels(table, tasks)
@@ -292,7 +298,7 @@ def _zero_shot(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: 
                          "(see 'fairfm models list')")  # fmt: skip
     hp = spec.typed_hparams()
     started = time.perf_counter()
-    encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint)
+    encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
     timings["model_s"] = time.perf_counter() - started
     features, meta = _features(spec, table, encoder, root=root, features_dir=features_dir, progress=progress,
                                timings=timings)  # fmt: skip
@@ -316,8 +322,8 @@ def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: P
     hp = spec.typed_hparams()
     started = time.perf_counter()
     # A fresh encoder per run: fine-tuning changes it in place.
-    encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint,
-                           **model_overrides(spec.usage, hp, get_model(spec.model).library))  # fmt: skip
+    options = {**spec.model_options, **model_overrides(spec.usage, hp, get_model(spec.model).library)}
+    encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **options)
     timings["model_s"] = time.perf_counter() - started
     started = time.perf_counter()
     out = finetune(spec.usage, hp, encoder, table, tasks, root=root, seed=spec.seed, device=device,

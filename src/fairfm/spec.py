@@ -242,6 +242,9 @@ class RunSpec(_Strict):
     attributes: Optional[list[str]] = Field(None, description="sensitive attributes (null: every group_* column)")
     split: Optional[str] = Field(None, description="split policy (null: the one recorded in dataset.json)")
     model: str
+    model_options: dict[str, Any] = Field(
+        default_factory=dict, description="constructor overrides for the model (e.g. sizes of a small test model)"
+    )
     checkpoint: Optional[Path] = None
     trust_checkpoint: bool = False
     usage: str = Field(description="how the model is used (see list_usages())")
