@@ -24,13 +24,17 @@ _TEXT = {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "la
 DEMO_MODELS = (
     ("clip", "CLIP-ViT†",
      {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
-      "text_cfg": _TEXT}),
+      "text_cfg": _TEXT}, ("zero_shot", "linear_probe", "lora")),
     ("clip_rn50", "CLIP-ResNet†",
-     {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16}, "text_cfg": _TEXT}),
+     {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16}, "text_cfg": _TEXT},
+     ("zero_shot", "linear_probe")),
 )  # fmt: skip
 #: Linear-probe settings for the demo (AdamW: the SGD default at lr 2.5e-4 barely moves in a few epochs).
 DEMO_PROBE = {"optimizer": "adamw", "lr": 1e-3, "min_lr": 1e-5, "epochs": 60, "batch_size": 64, "warmup_epochs": 2,
               "early_stopping_patience": 10}  # fmt: skip
+#: LoRA on the ViT's attention (peft), a few epochs: enough to show the usage end to end on 2 cores.
+DEMO_LORA = {"optimizer": "adamw", "lr": 1e-3, "epochs": 4, "batch_size": 64, "warmup_epochs": 0}
+DEMO_HPARAMS = {"zero_shot": {}, "linear_probe": DEMO_PROBE, "lora": DEMO_LORA}
 
 
 @dataclass
@@ -112,11 +116,11 @@ def run_demo(out: str | Path = "demo_out", *, n: int = 2000, size: int = 64, see
     store = Store(out / "store")
     rows: list[DemoRow] = []
     attribute, target = truth["attribute"], truth["target_group"]
-    for card, label, config in DEMO_MODELS:
+    for card, label, config, usages in DEMO_MODELS:
         checkpoint = save_tiny_clip(out / "models" / f"tiny_{card}_seed{seed}", config, seed=seed)
-        for usage in ("zero_shot", "linear_probe"):
+        for usage in usages:
             fields = {"dataset": str(data.resolve()), "model": card, "checkpoint": str(checkpoint.resolve()),
-                      "usage": usage, "hparams": DEMO_PROBE if usage == "linear_probe" else {},
+                      "usage": usage, "hparams": DEMO_HPARAMS[usage],
                       "attributes": [attribute], "seed": seed, "bootstrap": bootstrap}  # fmt: skip
             spec = RunSpec.from_dict(fields, source="demo")
             spec.to_yaml(out / "specs" / f"{card}_{usage}.yaml")
@@ -167,4 +171,4 @@ def print_comparison(rows: list[DemoRow], truth: dict[str, Any], *, console: Any
                   "not recomputed.")
     console.print("The same runs on a real dataset and checkpoint: fairfm run SPEC.yaml (dataset: a folder from "
                   "'fairfm datasets prepare', model: e.g. biomedclip, checkpoint: its local folder, usage: "
-                  "linear_probe or zero_shot).")
+                  "zero_shot, linear_probe, lora, bitfit or full_finetune).")

@@ -1,4 +1,4 @@
-"""``fairfm demo`` end to end on a small planted-bias set: four runs stored, then found; the comparison printed."""
+"""``fairfm demo`` end to end on a small planted-bias set: five runs stored, then found; the comparison printed."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from fairfm.spec import RunSpec
 def test_demo_runs_stores_and_finds_again(tmp_path):
     console = Console(record=True, width=140)
     rows = run_demo(tmp_path / "demo", n=240, seed=1, bootstrap=20, progress=False, console=console)
-    assert [(r.model, r.usage) for r in rows] == [("clip", "zero_shot"), ("clip", "linear_probe"),
+    assert [(r.model, r.usage) for r in rows] == [("clip", "zero_shot"), ("clip", "linear_probe"), ("clip", "lora"),
                                                   ("clip_rn50", "zero_shot"), ("clip_rn50", "linear_probe")]
     assert all(r.computed for r in rows)
     store = Store(tmp_path / "demo" / "store")
-    assert len(store) == 4
+    assert len(store) == 5
     for row in rows:
         gap = store.load(row.run_id).metrics.query("metric == 'auc_gap' and attribute == 'sex'")
         assert gap["value"].iloc[0] == row.gap.value
@@ -32,7 +32,7 @@ def test_demo_runs_stores_and_finds_again(tmp_path):
     assert not any(r.computed for r in again) and [r.run_id for r in again] == [r.run_id for r in rows]
     # The written specs are the runs' specs: loading one finds its stored run.
     spec = RunSpec.load(tmp_path / "demo" / "specs" / "clip_rn50_linear_probe.yaml")
-    assert store.run_id(spec) == rows[3].run_id
+    assert store.run_id(spec) == rows[4].run_id
 
 
 def test_planted_description_names_the_mechanisms(tmp_path):
