@@ -4,6 +4,8 @@ The point estimate and each bootstrap resample run the same code: group statisti
 :func:`fairfm.metrics._layout.count_stats` under a count vector (``None`` for the data as observed), and summary
 metrics (gaps, worst group, ES) are computed from the group statistics by :func:`summarise`, vectorised over the
 resample axis. So a resample's gap is, by construction, the gap of that resample's own group metrics (paired).
+Resamples of tied scores are evaluated on cells of identical (group, score, label) (:func:`L.cells_of`) and split
+across forked worker processes; neither changes a number.
 """
 
 from __future__ import annotations
