@@ -209,8 +209,24 @@ def test_fairfm_run_cli(synth_dir, clip_dir, tmp_path, capsys):
     bad.write_text("dataset: nowhere\nmodel: clip\nusage: zero_shot\nbootstrap: -1\n")
     code, out, err = _cli(capsys, "run", bad, "--store", store)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "bootstrap" in err and str(bad) in err
-    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "--set", "usage=prototype")
-    assert code == 2 and "usage 'prototype' is not implemented yet" in err
+    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "--set", "usage=adapter")
+    assert code == 2 and "usage 'adapter' is not implemented yet" in err
+
+
+@pytest.mark.parametrize("usage", ["prototype", "clip_adapter"])
+def test_clip_adaptation_usages_run_end_to_end(synth_dir, clip_dir, tmp_path, usage):
+    """Prototype tuning and CLIP-Adapter train on cached features through fairfm run's pipeline and are stored."""
+    store = Store(tmp_path / "store")
+    spec = RunSpec.from_dict({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                              "usage": usage, "bootstrap": 20, "seed": 0,
+                              "hparams": {"epochs": 3, "batch_size": 32, "warmup_epochs": 0}})  # fmt: skip
+    result = runner.execute(spec, store, progress=False)
+    assert result.computed
+    record = store.load(result.record.run_id)
+    predictions = pd.read_parquet(record.path / "predictions.parquet")
+    assert set(predictions["split"]) == {"val", "test"} and predictions["y_score"].between(0, 1).all()
+    assert record.meta["n_samples"]["train"] > 0 and Path(record.meta["head"]).is_file()
+    assert not runner.execute(spec, store, progress=False).computed
 
 
 @pytest.mark.parametrize("usage", ["lora", "bitfit"])

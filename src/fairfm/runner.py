@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from fairfm.spec import RunSpec
 
 #: Usages the runner can execute today (the others have validated hyper-parameters but no implementation yet).
-IMPLEMENTED_USAGES = ("linear_probe", "zero_shot", "lora", "bitfit", "full_finetune")
+IMPLEMENTED_USAGES = ("linear_probe", "zero_shot", "prototype", "clip_adapter", "lora", "bitfit", "full_finetune")
 #: Usages that train on the train split (and so need one).
-TRAINED_USAGES = ("linear_probe", "lora", "bitfit", "full_finetune")
+TRAINED_USAGES = ("linear_probe", "prototype", "clip_adapter", "lora", "bitfit", "full_finetune")
 FEATURES_DIR = "features"
 HEADS_DIR = "heads"
 
@@ -311,6 +311,43 @@ def _zero_shot(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: 
     meta["prompts"] = {task: {"negative": neg, "positive": pos} for task, (neg, pos) in result.prompts.items()}
     meta["logit_scale"] = encoder.logit_scale
     return UsageOutput({s: result.probabilities[split == s] for s in ("val", "test")}, meta)
+
+
+@register_usage("prototype")
+@register_usage("clip_adapter")
+def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
+                     device: str, progress: bool, heads_path: Path | None,
+                     timings: dict[str, float]) -> UsageOutput:  # fmt: skip
+    """Prototype tuning or CLIP-Adapter on the cached image features of a vision-language model."""
+    from fairfm.adapt.clip_adaptation import clip_adapter, prototype_tuning
+    from fairfm.adapt.prompts import prompts_for
+    from fairfm.models import create_model, get_model
+
+    card = get_model(spec.model)
+    if card.family != "vision-language":
+        raise InputError(f"model {card.name!r} is a {card.family} model: {spec.usage} needs a vision-language "
+                         "model (see 'fairfm models list')")  # fmt: skip
+    hp = spec.typed_hparams()
+    started = time.perf_counter()
+    encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
+    timings["model_s"] = time.perf_counter() - started
+    features, meta = _features(spec, table, encoder, root=root, features_dir=features_dir, progress=progress,
+                               timings=timings)  # fmt: skip
+    prompt_set = prompts_for(spec.manifest().get("dataset")).with_overrides(hp.templates, hp.classnames)
+    split = table["split"].astype(str).to_numpy()
+    labels = _labels(table, tasks)
+    part = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
+    train = {"prototype": prototype_tuning, "clip_adapter": clip_adapter}[spec.usage]
+    started = time.perf_counter()
+    result = train({name: features[rows] for name, rows in part.items()},
+                   {name: labels[part[name]] for name in ("train", "val")}, encoder, tasks, prompt_set,
+                   hparams=hp, seed=spec.seed, device=device, progress=progress)  # fmt: skip
+    timings["train_s"] = time.perf_counter() - started
+    if heads_path is not None:
+        result.save(heads_path)
+        meta["head"] = str(heads_path)
+    meta.update(result.meta)
+    return UsageOutput({"val": result.probabilities["val"], "test": result.probabilities["test"]}, meta)
 
 
 def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,

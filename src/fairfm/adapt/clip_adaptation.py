@@ -1,0 +1,404 @@
+"""CLIP adaptation on cached image features: prototype tuning and CLIP-Adapter (METHODS.md §2.3, §2.4).
+
+Both start from zero-shot (:mod:`fairfm.adapt.zero_shot`): per task, the two classes [negative, positive] are
+represented by the (ensembled) text embeddings of their prompts, and the model's own ``similarity_logits``
+(``logit_scale · cos + logit_bias``) gives one logit per class; P(positive) is the softmax over the two.
+
+- **Prototype tuning** (FairMedFM's "CLIP-Adapt"): the (T, 2, D) class text embeddings become learnable
+  prototypes.
+- **CLIP-Adapter** (Gao et al. 2021): a residual bottleneck MLP on the image feature,
+  ``f' = r·A(f) + (1 − r)·f`` with ``A(f) = ReLU(W₂ ReLU(W₁ f))`` (no biases, hidden width D / reduction),
+  scored against the frozen class text embeddings; optionally a second adapter on the text side.
+
+Both encoders stay frozen and are never given to the optimiser: only the prototypes / adapters are trained, on
+the cached features of the training split, with the linear probe's optimiser, warm-up + cosine schedule, model
+selection on validation and early stopping (its helpers are reused). The loss is cross-entropy over the two
+classes of each task (a sample whose label of a task is unknown is skipped for that task), class-weighted
+N / (2·N_c) with ``class_balanced``.
+
+The epoch loop is written here rather than reused from ``train_linear_probe`` because that function builds its
+own ``nn.Linear`` head with a sigmoid/BCE loss; the loop below follows it step for step with a softmax head.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from fairfm.adapt.linear_probe import _as_labels, _optimizer, _param_groups, lr_at, macro_auc
+from fairfm.adapt.prompts import PromptSet
+from fairfm.adapt.zero_shot import class_embeddings
+from fairfm.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from fairfm.models.base import VisionLanguageEncoder
+    from fairfm.spec import ClipAdapterHParams, PrototypeHParams, TrainHParams
+
+Prompts = dict[str, tuple[list[str], list[str]]]  # task -> (negative prompts, positive prompts)
+
+
+@dataclass
+class ClipAdaptationResult:
+    """The validation-selected trained state, its probabilities per split, and what to record in meta.json."""
+
+    probabilities: dict[str, np.ndarray]  # split -> (N, T) P(positive) of the selected epoch
+    meta: dict[str, Any]
+    state_dict: dict[str, "torch.Tensor"]  # only the trained parameters (CPU tensors)
+    best_epoch: int  # 1-based
+    best_score: float  # val AUC, −val loss, or nan for select_by 'last'
+    history: list[dict[str, float]] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the trained prototypes / adapters with safetensors (atomically)."""
+        from safetensors.torch import save_file
+
+        from fairfm.tableio import atomic_path
+
+        metadata = {"best_epoch": str(self.best_epoch), "tasks": ",".join(self.tasks),
+                    "usage": str(self.meta.get("usage", ""))}  # fmt: skip
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict.items()}, str(tmp), metadata=metadata)
+
+
+# ------------------------------------------------------------------------------------------------------ heads
+
+
+def task_class_embeddings(encoder: "VisionLanguageEncoder", tasks: Sequence[str], prompt_set: PromptSet, *,
+                          ensemble: bool = True) -> tuple["torch.Tensor", Prompts]:  # fmt: skip
+    """(T, 2, D) class text embeddings [negative, positive] per task (zero-shot's) and the prompts used."""
+    import torch
+
+    if not hasattr(encoder, "encode_text"):
+        raise InputError(f"model {encoder.card.name!r} has no text encoder: CLIP adaptation needs a "
+                         "vision-language model")  # fmt: skip
+    rows, used = [], {}
+    for task in tasks:
+        negative, positive = prompt_set.prompts(task, ensemble=ensemble)
+        used[task] = (negative, positive)
+        rows.append(class_embeddings(encoder, [negative, positive]))
+    # A normal (not inference-mode) copy: it initialises a parameter or is read inside autograd.
+    return torch.stack(rows).float().clone(), used
+
+
+def _similarity(encoder: "VisionLanguageEncoder", features: "torch.Tensor",
+                text: "torch.Tensor") -> "torch.Tensor":  # fmt: skip
+    """(N, T, 2) logits: the model's own similarity of every image with each task's two class embeddings."""
+    import torch
+
+    return torch.stack([encoder.similarity_logits(features, text[t]) for t in range(text.shape[0])], dim=1)
+
+
+def _prototype_head(encoder: "VisionLanguageEncoder", class_text: "torch.Tensor") -> "torch.nn.Module":
+    from torch import nn
+
+    class PrototypeHead(nn.Module):
+        """Learnable (T, 2, D) class prototypes initialised from the prompt embeddings."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.prototypes = nn.Parameter(class_text.detach().clone())
+
+        def forward(self, features):
+            return _similarity(encoder, features, self.prototypes)
+
+    return PrototypeHead()
+
+
+def _residual_adapter(dim: int, reduction: int, ratio: float) -> "torch.nn.Module":
+    from torch import nn
+
+    class ResidualAdapter(nn.Module):
+        """Gao et al.'s bottleneck on the last dimension: x' = r·ReLU(W₂ ReLU(W₁ x)) + (1 − r)·x."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            hidden = max(dim // reduction, 1)
+            self.fc = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(),
+                                    nn.Linear(hidden, dim, bias=False), nn.ReLU())  # fmt: skip
+            self.ratio = float(ratio)
+
+        def forward(self, x):
+            return self.ratio * self.fc(x) + (1.0 - self.ratio) * x
+
+    return ResidualAdapter()
+
+
+def _clip_adapter_head(encoder: "VisionLanguageEncoder", class_text: "torch.Tensor", *, reduction: int,
+                       ratio: float, text_adapter: bool) -> "torch.nn.Module":  # fmt: skip
+    from torch import nn
+
+    dim = int(class_text.shape[-1])
+    tokens = int(getattr(encoder, "image_tokens", 1))
+
+    class ClipAdapterHead(nn.Module):
+        """Image-side residual adapter (optionally a text-side one too) before the frozen similarity."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.image_adapter = _residual_adapter(dim, reduction, ratio)
+            self.text_adapter = _residual_adapter(dim, reduction, ratio) if text_adapter else None
+            # The prompt embeddings are frozen: a buffer, not a parameter, so no optimiser can see them.
+            self.register_buffer("class_text", class_text.detach().clone())
+
+        def forward(self, features):
+            # Multi-token images (BLIP-2's queries, flattened in the cache) are adapted token by token.
+            shape = features.shape
+            adapted = self.image_adapter(features.reshape(shape[0], tokens, dim)).reshape(shape)
+            text = self.text_adapter(self.class_text) if self.text_adapter is not None else self.class_text
+            return _similarity(encoder, adapted, text)
+
+    return ClipAdapterHead()
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+def _check_inputs(features: Mapping[str, Any], labels: Mapping[str, Any], n_tasks: int, dim: int,
+                  usage: str) -> dict[str, np.ndarray]:  # fmt: skip
+    for split in ("train", "val"):
+        if split not in features or split not in labels:
+            raise InputError(f"{usage}: the {split!r} split is missing (features and labels of train and val "
+                             "are needed)")  # fmt: skip
+    names = {"train": "training", "val": "validation"}
+    y = {split: _as_labels(labels[split], names[split]) for split in ("train", "val")}
+    for split, values in y.items():
+        if values.shape[1] != n_tasks:
+            raise InputError(f"{usage}: {split} labels have {values.shape[1]} task column(s) for "
+                             f"{n_tasks} task(s)")  # fmt: skip
+        if len(features[split]) != len(values):
+            raise InputError(f"{usage}: {len(features[split])} {split} feature rows for {len(values)} labels")
+        if len(values) == 0:
+            raise InputError(f"{usage}: the {split} split has no sample")
+    for split, x in features.items():
+        shape = np.shape(x)
+        if len(shape) != 2 or shape[1] != dim:
+            raise InputError(f"{usage}: {split} features have shape {tuple(shape)}; expected (N, {dim}) to "
+                             "match the text embeddings (cached features of this same model)")  # fmt: skip
+    return y
+
+
+@dataclass
+class _Trained:
+    probabilities: dict[str, np.ndarray]
+    state_dict: dict[str, "torch.Tensor"]
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, float]]
+
+
+def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping[str, Any],
+           tasks: Sequence[str], *, feature_dim: int, hparams: "TrainHParams", seed: int, device: str,
+           progress: bool, usage: str) -> _Trained:  # fmt: skip
+    import torch
+    import torch.nn.functional as F
+
+    hp = hparams
+    if hp.schedule == "step":
+        raise InputError(f"hparams.schedule: 'step' is not implemented for {usage} (use cosine or constant)")
+    n_tasks = len(tasks)
+    y = _check_inputs(features, labels, n_tasks, feature_dim, usage)
+    y_train, y_val = y["train"], y["val"]
+    positives = np.nansum(y_train, axis=0)
+    negatives = (~np.isnan(y_train)).sum(axis=0) - positives
+    for j, name in enumerate(tasks):
+        if positives[j] == 0 or negatives[j] == 0:
+            which = "positive" if positives[j] == 0 else "negative"
+            raise InputError(f"task {name!r}: the training split has no {which} sample; {usage} cannot be "
+                             "trained")  # fmt: skip
+    if hp.select_by == "val_auc":
+        for j, name in enumerate(tasks):
+            known = y_val[~np.isnan(y_val[:, j]), j]
+            if not (known.size and 0 < known.sum() < known.size):
+                raise InputError(f"task {name!r}: the validation split has only one class, so validation AUC "
+                                 "cannot select the epoch (set hparams.select_by to val_loss or last)")
+
+    dev = torch.device(device)
+    head = head.to(dev)
+    # Class weights N / (2·N_c) per task over its known labels, in class order [negative, positive].
+    counts = np.stack([negatives, positives], axis=1)
+    balanced = counts.sum(axis=1, keepdims=True) / (2.0 * counts)
+    weights = balanced if hp.class_balanced else np.ones_like(balanced)
+    class_weight = torch.as_tensor(weights, dtype=torch.float32, device=dev)
+    inputs = {name: torch.as_tensor(np.asarray(x, dtype=np.float32)) for name, x in features.items()}
+    targets = {name: torch.as_tensor(values, dtype=torch.float32) for name, values in y.items()}
+
+    def loss_of(logits: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
+        total, count = logits.new_zeros(()), 0
+        for j in range(n_tasks):
+            known = ~torch.isnan(target[:, j])
+            if not known.any():
+                continue
+            losses = F.cross_entropy(logits[known, j], target[known, j].long(), weight=class_weight[j],
+                                     reduction="none", label_smoothing=hp.label_smoothing)  # fmt: skip
+            total = total + losses.sum()
+            count += int(known.sum())
+        return total / max(count, 1)
+
+    def logits_of(name: str) -> "torch.Tensor":
+        head.eval()
+        x = inputs[name]
+        with torch.no_grad():
+            out = [head(x[start:start + hp.batch_size].to(dev)) for start in range(0, len(x), hp.batch_size)]
+        return torch.cat(out) if out else torch.zeros((0, n_tasks, 2), device=dev)
+
+    def probabilities_of(logits: "torch.Tensor") -> np.ndarray:
+        return torch.softmax(logits.double(), dim=-1)[..., 1].cpu().numpy()
+
+    base_lr = hp.lr * (hp.batch_size / 256 if hp.lr_scaling == "linear" else 1.0)
+    min_lr = min(hp.min_lr, base_lr)
+    optimizer = _optimizer(hp.optimizer, _param_groups(head, hp.weight_decay), hp, base_lr)
+    generator = torch.Generator().manual_seed(seed)
+    n_train = len(y_train)
+    steps_per_epoch = math.ceil(n_train / hp.batch_size)
+    per_iteration = hp.schedule_per == "iteration"
+    total = hp.epochs * (steps_per_epoch if per_iteration else 1)
+    warmup = hp.warmup_epochs * (steps_per_epoch if per_iteration else 1)
+
+    def set_lr(lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch, best_score, since_best = 0, -math.inf, 0
+    history: list[dict[str, float]] = []
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    columns = [TextColumn(f"[bold]{usage}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]} val AUC {task.fields[auc]}")]  # fmt: skip
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task_bar = bar.add_task(usage, total=hp.epochs, loss="–", auc="–")
+        step = 0
+        for epoch in range(hp.epochs):
+            head.train()
+            if not per_iteration:
+                set_lr(lr_at(epoch, total, warmup, base_lr, min_lr, hp.schedule))
+            order = torch.randperm(n_train, generator=generator)
+            running, seen = 0.0, 0
+            for start in range(0, n_train, hp.batch_size):
+                index = order[start:start + hp.batch_size]
+                if per_iteration:
+                    set_lr(lr_at(step, total, warmup, base_lr, min_lr, hp.schedule))
+                loss = loss_of(head(inputs["train"][index].to(dev)), targets["train"][index].to(dev))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                running += loss.item() * len(index)
+                seen += len(index)
+                step += 1
+            val_logits = logits_of("val")
+            val_auc = macro_auc(y_val, probabilities_of(val_logits))
+            with torch.no_grad():
+                val_loss = float(loss_of(val_logits, targets["val"].to(dev)))
+            history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "val_loss": val_loss,
+                            "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
+            score = {"val_auc": val_auc, "val_loss": -val_loss, "last": float(epoch)}[hp.select_by]
+            if score > best_score or best_state is None:
+                best_score, best_epoch, since_best = score, epoch + 1, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+            else:
+                since_best += 1
+            bar.update(task_bar, advance=1, loss=f"{history[-1]['loss']:.4f}", auc=f"{val_auc:.3f}")
+            patience = hp.early_stopping_patience
+            if hp.select_by != "last" and patience is not None and since_best >= patience:
+                break
+
+    assert best_state is not None
+    head.load_state_dict(best_state)
+    probabilities = {name: probabilities_of(logits_of(name)) for name in inputs}
+    trained = {name for name, p in head.named_parameters() if p.requires_grad}
+    state = {k: v for k, v in best_state.items() if k in trained}
+    score = best_score if hp.select_by != "last" else math.nan
+    return _Trained(probabilities=probabilities, state_dict=state, best_epoch=best_epoch, best_score=score,
+                    history=history)
+
+
+def _result(usage: str, trained: _Trained, tasks: Sequence[str], prompts: Prompts,
+            encoder: "VisionLanguageEncoder", hparams: "TrainHParams", seed: int,
+            extra_meta: dict[str, Any]) -> ClipAdaptationResult:  # fmt: skip
+    meta = {
+        "usage": usage,
+        "prompts": {task: {"negative": neg, "positive": pos} for task, (neg, pos) in prompts.items()},
+        "logit_scale": float(encoder.logit_scale),
+        "logit_bias": float(getattr(encoder, "logit_bias", 0.0)),
+        "trained_parameters": {name: list(value.shape) for name, value in trained.state_dict.items()},
+        **extra_meta,
+        "training": {"best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
+                     "selected_by": hparams.select_by,
+                     "best_score": None if math.isnan(trained.best_score) else trained.best_score,
+                     "optimizer": hparams.optimizer, "seed": seed, "history": trained.history},  # fmt: skip
+    }
+    return ClipAdaptationResult(probabilities=trained.probabilities, meta=meta, state_dict=trained.state_dict,
+                                best_epoch=trained.best_epoch, best_score=trained.best_score,
+                                history=trained.history, tasks=list(tasks))  # fmt: skip
+
+
+def _feature_dim(class_text: "torch.Tensor", encoder: "VisionLanguageEncoder") -> int:
+    return int(class_text.shape[-1]) * int(getattr(encoder, "image_tokens", 1))
+
+
+def prototype_tuning(
+    features: Mapping[str, Any],
+    labels: Mapping[str, Any],
+    encoder: "VisionLanguageEncoder",
+    tasks: Sequence[str],
+    prompt_set: PromptSet,
+    *,
+    hparams: "PrototypeHParams",
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> ClipAdaptationResult:
+    """FairMedFM's CLIP-Adapt: tune the (T, 2, D) class prototypes initialised from the prompt ensemble.
+
+    ``features``: split -> cached image features (N, D) of ``encoder`` (``train`` and ``val`` required; every
+    split given gets probabilities). ``labels``: ``train`` and ``val`` -> (N,) or (N, T) with 0/1 and NaN for
+    unknown. Only the prototypes are trained; ``encoder`` is used for its text embeddings and its similarity.
+    """
+    class_text, prompts = task_class_embeddings(encoder, tasks, prompt_set, ensemble=True)
+    head = _prototype_head(encoder, class_text)
+    dim = _feature_dim(class_text, encoder)
+    trained = _train(head, features, labels, tasks, feature_dim=dim, hparams=hparams, seed=seed,
+                     device=device, progress=progress, usage="prototype")
+    return _result("prototype", trained, tasks, prompts, encoder, hparams, seed, {})
+
+
+def clip_adapter(
+    features: Mapping[str, Any],
+    labels: Mapping[str, Any],
+    encoder: "VisionLanguageEncoder",
+    tasks: Sequence[str],
+    prompt_set: PromptSet,
+    *,
+    hparams: "ClipAdapterHParams",
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> ClipAdaptationResult:
+    """Gao et al.'s CLIP-Adapter on cached features (inputs as :func:`prototype_tuning`).
+
+    A residual bottleneck MLP on the image features (ratio ``residual_ratio``, hidden width D / ``reduction``;
+    with ``text_adapter`` another one on the class text embeddings), classified against the frozen
+    prompt-ensemble class embeddings with the model's logit scale. The adapters' initial weights come from
+    ``seed``.
+    """
+    import torch
+
+    class_text, prompts = task_class_embeddings(encoder, tasks, prompt_set, ensemble=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = _clip_adapter_head(encoder, class_text, reduction=hparams.reduction,
+                                  ratio=hparams.residual_ratio, text_adapter=hparams.text_adapter)
+    dim = _feature_dim(class_text, encoder)
+    trained = _train(head, features, labels, tasks, feature_dim=dim, hparams=hparams, seed=seed,
+                     device=device, progress=progress, usage="clip_adapter")
+    extra = {"adapter": {"residual_ratio": hparams.residual_ratio, "reduction": hparams.reduction,
+                         "hidden": max(int(class_text.shape[-1]) // hparams.reduction, 1),
+                         "text_adapter": hparams.text_adapter}}  # fmt: skip
+    return _result("clip_adapter", trained, tasks, prompts, encoder, hparams, seed, extra)
