@@ -37,6 +37,17 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain ``open``/``mkdir`` would give (temporary files are created private)."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed.
@@ -50,6 +61,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -77,3 +77,15 @@ def test_metric_table_has_the_contract_columns_and_rows():
     assert sorted(group_rows.group) == ["a", "b"] and (group_rows.n == [(g == "a").sum(), (g == "b").sum()]).all()
     overall = table[(table.group == "__all__") & (table.metric == "auc")].iloc[0]
     assert overall.n == 300 and overall.threshold_policy == "0.5"
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """Temporary files are created private (0600); the published file must have the umask's usual mode."""
+    import os
+    import stat
+
+    from fairfm.tableio import default_mode, write_text_atomic
+
+    write_text_atomic(tmp_path / "out.json", "{}")
+    mode = stat.S_IMODE(os.stat(tmp_path / "out.json").st_mode)
+    assert mode == default_mode() and mode & 0o044  # group/others can read under a usual umask

@@ -103,6 +103,9 @@ def test_write_find_load_round_trip(store, spec):
     folder = store.path / "runs" / run_id
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "metrics.parquet", "predictions.parquet",
                                                         "spec.json"]  # fmt: skip
+    from fairfm.tableio import default_mode
+
+    assert (folder.stat().st_mode & 0o777) == default_mode(directory=True)  # not mkdtemp's private 0700
     record = store.find(spec)
     assert record is not None and record.run_id == run_id
     # real Parquet files, read back independently of the store

@@ -60,7 +60,7 @@ def evaluate_command(
             intersect=intersect, threshold=threshold, val_file=val_file, bootstrap=bootstrap, seed=seed,
             profile=profile, stratify=stratify, pos_label=pos_label, min_group_size=min_group_size,
             dice=dice, iou=iou, metrics=metric, split_column=split_column, eval_split=eval_split,
-            val_split=val_split, task_column=task_column,
+            val_split=val_split, task_column=task_column, progress=True,
         )  # fmt: skip
     for warning in caught:
         if issubclass(warning.category, FairnessWarning):

@@ -60,6 +60,7 @@ def evaluate_frame(
     eval_split: str = "test",
     val_split: str = "val",
     task_column: str | None = None,
+    progress: bool = False,
 ) -> Report:
     """Read, join and check a predictions table, then :func:`evaluate` it. Errors name file, column and row.
 
@@ -154,7 +155,7 @@ def evaluate_frame(
             val_true=None if val_labels is None else first(val_labels),
             val_score=None if val_scores is None else first(val_scores),
             threshold=threshold, profile=profile, seed=seed, stratify=stratify, min_group_size=min_group_size,
-            bins=bin_specs, intersect=intersections, **kwargs,
+            bins=bin_specs, intersect=intersections, progress=progress, **kwargs,
         )  # fmt: skip
     usable = [a for t in report.tasks.values() for a in t.attributes.values() if len(a.groups) - len(a.excluded) >= 2]
     if not usable:

@@ -310,6 +310,7 @@ def evaluate(
     bins: Mapping[str, Sequence[float]] | None = None,
     intersect: Sequence[Sequence[str]] | None = None,
     n_jobs: int = 2,
+    progress: bool = False,
 ) -> Report:
     """Every classification metric for every attribute (and task), with stratified bootstrap intervals.
 
@@ -318,7 +319,7 @@ def evaluate(
     ``val_score``: validation predictions for thresholds chosen on validation (the default policy when given).
     ``bins``: ``{"age": [60]}`` bins a continuous column; ``intersect``: ``[["sex", "race"]]`` adds ``sex×race``.
     ``stratify``: resample within each ``group`` (default), ``group_class`` or ``class``. ``bootstrap=0`` skips
-    intervals.
+    intervals. ``progress`` shows a progress bar on stderr while resampling.
     """
     prof = get_profile(profile)
     B = int(prof.bootstrap if prof is not None and prof.bootstrap is not None and bootstrap == 1000 else bootstrap or 0)
@@ -349,6 +350,7 @@ def evaluate(
     task_seeds = root_seed.spawn(len(task_names))
     report_warnings: list[str] = []
     tasks: dict[str, TaskResult] = {}
+    tracker = _Progress(progress and B > 0, len(task_names) * max(len(attributes), 1), B)
     for j, task in enumerate(task_names):
         label_col = task_names[j] if task_names[j] != "task" else "y_true"
         score_col = score_names[j] if score_names[j] != "task" else "y_score"
@@ -364,9 +366,10 @@ def evaluate(
         extra = {name: _extra_threshold_value(name, y, p) for name in (prof.extra_thresholds if prof else ())}
         rules = E.Rules(threshold=t_value, **rules_base)
         result = _evaluate_task(task, y, p, attributes, rules, extra, B, task_seeds[j], stratify, ci,
-                                min_group_size, n_jobs, report_warnings, prof)  # fmt: skip
+                                min_group_size, n_jobs, report_warnings, prof, tracker)  # fmt: skip
         result.threshold_policy = policy_name
         tasks[task] = result
+    tracker.close()
     report = Report(
         kind="classification",
         tasks=tasks,
@@ -382,8 +385,37 @@ def evaluate(
     return report
 
 
+class _Progress:
+    """A rich progress bar on stderr over the (task, attribute) bootstraps, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, n_resamples: int) -> None:
+        self._bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn(f"bootstrap ×{n_resamples} {{task.description}}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
+                                 transient=True)  # fmt: skip
+            self._task = self._bar.add_task("", total=total)
+            self._bar.start()
+
+    def describe(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
 def _evaluate_task(task, y, p, attributes, rules, extra, B, seed_seq, stratify, ci, min_group_size, n_jobs,
-                   report_warnings, prof) -> TaskResult:  # fmt: skip
+                   report_warnings, prof, tracker: _Progress | None = None) -> TaskResult:  # fmt: skip
+    tracker = tracker or _Progress(False, 0, B)
     attr_seeds = seed_seq.spawn(max(len(attributes), 1))
     overall_point = overall_boot = None
     results: dict[str, AttributeResult] = {}
@@ -393,7 +425,9 @@ def _evaluate_task(task, y, p, attributes, rules, extra, B, seed_seq, stratify, 
         g, o = engine.point_stats()
         gb = ob = None
         if B:
+            tracker.describe(f"{task} · {name}" if name != "__all__" else task)
             gb, ob = engine.bootstrap(B, attr_seeds[k], stratify, n_jobs)
+            tracker.advance()
         if overall_point is None:
             overall_point, overall_boot = o, ob
         if name == "__all__":

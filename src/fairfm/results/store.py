@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 
 from fairfm.errors import InputError
+from fairfm.tableio import default_mode
 from fairfm.results.runid import code_version, compute_run_id, config_id, data_version, weights_version
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class Store:
             (tmp / META_FILE).write_text(_dumps(full_meta), encoding="utf-8")
             for name in RUN_FILES:
                 _fsync(tmp / name)
+            os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it private; a run is shared like any folder
             try:
                 os.replace(tmp, self.runs_dir / key.run_id)
             except OSError:
