@@ -167,8 +167,8 @@ def test_a_crash_mid_run_leaves_nothing_and_the_next_call_recomputes(synth_dir, 
 
 def test_unimplemented_usages_and_methods_say_so(synth_dir, clip_dir, tmp_path):
     store = Store(tmp_path / "store")
-    with pytest.raises(InputError, match="usage 'vpt' is not implemented yet"):
-        runner.run(_spec(synth_dir, clip_dir, "vpt"), store, progress=False)
+    with pytest.raises(InputError, match="usage 'sam_prompt' is not implemented yet"):
+        runner.run(_spec(synth_dir, clip_dir, "sam_prompt"), store, progress=False)
     with pytest.raises(InputError, match="method 'group_dro': mitigation methods are not implemented yet"):
         runner.run(_spec(synth_dir, clip_dir, "zero_shot", method="group_dro"), store, progress=False)
     with pytest.raises(InputError, match="'resnet50_scratch' is a vision model: zero-shot needs a vision-language"):
@@ -209,8 +209,8 @@ def test_fairfm_run_cli(synth_dir, clip_dir, tmp_path, capsys):
     bad.write_text("dataset: nowhere\nmodel: clip\nusage: zero_shot\nbootstrap: -1\n")
     code, out, err = _cli(capsys, "run", bad, "--store", store)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "bootstrap" in err and str(bad) in err
-    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "--set", "usage=adapter")
-    assert code == 2 and "usage 'adapter' is not implemented yet" in err
+    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "--set", "usage=sam_prompt")
+    assert code == 2 and "usage 'sam_prompt' is not implemented yet" in err
 
 
 @pytest.mark.parametrize("usage", ["prototype", "clip_adapter"])
@@ -229,7 +229,7 @@ def test_clip_adaptation_usages_run_end_to_end(synth_dir, clip_dir, tmp_path, us
     assert not runner.execute(spec, store, progress=False).computed
 
 
-@pytest.mark.parametrize("usage", ["lora", "bitfit"])
+@pytest.mark.parametrize("usage", ["lora", "bitfit", "vpt", "adapter"])
 def test_fine_tuning_usages_run_end_to_end(synth_dir, clip_dir, tmp_path, usage):
     """LoRA and BitFit train the image tower on the train split through fairfm run's pipeline and are stored."""
     from safetensors.numpy import load_file
@@ -248,10 +248,8 @@ def test_fine_tuning_usages_run_end_to_end(synth_dir, clip_dir, tmp_path, usage)
     state = load_file(meta["trained_state"])
     trained = [name for name in state if name.startswith("backbone.")]  # head, buffers are kept too
     assert trained, "the image tower must have trainable parameters"
-    if usage == "lora":
-        assert all("lora_" in name for name in trained)
-    else:
-        assert all(name.endswith(".bias") for name in trained)
+    expected = {"lora": "lora_", "bitfit": ".bias", "vpt": "vpt_prompts", "adapter": "bottleneck_adapter"}[usage]
+    assert all(expected in name for name in trained), trained
     assert not runner.execute(spec, store, progress=False).computed
 
 

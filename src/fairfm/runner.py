@@ -33,9 +33,10 @@ if TYPE_CHECKING:
     from fairfm.spec import RunSpec
 
 #: Usages the runner can execute today (the others have validated hyper-parameters but no implementation yet).
-IMPLEMENTED_USAGES = ("linear_probe", "zero_shot", "prototype", "clip_adapter", "lora", "bitfit", "full_finetune")
+IMPLEMENTED_USAGES = ("linear_probe", "zero_shot", "prototype", "clip_adapter", "lora", "bitfit", "vpt", "adapter",
+                      "full_finetune")  # fmt: skip
 #: Usages that train on the train split (and so need one).
-TRAINED_USAGES = ("linear_probe", "prototype", "clip_adapter", "lora", "bitfit", "full_finetune")
+TRAINED_USAGES = ("linear_probe", "prototype", "clip_adapter", "lora", "bitfit", "vpt", "adapter", "full_finetune")
 FEATURES_DIR = "features"
 HEADS_DIR = "heads"
 
@@ -373,5 +374,5 @@ def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: P
     return UsageOutput({"val": out.probabilities["val"], "test": out.probabilities["test"]}, meta)
 
 
-for _usage in ("lora", "bitfit", "full_finetune"):
+for _usage in ("lora", "bitfit", "vpt", "adapter", "full_finetune"):
     register_usage(_usage)(_finetune)

@@ -184,7 +184,7 @@ class BitFitHParams(TrainHParams):
 class VptHParams(TrainHParams):
     prompt_length: int = Field(10, ge=1)
     deep: bool = False
-    init_std: float = Field(0.02, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)  # on the prompts; they start uniform as in Jia et al. (VPT)
     optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
     lr: float = Field(1e-3, gt=0)
 
@@ -193,6 +193,7 @@ class VptHParams(TrainHParams):
 class AdapterHParams(TrainHParams):
     bottleneck: int = Field(64, ge=1)
     scale: float = Field(1.0, gt=0)
+    placement: Literal["parallel", "sequential"] = "parallel"  # AdaptFormer beside the MLP, or Houlsby after it
     optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
     lr: float = Field(1e-3, gt=0)
 

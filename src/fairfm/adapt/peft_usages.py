@@ -14,6 +14,10 @@ the training. The head (one output per task) always trains.
     every bias vector of the image path (the parameters the image forward uses: :func:`image_path_parameters`)
     + head. Hand-written because BitFit is not a peft tuner (peft has no bias-only method); it is a freezing
     rule, not new modules.
+``vpt`` / ``adapter``
+    visual prompt tuning (shallow or deep) / zero-initialised bottleneck adapters per block, from
+    :mod:`fairfm.adapt.vpt` (hand-written: peft has neither for vision models); the backbone is frozen and
+    only the prompts / adapters + head train. timm ViTs, open_clip timm trunks and open_clip's native ViT.
 ``full_finetune``
     every parameter of the image path + head, with layer-wise lr decay (timm backbones), drop path (applied at
     model construction: :func:`model_overrides`) and RandAugment on 8-bit images (Khan et al. / Medical MAE).
@@ -40,7 +44,10 @@ if TYPE_CHECKING:
     from fairfm.models.base import Encoder
     from fairfm.spec import TrainHParams
 
-FINETUNE_USAGES = ("lora", "bitfit", "full_finetune")
+FINETUNE_USAGES = ("lora", "bitfit", "full_finetune", "vpt", "adapter")
+
+#: the hparams fields each hand-written usage reads (checked, so a wrong hparams type is a clear error)
+_USAGE_FIELDS = {"vpt": ("prompt_length", "deep"), "adapter": ("bottleneck", "scale")}
 
 #: Attributes under which a model keeps its image tower (open_clip ``visual``; transformers ``vision_model``).
 _IMAGE_TOWERS = ("visual", "vision_model")
@@ -148,8 +155,16 @@ def apply_usage(usage: str, encoder: "Encoder", hparams: "TrainHParams") -> tupl
 
     if usage not in FINETUNE_USAGES:
         raise InputError(f"usage {usage!r} is not one of {', '.join(FINETUNE_USAGES)}")
+    for name in _USAGE_FIELDS.get(usage, ()):
+        if not hasattr(hparams, name):
+            raise InputError(
+                f"usage {usage!r}: hparams {type(hparams).__name__} lack {name!r}; they are not one of the "
+                f"hparams types of {usage!r}"
+            )
     tower, prefix = image_tower(encoder)
     meta: dict[str, Any] = {"usage": usage, "image_tower": prefix.rstrip(".") or "(whole model)"}
+    if usage in _USAGE_FIELDS:
+        return _apply_prompts_or_adapters(usage, encoder, tower, hparams, meta)
     image_path = [] if usage == "lora" else image_path_parameters(encoder)
     for parameter in encoder.module.parameters():
         parameter.requires_grad_(False)
@@ -194,6 +209,43 @@ def apply_usage(usage: str, encoder: "Encoder", hparams: "TrainHParams") -> tupl
     return chosen, meta
 
 
+def _apply_prompts_or_adapters(
+    usage: str, encoder: "Encoder", tower: "nn.Module", hparams: "TrainHParams", meta: dict[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    from fairfm.adapt.vpt import (
+        ADAPTER_ATTRIBUTE,
+        PROMPTS_ATTRIBUTE,
+        add_bottleneck_adapters,
+        add_visual_prompts,
+        find_vit,
+    )
+
+    vit = find_vit(tower, encoder.card.name)  # InputError for families not supported yet
+    for parameter in encoder.module.parameters():
+        parameter.requires_grad_(False)
+    # prompt ``dropout`` and adapter ``placement`` are read when the hparams carry them (defaults: Jia et al.'s
+    # 0.0, AdaptFormer's parallel)
+    if usage == "vpt":
+        dropout = float(getattr(hparams, "dropout", 0.0))
+        prompts = add_visual_prompts(vit, hparams.prompt_length, deep=hparams.deep, dropout=dropout)
+        marker = f"{PROMPTS_ATTRIBUTE}."
+        meta.update(
+            {
+                "num_tokens": hparams.prompt_length,
+                "deep": bool(hparams.deep),
+                "prompt_dropout": dropout,
+                "prompt_init": f"uniform(±{prompts.bound:.6g})",
+            }
+        )
+    else:
+        placement = str(getattr(hparams, "placement", "parallel"))
+        add_bottleneck_adapters(vit, hparams.bottleneck, scale=hparams.scale, placement=placement)
+        marker = f"{ADAPTER_ATTRIBUTE}."
+        meta.update({"bottleneck": hparams.bottleneck, "scale": hparams.scale, "placement": placement})
+    chosen = [n for n, _ in encoder.module.named_parameters() if marker in n]
+    return chosen, meta
+
+
 @dataclass
 class FinetuneOutput:
     """(N, T) probabilities per split (rows in that split's table order), the fit and what to record."""
@@ -203,7 +255,8 @@ class FinetuneOutput:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> None:
-        """The selected trainable state (LoRA / biases / all tower weights + head) as safetensors."""
+        """The selected trainable state (LoRA / biases / prompts / adapters / all tower weights + head) as
+        safetensors."""
         self.fit.save(
             path,
             metadata={
