@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from fairfm.adapt.linear_probe import _as_labels, _optimizer, _param_groups, lr_at, macro_auc
+from fairfm.adapt.linear_probe import (
+    ModelSelection,
+    _as_labels,
+    _optimizer,
+    _param_groups,
+    cpu_state,
+    lr_at,
+    macro_auc,
+)
 from fairfm.adapt.prompts import PromptSet
 from fairfm.adapt.zero_shot import class_embeddings
 from fairfm.errors import InputError
@@ -265,8 +273,7 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch, best_score, since_best = 0, -math.inf, 0
+    selection = ModelSelection(hp.select_by, hp.early_stopping_patience)
     history: list[dict[str, float]] = []
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -298,24 +305,19 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
                 val_loss = float(loss_of(val_logits, targets["val"].to(dev)))
             history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "val_loss": val_loss,
                             "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
-            score = {"val_auc": val_auc, "val_loss": -val_loss, "last": float(epoch)}[hp.select_by]
-            if score > best_score or best_state is None:
-                best_score, best_epoch, since_best = score, epoch + 1, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-            else:
-                since_best += 1
+            stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head))
             bar.update(task_bar, advance=1, loss=f"{history[-1]['loss']:.4f}", auc=f"{val_auc:.3f}")
-            patience = hp.early_stopping_patience
-            if hp.select_by != "last" and patience is not None and since_best >= patience:
+            if stop:
                 break
 
+    best_state = selection.best_state
     assert best_state is not None
     head.load_state_dict(best_state)
     probabilities = {name: probabilities_of(logits_of(name)) for name in inputs}
     trained = {name for name, p in head.named_parameters() if p.requires_grad}
     state = {k: v for k, v in best_state.items() if k in trained}
-    score = best_score if hp.select_by != "last" else math.nan
-    return _Trained(probabilities=probabilities, state_dict=state, best_epoch=best_epoch, best_score=score,
+    return _Trained(probabilities=probabilities, state_dict=state, best_epoch=selection.best_epoch,
+                    best_score=selection.reported_score,
                     history=history)
 
 

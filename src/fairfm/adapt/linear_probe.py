@@ -108,6 +108,44 @@ def _optimizer(name: str, groups: list[dict[str, Any]], hp: "LinearProbeHParams"
     raise InputError(f"hparams.optimizer: {name!r} is not one of sgd, adamw, adam")
 
 
+class ModelSelection:
+    """Keeps the state of the best epoch by ``select_by`` (val AUC, val loss or the last epoch) and asks to stop
+    after ``patience`` epochs without gain. Shared by every trained usage: this probe, CLIP adaptation and
+    :func:`fairfm.adapt.train.fit` (where it is an ``on_epoch_end`` callback)."""
+
+    def __init__(self, select_by: str = "val_auc", patience: int | None = None) -> None:
+        if select_by not in ("val_auc", "val_loss", "last"):
+            raise InputError(f"hparams.select_by: {select_by!r} is not one of val_auc, val_loss, last")
+        self.select_by, self.patience = select_by, patience
+        self.best_state: dict[str, "torch.Tensor"] | None = None
+        self.best_epoch, self.best_score, self.since_best = 0, -math.inf, 0
+
+    def update(self, epoch: int, val_auc: float, val_loss: float,
+               state: Callable[[], dict[str, "torch.Tensor"]]) -> bool:  # fmt: skip
+        """Record epoch ``epoch`` (1-based); ``state()`` is called only when it is the best so far. True: stop."""
+        score = {"val_auc": val_auc, "val_loss": -val_loss, "last": float(epoch)}[self.select_by]
+        if self.best_state is None or score > self.best_score:
+            self.best_state, self.best_epoch, self.best_score = state(), epoch, score
+            self.since_best = 0
+        else:
+            self.since_best += 1
+        return self.select_by != "last" and self.patience is not None and self.since_best >= self.patience
+
+    def __call__(self, info: Any) -> bool:
+        """As an ``on_epoch_end`` callback of :func:`fairfm.adapt.train.fit`."""
+        return self.update(info.epoch, info.record["val_auc"], info.record["val_loss"], info.state)
+
+    @property
+    def reported_score(self) -> float:
+        """The selection criterion at the selected epoch; NaN when the last epoch is taken."""
+        return self.best_score if self.select_by != "last" else math.nan
+
+
+def cpu_state(module: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
+    """A detached CPU copy of a module's state (what model selection keeps)."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def train_linear_probe(
     train_x: Any,
     train_y: Any,
@@ -208,8 +246,7 @@ def train_linear_probe(
 
     targets_val = torch.as_tensor(y_val, dtype=torch.float32, device=dev)
 
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch, best_score, since_best = 0, -math.inf, 0
+    selection = ModelSelection(hp.select_by, hp.early_stopping_patience)
     history: list[dict[str, float]] = []
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -245,22 +282,17 @@ def train_linear_probe(
                 val_loss = float(loss_of(val_logits, targets_val))
             history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "val_loss": val_loss,
                             "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
-            score = {"val_auc": val_auc, "val_loss": -val_loss, "last": float(epoch)}[hp.select_by]
-            if score > best_score or best_state is None:
-                best_score, best_epoch, since_best = score, epoch + 1, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-            else:
-                since_best += 1
+            stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head))
             bar.update(task_bar, advance=1, loss=f"{history[-1]['loss']:.4f}", auc=f"{val_auc:.3f}")
-            patience = hp.early_stopping_patience
-            if hp.select_by != "last" and patience is not None and since_best >= patience:
+            if stop:
                 break
 
+    best_state = selection.best_state
     assert best_state is not None
     head.load_state_dict(best_state)
     predictions = {"val": predict_set(val_x)}
     for name, inputs in (predict or {}).items():
         predictions[name] = predict_set(inputs)
-    return LinearProbeResult(state_dict=best_state, best_epoch=best_epoch,
-                             best_score=best_score if hp.select_by != "last" else math.nan,
+    return LinearProbeResult(state_dict=best_state, best_epoch=selection.best_epoch,
+                             best_score=selection.reported_score,
                              history=history, predictions=predictions, tasks=task_names)  # fmt: skip

@@ -43,7 +43,6 @@ is needed).
 from __future__ import annotations
 
 import functools
-import math
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fairfm.adapt.linear_probe import lr_at, macro_auc
+from fairfm.adapt.linear_probe import ModelSelection, lr_at, macro_auc
 from fairfm.errors import InputError
 
 if TYPE_CHECKING:
@@ -275,30 +274,6 @@ class EpochInfo:
     model: Any  # the Classifier
     val_probabilities: np.ndarray
     state: Callable[[], dict[str, "torch.Tensor"]]  # a CPU copy of the current trainable state
-
-
-class ModelSelection:
-    """Keeps the state of the best epoch by ``select_by`` and asks to stop after ``patience`` epochs without
-    gain."""
-
-    def __init__(self, select_by: str = "val_auc", patience: int | None = None) -> None:
-        if select_by not in ("val_auc", "val_loss", "last"):
-            raise InputError(f"hparams.select_by: {select_by!r} is not one of val_auc, val_loss, last")
-        self.select_by, self.patience = select_by, patience
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_epoch, self.best_score, self.since_best = 0, -math.inf, 0
-
-    def __call__(self, info: EpochInfo) -> bool:
-        record = info.record
-        score = {"val_auc": record["val_auc"], "val_loss": -record["val_loss"], "last": float(info.epoch)}[
-            self.select_by
-        ]
-        if self.best_state is None or score > self.best_score:
-            self.best_state, self.best_epoch, self.best_score = info.state(), info.epoch, score
-            self.since_best = 0
-        else:
-            self.since_best += 1
-        return self.select_by != "last" and self.patience is not None and self.since_best >= self.patience
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -776,7 +751,7 @@ def fit(
     return FitResult(
         best_state=best,
         best_epoch=selection.best_epoch,
-        best_score=selection.best_score if hp.select_by != "last" else math.nan,
+        best_score=selection.reported_score,
         last_state=last,
         checkpoint=checkpoint,
         history=history,
