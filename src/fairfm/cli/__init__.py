@@ -52,6 +52,7 @@ def _register_commands() -> None:
     app.add_typer(runs_cli.app, name="runs")
 
     from fairfm.cli import run as run_cli  # noqa: F401  (registers ``fairfm run``)
+    from fairfm.cli import sweep as sweep_cli  # noqa: F401  (registers ``fairfm sweep``)
 
 
 def _usage_error(exc: BaseException) -> bool:

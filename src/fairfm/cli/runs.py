@@ -18,8 +18,6 @@ app = typer.Typer(help="Finished runs in the results store: list them, show one,
 console = make_console(highlight=False, soft_wrap=True)
 
 _STORE_HELP = "Results store folder (default: $FAIRFM_STORE, else ./fairfm_runs)."
-#: Utility metric and gap shown per run: classification first, segmentation otherwise.
-_KEY_METRICS = (("auc", "auc_gap"), ("mean_dice", "dice_gap"))
 #: What ``runs show`` prints without ``--all``.
 _SHOWN_OVERALL = ("auc", "acc", "tpr", "fpr", "ece", "mean_dice", "mean_iou")
 #: The per-group metric behind each overall utility metric.
@@ -56,34 +54,14 @@ def _short_time(created: str) -> str:
     return created[5:16].replace("T", " ")
 
 
-def key_metrics(record) -> dict[str, Any]:
-    """Overall utility of the first task and its gap over the first attribute (AUC / AUC gap, or Dice)."""
-    metrics = record.metrics
-    present = list(dict.fromkeys(metrics["task"].tolist()))
-    tasks = [t for t in record.spec.get("tasks") or [] if t in present] or present
-    attributes = record.spec.get("attributes") or []
-    task = tasks[0] if tasks else None
-    attribute = attributes[0] if attributes else None
-    rows = metrics[metrics["task"] == task] if task is not None else metrics
-    out: dict[str, Any] = {"task": task, "attribute": attribute}
-    for utility, gap in _KEY_METRICS:
-        overall = rows[(rows["attribute"] == "__all__") & (rows["metric"] == utility)]
-        if overall.empty:
-            continue
-        out["utility_metric"], out["utility"] = utility, float(overall["value"].iloc[0])
-        gaps = rows[(rows["attribute"] == attribute) & (rows["group"] == "__summary__") & (rows["metric"] == gap)]
-        out["gap_metric"] = gap
-        out["gap"] = float(gaps["value"].iloc[0]) if not gaps.empty else None
-        break
-    return out
-
-
 @app.command("list")
 def list_command(
     store: Optional[Path] = typer.Option(None, "--store", help=_STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Every finished run: id, dataset, model, usage, method, seed, when, AUC and the AUC gap of the first attribute."""
+    from fairfm.results.summary import key_metrics
+
     results = _store(store)
     records = results.list()
     rows = []
@@ -130,6 +108,8 @@ def show_command(
     show_all: bool = typer.Option(False, "--all", help="Every metric, not only the key ones."),
 ) -> None:
     """One run: its spec, versions and timings, and a summary of its metrics with intervals."""
+    from fairfm.results.summary import KEY_METRICS
+
     record = _store(store).load(run)
     metrics = record.metrics
     if as_json:
@@ -178,7 +158,7 @@ def show_command(
             table.add_row(str(row["task"]), str(row["attribute"]), str(row["metric"]), _fmt(row["value"]),
                           _interval(row), str(row["note"] or ""))  # fmt: skip
         console.print(table)
-    utility = next((u for u, _ in _KEY_METRICS if (metrics["metric"] == u).any()), None)
+    utility = next((u for u, _ in KEY_METRICS if (metrics["metric"] == u).any()), None)
     utility = _GROUP_METRIC.get(utility, utility)
     groups = metrics[~metrics["group"].isin(["__all__", "__summary__"]) & (metrics["metric"] == utility)]
     if not groups.empty:

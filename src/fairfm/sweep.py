@@ -1,0 +1,271 @@
+"""Sweeps: a grid of run specs handed to an executor — in-process, a local process pool, or Ray — all writing to the
+same results store.
+
+```python
+from fairfm.spec import SweepSpec
+from fairfm.results import Store
+from fairfm.sweep import run_sweep
+outcomes = run_sweep(SweepSpec.from_yaml("sweep.yaml"), Store("fairfm_runs"), executor="pool", workers=2)
+```
+
+Every cell is an ordinary run (:func:`fairfm.runner.execute`), so a sweep resumes for free: the runs already in the
+store are found in the parent process before anything is dispatched, and only the others are sent to the executor.
+A run that fails is reported with its one-line error and the sweep goes on (``keep_going``); cells whose resolved
+spec is the same run (e.g. they differ only in ``device``) are run once.
+
+Executors are registered by name (:func:`register_executor`); each receives the pending runs and yields one
+:class:`SweepOutcome` per run as it finishes, in any order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from fairfm.errors import InputError
+
+if TYPE_CHECKING:
+    from fairfm.results import Store
+    from fairfm.spec import RunSpec, SweepSpec
+
+
+@dataclass
+class SweepOutcome:
+    """What became of one cell: ``computed``, ``found`` (already in the store) or ``failed`` (with ``error``)."""
+
+    index: int
+    run_id: str
+    status: str
+    spec: dict[str, Any]
+    seconds: float = 0.0
+    error: str | None = None
+    input_error: bool = False  # the failure was bad input (missing checkpoint, empty split …), not a crash
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PendingRun:
+    index: int
+    run_id: str
+    spec: dict[str, Any]  # RunSpec.model_dump(mode="json"): plain data, picklable and sendable to any worker
+
+
+ExecutorFn = Callable[..., Iterator[SweepOutcome]]
+_EXECUTORS: dict[str, ExecutorFn] = {}
+
+
+def register_executor(name: str) -> Callable[[ExecutorFn], ExecutorFn]:
+    """Function decorator: ``fn(pending, store_path, *, workers, address) -> iterator of SweepOutcome``."""
+
+    def decorate(fn: ExecutorFn) -> ExecutorFn:
+        _EXECUTORS[name] = fn
+        return fn
+
+    return decorate
+
+
+def list_executors() -> list[str]:
+    return sorted(_EXECUTORS)
+
+
+# ----------------------------------------------------------------------------------------------------- public
+
+
+def plan(sweep: "SweepSpec", store: "Store") -> tuple[list[SweepOutcome], list[PendingRun]]:
+    """(cells already in the store, cells still to run) — duplicates of one run id are kept once."""
+    found: list[SweepOutcome] = []
+    pending: list[PendingRun] = []
+    seen: set[str] = set()
+    for index, spec in enumerate(sweep.expand()):
+        try:
+            run_id = store.run_id(spec)  # fails fast, before any work, for a missing dataset or checkpoint
+        except InputError as exc:
+            raise InputError(f"sweep cell {index} ({spec.model} · {spec.usage} · seed {spec.seed}): {exc}") from None
+        if run_id in seen:
+            continue
+        seen.add(run_id)
+        data = spec.model_dump(mode="json")
+        if store.exists(run_id):
+            found.append(SweepOutcome(index, run_id, "found", data))
+        else:
+            pending.append(PendingRun(index, run_id, data))
+    return found, pending
+
+
+def run_sweep(
+    sweep: "SweepSpec",
+    store: "Store",
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    keep_going: bool = True,
+    progress: bool = True,
+    on_outcome: Callable[[SweepOutcome], None] | None = None,
+) -> list[SweepOutcome]:
+    """Run every cell of ``sweep`` that is not in ``store`` yet; the outcomes in grid order.
+
+    ``workers``: parallel runs for ``pool`` / ``ray`` (default: the CPU count for ``pool``, the cluster's for
+    ``ray``); ``address``: a Ray cluster (``ray://host:10001`` or ``auto``), default a local one. Without
+    ``keep_going`` the first failure stops the sweep (runs already finished stay stored).
+    """
+    if executor not in _EXECUTORS:
+        raise InputError(f"executor {executor!r} is not one of {', '.join(list_executors())}")
+    if workers is not None and workers < 1:
+        raise InputError(f"workers: {workers} — give at least 1")
+    if address is not None and executor != "ray":
+        raise InputError(f"--address {address!r} is for the ray executor (got executor {executor!r})")
+    found, pending = plan(sweep, store)
+    outcomes = list(found)
+    for outcome in found:
+        if on_outcome is not None:
+            on_outcome(outcome)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[state]}")]  # fmt: skip
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("sweep", total=len(found) + len(pending), completed=len(found),
+                            state=f"{len(found)} found")  # fmt: skip
+        failed = 0
+        if pending:
+            stream = _EXECUTORS[executor](pending, store.path, workers=workers, address=address)
+            try:
+                for outcome in stream:
+                    outcomes.append(outcome)
+                    failed += outcome.status == "failed"
+                    bar.update(task, advance=1, state=f"{failed} failed" if failed else "")
+                    if on_outcome is not None:
+                        on_outcome(outcome)
+                    if outcome.status == "failed" and not keep_going:
+                        break
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()  # executors stop their workers when the stream is closed early
+    return sorted(outcomes, key=lambda o: o.index)
+
+
+# ----------------------------------------------------------------------------------------------------- one run
+
+
+def run_one(spec_data: dict[str, Any], store_path: str, index: int = -1) -> SweepOutcome:
+    """Execute one run (in whatever process an executor chose) and describe the outcome; never raises for a
+    failed run, so one bad cell cannot take a sweep down."""
+    from fairfm.results import Store
+    from fairfm.runner import execute
+    from fairfm.spec import RunSpec
+
+    started = time.perf_counter()
+    run_id = ""
+    try:
+        spec = RunSpec.from_dict(spec_data, source="sweep")
+        store = Store(store_path)
+        run_id = store.run_id(spec)
+        result = execute(spec, store, progress=False)
+        status = "computed" if result.computed else "found"
+        return SweepOutcome(index, result.record.run_id, status, spec_data, time.perf_counter() - started)
+    except InputError as exc:
+        return SweepOutcome(index, run_id, "failed", spec_data, time.perf_counter() - started, error=str(exc),
+                            input_error=True)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 — reported as this cell's failure; the other cells go on
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return SweepOutcome(index, run_id, "failed", spec_data, time.perf_counter() - started, error=message)
+
+
+def _threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _init_worker(threads: int) -> None:
+    # Each worker gets its share of the cores: N workers × all cores each would oversubscribe the machine.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------------- executors
+
+
+@register_executor("local")
+def _local(pending: Iterable[PendingRun], store_path: Path, *, workers: int | None = None,
+           address: str | None = None) -> Iterator[SweepOutcome]:  # fmt: skip
+    """One run after the other in this process (the simplest to debug; progress of each run is not shown)."""
+    if workers not in (None, 1):
+        raise InputError(f"workers: {workers} — the local executor runs one run at a time (use --executor pool)")
+    for run in pending:
+        yield run_one(run.spec, str(store_path), run.index)
+
+
+@register_executor("pool")
+def _pool(pending: Iterable[PendingRun], store_path: Path, *, workers: int | None = None,
+          address: str | None = None) -> Iterator[SweepOutcome]:  # fmt: skip
+    """A local process pool. Workers are spawned, not forked: a forked copy of a process that has started torch's
+    thread pools can deadlock."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    runs = list(pending)
+    workers = min(workers or os.cpu_count() or 1, len(runs))
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                               initargs=(_threads_per_worker(workers),))  # fmt: skip
+    try:
+        futures = [pool.submit(run_one, run.spec, str(store_path), run.index) for run in runs]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@register_executor("ray")
+def _ray(pending: Iterable[PendingRun], store_path: Path, *, workers: int | None = None,
+         address: str | None = None) -> Iterator[SweepOutcome]:  # fmt: skip
+    """Ray tasks, on a local Ray instance or the cluster at ``address``. On a cluster the store folder (and the
+    datasets and checkpoints the specs name) must be on a file system every node sees, and fairfm must be installed
+    on every node."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("the ray executor needs Ray: pip install 'fairfm[sweep]' (or 'ray')") from None
+    runs = list(pending)
+    started_here = not ray.is_initialized()
+    if started_here:
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if address is not None:
+            options["address"] = address
+        else:
+            options["num_cpus"] = workers or os.cpu_count() or 1
+        try:
+            ray.init(**options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise InputError(f"ray executor: cannot start or reach Ray at {address or 'a local instance'} "
+                             f"({str(exc).splitlines()[0]})") from None  # fmt: skip
+    try:
+        total_cpus = int(ray.cluster_resources().get("CPU", 1))
+        parallel = min(workers or total_cpus, total_cpus)
+        # Each task reserves its share of the CPUs, so Ray runs `parallel` of them at a time.
+        cpus = max(total_cpus // max(parallel, 1), 1)
+        remote = ray.remote(num_cpus=cpus, max_retries=0)(_ray_task)
+        waiting = {remote.remote(run.spec, str(store_path), run.index, cpus): run for run in runs}
+        while waiting:
+            done, _ = ray.wait(list(waiting), num_returns=1)
+            for ref in done:
+                run = waiting.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 — a worker that died (killed, out of memory)
+                    message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    yield SweepOutcome(run.index, run.run_id, "failed", run.spec, error=message)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_task(spec_data: dict[str, Any], store_path: str, index: int, threads: int) -> SweepOutcome:
+    _init_worker(threads)
+    return run_one(spec_data, store_path, index)
