@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_metrics.py --write BENCHMARKS.md
 	$(PY) benchmarks/bench_prepare_chexpert.py --write BENCHMARKS.md
 	$(PY) benchmarks/bench_features.py --write BENCHMARKS.md
+	$(PY) benchmarks/bench_runs.py --write BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .hypothesis

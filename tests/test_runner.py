@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,20 +10,13 @@ import pytest
 import yaml
 
 from fairfm import runner
-from fairfm.cli import main
 from fairfm.errors import InputError
 from fairfm.results import Store
 from fairfm.spec import RunSpec
 from tests.adapt.helpers import make_synth, make_tiny_clip
+from tests.conftest import run_cli
 
 CONTRACT = ["run_id", "sample_id", "task", "split", "y_true", "y_score", "group_sex", "group_age"]
-
-
-@pytest.fixture(autouse=True)
-def _isolated_caches(tmp_path_factory, monkeypatch):
-    home = tmp_path_factory.mktemp("caches")
-    for name in ("HF_HUB_CACHE", "TORCH_HOME", "FAIRFM_HOME"):
-        monkeypatch.setenv(name, str(home / name.lower()))
 
 
 @pytest.fixture(scope="module")
@@ -167,24 +161,15 @@ def test_a_crash_mid_run_leaves_nothing_and_the_next_call_recomputes(synth_dir, 
 
 def test_unimplemented_usages_and_methods_say_so(synth_dir, clip_dir, tmp_path):
     store = Store(tmp_path / "store")
-    with pytest.raises(InputError, match="usage 'sam_prompt' is not implemented yet"):
+    with pytest.raises(InputError, match=r"samples\.parquet: SampleTable has no path_mask column: sam_prompt needs a "
+                                         "segmentation dataset"):  # fmt: skip
         runner.run(_spec(synth_dir, clip_dir, "sam_prompt"), store, progress=False)
     with pytest.raises(InputError, match="method 'group_dro': mitigation methods are not implemented yet"):
         runner.run(_spec(synth_dir, clip_dir, "zero_shot", method="group_dro"), store, progress=False)
-    with pytest.raises(InputError, match="'resnet50_scratch' is a vision model: zero-shot needs a vision-language"):
+    with pytest.raises(InputError, match="'resnet50_scratch' is a vision model: zero_shot needs a vision-language"):
         runner.run(RunSpec.from_dict({"dataset": str(synth_dir), "model": "resnet50_scratch", "usage": "zero_shot",
                                       "bootstrap": 0}), store, progress=False)  # fmt: skip
     assert len(store) == 0
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_fairfm_run_cli(synth_dir, clip_dir, tmp_path, capsys):
@@ -192,25 +177,25 @@ def test_fairfm_run_cli(synth_dir, clip_dir, tmp_path, capsys):
     spec_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
                                          "usage": "zero_shot", "bootstrap": 30}))  # fmt: skip
     store = tmp_path / "store"
-    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "-q", "--set", "seed=3")
+    code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "-q", "--set", "seed=3")
     assert code == 0, err
     run_id = Store(store).list()[0].run_id
     assert f"run {run_id}: computed" in out
     assert "AUC gap" in out and "sex" in out and "95% CI" in out
     assert Store(store).list()[0].spec["seed"] == 3
 
-    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "-q", "--set", "seed=3")
+    code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "-q", "--set", "seed=3")
     assert code == 0 and f"run {run_id}: found in the store (not recomputed)" in out
     assert len(Store(store)) == 1
 
-    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "--set", "hparams.lr=0.1")
+    code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "--set", "hparams.lr=0.1")
     assert code == 2 and err.strip() == "error: command line: hparams.lr: unknown field (check the spelling)"
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: nowhere\nmodel: clip\nusage: zero_shot\nbootstrap: -1\n")
-    code, out, err = _cli(capsys, "run", bad, "--store", store)
+    code, out, err = run_cli(capsys, "run", bad, "--store", store)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "bootstrap" in err and str(bad) in err
-    code, out, err = _cli(capsys, "run", spec_file, "--store", store, "--set", "usage=sam_prompt")
-    assert code == 2 and "usage 'sam_prompt' is not implemented yet" in err
+    code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "--set", "usage=sam_prompt")
+    assert code == 2 and "has no path_mask column: sam_prompt needs a segmentation dataset" in err
 
 
 @pytest.mark.parametrize("usage", ["prototype", "clip_adapter"])
@@ -304,3 +289,51 @@ def test_model_options_build_a_small_model_and_are_part_of_the_run_id(synth_dir,
     assert store.load(result.record.run_id).spec["model_options"] == {"layers": [1, 1, 1, 1]}
     smaller = RunSpec.from_dict({**base, "model_options": {"layers": [1, 1, 1, 1], "base_width": 32}})
     assert store.find(smaller) is None  # different constructor options: a different run
+
+
+def _with_second_view(synth_dir: Path, folder: Path) -> tuple[Path, Path]:
+    """Two prepared datasets over one image root: one whose ``path_alt`` view holds inverted images, and one whose
+    ``path`` holds those same inverted images (the oracle for reading the view)."""
+    import numpy as np
+    from PIL import Image
+
+    samples = pd.read_parquet(synth_dir / "samples.parquet")
+    manifest = json.loads((synth_dir / "dataset.json").read_text())
+    root = Path(manifest.get("root") or synth_dir)
+    alt = []
+    for relative in samples["path"]:
+        out = folder / "images" / "alt" / Path(relative).name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - np.asarray(Image.open(root / relative))).save(out)
+        alt.append(str(out.relative_to(folder / "images")))
+        (folder / "images" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "images" / relative).write_bytes((root / relative).read_bytes())
+    datasets = []
+    for name, table in (("with_view", samples.assign(path_alt=alt)), ("swapped", samples.assign(path=alt))):
+        target = folder / name
+        target.mkdir()
+        table.to_parquet(target / "samples.parquet", index=False)
+        (target / "dataset.json").write_text(json.dumps({**manifest, "root": str(folder / "images")}))
+        datasets.append(target)
+    return datasets[0], datasets[1]
+
+
+@pytest.mark.parametrize("usage", ["zero_shot", "bitfit"])
+def test_view_reads_the_named_image_column(synth_dir, clip_dir, tmp_path, usage):
+    with_view, swapped = _with_second_view(synth_dir, tmp_path)
+    hparams = {"epochs": 1, "batch_size": 32} if usage == "bitfit" else {}
+    store = Store(tmp_path / "store")
+
+    def scores(dataset: Path, **fields) -> pd.Series:
+        record = runner.run(_spec(dataset, clip_dir, usage, hparams=hparams, **fields), store, progress=False)
+        return record.predictions.set_index(["sample_id", "split"])["y_score"].sort_index()
+
+    default = scores(with_view)
+    from_view = scores(with_view, view="alt")
+    oracle = scores(swapped)
+    pd.testing.assert_series_equal(from_view, oracle, rtol=1e-6, atol=1e-6)
+    assert (from_view - default).abs().max() > 1e-4  # the view is not the default image
+    with pytest.raises(InputError, match=r"view: .*has no column 'path_oct' \(views: alt\)"):
+        _spec(with_view, clip_dir, usage, view="oct").resolve()
+    assert _spec(with_view, clip_dir, usage, view="path_alt").view == "alt"
+    assert _spec(with_view, clip_dir, usage, view="path").view is None

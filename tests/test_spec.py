@@ -76,8 +76,8 @@ def test_wrong_type(tmp_path, dataset):
 
 
 def test_bad_usage_lists_the_known_ones(tmp_path, dataset):
-    message = yaml_error(tmp_path, {"dataset": str(dataset), "model": "m", "usage": "lp"})
-    assert message.startswith("usage: unknown usage 'lp'; choose one of: ")
+    message = yaml_error(tmp_path, {"dataset": str(dataset), "model": "m", "usage": "probing"})
+    assert message.startswith("usage: unknown usage 'probing'; choose one of: ")
     for usage in USAGES:
         assert usage in message
 

@@ -10,19 +10,12 @@ import pytest
 import yaml
 
 from fairfm import runner
-from fairfm.cli import main
 from fairfm.errors import InputError
 from fairfm.results import Store
 from fairfm.spec import SweepSpec
 from fairfm.sweep import run_sweep
 from tests.adapt.helpers import make_synth, make_tiny_clip
-
-
-@pytest.fixture(autouse=True)
-def _isolated_caches(tmp_path_factory, monkeypatch):
-    home = tmp_path_factory.mktemp("caches")
-    for name in ("HF_HUB_CACHE", "TORCH_HOME", "FAIRFM_HOME"):
-        monkeypatch.setenv(name, str(home / name.lower()))
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +122,7 @@ def test_a_failing_cell_is_reported_and_the_others_are_stored(synth_dir, clip_di
                                  "bootstrap": 10, "model": ["bit_m_r50x1", "clip"]})  # fmt: skip
     outcomes = run_sweep(sweep, store, progress=False)
     assert [o.status for o in outcomes] == ["failed", "computed"]
-    assert outcomes[0].input_error and "zero-shot needs a vision-language model" in outcomes[0].error
+    assert outcomes[0].input_error and "zero_shot needs a vision-language model" in outcomes[0].error
     assert len(store) == 1
 
     stopped = run_sweep(sweep, Store(tmp_path / "other"), keep_going=False, progress=False)
@@ -160,24 +153,17 @@ def test_bad_executor_arguments_are_input_errors(synth_dir, clip_dir, tmp_path):
     assert len(store) == 0
 
 
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(map(str, argv)))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_cli_dry_run_then_sweep_then_found(synth_dir, clip_dir, tmp_path, capsys):
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
                                           "usage": "zero_shot", "bootstrap": 20,
                                           "hparams": {"ensemble": [True, False]}}))  # fmt: skip
     store = tmp_path / "store"
-    code, out, _ = _cli(capsys, "sweep", sweep_file, "--store", store, "--dry-run")
+    code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--dry-run")
     assert code == 0 and out.count("to run") == 2 and "hparams.ensemble" in out
     assert not (store / "runs").exists()
 
-    code, out, _ = _cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")
+    code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")
     assert code == 0 and out.count("computed") == 2
     stored = Store(store)
     for record in stored.list():
@@ -185,7 +171,7 @@ def test_cli_dry_run_then_sweep_then_found(synth_dir, clip_dir, tmp_path, capsys
         gap = record.metrics.query("attribute == 'sex' and metric == 'auc_gap'")
         assert f"{gap['value'].iloc[0]:.3f} [{gap['ci_low'].iloc[0]:.3f}, {gap['ci_high'].iloc[0]:.3f}]" in out
 
-    code, out, _ = _cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")
+    code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")
     assert code == 0 and out.count("found") == 2 and "computed" not in out
 
 
@@ -193,8 +179,28 @@ def test_cli_failures_exit_2_for_bad_input_and_name_the_cell(synth_dir, clip_dir
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "bit_m_r50x1", "usage": "zero_shot",
                                           "checkpoint": str(clip_dir), "seeds": [0, 1]}))  # fmt: skip
-    code, out, err = _cli(capsys, "sweep", sweep_file, "--store", tmp_path / "store", "--quiet")
+    code, out, err = run_cli(capsys, "sweep", sweep_file, "--store", tmp_path / "store", "--quiet")
     assert code == 2 and "2 of 2 run(s) failed" in out and "vision-language" in out and "Traceback" not in out + err
 
-    code, _, err = _cli(capsys, "sweep", tmp_path / "nope.yaml", "--store", tmp_path / "store")
+    code, _, err = run_cli(capsys, "sweep", tmp_path / "nope.yaml", "--store", tmp_path / "store")
     assert code == 2 and "nope.yaml" in err and "Traceback" not in err
+
+
+def test_a_sweep_over_a_dataset_name_prepares_it_once_in_the_parent(clip_dir, tmp_path):
+    from tests.data.chest_releases import write_chexpert
+
+    raw = write_chexpert(tmp_path / "raw", n_patients=80, demo="csv")
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({"dataset": "chexpert", "root": "raw", "model": "clip", "usage": "zs",
+                                          "checkpoint": str(clip_dir), "bootstrap": 10, "tasks": ["no_finding"],
+                                          "hparams": {"ensemble": [True, False]}}))  # fmt: skip
+    sweep = SweepSpec.from_yaml(sweep_file)
+    store = Store(tmp_path / "store")
+    outcomes = run_sweep(sweep, store, progress=False)
+    assert [o.status for o in outcomes] == ["computed", "computed"], [o.error for o in outcomes]
+    prepared = sorted((store.path / "datasets").iterdir())
+    assert len(prepared) == 1 and prepared[0].name.startswith("chexpert-patient-seed0-")
+    for outcome in outcomes:  # the stored runs point at the prepared folder and read images from the raw release
+        spec = store.load(outcome.run_id).spec
+        assert spec["dataset"] == str(prepared[0]) and spec["root"] == str(raw.resolve())
+    assert {o.status for o in run_sweep(sweep, store, progress=False)} == {"found"}

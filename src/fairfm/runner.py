@@ -34,11 +34,14 @@ if TYPE_CHECKING:
 
 #: Usages the runner can execute today (the others have validated hyper-parameters but no implementation yet).
 IMPLEMENTED_USAGES = ("linear_probe", "zero_shot", "prototype", "clip_adapter", "lora", "bitfit", "vpt", "adapter",
-                      "full_finetune")  # fmt: skip
+                      "full_finetune", "sam_prompt")  # fmt: skip
+#: Usages that score their own rows with per-sample Dice/IoU (segmentation) instead of probabilities.
+SEGMENTATION_USAGES = ("sam_prompt",)
 #: Usages that train on the train split (and so need one).
 TRAINED_USAGES = ("linear_probe", "prototype", "clip_adapter", "lora", "bitfit", "vpt", "adapter", "full_finetune")
 FEATURES_DIR = "features"
 HEADS_DIR = "heads"
+MASKS_DIR = "masks"
 
 
 @dataclass
@@ -52,10 +55,13 @@ class RunResult:
 
 @dataclass
 class UsageOutput:
-    """What a usage returns: (N, T) probabilities per split, and what to record in meta.json."""
+    """What a usage returns: (N, T) probabilities per split, and what to record in meta.json — or, for a usage
+    that scores its own rows (segmentation: per-sample ``dice``/``iou``), the ready ``predictions`` rows (with
+    ``sample_id``, ``task``, ``split`` and the sample's ``group_*`` columns) and empty ``probabilities``."""
 
     probabilities: dict[str, np.ndarray]
     meta: dict[str, Any]
+    predictions: pd.DataFrame | None = None
 
 
 # ----------------------------------------------------------------------------------------------------- public
@@ -69,7 +75,10 @@ def run(spec: "RunSpec", store: "Store", *, progress: bool = True) -> "RunRecord
 def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_report: bool = False) -> RunResult:
     """Like :func:`run`, also saying whether the run was computed and (``want_report``) returning its Report —
     the one computed, or for a found run the same Report rebuilt from its stored predictions (deterministic)."""
+    from fairfm.data.cache import resolve_dataset
+
     check_supported(spec)
+    spec, _ = resolve_dataset(spec, store.path, progress=progress)  # a dataset name + raw root: prepared once
     found = store.find(spec)
     if found is not None:
         report = report_from_predictions(found.predictions, spec) if want_report else None
@@ -118,6 +127,8 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
         raise InputError(f"{dataset_dir / 'samples.parquet'}: no 'split' column — prepare the dataset with a split")
     splits = table["split"].astype(str)
     needed = ("train", "val", "test") if spec.usage in TRAINED_USAGES else ("val", "test")
+    if spec.usage in SEGMENTATION_USAGES:  # nothing trained or thresholded: score val when present, test always
+        needed = ("val", "test") if (splits == "val").any() else ("test",)
     for name in needed:
         if not (splits == name).any():
             raise InputError(f"{dataset_dir / 'samples.parquet'}: the split has no '{name}' samples "
@@ -134,11 +145,16 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
 
     started = time.perf_counter()
     split_of = table["split"].astype(str).to_numpy()
-    parts = []
-    for split in ("val", "test"):
-        rows = np.flatnonzero(split_of == split)
-        parts.append(prediction_rows(table.iloc[rows], output.probabilities[split], tasks, attributes, split))
-    predictions = pd.concat(parts, ignore_index=True)
+    if output.predictions is not None:  # the usage scored its own rows; keep the groups of the run's attributes
+        keep = {f"group_{a}" for a in attributes}
+        predictions = output.predictions.drop(columns=[c for c in output.predictions.columns
+                                                       if str(c).startswith("group_") and c not in keep])  # fmt: skip
+    else:
+        parts = []
+        for split in ("val", "test"):
+            rows = np.flatnonzero(split_of == split)
+            parts.append(prediction_rows(table.iloc[rows], output.probabilities[split], tasks, attributes, split))
+        predictions = pd.concat(parts, ignore_index=True)
     report = report_from_predictions(predictions, spec)
     timings["metrics_s"] = time.perf_counter() - started
     meta = {
@@ -196,6 +212,8 @@ def report_from_predictions(predictions: pd.DataFrame, spec: "RunSpec") -> "Repo
     attributes = [c.removeprefix("group_") for c in group_columns]
     if not attributes:
         raise InputError("the run has no sensitive attribute (group_* column) to evaluate fairness over")
+    if "dice" in predictions.columns:
+        return segmentation_report(predictions, spec)
 
     def evaluate(rows: pd.DataFrame) -> "Report":
         return evaluate_frame(rows.reset_index(drop=True), y_true=["y_true"], y_score=["y_score"],
@@ -216,6 +234,48 @@ def report_from_predictions(predictions: pd.DataFrame, spec: "RunSpec") -> "Repo
     return merged
 
 
+def segmentation_report(predictions: pd.DataFrame, spec: "RunSpec") -> "Report":
+    """The metrics Report of a segmentation PredictionTable: per-sample Dice/IoU of the test rows, per task, with
+    bootstrap intervals (``spec.bootstrap``, ``spec.seed``); nothing is thresholded. Rows without a score (an empty
+    ground truth, not prompted) are left out and counted as ``n_empty_ground_truth``."""
+    from fairfm.metrics import evaluate_segmentation
+    from fairfm.metrics.report import Estimate
+
+    test = predictions[predictions["split"].astype(str) == "test"]
+    if test.empty:
+        raise InputError("the run has no test rows to evaluate (segmentation metrics are computed on split 'test')")
+    group_columns = [c for c in predictions.columns if str(c).startswith("group_")]
+    merged: "Report | None" = None
+    warnings: list[str] = []
+    for task in dict.fromkeys(test["task"].astype(str)):
+        rows = test[test["task"].astype(str) == task]
+        unscored = int(rows["dice"].isna().sum())
+        rows = rows[rows["dice"].notna()]
+        if rows.empty:
+            warnings.append(f"{task}: no test sample has this structure in its ground truth; nothing to evaluate")
+            continue
+        groups = {c.removeprefix("group_"): rows[c].astype(str).to_numpy() for c in group_columns}
+        iou = rows["iou"].to_numpy(dtype=np.float64) if "iou" in rows.columns else None
+        report = evaluate_segmentation(rows["dice"].to_numpy(dtype=np.float64), iou=iou, groups=groups,
+                                       bootstrap=spec.bootstrap, seed=spec.seed, task=task)  # fmt: skip
+        report.tasks[task].overall["n_empty_ground_truth"] = Estimate(float(unscored))
+        if unscored:
+            warnings.append(f"{task}: {unscored} test sample(s) with an empty ground truth were not prompted and "
+                            "are not scored")  # fmt: skip
+        if merged is None:
+            merged = report
+        else:
+            merged.tasks.update(report.tasks)
+            merged.warnings.extend(report.warnings)
+    if merged is None:
+        raise InputError("the run has no scored test rows: " + "; ".join(warnings))
+    merged.warnings.extend(warnings)
+    if "slice_index" in predictions.columns:
+        merged.warnings.append("per-slice rows (FairMedFM compatibility view): slices of one volume are not "
+                               "independent, so the bootstrap intervals are too narrow")  # fmt: skip
+    return merged
+
+
 # ----------------------------------------------------------------------------------------------------- usages
 
 UsageFn = Callable[..., UsageOutput]
@@ -232,20 +292,55 @@ def register_usage(name: str) -> Callable[[UsageFn], UsageFn]:
 
 def _features(spec: "RunSpec", table: pd.DataFrame, model: Any, *, root: Path, features_dir: Path,
               progress: bool, timings: dict[str, float]):  # fmt: skip
+    """Cached features of ``table``: an (N, D) matrix for 2D images, or — when samples are volumes — the
+    :class:`~fairfm.adapt.volumes.SliceBags` of their per-slice rows (max-pooled over slices by the usage).
+    Slices of a 3D dataset are prepared as its ``hparams.slice_intensity`` says (CT window, per-slice min–max)
+    before the model's preprocessing; the choice is part of the cache key and recorded in meta."""
     from fairfm.adapt.features import extract_features
+    from fairfm.adapt.volumes import (SliceBags, check_volume_policy, resolve_intensity, volume_meta,
+                                      with_slice_intensity)  # fmt: skip
 
+    hp = spec.typed_hparams()
+    volume = str(getattr(hp, "volume", "max_slice"))
+    check_volume_policy(volume, spec.usage)
+    card = spec.manifest().get("card") or {}
+    intensity = "unit"
+    if card.get("dims") == 3:
+        intensity = resolve_intensity(str(getattr(hp, "slice_intensity", "auto")), card.get("modality"), volume)
+        if intensity != "unit":
+            if isinstance(model, str):
+                from fairfm.models import create_model
+
+                model = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint,
+                                     **spec.model_options)  # fmt: skip
+            model = with_slice_intensity(model, intensity)
     started = time.perf_counter()
     features = extract_features(table, model, out=features_dir, checkpoint=spec.checkpoint,
-                                trust_checkpoint=spec.trust_checkpoint, root=root, progress=progress)  # fmt: skip
+                                trust_checkpoint=spec.trust_checkpoint, root=root, column=spec.image_column(),
+                                progress=progress)  # fmt: skip
     timings["features_s"] = time.perf_counter() - started
     index = features.index
+    meta: dict[str, Any] = {"features": {"key": features.key, "computed": int(features.computed),
+                                         "dim": int(features.features.shape[1])}}  # fmt: skip
     if len(index) != len(table) or (index["slice_index"] >= 0).any():
-        raise InputError(f"model {spec.model!r} on {spec.dataset}: the samples are volumes (several slices each); "
-                         f"3D aggregation for {spec.usage} is not implemented yet in fairfm run")  # fmt: skip
+        bags = SliceBags.from_table_rows(features.features, index["table_row"].to_numpy(), len(table))
+        meta["volumes"] = volume_meta(volume, intensity, bags)
+        return bags, meta
     rows = index["table_row"].to_numpy()
     matrix = np.empty((len(table), features.features.shape[1]), dtype=np.float32)
     matrix[rows] = np.asarray(features.features, dtype=np.float32)
-    return matrix, {"features": {"key": features.key, "computed": int(features.computed), "dim": int(matrix.shape[1])}}
+    return matrix, meta
+
+
+def _require_family(spec: "RunSpec", family: str, needs: str) -> Any:
+    """The model card of ``spec.model``, which must be of ``family`` for this usage."""
+    from fairfm.models import get_model
+
+    card = get_model(spec.model)
+    if card.family != family:
+        raise InputError(f"model {card.name!r} is a {card.family} model: {spec.usage} needs {needs} (see 'fairfm "
+                         "models list')")  # fmt: skip
+    return card
 
 
 def _labels(table: pd.DataFrame, tasks: list[str]) -> np.ndarray:
@@ -291,12 +386,9 @@ def _zero_shot(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: 
                device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
     from fairfm.adapt.prompts import prompts_for
     from fairfm.adapt.zero_shot import zero_shot
-    from fairfm.models import create_model, get_model
+    from fairfm.models import create_model
 
-    card = get_model(spec.model)
-    if card.family != "vision-language":
-        raise InputError(f"model {card.name!r} is a {card.family} model: zero-shot needs a vision-language model "
-                         "(see 'fairfm models list')")  # fmt: skip
+    _require_family(spec, "vision-language", "a vision-language model")
     hp = spec.typed_hparams()
     started = time.perf_counter()
     encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
@@ -306,12 +398,18 @@ def _zero_shot(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: 
     dataset = spec.manifest().get("dataset")
     prompt_set = prompts_for(dataset).with_overrides(hp.templates, hp.classnames)
     started = time.perf_counter()
-    result = zero_shot(encoder, features, tasks, prompt_set, ensemble=hp.ensemble, batch_size=hp.batch_size)
+    from fairfm.adapt.volumes import SliceBags, max_slice_probabilities
+
+    bags = features if isinstance(features, SliceBags) else None
+    rows = np.array(bags.rows, dtype=np.float32) if bags is not None else features  # a copy of the read-only cache
+    result = zero_shot(encoder, rows, tasks, prompt_set, ensemble=hp.ensemble, batch_size=hp.batch_size)
+    # Volumes: per task, the slice with the highest P(positive) (FairMedFM's max-pooling).
+    probabilities = max_slice_probabilities(bags, result.probabilities) if bags is not None else result.probabilities
     timings["zero_shot_s"] = time.perf_counter() - started
     split = table["split"].astype(str).to_numpy()
     meta["prompts"] = {task: {"negative": neg, "positive": pos} for task, (neg, pos) in result.prompts.items()}
     meta["logit_scale"] = encoder.logit_scale
-    return UsageOutput({s: result.probabilities[split == s] for s in ("val", "test")}, meta)
+    return UsageOutput({s: probabilities[split == s] for s in ("val", "test")}, meta)
 
 
 @register_usage("prototype")
@@ -322,12 +420,9 @@ def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, 
     """Prototype tuning or CLIP-Adapter on the cached image features of a vision-language model."""
     from fairfm.adapt.clip_adaptation import clip_adapter, prototype_tuning
     from fairfm.adapt.prompts import prompts_for
-    from fairfm.models import create_model, get_model
+    from fairfm.models import create_model
 
-    card = get_model(spec.model)
-    if card.family != "vision-language":
-        raise InputError(f"model {card.name!r} is a {card.family} model: {spec.usage} needs a vision-language "
-                         "model (see 'fairfm models list')")  # fmt: skip
+    _require_family(spec, "vision-language", "a vision-language model")
     hp = spec.typed_hparams()
     started = time.perf_counter()
     encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
@@ -364,8 +459,9 @@ def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: P
     encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **options)
     timings["model_s"] = time.perf_counter() - started
     started = time.perf_counter()
+    modality = (spec.manifest().get("card") or {}).get("modality")  # CT slices are windowed, others min-max'd
     out = finetune(spec.usage, hp, encoder, table, tasks, root=root, seed=spec.seed, device=device,
-                   progress=progress)  # fmt: skip
+                   column=spec.image_column(), progress=progress, modality=modality)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
     meta = dict(out.meta)
     if heads_path is not None:
@@ -376,3 +472,42 @@ def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: P
 
 for _usage in ("lora", "bitfit", "vpt", "adapter", "full_finetune"):
     register_usage(_usage)(_finetune)
+
+
+@register_usage("sam_prompt")
+def _sam_prompt(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
+                device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
+    """Promptable segmentation with prompts from the ground-truth mask (:mod:`fairfm.adapt.sam_prompting`)."""
+    from fairfm.adapt.sam_prompting import dataset_structures, mask_columns, run_sam_prompting
+    from fairfm.models import create_model
+    from fairfm.models.base import PromptableSegmenter
+
+    try:
+        mask_columns(table)
+    except InputError as exc:
+        raise InputError(f"{Path(spec.dataset) / 'samples.parquet'}: {exc}") from None
+    card = _require_family(spec, "segmentation", "a promptable segmentation model")
+    hp = spec.typed_hparams()
+    manifest = spec.manifest()
+    structures = dataset_structures(manifest.get("dataset"), hp.structures, tasks, where=str(spec.dataset))
+    dims = (manifest.get("card") or {}).get("dims")
+    volumes = None if dims is None else int(dims) == 3  # no card (a hand-made dataset): the masks decide
+    started = time.perf_counter()
+    model = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
+    if not isinstance(model, PromptableSegmenter):
+        raise InputError(f"model {card.name!r} did not build a promptable segmenter")
+    model.module.to(device)  # segment() follows the module's device and encodes each image once
+    timings["model_s"] = time.perf_counter() - started
+    # The run's kept masks go beside its other per-run files (STORE/heads/<run_id>… → STORE/masks/<run_id>.npz).
+    masks_out = heads_path.parent.parent / MASKS_DIR / f"{heads_path.stem}.npz" if hp.save_masks and heads_path else None
+    started = time.perf_counter()
+    result = run_sam_prompting(model, table, structures, root=root, prompt=hp.prompt, n_points=hp.n_points,
+                               jitter=hp.jitter, jitter_cap=hp.jitter_cap, multimask=hp.multimask, seed=spec.seed,
+                               volumes=volumes, level=hp.level, masks_out=masks_out, progress=progress)  # fmt: skip
+    timings["segment_s"] = time.perf_counter() - started
+    predictions = result.predictions
+    if masks_out is not None:  # named relative to the store folder, so a moved store still finds its masks
+        predictions["pred_mask_file"] = f"{MASKS_DIR}/{masks_out.name}"
+    meta = {"sam_prompt": result.meta, "model_preprocess": model.preprocess.describe(), "segment_device": device,
+            "masks": None if masks_out is None else f"{MASKS_DIR}/{masks_out.name}"}  # fmt: skip
+    return UsageOutput({}, meta, predictions=predictions)

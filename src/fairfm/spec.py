@@ -99,6 +99,16 @@ class TrainHParams(HParams):
     select_by: Literal["val_auc", "val_loss", "last"] = "val_auc"
     amp: bool = Field(True, description="mixed precision on GPU (ignored on CPU)")
     num_workers: int = Field(0, ge=0)
+    # 3D samples (METHODS.md §2.8); ignored for 2D images
+    volume: Literal["max_slice", "oct_chunks"] = Field(
+        "max_slice", description="3D samples: max_slice = FairMedFM's slice max-pooling (the slice with the top "
+        "P(class 1) per task); oct_chunks = FairFedMed's OCT chunks through a trainable Conv2d (fine-tuning only)")
+    oct_slice_stride: int = Field(4, ge=1, description="oct_chunks: keep every n-th B-scan (FairFedMed: 4)")
+    oct_chunk_size: int = Field(8, ge=1, description="oct_chunks: B-scans per chunk (FairFedMed: 8)")
+    slice_intensity: Literal["auto", "ct_window", "minmax", "unit"] = Field(
+        "auto", description="3D slices before the model's preprocessing: ct_window = [-1250, 250] HU -> [0, 1], "
+        "minmax = per slice, unit = the model's own scaling; auto = ct_window for CT, unit for oct_chunks, "
+        "minmax otherwise")
 
     @field_validator("betas")
     @classmethod
@@ -117,6 +127,8 @@ class TrainHParams(HParams):
 class _ZeroShotPrompts(HParams):
     templates: Optional[list[str]] = Field(None, description="prompt templates with '{}' (null: the dataset's)")
     classnames: Optional[list[str]] = Field(None, description="[negative, positive] class names (null: dataset's)")
+    ensemble: bool = Field(True, description="average the text embeddings of all templates (false: the first "
+                                             "template only, FairMedFM's single prompt)")
 
     @field_validator("templates")
     @classmethod
@@ -136,15 +148,18 @@ class _ZeroShotPrompts(HParams):
 
 @register_usage_hparams("zero_shot")
 class ZeroShotHParams(_ZeroShotPrompts):
-    ensemble: bool = Field(True, description="average the text embeddings of all templates")
     batch_size: int = Field(128, ge=1)
+    volume: Literal["max_slice"] = Field("max_slice", description="3D samples: the slice with the top P(class 1)")
+    slice_intensity: Literal["auto", "ct_window", "minmax", "unit"] = Field(
+        "auto", description="3D slices: ct_window = [-1250, 250] HU -> [0, 1], minmax = per slice, unit = the "
+        "model's own scaling; auto = ct_window for CT, minmax otherwise")
 
 
 @register_usage_hparams("linear_probe")
 class LinearProbeHParams(TrainHParams):
-    """FairMedFM's linear probe (SGD, blr 2.5e-4, warm-up 5, min_lr 1e-5, wd 0.05), selected on validation."""
+    """FairMedFM's linear probe (SGD, blr 2.5e-4, warm-up 5, min_lr 1e-5, wd 0.05), selected on validation.
 
-    cache_features: bool = True
+    Always on cached features: a frozen encoder gives the same features inside the loop (tested), only slower."""
 
 
 @register_usage_hparams("prototype")
@@ -214,12 +229,38 @@ class FullFinetuneHParams(TrainHParams):
 
 @register_usage_hparams("sam_prompt")
 class SamPromptHParams(HParams):
-    prompt: Literal["center", "rand", "rands", "bbox"] = "center"
-    n_points: int = Field(5, ge=1, description="points drawn for 'rands'")
-    jitter: float = Field(0.0, ge=0, description="box/point jitter σ as a fraction of the mean box side")
-    jitter_cap: int = Field(20, ge=0, description="jitter clipped to ± this many pixels")
-    multimask: bool = True
-    batch_size: int = Field(8, ge=1)
+    """Prompts from the ground-truth mask (METHODS.md §2.7; see fairfm.adapt.sam_prompting)."""
+
+    prompt: Literal["center", "centroid", "rand", "rands", "bbox"] = Field(
+        "center", description="center: bounding-box centre (FairMedFM); centroid: centroid snapped to the mask; "
+                              "rand / rands: 1 / n_points uniform foreground pixels; bbox: tight box")
+    n_points: int = Field(5, ge=1, description="points drawn (with replacement) for 'rands'")
+    jitter: float = Field(0.0, ge=0, description="σ of independent Gaussian noise per coordinate, as a fraction of "
+                                                 "the mean side of the mask's box (0: off, as in FairMedFM)")
+    jitter_cap: int = Field(20, ge=0, description="noise clipped to ± this many pixels of the model's input frame")
+    multimask: bool = Field(True, description="3 candidate masks, the highest predicted IoU kept (FairMedFM)")
+    level: Literal["volume", "slice"] = Field(
+        "volume", description="3D data: one row per volume (Dice over all slices), or per slice with foreground "
+                              "(FairMedFM's compatibility view)")
+    structures: Optional[dict[str, list[float]]] = Field(
+        None, description="label values of each structure, e.g. {cup: [-2], disc: [-1, -2]} (null: the dataset's "
+                          "defaults; binary masks: every non-zero value)")
+    save_masks: bool = Field(False, description="write the kept masks to STORE/masks/<run_id>.npz, named by the "
+                                                "pred_mask_file / pred_mask_key columns")
+
+    @field_validator("structures")
+    @classmethod
+    def _structures(cls, value: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
+        for name, values in (value or {}).items():
+            if not _NAME.match(name):
+                raise ValueError(f"structure name {name!r} is not a valid name (letters, digits, '_', '-', '.')")
+            if not values:
+                raise ValueError(f"structure {name!r}: empty list of label values")
+            if 0 in values:
+                raise ValueError(f"structure {name!r}: 0 is the background, not a structure's label value")
+        if value is not None and not value:
+            raise ValueError("empty mapping (leave structures out to use the dataset's defaults)")
+        return value
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,11 +275,46 @@ def _prefixed(exc: ValidationError, prefix: tuple[Any, ...], title: str) -> Vali
     return ValidationError.from_exception_data(title, details)
 
 
+#: Short names accepted wherever a usage is named (spec files, flags, sweeps); resolved to the canonical name before
+#: anything is hashed, so ``usage: lp`` and ``usage: linear_probe`` are the same run.
+USAGE_ALIASES = {
+    "lp": "linear_probe", "probe": "linear_probe", "zs": "zero_shot", "ft": "full_finetune", "full": "full_finetune",
+    "finetune": "full_finetune", "sam": "sam_prompt",
+}  # fmt: skip
+
+
+def canonical_usage(name: str) -> str:
+    """The registered usage meant by ``name``: exact name, alias (``lp``, ``zs``, ``ft``…), any case, ``-`` for ``_``.
+
+    Raises ValueError listing the usages and aliases when nothing matches.
+    """
+    key = str(name).strip().lower().replace("-", "_")
+    key = USAGE_ALIASES.get(key, key)
+    if key not in _HPARAMS:
+        aliases = ", ".join(f"{alias}={usage}" for alias, usage in USAGE_ALIASES.items() if usage in _HPARAMS)
+        raise ValueError(f"unknown usage {name!r}; choose one of: {', '.join(list_usages())} (aliases: {aliases})")
+    return key
+
+
+def _is_dataset_name(value: Any, folder: Path) -> bool:
+    """True for a bare registered dataset name (``dataset: chexpert``) that is not also a path under ``folder``; such
+    a value is kept as written instead of being read relative to the spec file (it is prepared on the fly)."""
+    if not isinstance(value, str) or len(Path(value).parts) != 1 or not _NAME.match(value):
+        return False
+    if (folder / value).exists():
+        return False
+    from fairfm.data.registry import list_datasets  # lazy: discovering the sources imports pandas
+
+    return value in {card.name for card in list_datasets()}
+
+
 class RunSpec(_Strict):
     """One run: dataset × model × usage × method × hyper-parameters × seed."""
 
     dataset: Path = Field(description="a prepared dataset folder (samples.parquet + dataset.json)")
     root: Optional[Path] = Field(None, description="image root (null: the root recorded in dataset.json)")
+    view: Optional[str] = Field(None, description="which image of a multi-view sample the model reads: null = the "
+                                "'path' column, 'oct' = 'path_oct' (e.g. GF3300's OCT volume beside its fundus)")
     tasks: Optional[list[str]] = Field(None, description="label columns (null: every label_* column)")
     attributes: Optional[list[str]] = Field(None, description="sensitive attributes (null: every group_* column)")
     split: Optional[str] = Field(None, description="split policy (null: the one recorded in dataset.json)")
@@ -257,7 +333,15 @@ class RunSpec(_Strict):
     bootstrap: int = Field(1000, ge=0)
     device: str = "auto"
 
-    @field_validator("model", "split", "method")
+    @field_validator("view", mode="before")
+    @classmethod
+    def _view_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.removeprefix("path_")
+            return None if value in ("", "path") else value  # 'path' is the default view, spelled out
+        return value
+
+    @field_validator("model", "split", "method", "view")
     @classmethod
     def _plain_name(cls, value: str | None) -> str | None:
         if value is not None and not _NAME.match(value):
@@ -293,9 +377,7 @@ class RunSpec(_Strict):
     @field_validator("usage")
     @classmethod
     def _known_usage(cls, value: str) -> str:
-        if value not in _HPARAMS:
-            raise ValueError(f"unknown usage {value!r}; choose one of: {', '.join(list_usages())}")
-        return value
+        return canonical_usage(value)  # aliases (lp, zs, ft…) become the canonical name before any hashing
 
     @field_validator("device")
     @classmethod
@@ -335,17 +417,22 @@ class RunSpec(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "RunSpec":
-        """Read a spec from YAML; relative paths in it are taken relative to the YAML file's folder."""
+        """Read a spec from YAML; relative paths in it are taken relative to the YAML file's folder (a bare
+        registered dataset name such as ``dataset: chexpert`` stays a name)."""
         path = Path(path)
         data = _read_yaml(path)
         return cls.from_dict(_relative_to(data, path.parent), source=str(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> "RunSpec":
+    def load(cls, path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None, *,
+             origins: Mapping[str, str] | None = None, flags: Mapping[str, str] | None = None) -> "RunSpec":
         """A spec from YAML (optional) with command-line values on top.
 
         ``overrides`` maps dotted field paths to values (``{"hparams.lr": 1e-3, "seed": 2}``), e.g. from
         :func:`parse_assignments`. An error in an overridden field names the command line, any other the file.
+        ``origins`` maps an override key to the flag that gave it (``{"seed": "--seed x"}``): an error in that value
+        is reported as ``--seed x: message``. ``flags`` maps a field to the flag that sets it, named in the message
+        when a required field is missing.
         """
         data: dict[str, Any] = {}
         source = "command line"
@@ -360,9 +447,20 @@ class RunSpec(_Strict):
         try:
             return cls.model_validate(merged)
         except ValidationError as exc:
-            loc = ".".join(str(part) for part in exc.errors()[0]["loc"])
+            first = exc.errors()[0]
+            loc = ".".join(str(part) for part in first["loc"])
+            for key, flag in (origins or {}).items():
+                if key in overrides and (loc == key or loc.startswith(key + ".")):
+                    inner = loc[len(key) + 1:]
+                    text = f"{inner + ': ' if inner else ''}{_error_text(first)}{_more_errors(exc.errors())}"
+                    raise InputError(f"{flag}: {text}") from None
             flagged = any(loc == key or loc.startswith(key + ".") or key.startswith(loc + ".") for key in overrides)
-            raise spec_error(exc, "command line" if flagged or path is None else source) from None
+            where = "command line" if flagged or path is None else source
+            flag = (flags or {}).get(loc)
+            if first["type"] == "missing" and flag:
+                hint = f"give {flag}" if path is None else f"set it in {path.name} or give {flag}"
+                raise InputError(f"{where}: {loc}: required field is missing ({hint}){_more_errors(exc.errors())}")
+            raise spec_error(exc, where) from None
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         """The spec as YAML (every field, defaults included); written atomically when ``path`` is given."""
@@ -374,6 +472,10 @@ class RunSpec(_Strict):
 
             write_text_atomic(path, text)
         return text
+
+    def image_column(self) -> str:
+        """The SampleTable column the model's images are read from (``path``, or ``path_<view>``)."""
+        return "path" if self.view is None else f"path_{self.view}"
 
     def typed_hparams(self) -> HParams:
         """The hyper-parameters as the usage's pydantic model (attribute access, types)."""
@@ -393,8 +495,17 @@ class RunSpec(_Strict):
         sorted keys; execution-only fields (``device``, ``trust_checkpoint``) left out. Hashing it gives the run id's
         spec part."""
         dataset = _absolute(self.dataset)
+        if not (dataset / _MANIFEST_FILE).is_file() and len(Path(self.dataset).parts) == 1:
+            # A dataset *name* (``dataset: chexpert``) must be prepared into a folder first; the run id hashes that.
+            raise InputError(f"dataset: {str(self.dataset)!r} is not a prepared folder ({dataset / _MANIFEST_FILE} "
+                             "not found); a registered dataset name is prepared from its root by 'fairfm run' or "
+                             "fairfm.data.cache.resolve_dataset(spec, store_path)")  # fmt: skip
         manifest = _read_manifest(dataset)
         labels, groups = _dataset_columns(dataset)
+        if self.usage == "sam_prompt":  # segmentation: the tasks are mask structures, not label_* columns
+            from fairfm.adapt.sam_prompting import segmentation_tasks
+
+            labels = segmentation_tasks(dataset, manifest, self.hparams, self.tasks)
         tasks = self.tasks if self.tasks is not None else labels
         attributes = self.attributes if self.attributes is not None else groups
         for field, wanted, available in (("tasks", tasks, labels), ("attributes", attributes, groups)):
@@ -406,6 +517,10 @@ class RunSpec(_Strict):
                                      f"(available: {shown})")  # fmt: skip
         if not tasks:
             raise InputError(f"tasks: {dataset / _SAMPLES_FILE} has no label_* column to evaluate")
+        if self.view is not None and self.image_column() not in _samples_columns(dataset):
+            views = [c.removeprefix("path_") for c in _samples_columns(dataset) if c.startswith("path_")]
+            raise InputError(f"view: {dataset / _SAMPLES_FILE} has no column {self.image_column()!r} (views: "
+                             f"{', '.join(views) or 'none besides path'})")  # fmt: skip
         recorded_split = (manifest.get("split") or {}).get("policy")
         if self.split is not None and recorded_split is not None and self.split != recorded_split:
             raise InputError(f"split: the spec asks for {self.split!r} but {dataset / _MANIFEST_FILE} was split with "
@@ -428,16 +543,23 @@ def spec_error(exc: ValidationError, source: str) -> InputError:
     errors = exc.errors()
     first = errors[0]
     loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
+    return InputError(f"{source}: {loc}: {_error_text(first)}{_more_errors(errors)}")
+
+
+def _error_text(error: Mapping[str, Any]) -> str:
+    """The message of one pydantic error, worded for a spec author."""
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
         message = "unknown field (check the spelling)"
-    elif first["type"] == "missing":
+    elif error["type"] == "missing":
         message = "required field is missing"
-    elif first["type"].startswith("literal_error") and "expected" in first.get("ctx", {}):
-        message = f"{first['input']!r} is not one of {first['ctx']['expected']}"
-    message = message.removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
-    return InputError(f"{source}: {loc}: {message}{more}")
+    elif error["type"].startswith("literal_error") and "expected" in error.get("ctx", {}):
+        message = f"{error['input']!r} is not one of {error['ctx']['expected']}"
+    return message.removeprefix("Value error, ")
+
+
+def _more_errors(errors: list[Any]) -> str:
+    return f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
 
 
 #: Hyper-parameters whose value is itself a list (never a sweep axis in the flat sweep form).
@@ -447,30 +569,39 @@ _COMMA_LISTS = ("tasks", "attributes", "hparams.targets")
 _EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
-def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def parse_assignments(assignments: list[str] | tuple[str, ...], *, flag: str = "--set",
+                      prefix: str = "") -> dict[str, Any]:
     """``["hparams.lr=1e-3", "attributes=sex,race", "method=null"]`` → ``{"hparams.lr": 0.001, ...}``.
 
     Values are read as YAML scalars (numbers, booleans, ``null``, ``[a, b]``); list fields also take ``a,b``.
+    ``prefix`` is put before every key (``--hp lr=0.1`` is ``prefix="hparams."``); ``flag`` names the option in
+    errors.
     """
-    import yaml
-
     parsed: dict[str, Any] = {}
     for item in assignments:
         if "=" not in item:
-            raise InputError(f"--set {item!r}: expected FIELD=VALUE, e.g. hparams.lr=1e-3")
+            example = {"": ", e.g. hparams.lr=1e-3", "hparams.": ", e.g. lr=1e-3"}.get(prefix, "")
+            raise InputError(f"{flag} {item!r}: expected {'KEY' if prefix else 'FIELD'}=VALUE{example}")
         key, text = (part.strip() for part in item.split("=", 1))
         if not key:
-            raise InputError(f"--set {item!r}: empty field name")
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            value = text
-        if isinstance(value, str) and _EXPONENT.fullmatch(value):  # YAML 1.1 reads "1e-3" as text
-            value = float(value)
-        if key in _COMMA_LISTS and isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        parsed[key] = value
+            raise InputError(f"{flag} {item!r}: empty field name")
+        parsed[prefix + key] = parse_value(prefix + key, text)
     return parsed
+
+
+def parse_value(key: str, text: str) -> Any:
+    """One command-line value of the field ``key``: a YAML scalar or list; ``a,b`` is a list for list fields."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    if isinstance(value, str) and _EXPONENT.fullmatch(value):  # YAML 1.1 reads "1e-3" as text
+        value = float(value)
+    if key in _COMMA_LISTS and isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -641,13 +772,18 @@ def _relative_to(data: Any, folder: Path, keys: tuple[str, ...] = _PATH_FIELDS) 
     if not isinstance(data, Mapping):
         return data
     out = dict(data)
+
+    def relative(key: str, value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            return value
+        if key == "dataset" and _is_dataset_name(value, folder):
+            return value  # a registered dataset name (prepared on the fly), not a path
+        return str(folder / value)
+
     for key in keys:
-        value = out.get(key)
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            out[key] = str(folder / value)
-        elif isinstance(value, list):
-            out[key] = [str(folder / v) if isinstance(v, str) and not Path(v).expanduser().is_absolute() else v
-                        for v in value]  # fmt: skip
+        if key in out:
+            value = out[key]
+            out[key] = [relative(key, v) for v in value] if isinstance(value, list) else relative(key, value)
     if isinstance(out.get("base"), Mapping):
         out["base"] = _relative_to(out["base"], folder, keys)
     if isinstance(out.get("grid"), Mapping):
@@ -672,6 +808,14 @@ def _read_manifest(dataset: Path) -> dict[str, Any]:
 
 def _dataset_columns(dataset: Path) -> tuple[list[str], list[str]]:
     """(task names, attribute names) from the Parquet schema only — no rows are read."""
+    names = _samples_columns(dataset)
+    labels = [c.removeprefix("label_") for c in names if c.startswith("label_")]
+    groups = [c.removeprefix("group_") for c in names if c.startswith("group_")]
+    return labels, groups
+
+
+def _samples_columns(dataset: Path) -> list[str]:
+    """Column names of the dataset's samples.parquet (its schema only)."""
     import pyarrow.parquet as pq
 
     samples = Path(dataset) / _SAMPLES_FILE
@@ -681,6 +825,4 @@ def _dataset_columns(dataset: Path) -> tuple[list[str], list[str]]:
         names = pq.read_schema(samples).names
     except Exception as exc:  # pyarrow raises several types for unreadable files
         raise InputError(f"dataset: {samples}: cannot be read as Parquet ({str(exc).splitlines()[0]})") from None
-    labels = [c.removeprefix("label_") for c in names if c.startswith("label_")]
-    groups = [c.removeprefix("group_") for c in names if c.startswith("group_")]
-    return labels, groups
+    return list(names)

@@ -29,7 +29,7 @@ from fairfm.errors import InputError
 
 if TYPE_CHECKING:
     from fairfm.results import Store
-    from fairfm.spec import RunSpec, SweepSpec
+    from fairfm.spec import SweepSpec
 
 
 @dataclass
@@ -74,13 +74,18 @@ def list_executors() -> list[str]:
 # ----------------------------------------------------------------------------------------------------- public
 
 
-def plan(sweep: "SweepSpec", store: "Store") -> tuple[list[SweepOutcome], list[PendingRun]]:
-    """(cells already in the store, cells still to run) — duplicates of one run id are kept once."""
+def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True) -> tuple[list[SweepOutcome], list[PendingRun]]:
+    """(cells already in the store, cells still to run) — duplicates of one run id are kept once. Datasets named
+    by a registered name and a raw ``root`` are prepared into the store first (``prepare=False``: never write)."""
+    from fairfm.data.cache import resolve_dataset
+
     found: list[SweepOutcome] = []
     pending: list[PendingRun] = []
     seen: set[str] = set()
     for index, spec in enumerate(sweep.expand()):
         try:
+            # A dataset given by name is prepared here, once, before any worker could race to prepare it.
+            spec, _ = resolve_dataset(spec, store.path, prepare=prepare)
             run_id = store.run_id(spec)  # fails fast, before any work, for a missing dataset or checkpoint
         except InputError as exc:
             raise InputError(f"sweep cell {index} ({spec.model} · {spec.usage} · seed {spec.seed}): {exc}") from None

@@ -69,6 +69,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def host_tag() -> str:
+    """This host's name, usable inside a dotted temporary-folder name (no dots): temporary folders are named
+    ``<what>.<host>.<pid>.<random>`` so a later process can tell its own host's abandoned ones."""
+    import socket
+
+    return "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in socket.gethostname()) or "host"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still exists (a temporary folder of a dead one is abandoned)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

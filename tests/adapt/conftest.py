@@ -9,15 +9,6 @@ import pytest
 from tests.adapt.helpers import make_synth, make_tiny_clip
 
 
-@pytest.fixture(autouse=True)
-def _isolated_caches(tmp_path_factory, monkeypatch):
-    """Point every weights cache at empty folders, so tests never see (or depend on) a real cache."""
-    home = tmp_path_factory.mktemp("caches")
-    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
-    monkeypatch.setenv("FAIRFM_HOME", str(home / "fairfm"))
-
-
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     return make_synth(tmp_path_factory.mktemp("synth") / "data")

@@ -80,6 +80,21 @@ def test_prototype_tuning_at_initialisation_is_zero_shot(clip):
     torch.testing.assert_close(result.state_dict["prototypes"], text, rtol=0, atol=0)
 
 
+def test_ensemble_switch_uses_the_first_template_alone(clip):
+    # ensemble: false is FairMedFM's single prompt: prototypes initialised from it equal zero-shot with it alone.
+    features, labels = _problem(clip.embed_dim)
+    single = prototype_tuning(features, labels, clip, TASKS, PROMPTS,
+                              hparams=_frozen_lr(PrototypeHParams, ensemble=False))  # fmt: skip
+    ensembled = prototype_tuning(features, labels, clip, TASKS, PROMPTS, hparams=_frozen_lr(PrototypeHParams))
+    oracle = zero_shot(clip, features["val"], TASKS, PROMPTS, ensemble=False).probabilities
+    np.testing.assert_allclose(single.probabilities["val"], oracle, rtol=0, atol=1e-12)
+    assert np.abs(single.probabilities["val"] - ensembled.probabilities["val"]).max() > 1e-6
+    assert single.meta["prompts"]["disease"]["positive"] == ["a chest X-ray showing lung opacity."]
+    adapter = clip_adapter(features, labels, clip, TASKS, PROMPTS,
+                           hparams=_frozen_lr(ClipAdapterHParams, ensemble=False))  # fmt: skip
+    assert adapter.meta["prompts"]["disease"]["negative"] == ["a chest X-ray showing normal lungs."]
+
+
 def test_clip_adapter_with_ratio_zero_is_zero_shot_even_after_training(clip):
     features, labels = _problem(clip.embed_dim)
     oracle = _zero_shot_probabilities(clip, features)

@@ -179,16 +179,20 @@ def test_full_finetune_of_open_clip_trains_the_image_tower_not_the_text_tower(
         if v.dtype.is_floating_point
         for k in [f"visual.{k}"]
     }
-    # Khan et al.'s layer decay needs timm's block numbering; the native open_clip ViT is refused, clearly
-    with pytest.raises(InputError, match="layer_decay"):
-        finetune(
-            "full_finetune",
-            FullFinetuneHParams(randaugment=None, **FAST),
-            create_model("clip", clip_dir),
-            small_table,
-            ["disease"],
-            root=synth_dir,
-        )
+    # Khan et al.'s full recipe (layer decay 0.55, drop path 0.2) on the native open_clip ViT: blocks numbered
+    # 1..2 under the embeddings (0) and the final norm / projection (3), drop path by hooks on ls_1 / ls_2
+    out = finetune(
+        "full_finetune",
+        FullFinetuneHParams(randaugment=None, **FAST),
+        create_model("clip", clip_dir),
+        small_table,
+        ["disease"],
+        root=synth_dir,
+    )
+    assert out.meta["layer_decay_top_layer"] == 3 and out.meta["training"]["layer_decay"] == 0.55
+    assert out.meta["drop_path"] == {
+        "rate": 0.2, "applied": True, "mechanism": "hooks", "block_rates": [0.0, 0.2]
+    }  # fmt: skip
 
 
 def test_bad_usage_targets_and_splits_are_refused_clearly(vit_checkpoint, small_table, synth_dir):

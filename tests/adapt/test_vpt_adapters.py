@@ -218,7 +218,7 @@ def test_unsupported_models_and_bad_settings_are_refused_clearly(vit_checkpoint)
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     cnn = SimpleNamespace(module=conv, card=SimpleNamespace(name="cnn"))
     for usage, hp in (("vpt", VptHParams()), ("adapter", AdapterHParams())):
-        with pytest.raises(InputError, match="model 'cnn' .*Vision Transformers of timm and open_clip only"):
+        with pytest.raises(InputError, match="model 'cnn' .*Vision Transformers of timm, open_clip, transformers"):
             apply_usage(usage, cnn, hp)
     with pytest.raises(InputError, match="lack 'prompt_length'"):
         apply_usage("vpt", _vit(vit_checkpoint), LoraHParams())
@@ -228,3 +228,251 @@ def test_unsupported_models_and_bad_settings_are_refused_clearly(vit_checkpoint)
     add_visual_prompts(vit, 2)
     with pytest.raises(InputError, match="already has visual prompts"):
         add_visual_prompts(vit, 2)
+
+
+# ------------------------------------------------------------------ transformers, Swin and SAM towers
+
+HF_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+    patch_size=16,
+)  # fmt: skip
+
+
+def _tower(family: str):
+    """A tiny random tower of ``family`` in eval mode and its input size."""
+    import transformers
+    from segment_anything.modeling import ImageEncoderViT
+
+    torch.manual_seed(5)
+    spec = {
+        "clip": (transformers.CLIPVisionModel, transformers.CLIPVisionConfig),
+        "siglip": (transformers.SiglipVisionModel, transformers.SiglipVisionConfig),
+        "dinov2": (transformers.Dinov2Model, transformers.Dinov2Config),
+        "blip": (transformers.BlipVisionModel, transformers.BlipVisionConfig),
+        "blip2": (transformers.Blip2VisionModel, transformers.Blip2VisionConfig),
+    }
+    if family in spec:
+        model_cls, config_cls = spec[family]
+        extra = {"initializer_range": 0.02} if family.startswith("blip") else {}  # BLIP's default is 1e-10
+        return model_cls(config_cls(**HF_VISION, **extra)).eval(), 32
+    if family == "swin":
+        config = transformers.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=2,
+            drop_path_rate=0.0,  # the config's default 0.1 would make training mode random before ours
+        )
+        return transformers.SwinModel(config).eval(), 32
+    if family == "open_clip":
+        import open_clip
+
+        from tests.models.model_fixtures import TINY_OPEN_CLIP
+
+        return open_clip.CLIP(**TINY_OPEN_CLIP).visual.eval(), 64
+    if family == "timm":
+        return _tiny_timm(), 32
+    if family == "open_clip_rn":
+        from open_clip.modified_resnet import ModifiedResNet
+
+        resnet = ModifiedResNet(layers=(1, 1, 1, 1), output_dim=16, heads=2, image_size=32, width=8)
+        for name, parameter in resnet.named_parameters():
+            if name.endswith("bn3.weight"):  # open_clip zero-initialises the residual branch's last BN
+                torch.nn.init.normal_(parameter)
+        return resnet.eval(), 32
+    encoder = ImageEncoderViT(
+        img_size=64, patch_size=16, embed_dim=16, depth=2, num_heads=2, window_size=2,
+        global_attn_indexes=(1,), out_chans=8, use_rel_pos=True,
+    )  # fmt: skip
+    return encoder.eval(), 64
+
+
+def _run(module, x):
+    out = module(pixel_values=x) if type(module).__module__.startswith("transformers") else module(x)
+    return getattr(out, "last_hidden_state", out)
+
+
+TOWERS = ["clip", "siglip", "dinov2", "blip", "blip2", "swin", "sam"]
+ADAPTER_DIMS = {"swin": [16, 32], "sam": [16, 16]}  # per-block width; 32 for the ViT-like towers
+
+
+@pytest.mark.parametrize("family", TOWERS)
+def test_adapters_on_other_towers_start_frozen_count_and_remove_cleanly(family):
+    tower, size = _tower(family)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(6))
+    keys = list(tower.state_dict())
+    with torch.no_grad():
+        original = _run(tower, x)
+    adapters = add_bottleneck_adapters(tower, 4, scale=0.5)
+    with torch.no_grad():
+        assert torch.equal(_run(tower, x), original)  # zero-initialised up-projection: the frozen model
+    counted = sum(p.numel() for n, p in tower.named_parameters() if ".bottleneck_adapter." in n)
+    assert counted == sum(2 * d * 4 + 4 + d for d in ADAPTER_DIMS.get(family, [32, 32]))
+    with torch.no_grad():
+        for block in adapters.blocks:
+            torch.nn.init.normal_(block.bottleneck_adapter.up.weight)
+        assert not torch.allclose(_run(tower, x), original, atol=1e-4)
+    adapters.remove()
+    with torch.no_grad():
+        assert list(tower.state_dict()) == keys and torch.equal(_run(tower, x), original)
+
+
+@pytest.mark.parametrize("deep", [False, True])
+@pytest.mark.parametrize("family", ["clip", "siglip", "dinov2", "blip", "blip2"])
+def test_vpt_on_transformers_towers_matches_a_hand_written_forward(family, deep):
+    from fairfm.adapt.vpt import find_vit
+
+    tower, size = _tower(family)
+    layout = find_vit(tower)
+    blocks = list(layout.blocks)
+    prefix = {"siglip": 0}.get(family, 1)  # SigLIP has no class token
+    assert layout.prefix == prefix
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(7))
+    seen: dict[str, object] = {}
+    # registered before the prompts: sees the un-prompted embeddings and the block's other arguments
+    first = blocks[0].register_forward_pre_hook(lambda m, args: seen.setdefault("input", args))
+    with torch.no_grad():
+        original = _run(tower, x)
+    seen.clear()
+    prompts = add_visual_prompts(tower, 3, deep=deep)
+    last = blocks[-1].register_forward_hook(lambda m, args, out: seen.__setitem__("output", out))
+    with torch.no_grad():
+        got = _run(tower, x)
+    assert prompts.seen_lengths == [prefix + 4 + 3] * 2  # (32 / 16)² patches + prompts, in each block
+    tokens, *rest = seen["input"]
+    values = prompts.prompts.detach()
+    first.remove(), last.remove()
+    prompts.remove()
+    with torch.no_grad():  # Jia et al. written out with the restored, hook-free blocks
+        p, n = prefix, 3
+        for i, block in enumerate(blocks):
+            if i < values.shape[0]:
+                tail = tokens[:, p:] if i == 0 else tokens[:, p + n :]
+                tokens = torch.cat([tokens[:, :p], values[i].expand(2, -1, -1), tail], dim=1)
+            tokens = block(tokens, *rest)
+        expected = torch.cat([tokens[:, :p], tokens[:, p + n :]], dim=1)
+        torch.testing.assert_close(seen["output"], expected, rtol=0, atol=1e-6)
+        assert not torch.allclose(got, original, atol=1e-4)
+        assert torch.equal(_run(tower, x), original)  # removal restores the model bit for bit
+
+
+@pytest.mark.parametrize("family", ["swin", "sam"])
+def test_vpt_is_refused_on_windowed_grid_towers(family):
+    tower, _ = _tower(family)
+    with pytest.raises(InputError, match="VPT cannot be applied to .*a prompt token has no position"):
+        add_visual_prompts(tower, 2)
+    assert not hasattr(tower, "vpt_prompts")
+
+
+# ------------------------------------------------------------------ drop path
+
+ALL_TOWERS = ["timm", "open_clip", "open_clip_rn", *TOWERS]
+
+
+def test_drop_path_schedule_is_timms_linspace_in_timms_own_modules():
+    from timm.layers import DropPath
+
+    from fairfm.adapt.vpt import add_drop_path, drop_path_rates
+
+    built = _tiny_timm(drop_path_rate=0.3, depth=4)  # timm's constructor: linspace(0, 0.3, 4)
+    native = [[b.drop_path1.drop_prob if isinstance(b.drop_path1, DropPath) else 0.0] for b in built.blocks]
+    assert drop_path_rates(0.3, 4) == pytest.approx([r for (r,) in native])
+    vit = _tiny_timm(depth=4)
+    handle = add_drop_path(vit, 0.3)
+    assert handle.mechanism == "library modules"
+    for block, (rate,) in zip(vit.blocks, native):
+        for module in (block.drop_path1, block.drop_path2):
+            assert (module.drop_prob if isinstance(module, DropPath) else 0.0) == pytest.approx(rate)
+            assert module.training is False  # follows the model's mode
+    handle.remove()
+    assert all(isinstance(b.drop_path1, torch.nn.Identity) for b in vit.blocks)
+
+
+@pytest.mark.parametrize("family", ALL_TOWERS)
+def test_drop_path_leaves_eval_outputs_bit_for_bit_and_is_removable(family):
+    from fairfm.adapt.vpt import add_drop_path
+
+    tower, size = _tower(family)
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        original = _run(tower, x)
+        handle = add_drop_path(tower, 0.5)
+        assert torch.equal(_run(tower, x), original)  # eval mode: untouched
+        handle.remove()
+        tower.train()
+        train_original = _run(tower, x)  # the tiny towers have no dropout: train mode is deterministic
+        handle = add_drop_path(tower, 0.5)
+        torch.manual_seed(0)
+        assert not torch.equal(_run(tower, x), train_original)  # active in training
+        handle.remove()
+        assert torch.equal(_run(tower, x), train_original)  # removed: the original model
+
+
+@pytest.mark.parametrize("family", ["open_clip", "open_clip_rn", "clip", "siglip", "dinov2", "blip", "swin", "sam"])
+def test_drop_path_drops_whole_samples_at_the_rate_and_rescales_survivors(family):
+    """Every branch of the last block (rate 0.6): the ratio of the branch output with and without drop path
+    is, per sample, 0 (with probability 0.6) or 1/(1 − 0.6)."""
+    from fairfm.adapt.vpt import add_drop_path, find_vit
+
+    tower, size = _tower(family)
+    layout = find_vit(tower)
+    branches = layout.branches[-1]
+    raw: list[list[torch.Tensor]] = [[] for _ in branches]
+    scaled: list[list[torch.Tensor]] = [[] for _ in branches]
+
+    def tensor(output, branch):
+        return output if branch.index is None else output[branch.index]
+
+    def keep(store, branch):
+        return lambda m, args, out: store.append(tensor(out, branch).detach().clone())  # RN adds in place
+
+    for i, branch in enumerate(branches):  # before drop path: the raw branch output
+        if branch.attribute is None:
+            branch.module.register_forward_hook(keep(raw[i], branch))
+    add_drop_path(tower, 0.6)
+    for i, branch in enumerate(branches):
+        if branch.attribute is None:  # after drop path: the scaled one
+            branch.module.register_forward_hook(keep(scaled[i], branch))
+        else:  # the library's module: its input is the branch, its output the dropped branch
+
+            def both(module, args, out, i=i):
+                raw[i].append(args[0].detach().clone())
+                scaled[i].append(out.detach().clone())
+
+            getattr(branch.module, branch.attribute).register_forward_hook(both)
+    batch = 300
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(9))
+    tower.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        _run(tower, x)
+    pairs = [pair for calls in zip(raw, scaled) for pair in zip(*calls)]  # DINOv2: one module, two calls
+    assert len(pairs) == (1 if family == "open_clip_rn" else 2)  # attention and MLP; a Bottleneck's one
+    for before, after in pairs:
+        ratio = (after / before).reshape(batch, -1)  # windowed SAM attention: (batch·windows, …) in order
+        per_sample = ratio[:, :1]
+        assert torch.allclose(ratio, per_sample.expand_as(ratio), atol=1e-4)  # one draw per sample
+        dropped = per_sample.squeeze(1) == 0
+        assert torch.allclose(per_sample[~dropped], torch.full_like(per_sample[~dropped], 1 / 0.4), atol=1e-4)
+        # Binomial(300, 0.6): mean 180, sd 8.5 → within 4 sd
+        assert abs(int(dropped.sum()) - 180) < 34
+
+
+def test_rate_zero_switches_off_the_drop_path_a_config_built_in():
+    import transformers
+
+    from fairfm.adapt.vpt import add_drop_path
+
+    torch.manual_seed(0)
+    config = transformers.SwinConfig(  # drop_path_rate defaults to 0.1 (MedCLIP's Swin keeps that default)
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=2
+    )
+    tower = transformers.SwinModel(config).train()
+    built = tower.encoder.layers[1].blocks[0].drop_path
+    assert type(built).__name__ == "SwinDropPath" and built.drop_prob > 0
+    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        assert not torch.equal(_run(tower, x), _run(tower, x))  # the config's drop path is active
+    handle = add_drop_path(tower, 0.0)
+    with torch.no_grad():
+        assert torch.equal(_run(tower, x), _run(tower, x))  # nothing random left in training mode
+    handle.remove()
+    assert tower.encoder.layers[1].blocks[0].drop_path is built

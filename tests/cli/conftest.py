@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairfm.cli import main
+from tests.conftest import run_cli
 
 
 class Result:
@@ -15,13 +15,7 @@ def run(capsys):
     """Run ``fairfm ARGS`` in-process; returns exit code, stdout and stderr."""
 
     def _run(*args):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
+        return Result(*run_cli(capsys, *args))
 
     return _run
 

@@ -10,15 +10,6 @@ import pytest
 from tests.models.model_fixtures import TINY_OPEN_CLIP
 
 
-@pytest.fixture(autouse=True)
-def _isolated_caches(tmp_path_factory, monkeypatch):
-    """Point every weights cache at empty folders, so tests never see (or depend on) a real cache."""
-    home = tmp_path_factory.mktemp("caches")
-    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
-    monkeypatch.setenv("FAIRFM_HOME", str(home / "fairfm"))
-
-
 @pytest.fixture
 def open_clip_dir(tmp_path) -> tuple[Path, object]:
     """A tiny CLIP in open_clip's ``local-dir`` layout: open_clip_config.json + open_clip_pytorch_model.bin."""

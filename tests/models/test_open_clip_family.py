@@ -82,3 +82,18 @@ def test_biomedclip_needs_a_config_folder(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(InputError, match="open_clip_config.json"):
         create_model("biomedclip", checkpoint=tmp_path / "weights.bin")
+
+
+def test_a_timm_image_tower_reports_its_projection_width(tmp_path):
+    # BiomedCLIP's layout: a timm trunk + linear projection (TimmModel has no output_dim). A width other than the
+    # card's 512 must be read from the tower, or every head built on the features has the wrong size.
+    cfg = {"embed_dim": 48,
+           "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "",
+                          "timm_proj": "linear", "image_size": 32},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}  # fmt: skip
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    torch.save(open_clip.CLIP(**cfg).state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+    encoder = create_model("biomedclip", checkpoint=tmp_path)
+    with torch.no_grad():
+        features = encoder.encode_image(torch.randn(2, 3, 32, 32))
+    assert encoder.embed_dim == 48 == features.shape[1]

@@ -110,3 +110,24 @@ def test_lvm_med_vit_pools_the_256_channel_neck(tmp_path):
     batch = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(encoder.encode_image(batch), encoder_module(batch).mean(dim=(2, 3)), atol=1e-5)
+
+
+def test_the_image_is_encoded_once_per_image_not_per_prompt(tiny_sam, monkeypatch):
+    path, _ = tiny_sam
+    model = create_model("sam_vit_b", checkpoint=path, img_size=256, **TINY_SAM)
+    fresh = create_model("sam_vit_b", checkpoint=path, img_size=256, **TINY_SAM)
+    calls = []
+    encoder = model.module.image_encoder
+    original = encoder.forward
+    monkeypatch.setattr(encoder, "forward", lambda x: calls.append(x.shape) or original(x))
+    buffer = _image(120, 200)
+    first, first_scores = model.segment(buffer, points=[[50, 60]])
+    second, _ = model.segment(buffer, boxes=[[10, 10, 100, 90]])
+    assert len(calls) == 1  # a second prompt on the same image reuses its embedding
+    assert np.array_equal(second, fresh.segment(buffer, boxes=[[10, 10, 100, 90]])[0])
+    buffer[:60] = 255 - buffer[:60]  # a different image in the same array: never served the stale embedding
+    changed, changed_scores = model.segment(buffer, points=[[50, 60]])
+    assert len(calls) == 2
+    expected, expected_scores = fresh.segment(buffer, points=[[50, 60]])
+    assert np.array_equal(changed, expected) and np.allclose(changed_scores, expected_scores)
+    assert not np.allclose(changed_scores, first_scores)

@@ -10,20 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fairfm.cli import main
+from tests.conftest import run_cli
 from tests.results.helpers import compute
 
 FAIRFM = Path(sys.executable).parent / "fairfm"
-
-
-def run_cli(capsys, *args):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def metric(record, metric, attribute="__all__", group="__all__"):

@@ -283,11 +283,11 @@ def test_a_killed_run_is_invisible_and_redone(store, spec, tmp_path, where):
 
 def test_a_live_writers_temporary_folder_is_not_removed(store, spec):
     run_id = store.run_id(spec)
-    from fairfm.results.store import _host_tag
+    from fairfm.tableio import host_tag
 
-    live = store.path / "tmp" / f"{run_id}.{_host_tag()}.{os.getpid()}.abc"
+    live = store.path / "tmp" / f"{run_id}.{host_tag()}.{os.getpid()}.abc"
     live.mkdir(parents=True)
-    dead = store.path / "tmp" / f"{run_id}.{_host_tag()}.999999999.abc"
+    dead = store.path / "tmp" / f"{run_id}.{host_tag()}.999999999.abc"
     dead.mkdir()
     foreign_old = store.path / "tmp" / f"{run_id}.another-host.12.abc"
     foreign_new = store.path / "tmp" / f"{run_id}.another-host.13.abc"

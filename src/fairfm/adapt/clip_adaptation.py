@@ -39,6 +39,7 @@ from fairfm.adapt.linear_probe import (
     macro_auc,
 )
 from fairfm.adapt.prompts import PromptSet
+from fairfm.adapt.volumes import SliceBags, max_over_slices
 from fairfm.adapt.zero_shot import class_embeddings
 from fairfm.errors import InputError
 
@@ -192,6 +193,15 @@ def _check_inputs(features: Mapping[str, Any], labels: Mapping[str, Any], n_task
     return y
 
 
+def _as_tensor_rows(x: Any) -> Any:
+    """Features as a float32 tensor; volumes (:class:`SliceBags`) keep their bags over a tensor of their rows."""
+    import torch
+
+    if isinstance(x, SliceBags):
+        return x.with_rows(torch.as_tensor(np.array(x.rows, dtype=np.float32)))  # a copy of the read-only cache
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
 @dataclass
 class _Trained:
     probabilities: dict[str, np.ndarray]
@@ -234,8 +244,15 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
     balanced = counts.sum(axis=1, keepdims=True) / (2.0 * counts)
     weights = balanced if hp.class_balanced else np.ones_like(balanced)
     class_weight = torch.as_tensor(weights, dtype=torch.float32, device=dev)
-    inputs = {name: torch.as_tensor(np.asarray(x, dtype=np.float32)) for name, x in features.items()}
+    inputs = {name: _as_tensor_rows(x) for name, x in features.items()}
     targets = {name: torch.as_tensor(values, dtype=torch.float32) for name, values in y.items()}
+
+    def forward(x: Any, index: Any) -> "torch.Tensor":
+        if isinstance(x, SliceBags):  # FairMedFM's MIL: per task, the logits of the slice with the top P(class 1)
+            rows, segments = x.take(index)
+            logits = head(rows.to(dev))
+            return max_over_slices(logits, segments, len(index), scores=logits[..., 1] - logits[..., 0])[0]
+        return head(x[index].to(dev))
 
     def loss_of(logits: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
         total, count = logits.new_zeros(()), 0
@@ -253,7 +270,8 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
         head.eval()
         x = inputs[name]
         with torch.no_grad():
-            out = [head(x[start:start + hp.batch_size].to(dev)) for start in range(0, len(x), hp.batch_size)]
+            out = [forward(x, np.arange(start, min(start + hp.batch_size, len(x))))
+                   for start in range(0, len(x), hp.batch_size)]  # fmt: skip
         return torch.cat(out) if out else torch.zeros((0, n_tasks, 2), device=dev)
 
     def probabilities_of(logits: "torch.Tensor") -> np.ndarray:
@@ -292,7 +310,7 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
                 index = order[start:start + hp.batch_size]
                 if per_iteration:
                     set_lr(lr_at(step, total, warmup, base_lr, min_lr, hp.schedule))
-                loss = loss_of(head(inputs["train"][index].to(dev)), targets["train"][index].to(dev))
+                loss = loss_of(forward(inputs["train"], index), targets["train"][index].to(dev))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -357,13 +375,14 @@ def prototype_tuning(
     device: str = "cpu",
     progress: bool = False,
 ) -> ClipAdaptationResult:
-    """FairMedFM's CLIP-Adapt: tune the (T, 2, D) class prototypes initialised from the prompt ensemble.
+    """FairMedFM's CLIP-Adapt: tune the (T, 2, D) class prototypes initialised from the prompts' text embeddings
+    (the ensemble of every template, or the first template alone with ``hparams.ensemble`` false).
 
     ``features``: split -> cached image features (N, D) of ``encoder`` (``train`` and ``val`` required; every
     split given gets probabilities). ``labels``: ``train`` and ``val`` -> (N,) or (N, T) with 0/1 and NaN for
     unknown. Only the prototypes are trained; ``encoder`` is used for its text embeddings and its similarity.
     """
-    class_text, prompts = task_class_embeddings(encoder, tasks, prompt_set, ensemble=True)
+    class_text, prompts = task_class_embeddings(encoder, tasks, prompt_set, ensemble=hparams.ensemble)
     head = _prototype_head(encoder, class_text)
     dim = _feature_dim(class_text, encoder)
     trained = _train(head, features, labels, tasks, feature_dim=dim, hparams=hparams, seed=seed,
@@ -392,7 +411,7 @@ def clip_adapter(
     """
     import torch
 
-    class_text, prompts = task_class_embeddings(encoder, tasks, prompt_set, ensemble=True)
+    class_text, prompts = task_class_embeddings(encoder, tasks, prompt_set, ensemble=hparams.ensemble)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = _clip_adapter_head(encoder, class_text, reduction=hparams.reduction,

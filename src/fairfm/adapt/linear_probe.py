@@ -12,6 +12,9 @@ named in the hyper-parameters is the one used and the head is selected on valida
 
 Inputs are either cached features (the usual path) or anything an ``embed`` callable turns into features batch by
 batch — e.g. preprocessed images and a frozen encoder — so the two paths train on exactly the same batches.
+Volumes are :class:`~fairfm.adapt.volumes.SliceBags` of slice rows (features or images): every slice is scored
+and, per volume and task, the slice with the highest P(class 1) gives the volume's logit, for the loss and the
+predictions (FairMedFM's slice max-pooling MIL, METHODS.md §2.8).
 ``amp`` and ``num_workers`` do not apply to a head trained on in-memory features and are not used here.
 """
 
@@ -164,11 +167,14 @@ def train_linear_probe(
 
     ``train_x``/``val_x`` (and the values of ``predict``, extra sets to score, e.g. ``{"test": X}``) are
     feature arrays (N, D) — or, with ``embed``, inputs that ``embed(batch)`` turns into (B, D) features (a frozen
-    encoder run inside the loop). ``train_y``/``val_y``: (N,) or (N, T) with 0/1 and NaN for unknown labels.
+    encoder run inside the loop) — or :class:`~fairfm.adapt.volumes.SliceBags` of either (one bag of slices per
+    sample, max-pooled over slices). ``train_y``/``val_y``: (N,) or (N, T) with 0/1 and NaN for unknown labels.
     ``predictions`` holds ``"val"`` and every ``predict`` set as (N, T) probabilities of the selected head.
     """
     import torch
     from torch import nn
+
+    from fairfm.adapt.volumes import SliceBags, max_over_slices
 
     hp = hparams
     if hp.schedule == "step":
@@ -197,15 +203,21 @@ def train_linear_probe(
     dev = torch.device(device)
     to_features = embed or (lambda batch: batch)
 
-    def features_of(inputs: Any, index: np.ndarray) -> "torch.Tensor":
-        batch = inputs[index]
+    def embedded(batch: Any) -> "torch.Tensor":
         batch = torch.as_tensor(np.asarray(batch)) if not isinstance(batch, torch.Tensor) else batch
         features = to_features(batch).float().to(dev)
         # A frozen encoder returns inference-mode tensors, which autograd refuses to save: copy them out.
         return features.clone() if features.is_inference() else features
 
+    def head_logits(inputs: Any, index: np.ndarray) -> "torch.Tensor":
+        if isinstance(inputs, SliceBags):  # every slice scored; per task the top slice's logit is the volume's
+            rows, segments = inputs.take(index)
+            return max_over_slices(head(embedded(rows)), segments, len(index))[0]
+        return head(embedded(inputs[index]))
+
     # Dimension from one sample (cheap for features; one encoder call otherwise).
-    dim = int(features_of(train_x, np.arange(1)).shape[1])
+    first = train_x.take(np.arange(1))[0][:1] if isinstance(train_x, SliceBags) else train_x[np.arange(1)]
+    dim = int(embedded(first).shape[1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = nn.Linear(dim, n_tasks).to(dev)
@@ -238,7 +250,7 @@ def train_linear_probe(
         with torch.no_grad():
             for start in range(0, len(inputs), hp.batch_size):
                 index = np.arange(start, min(start + hp.batch_size, len(inputs)))
-                out.append(head(features_of(inputs, index)))
+                out.append(head_logits(inputs, index))
         return torch.cat(out) if out else torch.zeros((0, n_tasks), device=dev)
 
     def predict_set(inputs: Any) -> np.ndarray:
@@ -269,7 +281,7 @@ def train_linear_probe(
                     lr = lr_at(step, total, warmup, base_lr, min_lr, hp.schedule)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                loss = loss_of(head(features_of(train_x, index)), targets_train[index].to(dev))
+                loss = loss_of(head_logits(train_x, index), targets_train[index].to(dev))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

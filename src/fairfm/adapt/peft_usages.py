@@ -17,10 +17,24 @@ the training. The head (one output per task) always trains.
 ``vpt`` / ``adapter``
     visual prompt tuning (shallow or deep) / zero-initialised bottleneck adapters per block, from
     :mod:`fairfm.adapt.vpt` (hand-written: peft has neither for vision models); the backbone is frozen and
-    only the prompts / adapters + head train. timm ViTs, open_clip timm trunks and open_clip's native ViT.
+    only the prompts / adapters + head train. timm ViTs (alone or as open_clip trunks), open_clip's native
+    ViT, transformers CLIP / SigLIP / DINOv2 (RAD-DINO) / BLIP / BLIP-2 vision towers, MedCLIP's Swin and SAM
+    image encoders (adapters only for the windowed Swin and SAM blocks: VPT is refused there).
 ``full_finetune``
-    every parameter of the image path + head, with layer-wise lr decay (timm backbones), drop path (applied at
-    model construction: :func:`model_overrides`) and RandAugment on 8-bit images (Khan et al. / Medical MAE).
+    every parameter of the image path + head (Khan et al. / Medical MAE, METHODS.md §2.6) with
+
+    * layer-wise lr decay for every family of the zoo: :func:`layer_ids` numbers the parameters (embeddings
+      0, blocks 1..L, everything after the blocks L+1, lr scale decay^(L+1−id)) with one function per model
+      library, registered with :func:`register_layer_ids`;
+    * drop path: timm models get it at construction (:func:`model_overrides`, timm's ``drop_path_rate``);
+      every tower :mod:`fairfm.adapt.vpt` knows gets timm's linear schedule after loading, in the library's
+      own drop-path modules where the block has them (timm, DINOv2, Swin) and by forward hooks on the
+      residual branches elsewhere (open_clip ViT, CLIP / SigLIP / BLIP, SAM). transformers models get no
+      constructor argument because the runner passes overrides by library and MedCLIP's builder (also
+      ``transformers``) takes none; open_clip's ``timm_drop_path`` sits inside the vision config, which
+      ``create_model``'s keyword arguments would replace whole. Where neither applies (open_clip's
+      ModifiedResNet) the run records drop path as not applied;
+    * RandAugment (:func:`fairfm.adapt.train.timm_randaugment`, 8-bit and high-bit-depth images).
 
 The runner calls :func:`finetune` (see its docstring for the wiring).
 """
@@ -137,11 +151,129 @@ def default_lora_targets(encoder: "Encoder") -> list[str]:
     return _LORA_TARGETS[library](image_tower(encoder)[0])
 
 
+#: library name (``ModelCard.library``) -> ``fn(image tower) -> LayerIds | None`` (names relative to the tower)
+_LAYER_IDS: dict[str, Callable[[Any], Any]] = {}
+
+
+def register_layer_ids(*libraries: str):
+    """Register a model library's layer numbering for layer-wise lr decay (a new family does so from its own
+    file): ``fn(tower) -> fairfm.adapt.train.LayerIds`` or None when the tower is not one it knows."""
+
+    def decorate(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        for library in libraries:
+            _LAYER_IDS[library] = fn
+        return fn
+
+    return decorate
+
+
+def _number_by_prefix(tower: Any, stem: Sequence[str], blocks: Sequence[tuple[str, int]], top: int):
+    """Layer ids of ``tower``'s parameters: a name under ``blocks[k][0]`` gets ``blocks[k][1]``, one under a
+    ``stem`` prefix 0, any other ``top`` (final norm, pooling, projection)."""
+    from fairfm.adapt.train import LayerIds
+
+    def under(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    ids: dict[str, int] = {}
+    for name, _ in tower.named_parameters():
+        layer = next((i for prefix, i in blocks if under(name, prefix)), None)
+        if layer is None:
+            layer = 0 if any(under(name, prefix) for prefix in stem) else top
+        ids[name] = layer
+    return LayerIds(ids, top)
+
+
+def _sequence(prefix: str, count: int, first: int = 1) -> list[tuple[str, int]]:
+    return [(f"{prefix}.{i}", first + i) for i in range(count)]
+
+
+@register_layer_ids("timm")
+def _timm_layer_ids(tower: Any):
+    from fairfm.adapt.train import timm_layer_ids
+
+    return timm_layer_ids(tower)
+
+
+@register_layer_ids("open_clip")
+def _open_clip_layer_ids(tower: Any):
+    from fairfm.adapt.train import timm_layer_ids
+
+    trunk = getattr(tower, "trunk", None)
+    if trunk is not None and hasattr(trunk, "group_matcher"):  # BiomedCLIP: a timm ViT + projection head
+        numbering = timm_layer_ids(trunk)
+        return numbering.prefixed("trunk.") if numbering is not None else None
+    resblocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
+    if resblocks is not None:  # native ViT: conv1 + class / positional embedding + ln_pre, then resblocks
+        n = len(resblocks)
+        stem = ("conv1", "class_embedding", "positional_embedding", "ln_pre")
+        return _number_by_prefix(tower, stem, _sequence("transformer.resblocks", n), n + 1)
+    if all(hasattr(tower, f"layer{i}") for i in range(1, 5)):  # ModifiedResNet: 3-conv stem, 4 stages
+        blocks = [f"layer{s}.{b}" for s in range(1, 5) for b in range(len(getattr(tower, f"layer{s}")))]
+        stem = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+        return _number_by_prefix(tower, stem, [(b, i + 1) for i, b in enumerate(blocks)], len(blocks) + 1)
+    return None
+
+
+@register_layer_ids("transformers")
+def _transformers_layer_ids(tower: Any):
+    # CLIP / SigLIP / BLIP / BLIP-2 (encoder.layers), DINOv2 / ViT (encoder.layer), Swin (encoder.layers.S
+    # .blocks.B with a patch-merging downsample after stage S, numbered with the block it feeds)
+    from fairfm.adapt.vpt import transformers_core
+
+    core = transformers_core(tower)
+    if core is None:
+        return None
+    path = next(name for name, module in tower.named_modules() if module is core)
+    base = f"{path}." if path else ""
+    layers_name = "encoder.layers" if hasattr(core.encoder, "layers") else "encoder.layer"
+    layers = getattr(core.encoder, layers_name.split(".")[1], None)
+    if layers is None:
+        return None
+    blocks: list[tuple[str, int]] = []
+    if len(layers) and hasattr(layers[0], "blocks"):
+        n = 0
+        for s, stage in enumerate(layers):
+            for b in range(len(stage.blocks)):
+                n += 1
+                blocks.append((f"{base}{layers_name}.{s}.blocks.{b}", n))
+            if getattr(stage, "downsample", None) is not None:  # feeds the next stage's first block
+                blocks.append((f"{base}{layers_name}.{s}.downsample", n + 1))
+    else:
+        n = len(layers)
+        blocks = _sequence(f"{base}{layers_name}", n)
+    stem = (f"{base}embeddings", f"{base}pre_layrnorm")  # CLIP normalises the embeddings before the blocks
+    return _number_by_prefix(tower, stem, blocks, n + 1)
+
+
+@register_layer_ids("segment_anything")
+def _segment_anything_layer_ids(tower: Any):
+    blocks = getattr(tower, "blocks", None)
+    if blocks is None or not hasattr(tower, "patch_embed"):
+        return None
+    n = len(blocks)
+    return _number_by_prefix(tower, ("patch_embed", "pos_embed"), _sequence("blocks", n), n + 1)
+
+
+def layer_ids(encoder: "Encoder"):
+    """The layer numbering of ``encoder.module`` for layer-wise lr decay (:class:`fairfm.adapt.train.LayerIds`,
+    names relative to ``encoder.module``): the image tower's blocks by its library's registered function;
+    parameters outside the tower (a CLIP's ``visual_projection``, BLIP-2's Q-Former) are at the top."""
+    library = encoder.card.library
+    tower, prefix = image_tower(encoder)
+    numbering = _LAYER_IDS[library](tower) if library in _LAYER_IDS else None
+    if numbering is None:
+        raise InputError(
+            f"model {encoder.card.name!r} ({library}, {type(tower).__name__}): layer-wise lr decay cannot "
+            "number its layers; set hparams.layer_decay: 1.0"
+        )
+    return numbering.prefixed(prefix)
+
+
 def model_overrides(usage: str, hparams: "TrainHParams", library: str) -> dict[str, Any]:
     """Constructor overrides a usage needs when the model is created (``create_model(name, ckpt,
-    **overrides)``): drop path for full fine-tuning of timm models (Medical MAE's ``--drop_path 0.2``). Other
-    libraries take no
-    drop-path argument at construction; their runs record drop path as not applied."""
+    **overrides)``): drop path for full fine-tuning of timm models (Medical MAE's ``--drop_path 0.2``). The
+    other libraries get drop path after loading, in :func:`apply_usage` (see the module doc for why)."""
     rate = getattr(hparams, "drop_path", 0.0)
     if usage == "full_finetune" and library == "timm" and rate:
         return {"drop_path_rate": float(rate)}
@@ -206,7 +338,38 @@ def apply_usage(usage: str, encoder: "Encoder", hparams: "TrainHParams") -> tupl
             raise InputError(f"model {encoder.card.name!r}: its image path has no bias parameters for BitFit")
     else:
         chosen = image_path
+        meta["drop_path"] = _apply_drop_path(encoder, tower, float(getattr(hparams, "drop_path", 0.0) or 0.0))
     return chosen, meta
+
+
+def _apply_drop_path(encoder: "Encoder", tower: "nn.Module", rate: float) -> dict[str, Any]:
+    """Drop path for full fine-tuning (see the module doc); returns what to record."""
+    from fairfm.adapt.vpt import add_drop_path, find_vit
+
+    try:
+        layout = find_vit(tower, encoder.card.name)
+    except InputError:
+        layout = None
+    if layout is not None and layout.branches:
+        # also at rate 0: a library's own drop path from its config (Swin's 0.1) is then switched off
+        handle = add_drop_path(layout, rate)
+        return {
+            "rate": rate,
+            "applied": rate > 0.0,
+            "mechanism": handle.mechanism,
+            "block_rates": [round(r, 6) for r in handle.rates],
+        }
+    if rate <= 0.0:
+        return {"rate": 0.0, "applied": False}
+    built = [m for m in tower.modules() if type(m).__name__ == "DropPath" and getattr(m, "drop_prob", 0.0) > 0]
+    if encoder.card.library == "timm" and built:
+        return {"rate": rate, "applied": True, "mechanism": "timm constructor (drop_path_rate)"}
+    return {
+        "rate": rate,
+        "applied": False,
+        "reason": f"{type(tower).__name__} has no residual-branch layout fairfm knows and was not built with "
+        "drop path",
+    }
 
 
 def _apply_prompts_or_adapters(
@@ -280,6 +443,7 @@ def finetune(
     group_column: str | None = None,
     predict_splits: Sequence[str] = ("val", "test"),
     column: str = "path",
+    modality: str | None = None,
     **hooks: Any,
 ) -> FinetuneOutput:
     """Fine-tune ``encoder`` for ``usage``: train on the ``train`` rows, select on ``val``, predict splits.
@@ -302,8 +466,19 @@ def finetune(
     ``probabilities[s]`` follows the order of ``table[table.split == s]``. ``group_column`` gives the loop
     group codes (for a ``loss_wrapper``); ``hooks`` go to :func:`fairfm.adapt.train.fit` (sampler,
     loss_wrapper, extra_parameters, adversary, on_epoch_end, initial_state, resume, epochs, clip_grad_norm).
+    Volumes (:mod:`fairfm.adapt.volumes`) go through the encoder slice by slice and are max-pooled, or in OCT
+    chunks with ``hparams.volume: oct_chunks``; ``modality`` (the dataset card's) lets
+    ``hparams.slice_intensity: auto`` window CT.
     """
-    from fairfm.adapt.train import ImageTable, fit, load_state, make_classifier, predict, timm_randaugment
+    from fairfm.adapt.train import (
+        LAYER_IDS_ATTRIBUTE,
+        ImageTable,
+        fit,
+        load_state,
+        make_classifier,
+        predict,
+        timm_randaugment,
+    )
 
     if "split" not in table.columns:
         raise InputError("SampleTable has no 'split' column; fine-tuning needs train and val rows")
@@ -318,6 +493,13 @@ def finetune(
     randaugment = getattr(hparams, "randaugment", None) if usage == "full_finetune" else None
     if randaugment:
         augment = timm_randaugment(randaugment)
+    from fairfm.adapt.volumes import first_row_is_volume, volume_model, volume_options
+
+    # 3D samples: slice stacks for max-pooling, or FairFedMed's OCT chunks (hparams.volume); {} for 2D images
+    volumes = volume_options(hparams, has_volumes=first_row_is_volume(table[split == "train"], root, column),
+                             modality=modality)  # fmt: skip
+    if volumes:  # 2D augmentation does not apply to stacks of slices (FairMedFM, FairFedMed train without)
+        augment, randaugment = None, None
     groups = None
     if group_column is not None:
         if group_column not in table.columns:
@@ -334,6 +516,7 @@ def finetune(
             augment=augment if train_time else None,
             column=column,
             group_names=groups,
+            **volumes,
         )
 
     train, val = part("train", True), part("val", False)
@@ -342,7 +525,14 @@ def finetune(
     # is the encoder's image function itself.
     model = make_classifier(encoder.module, encoder.image_features, encoder.embed_dim, len(tasks), seed=seed)
     trainable = [f"backbone.{n}" for n in names] + ["head.weight", "head.bias"]
+    if volumes:  # slice max-pooling, or a trainable Conv2d projector with logits averaged over OCT chunks
+        model, projector_names, meta["volumes"] = volume_model(model, encoder.preprocess, volumes, seed)
+        trainable += projector_names
     layer_decay = float(getattr(hparams, "layer_decay", 1.0))
+    if layer_decay < 1.0:  # the loop groups parameters by the family's numbering (train._param_groups)
+        numbering = layer_ids(encoder).prefixed("backbone.")
+        setattr(model, LAYER_IDS_ATTRIBUTE, numbering)
+        meta["layer_decay_top_layer"] = numbering.top
     result = fit(
         model,
         train,
@@ -383,7 +573,7 @@ def finetune(
             "trainable_parameters": int(result.settings["trainable_parameters"]),
             "total_parameters": int(total),
             "randaugment": randaugment,
-            "drop_path": getattr(hparams, "drop_path", None) if usage == "full_finetune" else None,
+            "drop_path": meta.get("drop_path"),
         }
     )
     return FinetuneOutput(probabilities, result, meta)

@@ -6,7 +6,8 @@ on the training split when ``class_balanced``; NaN labels are masked). :func:`fi
 :class:`ImageTable` (a SampleTable split read with the model card's own preprocessing, optional train-time
 augmentation) with the spec's optimiser (SGD / AdamW / Adam, no weight decay on 1-D parameters), linear
 warm-up then half-cosine (per epoch or per iteration), gradient clipping, layer-wise lr decay when
-``layer_decay < 1`` (Khan et al. / Medical MAE's BEiT scheme on timm backbones, METHODS.md §2.6), mixed
+``layer_decay < 1`` (Khan et al. / Medical MAE's BEiT scheme, METHODS.md §2.6; layers numbered per library by
+:func:`fairfm.adapt.peft_usages.register_layer_ids`), mixed
 precision on CUDA only, and model selection on the validation split by an epoch-end callback
 (:class:`ModelSelection`: best val AUC / val loss / last epoch, with early-stopping patience). The selected
 state is kept in memory (only what training can change: trainable parameters, head, buffers, extra parameters)
@@ -73,8 +74,13 @@ class ImageTable:
     8/16-bit images keep their type for the card's preprocessing); ``augment`` (train time only) maps the
     decoded array to an augmented array before preprocessing. ``group_column`` (e.g. ``group_sex``) gives each
     row a group code (index into ``group_names``, sorted labels; without a group column every row gets code 0
-    of the single group ``all``). Volumes are refused: fine-tuning on 3D samples needs a slice policy that is
-    not defined yet.
+    of the single group ``all``). Volumes (:mod:`fairfm.adapt.volumes`) are read with ``volume``:
+    ``"max_slice"`` gives every row as a ``(slices, 3, S, S)`` stack of its slices, each prepared by
+    ``intensity`` then preprocessed (a 2D image is one slice), batched by ``collate_fn`` for the max-slice
+    model; ``"oct_chunks"`` (FairFedMed) gives every ``slice_stride``-th slice, prepared and resized to the
+    model's resolution, as a ``(chunks × chunk_size, S, S)`` stack in [0, 1] for the model's projector, every
+    volume of the table giving the same number of chunks (checked from the headers). Without ``volume`` a
+    volume is an error.
     """
 
     def __init__(
@@ -88,6 +94,10 @@ class ImageTable:
         augment: Callable[[np.ndarray], np.ndarray] | None = None,
         column: str = "path",
         group_names: Sequence[str] | None = None,
+        volume: str | None = None,
+        slice_stride: int = 1,
+        chunk_size: int = 8,
+        intensity: str = "unit",
     ) -> None:
         from fairfm.adapt.features import image_sources
 
@@ -100,6 +110,14 @@ class ImageTable:
         self.sources = image_sources(frame, Path(root), column)
         self.preprocess = preprocess
         self.augment = augment
+        self.volume, self.slice_stride, self.chunk_size, self.intensity = volume, slice_stride, chunk_size, intensity
+        self.volume_slices = self._volume_slices() if volume == "oct_chunks" else None
+        # max_slice: each item is a (slices, 3, S, S) stack, batched as PackedSlices for the max-slice model
+        self.collate_fn = None
+        if volume == "max_slice":
+            from fairfm.adapt.volumes import collate_slice_stacks
+
+            self.collate_fn = collate_slice_stacks
         labels = (
             np.stack(
                 [
@@ -139,6 +157,26 @@ class ImageTable:
     def __len__(self) -> int:
         return len(self.sources)
 
+    def _volume_slices(self) -> int:
+        """B-scans per volume after OCT chunking; the same for every row (one batch stacks them)."""
+        from fairfm.adapt.features import count_slices
+        from fairfm.adapt.volumes import oct_chunk_indices
+
+        kept: int | None = None
+        for row, source in enumerate(self.sources):
+            try:
+                depth = count_slices(source.path, key=source.key, index=source.index)
+                if depth == 1:
+                    raise InputError("a 2D image; hparams.volume: oct_chunks needs OCT volumes")
+                n = oct_chunk_indices(depth, self.slice_stride, self.chunk_size).size
+            except InputError as exc:
+                raise InputError(f"{source.describe()} (SampleTable row {row}): {exc}") from None
+            if kept is not None and n != kept:
+                raise InputError(f"{source.describe()} (SampleTable row {row}): {depth} slices give {n} chunked "
+                                 f"B-scans, row 0 gives {kept}; OCT chunking needs volumes of one depth")  # fmt: skip
+            kept = n
+        return int(kept or 0)
+
     def without_augmentation(self) -> "ImageTable":
         clone = object.__new__(ImageTable)
         clone.__dict__.update(self.__dict__)
@@ -158,10 +196,30 @@ class ImageTable:
             raise
         except Exception as exc:  # noqa: BLE001 - a decoding failure is reported with its file and row
             raise InputError(f"{source.describe()} (SampleTable row {i}): cannot be read ({exc})") from None
+        if self.volume == "max_slice":  # every slice prepared and preprocessed; a 2D image is one slice
+            from fairfm.adapt.volumes import prepare_slice
+
+            slices = list(array) if is_volume(array, image_kind(source.path)) else [array]
+            stack = torch.stack([self.preprocess(prepare_slice(s, self.intensity)) for s in slices])
+            return stack, torch.as_tensor(self.labels[i], dtype=torch.float32), int(self.groups[i]), i
         if is_volume(array, image_kind(source.path)):
-            raise InputError(
-                f"{source.describe()} (SampleTable row {i}): a volume; fine-tuning reads 2D images only"
-            )
+            if self.volume != "oct_chunks":
+                raise InputError(
+                    f"{source.describe()} (SampleTable row {i}): a volume among 2D images (fine-tuning takes a "
+                    "table for volumes when its first training row is one: slice max-pooling, or OCT chunks "
+                    "with hparams.volume: oct_chunks)"
+                )
+            from fairfm.adapt.volumes import oct_volume_tensor
+
+            stack = oct_volume_tensor(array, self.preprocess, stride=self.slice_stride, chunk_size=self.chunk_size,
+                                      intensity=self.intensity)  # fmt: skip
+            if stack.shape[0] != self.volume_slices:
+                raise InputError(f"{source.describe()} (SampleTable row {i}): {array.shape[0]} slices give "
+                                 f"{stack.shape[0]} chunked B-scans, its header said {self.volume_slices}")
+            return stack, torch.as_tensor(self.labels[i], dtype=torch.float32), int(self.groups[i]), i
+        if self.volume == "oct_chunks":
+            raise InputError(f"{source.describe()} (SampleTable row {i}): a 2D image; hparams.volume: oct_chunks "
+                             "needs OCT volumes")  # fmt: skip
         if self.augment is not None:
             array = self.augment(array)
         image = self.preprocess(array)
@@ -169,10 +227,17 @@ class ImageTable:
 
 
 def timm_randaugment(config: str) -> Callable[[np.ndarray], np.ndarray]:
-    """timm's RandAugment (e.g. ``rand-m6-mstd0.5-inc1``, Medical MAE's setting) on a decoded 8-bit image.
+    """timm's RandAugment (e.g. ``rand-m6-mstd0.5-inc1``, Medical MAE's setting) on a decoded image.
 
-    timm's ops are PIL operations, so only 8-bit arrays are accepted; DICOM/NIfTI intensities would have to be
-    windowed first, which is a dataset decision this function does not take silently.
+    8-bit images go through timm's own transform (PIL operations). 16-bit PNGs and float / integer DICOM or
+    NIfTI slices cannot (PIL's enhance, posterize and solarize take 8-bit modes only), and squeezing them to 8
+    bits would throw away the bit depth the model's preprocessing keeps. They get *the same policy*: timm's
+    parsed ops (choice of ops, per-op probability, magnitude with its noise, level → argument functions) run
+    on the float image with ``torchvision.transforms.v2.functional``. The image is scaled to [0, 1] as the
+    card's preprocessing scales it (unsigned integers by their dtype's maximum, floats in [0, 1] as they are,
+    anything else min–max) and mapped back to its dtype and range, so every op keeps the full intensity
+    resolution except Posterize (which quantises by definition) and Equalize (histogram in 256 bins, as
+    torchvision computes it). Shears act about the image centre (PIL's about the corner).
     """
     from PIL import Image
     from timm.data import rand_augment_transform
@@ -183,18 +248,149 @@ def timm_randaugment(config: str) -> Callable[[np.ndarray], np.ndarray]:
         raise InputError(
             f"hparams.randaugment: {config!r} is not a timm RandAugment string ({exc})"
         ) from None
+    unsupported = sorted({op.name for op in transform.ops} - set(_FLOAT_OPS))
 
     def augment(array: np.ndarray) -> np.ndarray:
         if array.dtype != np.uint8:
-            raise InputError(
-                f"RandAugment needs 8-bit images; got {array.dtype} (set hparams.randaugment: null)"
-            )
+            if unsupported:
+                raise InputError(
+                    f"hparams.randaugment {config!r}: op(s) {', '.join(unsupported)} have no high-bit-depth "
+                    f"version; got a {array.dtype} image"
+                )
+            return _randaugment_high_depth(array, transform)
         grey = array.ndim == 2
         image = Image.fromarray(np.repeat(array[..., None], 3, axis=2) if grey else array[..., :3])
         out = np.asarray(transform(image))
         return out[..., 0] if grey else out
 
     return augment
+
+
+def _unit_scaling(array: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """``array`` as float32 in [0, 1] (as :func:`fairfm.models.preprocess.to_unit_float` reads it) and the map
+    back to its dtype and range."""
+    dtype = array.dtype
+    values = array.astype(np.float64)
+    if np.issubdtype(dtype, np.unsignedinteger):
+        low, span = 0.0, float(np.iinfo(dtype).max)
+    elif np.issubdtype(dtype, np.floating) and values.size and values.min() >= 0.0 and values.max() <= 1.0:
+        low, span = 0.0, 1.0
+    else:
+        low = float(values.min()) if values.size else 0.0
+        span = (float(values.max()) - low) if values.size else 0.0
+        span = span or 1.0
+
+    def back(unit: np.ndarray) -> np.ndarray:
+        restored = unit.astype(np.float64) * span + low
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            return np.clip(np.rint(restored), info.min, info.max).astype(dtype)
+        return restored.astype(dtype)
+
+    return ((values - low) / span).astype(np.float32), back
+
+
+def _solarize_add(image: "torch.Tensor", add: float, threshold: float = 128) -> "torch.Tensor":
+    # timm's SolarizeAdd (a lookup table on 8-bit levels) on [0, 1] floats; torchvision has no such op
+    import torch
+
+    return torch.where(image < threshold / 256.0, (image + add / 255.0).clamp(max=1.0), image)
+
+
+def _affine(**kwargs: Any):
+    def op(image, value, fill):
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        params = {"angle": 0.0, "translate": [0.0, 0.0], "scale": 1.0, "shear": [0.0, 0.0]}
+        for key, make in kwargs.items():
+            params[key] = make(value, image)
+        return F.affine(image, **params, interpolation=InterpolationMode.BILINEAR, fill=fill)
+
+    return op
+
+
+def _shear_degrees(factor: float) -> float:
+    import math
+
+    return math.degrees(math.atan(factor))
+
+
+def _enhance(name: str):
+    def op(image, factor, fill):
+        from torchvision.transforms.v2 import functional as F
+
+        return getattr(F, name)(image, factor)
+
+    return op
+
+
+def _simple(name: str, scale: float | None = None):
+    def op(image, *args):
+        from torchvision.transforms.v2 import functional as F
+
+        values = args[:-1]  # the last argument is the fill
+        if scale is not None:
+            values = tuple(v / scale for v in values)
+        if name == "posterize" and values and values[0] >= 8:
+            return image  # timm: 8 or more bits kept is the identity
+        return getattr(F, name)(image, *(int(v) if name == "posterize" else v for v in values))
+
+    return op
+
+
+#: timm op name -> ``fn(image (C, H, W) float in [0, 1], *timm level args, fill)``: timm's PIL semantics
+_FLOAT_OPS: dict[str, Callable[..., Any]] = {
+    "AutoContrast": _simple("autocontrast"),
+    "Equalize": _simple("equalize"),
+    "Invert": _simple("invert"),
+    "Rotate": _affine(angle=lambda degrees, image: float(degrees)),
+    **{name: _simple("posterize") for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")},
+    **{name: _simple("solarize", 256.0) for name in ("Solarize", "SolarizeIncreasing")},
+    "SolarizeAdd": lambda image, add, fill: _solarize_add(image, add),
+    **{f"{n}{s}": _enhance(f) for n, f in (("Color", "adjust_saturation"), ("Contrast", "adjust_contrast"),
+                                           ("Brightness", "adjust_brightness"),
+                                           ("Sharpness", "adjust_sharpness")) for s in ("", "Increasing")},
+    # PIL's affine maps output (x, y) to input (x + f·y, y) / (x + p, y): torchvision's shear angle is
+    # atan(f) and its translation moves content the other way
+    "ShearX": _affine(shear=lambda f, image: [_shear_degrees(f), 0.0]),
+    "ShearY": _affine(shear=lambda f, image: [0.0, _shear_degrees(f)]),
+    "TranslateX": _affine(translate=lambda p, image: [-float(p), 0.0]),
+    "TranslateY": _affine(translate=lambda p, image: [0.0, -float(p)]),
+    "TranslateXRel": _affine(translate=lambda pct, image: [-float(pct) * image.shape[-1], 0.0]),
+    "TranslateYRel": _affine(translate=lambda pct, image: [0.0, -float(pct) * image.shape[-2]]),
+}  # fmt: skip
+
+
+def _randaugment_high_depth(array: np.ndarray, transform: Any) -> np.ndarray:
+    """One draw of timm's ``RandAugment`` (its ops, probabilities and magnitudes) on a non-8-bit image."""
+    import torch
+
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)):
+        raise InputError(f"RandAugment: expected an H×W or H×W×(1 or 3) image, got shape {array.shape}")
+    unit, back = _unit_scaling(array)
+    image = torch.from_numpy(unit[None] if unit.ndim == 2 else np.ascontiguousarray(unit.transpose(2, 0, 1)))
+    # the same draws as timm's RandAugment.__call__ and AugmentOp.__call__ (numpy for the ops, random for
+    # probability, magnitude noise and signs), so a seeded epoch augments reproducibly
+    ops = np.random.choice(
+        transform.ops, transform.num_layers, replace=transform.choice_weights is None, p=transform.choice_weights
+    )
+    for op in ops:
+        if op.prob < 1.0 and random.random() > op.prob:
+            continue
+        magnitude = op.magnitude
+        if op.magnitude_std == float("inf"):
+            magnitude = random.uniform(0, magnitude)
+        elif op.magnitude_std > 0:
+            magnitude = random.gauss(magnitude, op.magnitude_std)
+        magnitude = max(0.0, min(magnitude, op.magnitude_max or 10))
+        args = op.level_fn(magnitude, op.hparams) if op.level_fn is not None else ()
+        mean = [c / 255.0 for c in op.hparams.get("img_mean", (128, 128, 128))]
+        fill = mean if image.shape[0] == 3 else [float(np.mean(mean))]
+        image = _FLOAT_OPS[op.name](image, *args, fill).clamp(0.0, 1.0)
+    out = image.numpy()
+    out = out[0] if array.ndim == 2 else out.transpose(1, 2, 0)
+    return back(out)
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -321,18 +517,113 @@ def _trainable_names(model: "nn.Module", trainable: Any) -> list[str]:
     return chosen
 
 
+#: attribute of a Classifier holding its :class:`LayerIds` (set by :func:`fairfm.adapt.peft_usages.finetune`)
+LAYER_IDS_ATTRIBUTE = "layer_ids"
+
+# Position / class / register embeddings and relative-position tables are not weight-decayed (timm's
+# ``no_weight_decay()`` lists them for its models; MAE and BEiT exclude them too); 1-D parameters never are.
+_NO_DECAY_NAMES = (
+    r"(^|\.)(pos_embed|positional_embedding|position_embeddings?|cls_token|class_embedding|reg_token|"
+    r"register_tokens|dist_token|mask_token|rel_pos_h|rel_pos_w|relative_position_bias_table|query_tokens|"
+    r"probe)(\.weight)?$"
+)
+
+
+@dataclass(frozen=True)
+class LayerIds:
+    """Layer numbering for layer-wise lr decay (BEiT / MAE, METHODS.md §2.6): embeddings = layer 0, block k
+    (in execution order) = layer k, everything after the blocks (final norm, projection, pooling head, the task
+    head) = layer ``top`` = L + 1. A parameter's lr scale is ``decay ** (top − id)``; names not listed are at
+    the top (scale 1)."""
+
+    ids: Mapping[str, int]
+    top: int
+
+    def __call__(self, name: str) -> int:
+        return self.ids.get(name, self.top)
+
+    def scale(self, name: str, decay: float) -> float:
+        return float(decay) ** (self.top - self(name))
+
+    def prefixed(self, prefix: str) -> "LayerIds":
+        return LayerIds({prefix + name: i for name, i in self.ids.items()}, self.top)
+
+
+def timm_layer_ids(timm_model: "nn.Module") -> "LayerIds | None":
+    """timm's own layer grouping (``group_matcher(coarse=False)``, as ``param_groups_layer_decay`` uses it),
+    with one change to follow BEiT / Medical MAE: parameters timm merges into the *last* block although they
+    are no block's (the final ``norm`` of ViTs, ResNet-v2s, Swins, EfficientNet's conv_head) form the top
+    layer with the head, so the last block gets ``decay`` instead of 1. None for a model without a
+    ``group_matcher``."""
+    import re
+
+    if not hasattr(timm_model, "group_matcher"):
+        return None
+    from timm.models import group_parameters
+    from timm.models._manipulate import MATCH_PREV_GROUP
+
+    matcher = timm_model.group_matcher(coarse=False)
+    ids = group_parameters(timm_model, matcher, reverse=True)
+    if not ids:
+        return None
+    specs = matcher.get("blocks") if isinstance(matcher, dict) else None
+    specs = [specs] if isinstance(specs, str) else list(specs or [])
+    block_patterns = [
+        re.compile(spec if isinstance(spec, str) else spec[0])
+        for spec in specs
+        if isinstance(spec, str) or spec[1] is None or tuple(spec[1]) != tuple(MATCH_PREV_GROUP)
+    ]
+    last = max(ids.values())
+    in_last = [name for name, i in ids.items() if i == last]
+    if any(pattern.match(name) for name in in_last for pattern in block_patterns):
+        # the last group is a block: what timm merged into it without being in a block moves to the top
+        moved = {name for name in in_last if not any(pattern.match(name) for pattern in block_patterns)}
+        return LayerIds({n: (last + 1 if n in moved else i) for n, i in ids.items()}, last + 1)
+    return LayerIds(dict(ids), last)  # timm's last group is already the neck / head
+
+
+def _timm_backbone_ids(model: "nn.Module") -> "LayerIds | None":
+    """The numbering of the first timm model (one with a ``group_matcher``) inside ``model.backbone``."""
+    for name, module in model.backbone.named_modules():
+        numbering = timm_layer_ids(module) if hasattr(module, "group_matcher") else None
+        if numbering is not None:
+            return numbering.prefixed(f"backbone.{name}." if name else "backbone.")
+    return None
+
+
+def _no_decay_names(model: "nn.Module") -> set[str]:
+    """Names (in ``model``) listed by a sub-module's ``no_weight_decay()`` (timm models) or matching
+    :data:`_NO_DECAY_NAMES`."""
+    import re
+
+    skip = {name for name, _ in model.named_parameters() if re.search(_NO_DECAY_NAMES, name)}
+    for prefix, module in model.named_modules():
+        if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
+            try:
+                listed = module.no_weight_decay()
+            except Exception:  # noqa: BLE001 - a model's helper failing only loses this refinement
+                continue
+            skip.update(f"{prefix}.{n}" if prefix else str(n) for n in listed)
+    return skip
+
+
 def _param_groups(model: "nn.Module", extras: list["nn.Parameter"], weight_decay: float, layer_decay: float):
-    """Optimiser groups with an ``lr_scale`` each: timm's layer-decay groups for the backbone when asked."""
+    """Optimiser groups with an ``lr_scale`` each. With ``layer_decay < 1`` the model's trainable parameters
+    are grouped by the :class:`LayerIds` the model carries (``model.layer_ids``: every model family of the
+    zoo, set by ``finetune``) or, for a plain timm backbone, by :func:`timm_layer_ids`."""
     groups: list[dict[str, Any]] = []
     covered: set[int] = set()
     if layer_decay < 1.0:
-        timm_model = next((m for m in model.backbone.modules() if hasattr(m, "group_matcher")), None)
-        if timm_model is None:
+        numbering = getattr(model, LAYER_IDS_ATTRIBUTE, None)
+        if numbering is None and hasattr(model, "backbone"):
+            numbering = _timm_backbone_ids(model)
+        if numbering is None:
             raise InputError(
-                "hparams.layer_decay < 1 needs a timm backbone (its group_matcher numbers the blocks); "
-                "set layer_decay: 1.0 for this model"
+                "hparams.layer_decay < 1 needs a backbone whose layers fairfm can number (timm, open_clip, "
+                "transformers, segment_anything models of the zoo); set layer_decay: 1.0 for this model"
             )
-        for group in _layer_decay_groups(timm_model, weight_decay, layer_decay):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        for group in _layer_decay_groups(named, weight_decay, layer_decay, numbering, _no_decay_names(model)):
             groups.append(group)
             covered.update(id(p) for p in group["params"])
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in covered]
@@ -345,46 +636,34 @@ def _param_groups(model: "nn.Module", extras: list["nn.Parameter"], weight_decay
 
 
 def _layer_decay_groups(
-    timm_model: "nn.Module", weight_decay: float, layer_decay: float
+    model: "nn.Module | Sequence[tuple[str, nn.Parameter]]",
+    weight_decay: float,
+    layer_decay: float,
+    numbering: "LayerIds | None" = None,
+    no_decay_names: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Layer-wise lr decay groups for a timm backbone.
-
-    ViT-style models (``blocks.i``) get the BEiT / Medical MAE scheme (``param_groups_lrd``): embeddings =
-    layer 0, block i = layer i+1, everything after the blocks (final norm, head) = layer L+1 with scale 1, so
-    the last block already has scale ``layer_decay``. This is written here because timm's
-    ``param_groups_layer_decay`` groups the final norm with the last block and gives that block scale 1 — one
-    layer off the recipe (METHODS.md §2.6). Other timm models use timm's own grouping. No weight decay on 1-D
-    parameters nor the model's ``no_weight_decay()`` names (position embedding, class token), as in both
-    codes.
-    """
-    import re
-
-    skip = set(timm_model.no_weight_decay()) if hasattr(timm_model, "no_weight_decay") else set()
-    blocks = getattr(timm_model, "blocks", None)
-    if blocks is None or not hasattr(blocks, "__len__"):
-        from timm.optim import param_groups_layer_decay
-
-        return [
-            {"params": g["params"], "weight_decay": g["weight_decay"], "lr_scale": g.get("lr_scale", 1.0)}
-            for g in param_groups_layer_decay(
-                timm_model, weight_decay=weight_decay, layer_decay=layer_decay, no_weight_decay_list=skip
-            )
-        ]
-    n_layers = len(blocks) + 1
-    stem = ("cls_token", "pos_embed", "patch_embed", "reg_token", "dist_token", "mask_token")
+    """Layer-wise lr decay groups: one group per (layer, weight decay or not), lr scale
+    ``layer_decay ** (top − layer)`` (BEiT / Medical MAE ``param_groups_lrd``). ``model`` is a module (a timm
+    model when ``numbering`` is None: :func:`timm_layer_ids`) or (name, parameter) pairs. No weight decay on
+    1-D parameters nor on ``no_decay_names`` (position embedding, class token…), as in both codes."""
+    if isinstance(model, Sequence):
+        named = list(model)
+        skip = set(no_decay_names or ())
+    else:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        skip = set(no_decay_names) if no_decay_names is not None else _no_decay_names(model)
+        numbering = numbering or timm_layer_ids(model)
+    if numbering is None:
+        raise InputError("layer-wise lr decay: this model's layers cannot be numbered (no timm group_matcher)")
     merged: dict[tuple[int, bool], list[Any]] = {}
-    for name, param in timm_model.named_parameters():
-        if not param.requires_grad:
-            continue
-        match = re.match(r"blocks\.(\d+)\.", name)
-        layer = int(match.group(1)) + 1 if match else (0 if name.startswith(stem) else n_layers)
-        no_decay = param.ndim <= 1 or name in skip
-        merged.setdefault((layer, no_decay), []).append(param)
+    for name, param in named:
+        merged.setdefault((numbering(name), param.ndim <= 1 or name in skip), []).append(param)
     return [
         {
             "params": params,
             "weight_decay": 0.0 if no_decay else weight_decay,
-            "lr_scale": layer_decay ** (n_layers - layer),
+            "lr_scale": layer_decay ** (numbering.top - layer),
+            "layer_id": layer,
         }
         for (layer, no_decay), params in sorted(merged.items())
     ]
@@ -424,7 +703,8 @@ def _logits(
     import torch
 
     loader = torch.utils.data.DataLoader(
-        data.without_augmentation(), batch_size=batch_size, shuffle=False, num_workers=num_workers
+        data.without_augmentation(), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=getattr(data, "collate_fn", None),
     )
     model.eval()
     out = []
@@ -666,6 +946,7 @@ def fit(
                 num_workers=hp.num_workers,
                 worker_init_fn=_seed_worker,
                 drop_last=drop_last,
+                collate_fn=getattr(train, "collate_fn", None),  # volumes: slice stacks (ImageTable)
             )
             model.train()
             if adversary is not None:

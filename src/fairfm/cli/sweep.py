@@ -20,7 +20,9 @@ def sweep_command(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Parallel runs (pool / ray)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (ray only; default local)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed run."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and whether each is stored; run nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="List the cells and whether each is stored; run nothing (named datasets are prepared)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run every cell of a sweep that is not stored yet (finished runs are found, never recomputed) and print one

@@ -118,6 +118,33 @@ class VisionLanguageEncoder(Encoder):
         return self.logit_scale * cosine + self.logit_bias
 
 
+class LastImageCache:
+    """The image embedding of the last image a promptable segmenter saw, keyed by the image's content.
+
+    Prompting several structures of one image, or re-prompting it, must not re-run the (expensive) image encoder;
+    SAM's own ``SamPredictor.set_image`` keeps the same one-image state. The key is a content digest, not the
+    array's identity, so a different image in a reused buffer is never served a stale embedding.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._value: Any = None
+
+    @staticmethod
+    def key(array: np.ndarray) -> tuple[Any, ...]:
+        import hashlib
+
+        contiguous = np.ascontiguousarray(array)
+        digest = hashlib.blake2b(contiguous.view(np.uint8).reshape(-1), digest_size=16).hexdigest()
+        return (contiguous.shape, contiguous.dtype.str, digest)
+
+    def get(self, array: np.ndarray, compute: Callable[[], Any]) -> Any:
+        key = self.key(array)
+        if key != self._key:
+            self._value, self._key = compute(), key
+        return self._value
+
+
 class PromptableSegmenter:
     """A SAM-style model: ``segment(image, points=…, boxes=…) -> (masks (K, H, W) bool, scores (K,))``."""
 

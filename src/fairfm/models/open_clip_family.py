@@ -157,7 +157,7 @@ def build_open_clip(
         return model.encode_text(tokenizer(texts), normalize=False)
 
     bias = getattr(model, "logit_bias", None)
-    embed_dim = int(getattr(model.visual, "output_dim", card.embed_dim))
+    embed_dim = _image_embed_dim(model.visual, card.embed_dim)
     return VisionLanguageEncoder(
         card,
         model,
@@ -170,6 +170,19 @@ def build_open_clip(
         logit_bias=float(bias.detach()) if bias is not None else 0.0,
         weights_extra=repr(sorted(overrides.items())),
     )
+
+
+def _image_embed_dim(visual: Any, default: int) -> int:
+    """Width of the image embedding: ``output_dim`` of open_clip's own towers; a timm tower (``TimmModel``, e.g.
+    BiomedCLIP's) has none, and its projection head's last linear layer gives it."""
+    dim = getattr(visual, "output_dim", None)
+    if dim is None:
+        import torch
+
+        head = getattr(visual, "head", None)
+        linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)] if head is not None else []
+        dim = linears[-1].out_features if linears else default
+    return int(dim)
 
 
 def _weights_file(weights: Path, card: ModelCard) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fairfm.errors import InputError
-from fairfm.models.base import PromptableSegmenter
+from fairfm.models.base import LastImageCache, PromptableSegmenter
 from fairfm.models.checkpoints import TRUST_HINT, is_pickle_refusal
 from fairfm.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from fairfm.models.registry import ModelCard, register_model
@@ -121,10 +121,13 @@ def build_sam2(
         interpolation="bilinear",
     )
 
+    embeddings = LastImageCache()
+
     def segment_fn(image, points, point_labels, boxes, multimask):
         array = np.asarray(image)
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=-1)
+        device = next(model.parameters()).device  # follows the module: PromptableSegmenter.module.to("cuda")
         kwargs: dict[str, Any] = {}
         if points is not None:
             if boxes is not None and len(boxes) != 1:
@@ -136,14 +139,15 @@ def build_sam2(
         if boxes is not None:
             kwargs["input_boxes"] = [boxes.tolist()]  # image → boxes (one object each)
         inputs = processor(images=array, return_tensors="pt", **kwargs)
-        outputs = model(
-            **{k: v for k, v in inputs.items() if k != "original_sizes"}, multimask_output=multimask
-        )
-        masks = processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"])[0]
+        pixel_values = inputs.pop("pixel_values").to(device)
+        image_embeddings = embeddings.get(array, lambda: model.get_image_embeddings(pixel_values))
+        prompts = {k: v.to(device) for k, v in inputs.items() if k not in ("original_sizes", "reshaped_input_sizes")}
+        outputs = model(image_embeddings=image_embeddings, multimask_output=multimask, **prompts)
+        masks = processor.post_process_masks(outputs.pred_masks.cpu(), inputs["original_sizes"])[0]
         height, width = array.shape[:2]
         return masks.reshape(-1, height, width).numpy().astype(bool), outputs.iou_scores.reshape(
             -1
-        ).float().numpy()
+        ).float().cpu().numpy()
 
     return PromptableSegmenter(
         card, model, weights, segment_fn, preprocess=preprocess, weights_extra=repr(sorted(overrides.items()))

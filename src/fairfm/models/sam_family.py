@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fairfm.errors import InputError
-from fairfm.models.base import Encoder, PromptableSegmenter
+from fairfm.models.base import Encoder, LastImageCache, PromptableSegmenter
 from fairfm.models.checkpoints import check_load, extract_state_dict, load_weights_file
 from fairfm.models.preprocess import SAM_MEAN_255, SAM_STD_255, Preprocess
 from fairfm.models.registry import ModelCard, register_model
@@ -310,11 +310,13 @@ def build_sam(
         scale=card.preprocess.scale,
     )
     resizer = ResizeLongestSide(image_size)
+    embeddings = LastImageCache()
 
     def segment_fn(image, points, point_labels, boxes, multimask):
         array = np.asarray(image)
         height, width = array.shape[:2]
-        embedding = sam.image_encoder(preprocess(array)[None])
+        device = next(sam.parameters()).device  # follows the module: PromptableSegmenter.module.to("cuda")
+        embedding = embeddings.get(array, lambda: sam.image_encoder(preprocess(array)[None].to(device)))
         if preprocess.resize == "longest-pad":
 
             def to_model(xy: np.ndarray) -> np.ndarray:
@@ -330,12 +332,12 @@ def build_sam(
         point_arg = box_arg = None
         if points is not None:
             point_arg = (
-                torch.as_tensor(to_model(points), dtype=torch.float32)[None],
-                torch.as_tensor(point_labels, dtype=torch.int64)[None],
+                torch.as_tensor(to_model(points), dtype=torch.float32, device=device)[None],
+                torch.as_tensor(point_labels, dtype=torch.int64, device=device)[None],
             )
         if boxes is not None:
             corners = to_model(boxes.reshape(-1, 2, 2).reshape(-1, 2)).reshape(-1, 4)
-            box_arg = torch.as_tensor(corners, dtype=torch.float32)
+            box_arg = torch.as_tensor(corners, dtype=torch.float32, device=device)
             if point_arg is not None and len(box_arg) != 1:
                 raise InputError(
                     f"{card.name}: points can be combined with one box only, got {len(box_arg)} boxes"
@@ -350,7 +352,7 @@ def build_sam(
         )
         masks = sam.postprocess_masks(low_res, input_size=tuple(input_size), original_size=(height, width))
         masks = (masks > sam.mask_threshold).reshape(-1, height, width)
-        return masks.numpy(), iou.reshape(-1).float().numpy()
+        return masks.cpu().numpy(), iou.reshape(-1).float().cpu().numpy()
 
     return PromptableSegmenter(card, sam, weights, segment_fn, preprocess=preprocess, weights_extra=extra)
 

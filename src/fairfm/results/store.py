@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 
 from fairfm.errors import InputError
-from fairfm.tableio import default_mode
+from fairfm.tableio import default_mode, host_tag, pid_alive
 from fairfm.results.runid import code_version, compute_run_id, config_id, data_version, weights_version
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ class Store:
         self._clean_stale(key.run_id)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key.run_id}.{_host_tag()}.{os.getpid()}.", dir=self.tmp_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key.run_id}.{host_tag()}.{os.getpid()}.", dir=self.tmp_dir))
         try:
             predictions.to_parquet(tmp / PREDICTIONS_FILE, index=False)
             metric_table.to_parquet(tmp / METRICS_FILE, index=False)
@@ -264,8 +264,8 @@ class Store:
             if len(parts) < 4 or (run_id is not None and parts[0] != run_id):
                 continue
             host, pid = parts[1], parts[2]
-            if host == _host_tag():
-                stale = not (pid.isdigit() and _pid_alive(int(pid)))
+            if host == host_tag():
+                stale = not (pid.isdigit() and pid_alive(int(pid)))
             else:
                 stale = time.time() - folder.stat().st_mtime > STALE_FOREIGN_TMP_S
             if stale:
@@ -516,22 +516,3 @@ def _fsync(path: Path, directory: bool = False) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _host_tag() -> str:
-    # Used inside a dotted folder name: keep it free of dots.
-    return "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in socket.gethostname()) or "host"
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
