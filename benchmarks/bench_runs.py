@@ -73,7 +73,9 @@ def main() -> None:
         body.append(f"| `fairfm sweep` 6 runs (the demo's CLIP-ViT linear probe × 6 seeds), `{executor}`{workers} | "
                     f"{seconds:.1f} s |")
     body += ["", "Each line is one `fairfm` subprocess (imports, model loading and worker start-up included). On 2 "
-             "cores a pool of 2 workers mostly buys overlap of start-up and I/O; each worker gets one thread."]
+             "cores a pool of 2 workers mostly buys overlap of start-up and I/O; each worker gets one thread. The "
+             "second demo computes no run, but rebuilds each run's report (1,000 bootstrap resamples) from its "
+             "stored predictions to print the comparison — deterministic, so identical to the stored metrics."]
     text = "\n".join(body)
     print(text)
     if args.write:
