@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import fairfm.adapt.clip_adaptation as clip_adaptation
+import fairfm.adapt.linear_probe as linear_probe
 from fairfm.adapt.clip_adaptation import clip_adapter, prototype_tuning, task_class_embeddings
 from fairfm.adapt.features import extract_features
 from fairfm.adapt.linear_probe import macro_auc
@@ -150,13 +150,13 @@ def test_only_the_intended_parameters_are_optimised_and_change(clip, usage, monk
     encoder_before = {k: v.detach().clone() for k, v in clip.module.state_dict().items()}
     text_before, _ = task_class_embeddings(clip, TASKS, PROMPTS)
     optimised: list[torch.Tensor] = []
-    real_optimizer = clip_adaptation._optimizer
+    real_optimizer = linear_probe._optimizer  # the shared head-training loop builds the optimiser
 
     def spy(name, groups, hp, lr):
         optimised.extend(p for group in groups for p in group["params"])
         return real_optimizer(name, groups, hp, lr)
 
-    monkeypatch.setattr(clip_adaptation, "_optimizer", spy)
+    monkeypatch.setattr(linear_probe, "_optimizer", spy)
     if usage == "prototype":
         result = prototype_tuning(features, labels, clip, TASKS, PROMPTS,
                                   hparams=PrototypeHParams(epochs=3, batch_size=32, warmup_epochs=0,

@@ -29,15 +29,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from fairfm.adapt.linear_probe import (
-    ModelSelection,
-    _as_labels,
-    _optimizer,
-    _param_groups,
-    cpu_state,
-    lr_at,
-    macro_auc,
-)
+from fairfm.adapt.linear_probe import _as_labels, batched_logits, check_labels, fit_head
 from fairfm.adapt.prompts import PromptSet
 from fairfm.adapt.volumes import SliceBags, max_over_slices
 from fairfm.adapt.zero_shot import class_embeddings
@@ -218,24 +210,10 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
     import torch.nn.functional as F
 
     hp = hparams
-    if hp.schedule == "step":
-        raise InputError(f"hparams.schedule: 'step' is not implemented for {usage} (use cosine or constant)")
     n_tasks = len(tasks)
     y = _check_inputs(features, labels, n_tasks, feature_dim, usage)
     y_train, y_val = y["train"], y["val"]
-    positives = np.nansum(y_train, axis=0)
-    negatives = (~np.isnan(y_train)).sum(axis=0) - positives
-    for j, name in enumerate(tasks):
-        if positives[j] == 0 or negatives[j] == 0:
-            which = "positive" if positives[j] == 0 else "negative"
-            raise InputError(f"task {name!r}: the training split has no {which} sample; {usage} cannot be "
-                             "trained")  # fmt: skip
-    if hp.select_by == "val_auc":
-        for j, name in enumerate(tasks):
-            known = y_val[~np.isnan(y_val[:, j]), j]
-            if not (known.size and 0 < known.sum() < known.size):
-                raise InputError(f"task {name!r}: the validation split has only one class, so validation AUC "
-                                 "cannot select the epoch (set hparams.select_by to val_loss or last)")
+    positives, negatives = check_labels(y_train, y_val, tasks, hp.select_by, usage)
 
     dev = torch.device(device)
     head = head.to(dev)
@@ -245,7 +223,6 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
     weights = balanced if hp.class_balanced else np.ones_like(balanced)
     class_weight = torch.as_tensor(weights, dtype=torch.float32, device=dev)
     inputs = {name: _as_tensor_rows(x) for name, x in features.items()}
-    targets = {name: torch.as_tensor(values, dtype=torch.float32) for name, values in y.items()}
 
     def forward(x: Any, index: Any) -> "torch.Tensor":
         if isinstance(x, SliceBags):  # FairMedFM's MIL: per task, the logits of the slice with the top P(class 1)
@@ -266,72 +243,17 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
             count += int(known.sum())
         return total / max(count, 1)
 
-    def logits_of(name: str) -> "torch.Tensor":
-        head.eval()
-        x = inputs[name]
-        with torch.no_grad():
-            out = [forward(x, np.arange(start, min(start + hp.batch_size, len(x))))
-                   for start in range(0, len(x), hp.batch_size)]  # fmt: skip
-        return torch.cat(out) if out else torch.zeros((0, n_tasks, 2), device=dev)
-
     def probabilities_of(logits: "torch.Tensor") -> np.ndarray:
         return torch.softmax(logits.double(), dim=-1)[..., 1].cpu().numpy()
 
-    base_lr = hp.lr * (hp.batch_size / 256 if hp.lr_scaling == "linear" else 1.0)
-    min_lr = min(hp.min_lr, base_lr)
-    optimizer = _optimizer(hp.optimizer, _param_groups(head, hp.weight_decay), hp, base_lr)
-    generator = torch.Generator().manual_seed(seed)
-    n_train = len(y_train)
-    steps_per_epoch = math.ceil(n_train / hp.batch_size)
-    per_iteration = hp.schedule_per == "iteration"
-    total = hp.epochs * (steps_per_epoch if per_iteration else 1)
-    warmup = hp.warmup_epochs * (steps_per_epoch if per_iteration else 1)
-
-    def set_lr(lr: float) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-    selection = ModelSelection(hp.select_by, hp.early_stopping_patience)
-    history: list[dict[str, float]] = []
-    from rich.progress import BarColumn, Progress, TextColumn
-
-    columns = [TextColumn(f"[bold]{usage}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]} val AUC {task.fields[auc]}")]  # fmt: skip
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task_bar = bar.add_task(usage, total=hp.epochs, loss="–", auc="–")
-        step = 0
-        for epoch in range(hp.epochs):
-            head.train()
-            if not per_iteration:
-                set_lr(lr_at(epoch, total, warmup, base_lr, min_lr, hp.schedule))
-            order = torch.randperm(n_train, generator=generator)
-            running, seen = 0.0, 0
-            for start in range(0, n_train, hp.batch_size):
-                index = order[start:start + hp.batch_size]
-                if per_iteration:
-                    set_lr(lr_at(step, total, warmup, base_lr, min_lr, hp.schedule))
-                loss = loss_of(forward(inputs["train"], index), targets["train"][index].to(dev))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                running += loss.item() * len(index)
-                seen += len(index)
-                step += 1
-            val_logits = logits_of("val")
-            val_auc = macro_auc(y_val, probabilities_of(val_logits))
-            with torch.no_grad():
-                val_loss = float(loss_of(val_logits, targets["val"].to(dev)))
-            history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "val_loss": val_loss,
-                            "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
-            stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head))
-            bar.update(task_bar, advance=1, loss=f"{history[-1]['loss']:.4f}", auc=f"{val_auc:.3f}")
-            if stop:
-                break
-
+    empty = (0, n_tasks, 2)
+    selection, history = fit_head(head, forward, loss_of, probabilities_of, train_x=inputs["train"],
+                                  train_targets=torch.as_tensor(y_train, dtype=torch.float32), val_x=inputs["val"],
+                                  y_val=y_val, hparams=hp, seed=seed, label=usage, empty=empty,
+                                  progress=progress)  # fmt: skip
     best_state = selection.best_state
-    assert best_state is not None
-    head.load_state_dict(best_state)
-    probabilities = {name: probabilities_of(logits_of(name)) for name in inputs}
+    probabilities = {name: probabilities_of(batched_logits(head, forward, x, hp.batch_size, empty))
+                     for name, x in inputs.items()}  # fmt: skip
     trained = {name for name, p in head.named_parameters() if p.requires_grad}
     state = {k: v for k, v in best_state.items() if k in trained}
     return _Trained(probabilities=probabilities, state_dict=state, best_epoch=selection.best_epoch,

@@ -32,7 +32,7 @@ from fairfm.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-    from fairfm.spec import LinearProbeHParams
+    from fairfm.spec import LinearProbeHParams, TrainHParams
 
 
 @dataclass
@@ -149,6 +149,109 @@ def cpu_state(module: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+def check_labels(y_train: np.ndarray, y_val: np.ndarray, tasks: Sequence[str], select_by: str,
+                 trained: str) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(positives, negatives) per task of the training labels; an InputError when a task cannot be trained (one
+    class in training) or, with ``select_by`` val_auc, cannot be selected (one class in validation)."""
+    positives = np.nansum(y_train, axis=0)
+    negatives = np.sum(~np.isnan(y_train), axis=0) - positives
+    for j, name in enumerate(tasks):
+        if positives[j] == 0 or negatives[j] == 0:
+            which = "positive" if positives[j] == 0 else "negative"
+            raise InputError(f"task {name!r}: the training split has no {which} sample; {trained} cannot be trained")
+    if select_by == "val_auc":
+        for j, name in enumerate(tasks):
+            known = y_val[~np.isnan(y_val[:, j]), j]
+            if not (known.size and 0 < known.sum() < known.size):
+                raise InputError(f"task {name!r}: the validation split has only one class, so validation AUC cannot "
+                                 "select the epoch (set hparams.select_by to val_loss or last)")
+    return positives, negatives
+
+
+def batched_logits(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torch.Tensor"], inputs: Any,
+                   batch_size: int, empty: tuple[int, ...]) -> "torch.Tensor":  # fmt: skip
+    """``forward(inputs, index)`` over ``inputs`` in batches, in eval mode without gradients."""
+    import torch
+
+    head.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            out.append(forward(inputs, np.arange(start, min(start + batch_size, len(inputs)))))
+    return torch.cat(out) if out else torch.zeros(empty, device=next(head.parameters()).device)
+
+
+def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torch.Tensor"],
+             loss_of: Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"],
+             probabilities: Callable[["torch.Tensor"], np.ndarray], *, train_x: Any, train_targets: "torch.Tensor",
+             val_x: Any, y_val: np.ndarray, hparams: "TrainHParams", seed: int, label: str,
+             empty: tuple[int, ...], progress: bool = False,
+             ) -> tuple[ModelSelection, list[dict[str, float]]]:  # fmt: skip
+    """The epoch loop of a head trained on in-memory inputs (the linear probe, CLIP adaptation): shuffled
+    mini-batches (``forward(inputs, index)`` → logits), the hyper-parameters' optimiser with warm-up + cosine per
+    epoch or iteration, validation AUC / loss after each epoch and :class:`ModelSelection` with early stopping.
+    The head is left holding the selected state; returns the selection and the per-epoch history."""
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    hp = hparams
+    if hp.schedule == "step":
+        raise InputError(f"hparams.schedule: 'step' is not implemented for {label} (use cosine or constant)")
+    dev = next(head.parameters()).device
+    base_lr = hp.lr * (hp.batch_size / 256 if hp.lr_scaling == "linear" else 1.0)
+    min_lr = min(hp.min_lr, base_lr)
+    optimizer = _optimizer(hp.optimizer, _param_groups(head, hp.weight_decay), hp, base_lr)
+    generator = torch.Generator().manual_seed(seed)
+    n_train = len(train_targets)
+    steps_per_epoch = math.ceil(n_train / hp.batch_size)
+    per_iteration = hp.schedule_per == "iteration"
+    total = hp.epochs * (steps_per_epoch if per_iteration else 1)
+    warmup = hp.warmup_epochs * (steps_per_epoch if per_iteration else 1)
+    val_targets = torch.as_tensor(y_val, dtype=torch.float32, device=dev)
+
+    def set_lr(lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    selection = ModelSelection(hp.select_by, hp.early_stopping_patience)
+    history: list[dict[str, float]] = []
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]} val AUC {task.fields[auc]}")]  # fmt: skip
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task_bar = bar.add_task(label, total=hp.epochs, loss="–", auc="–")
+        step = 0
+        for epoch in range(hp.epochs):
+            head.train()
+            if not per_iteration:
+                set_lr(lr_at(epoch, total, warmup, base_lr, min_lr, hp.schedule))
+            order = torch.randperm(n_train, generator=generator).numpy()
+            running, seen = 0.0, 0
+            for start in range(0, n_train, hp.batch_size):
+                index = order[start:start + hp.batch_size]
+                if per_iteration:
+                    set_lr(lr_at(step, total, warmup, base_lr, min_lr, hp.schedule))
+                loss = loss_of(forward(train_x, index), train_targets[index].to(dev))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                running += loss.item() * len(index)
+                seen += len(index)
+                step += 1
+            val_logits = batched_logits(head, forward, val_x, hp.batch_size, empty)
+            val_auc = macro_auc(y_val, probabilities(val_logits))
+            with torch.no_grad():
+                val_loss = float(loss_of(val_logits, val_targets))
+            history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "val_loss": val_loss,
+                            "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
+            stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head))
+            bar.update(task_bar, advance=1, loss=f"{history[-1]['loss']:.4f}", auc=f"{val_auc:.3f}")
+            if stop:
+                break
+    assert selection.best_state is not None
+    head.load_state_dict(selection.best_state)
+    return selection, history
+
+
 def train_linear_probe(
     train_x: Any,
     train_y: Any,
@@ -177,8 +280,6 @@ def train_linear_probe(
     from fairfm.adapt.volumes import SliceBags, max_over_slices
 
     hp = hparams
-    if hp.schedule == "step":
-        raise InputError("hparams.schedule: 'step' is not implemented for the linear probe (use cosine or constant)")
     y_train, y_val = _as_labels(train_y, "training"), _as_labels(val_y, "validation")
     n_tasks = y_train.shape[1]
     task_names = list(tasks) if tasks is not None else [f"task{j}" for j in range(n_tasks)]
@@ -187,18 +288,7 @@ def train_linear_probe(
                          f"{len(val_x)} validation inputs for {len(y_val)} labels")
     if len(y_train) == 0 or len(y_val) == 0:
         raise InputError("linear probe: the training and validation splits must both have samples")
-    positives = np.nansum(y_train, axis=0)
-    negatives = np.sum(~np.isnan(y_train), axis=0) - positives
-    for j, name in enumerate(task_names):
-        if positives[j] == 0 or negatives[j] == 0:
-            which = "positive" if positives[j] == 0 else "negative"
-            raise InputError(f"task {name!r}: the training split has no {which} sample; a probe cannot be trained")
-    if hp.select_by == "val_auc":
-        for j, name in enumerate(task_names):
-            known = y_val[~np.isnan(y_val[:, j]), j]
-            if not (known.size and 0 < known.sum() < known.size):
-                raise InputError(f"task {name!r}: the validation split has only one class, so validation AUC cannot "
-                                 "select the epoch (set hparams.select_by to val_loss or last)")
+    positives, negatives = check_labels(y_train, y_val, task_names, hp.select_by, "a probe")
 
     dev = torch.device(device)
     to_features = embed or (lambda batch: batch)
@@ -224,16 +314,6 @@ def train_linear_probe(
     pos_weight = torch.as_tensor(negatives / positives if hp.class_balanced else np.ones(n_tasks),
                                  dtype=torch.float32, device=dev)  # fmt: skip
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
-    base_lr = hp.lr * (hp.batch_size / 256 if hp.lr_scaling == "linear" else 1.0)
-    min_lr = min(hp.min_lr, base_lr)
-    optimizer = _optimizer(hp.optimizer, _param_groups(head, hp.weight_decay), hp, base_lr)
-    generator = torch.Generator().manual_seed(seed)
-    n_train = len(y_train)
-    steps_per_epoch = math.ceil(n_train / hp.batch_size)
-    per_iteration = hp.schedule_per == "iteration"
-    total = hp.epochs * (steps_per_epoch if per_iteration else 1)
-    warmup = hp.warmup_epochs * (steps_per_epoch if per_iteration else 1)
-    targets_train = torch.as_tensor(y_train, dtype=torch.float32)
     smoothing = hp.label_smoothing
 
     def loss_of(logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
@@ -244,64 +324,18 @@ def train_linear_probe(
         losses = criterion(logits, clean) * known
         return losses.sum() / known.sum().clamp(min=1)
 
-    def logits_of(inputs: Any) -> "torch.Tensor":
-        head.eval()
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(inputs), hp.batch_size):
-                index = np.arange(start, min(start + hp.batch_size, len(inputs)))
-                out.append(head_logits(inputs, index))
-        return torch.cat(out) if out else torch.zeros((0, n_tasks), device=dev)
+    def probabilities(logits: "torch.Tensor") -> np.ndarray:
+        return torch.sigmoid(logits).cpu().double().numpy()
+
+    selection, history = fit_head(head, head_logits, loss_of, probabilities, train_x=train_x,
+                                  train_targets=torch.as_tensor(y_train, dtype=torch.float32), val_x=val_x,
+                                  y_val=y_val, hparams=hp, seed=seed, label="linear probe", empty=(0, n_tasks),
+                                  progress=progress)  # fmt: skip
+    best_state = selection.best_state
 
     def predict_set(inputs: Any) -> np.ndarray:
-        return torch.sigmoid(logits_of(inputs)).cpu().double().numpy()
+        return probabilities(batched_logits(head, head_logits, inputs, hp.batch_size, (0, n_tasks)))
 
-    targets_val = torch.as_tensor(y_val, dtype=torch.float32, device=dev)
-
-    selection = ModelSelection(hp.select_by, hp.early_stopping_patience)
-    history: list[dict[str, float]] = []
-    from rich.progress import BarColumn, Progress, TextColumn
-
-    columns = [TextColumn("[bold]linear probe"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]} val AUC {task.fields[auc]}")]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task_bar = bar.add_task("probe", total=hp.epochs, loss="–", auc="–")
-        step = 0
-        for epoch in range(hp.epochs):
-            head.train()
-            if not per_iteration:
-                lr = lr_at(epoch, total, warmup, base_lr, min_lr, hp.schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            order = torch.randperm(n_train, generator=generator).numpy()
-            running, seen = 0.0, 0
-            for start in range(0, n_train, hp.batch_size):
-                index = order[start:start + hp.batch_size]
-                if per_iteration:
-                    lr = lr_at(step, total, warmup, base_lr, min_lr, hp.schedule)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                loss = loss_of(head_logits(train_x, index), targets_train[index].to(dev))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                running += loss.item() * len(index)
-                seen += len(index)
-                step += 1
-            val_logits = logits_of(val_x)
-            val_auc = macro_auc(y_val, torch.sigmoid(val_logits).cpu().double().numpy())
-            with torch.no_grad():
-                val_loss = float(loss_of(val_logits, targets_val))
-            history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "val_loss": val_loss,
-                            "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
-            stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head))
-            bar.update(task_bar, advance=1, loss=f"{history[-1]['loss']:.4f}", auc=f"{val_auc:.3f}")
-            if stop:
-                break
-
-    best_state = selection.best_state
-    assert best_state is not None
-    head.load_state_dict(best_state)
     predictions = {"val": predict_set(val_x)}
     for name, inputs in (predict or {}).items():
         predictions[name] = predict_set(inputs)
