@@ -503,7 +503,8 @@ def _sam_prompt(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root:
     started = time.perf_counter()
     result = run_sam_prompting(model, table, structures, root=root, prompt=hp.prompt, n_points=hp.n_points,
                                jitter=hp.jitter, jitter_cap=hp.jitter_cap, multimask=hp.multimask, seed=spec.seed,
-                               volumes=volumes, level=hp.level, masks_out=masks_out, progress=progress)  # fmt: skip
+                               volumes=volumes, level=hp.level, masks_out=masks_out, column=spec.image_column(),
+                               progress=progress)  # fmt: skip
     timings["segment_s"] = time.perf_counter() - started
     predictions = result.predictions
     if masks_out is not None:  # named relative to the store folder, so a moved store still finds its masks

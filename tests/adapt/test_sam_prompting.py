@@ -285,6 +285,20 @@ def test_run_keeps_the_highest_predicted_iou_mask_and_scores_it(tmp_path, best):
     assert result.meta["n_prompts"] == 3
 
 
+def test_a_view_column_is_the_image_the_model_sees(tmp_path):
+    table, _ = _write_2d(tmp_path)
+    for i in range(4):  # a second view of every sample: the inverted image
+        np.save(tmp_path / f"alt{i}.npy", 255 - np.load(tmp_path / f"img{i}.npy"))
+    table["path_alt"] = [f"alt{i}.npy" for i in range(4)]
+    model = FakeSegmenter()
+    result = sp.run_sam_prompting(model, table, {"lesion": None}, root=tmp_path, column="path_alt", progress=False)
+    for call, i in zip(model.calls, range(3)):
+        assert np.array_equal(call["image"], 255 - np.load(tmp_path / f"img{i}.npy"))
+    assert result.predictions["path_alt"].tolist() == table["path_alt"].tolist()
+    with pytest.raises(InputError, match="no image column 'path_oct'"):
+        sp.run_sam_prompting(model, table, {"lesion": None}, root=tmp_path, column="path_oct", progress=False)
+
+
 def test_run_is_independent_of_row_order(tmp_path):
     table, _ = _write_2d(tmp_path)
     forward = sp.run_sam_prompting(FakeSegmenter(), table, {"lesion": None}, root=tmp_path, prompt="rands",

@@ -280,12 +280,14 @@ class _PairReader:
     """Reads (image, label map) of a SampleTable row: the image as the feature extractor does (8-bit kept 8-bit),
     the mask(s) as float label values; several mask columns are merged into one binary map."""
 
-    def __init__(self, table: pd.DataFrame, root: Path, *, volumes: bool | None) -> None:
+    def __init__(self, table: pd.DataFrame, root: Path, *, volumes: bool | None, column: str = "path") -> None:
         from fairfm.data.images import row_locator
 
-        self.table, self.root = table, Path(root)
+        if column not in table.columns:
+            raise InputError(f"SampleTable has no image column {column!r}")
+        self.table, self.root, self.column = table, Path(root), column
         self.ids = table["sample_id"].astype(str).tolist()
-        self.image_locator = row_locator(table, "path")
+        self.image_locator = row_locator(table, column)
         self.mask_columns = mask_columns(table)
         self.mask_locators = {c: row_locator(table, c) for c in self.mask_columns}
         if volumes is None and len(table):  # no dataset card says 2D or 3D: the first mask decides
@@ -306,11 +308,11 @@ class _PairReader:
         from fairfm.adapt.features import read_array
 
         keys, indices = self.image_locator
-        path = self._path(row, "path")
+        path = self._path(row, self.column)
         try:
             image = read_array(path, key=keys[row], index=indices[row])
         except InputError as exc:
-            raise InputError(f"{exc} ({self._where(row, 'path')})") from None
+            raise InputError(f"{exc} ({self._where(row, self.column)})") from None
         maps = [(p, self._label_map(m, p, row, c)) for c, p, m in self._read_masks(row)]
         labels = maps[0][1] if len(maps) == 1 else np.any([m != 0 for _, m in maps], axis=0).astype(np.float32)
         image = self._check(image, labels, path, maps[0][0], row)
@@ -345,11 +347,11 @@ class _PairReader:
         if self.volumes:
             if image.ndim != 3 or image.shape != labels.shape:
                 raise InputError(f"{path} {image.shape} and its mask {mask_path} {labels.shape}: expected two "
-                                 f"volumes of the same (slices, H, W) shape ({self._where(row, 'path')})")  # fmt: skip
+                                 f"volumes of the same (slices, H, W) shape ({self._where(row, self.column)})")  # fmt: skip
             return image
         if image.shape[:2] != labels.shape:
             raise InputError(f"{path} {image.shape[:2]} and its mask {mask_path} {labels.shape} differ in size "
-                             f"({self._where(row, 'path')})")  # fmt: skip
+                             f"({self._where(row, self.column)})")  # fmt: skip
         return image
 
 
@@ -404,21 +406,22 @@ class SamPromptResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _location_columns(table: pd.DataFrame) -> list[str]:
+def _location_columns(table: pd.DataFrame, column: str = "path") -> list[str]:
     from fairfm.data.sampletable import LOCATOR_KINDS
 
     return [c for c in table.columns
-            if str(c) == "path" or str(c).startswith("path_mask") or str(c).startswith(LOCATOR_KINDS)]  # fmt: skip
+            if str(c) in ("path", column) or str(c).startswith("path_mask") or str(c).startswith(LOCATOR_KINDS)]  # fmt: skip
 
 
 def run_sam_prompting(model: "PromptableSegmenter", table: pd.DataFrame, structures: Structures, *,
                       root: str | Path, prompt: str = "center", n_points: int = 5, jitter: float = 0.0,
                       jitter_cap: float = 20.0, multimask: bool = True, seed: int = 0, volumes: bool | None = None,
-                      level: str = "volume", masks_out: str | Path | None = None,
+                      level: str = "volume", masks_out: str | Path | None = None, column: str = "path",
                       progress: bool = True) -> SamPromptResult:  # fmt: skip
     """Prompt ``model`` with every structure of every row of ``table`` and score the kept mask.
 
-    ``volumes``: whether rows are 3D volumes (None: decided from the first row's mask). Returns one row per
+    ``volumes``: whether rows are 3D volumes (None: decided from the first row's mask); ``column``: the image column
+    (``path``, or ``path_<view>`` of a multi-view sample). Returns one row per
     (sample, structure) — per (slice, structure) with ``volumes`` and ``level="slice"`` — with
     ``sample_id``, ``task``, ``split``, ``dice``, ``iou``, the overlap counts, the model's predicted IoU (2D and
     slices), the prompt (2D and slices), the ground-truth file locations and the sample's ``group_*`` columns.
@@ -432,11 +435,11 @@ def run_sam_prompting(model: "PromptableSegmenter", table: pd.DataFrame, structu
     if not structures:
         raise InputError("no structure to segment")
     table = table.reset_index(drop=True)
-    reader = _PairReader(table, Path(root), volumes=volumes)
+    reader = _PairReader(table, Path(root), volumes=volumes, column=column)
     volumes = reader.volumes
     splits = table["split"].astype(str).tolist() if "split" in table.columns else ["all"] * len(table)
     groups = [c for c in table.columns if str(c).startswith("group_")]
-    locations = _location_columns(table)
+    locations = _location_columns(table, column)
     preprocess = getattr(model, "preprocess", None)
     per_slice = volumes and level == "slice"
     rows: list[dict[str, Any]] = []
