@@ -21,8 +21,11 @@ def test_demo_runs_stores_and_finds_again(tmp_path):
     for row in rows:
         gap = store.load(row.run_id).metrics.query("metric == 'auc_gap' and attribute == 'sex'")
         assert gap["value"].iloc[0] == row.gap.value
-        # detected ⇔ the planted target group is worst and the interval excludes 0
-        assert row.detected == (row.worst == "F" and row.gap.ci_low > 0)
+        # detected ⇔ the planted target group is worst and the paired sign-flip p-value (stored with the
+        # run's metrics as the gap's p) is below 0.05
+        p_value = store.load(row.run_id).metrics.query("metric == 'auc_gap_p' and attribute == 'sex'")["value"]
+        assert row.p_value == p_value.iloc[0]
+        assert row.detected == (row.worst == "F" and row.p_value < 0.05)
     text = console.export_text()
     assert "RANDOM weights" in text and "planted disparity" in text and "group F disadvantaged" in text
     for row in rows:
