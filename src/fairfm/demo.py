@@ -183,6 +183,6 @@ def print_comparison(rows: list[DemoRow], truth: dict[str, Any], *, console: Any
                   "paired bootstrap resamples in which the best-minus-worst AUC difference is ≤ 0. "
                   f"Results stored in {store} (fairfm runs list --store {store}); '(stored)': found there, "
                   "not recomputed.")
-    console.print("The same runs on a real dataset and checkpoint: fairfm run SPEC.yaml (dataset: a folder from "
-                  "'fairfm datasets prepare', model: e.g. biomedclip, checkpoint: its local folder, usage: "
-                  "zero_shot, linear_probe, lora, bitfit or full_finetune).")
+    console.print("The same runs on a real dataset and checkpoint: fairfm run --dataset chexpert --root "
+                  "/data/CheXpert-v1.0-small --model biomedclip --checkpoint /models/biomedclip --usage lp --attr "
+                  "sex,race (or a SPEC.yaml; every usage and its defaults: docs/usages.md).")
