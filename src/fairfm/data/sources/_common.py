@@ -10,12 +10,13 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from fairfm.data.attributes import DEFAULT_AGE_EDGES, age_groups, clean_age, harmonise, normalise_key
+from fairfm.data.registry import DatasetSource
 from fairfm.data.sampletable import locator_column, validate_sample_table
 from fairfm.errors import InputError
 from fairfm.groups import UNKNOWN_SPELLINGS
@@ -60,6 +61,23 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], source: Path | 
         raise InputError(
             f"{source}: missing column(s) {', '.join(repr(c) for c in missing)}; found: {', '.join(map(str, frame.columns))}"
         )
+
+
+class MetadataTableSource(DatasetSource):
+    """A release described by one metadata CSV (``metadata``, relative to the root): that file is what
+    ``dataset.json`` checksums, and :meth:`read_metadata` reads it with the columns ``load`` needs."""
+
+    metadata: ClassVar[str]
+
+    def source_files(self, root: Path) -> list[Path]:
+        return [self.require(root, self.metadata)]
+
+    def read_metadata(self, root: Path, columns: Iterable[str] = ()) -> tuple[Path, pd.DataFrame]:
+        """(path, table) of the metadata CSV, failing with one line on a missing file or column."""
+        csv = self.require(root, self.metadata)
+        raw = read_csv(csv)
+        require_columns(raw, columns, csv)
+        return csv, raw
 
 
 def map_values(

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
+from fairfm.data.registry import DatasetCard, register_dataset
 from fairfm.data.sources._common import (
+    MetadataTableSource,
     add_age,
     add_group,
     age_edges,
     binary_label,
     finish,
-    read_csv,
-    require_columns,
 )
 
 METADATA = "labels.csv"
@@ -27,7 +26,9 @@ PATIENT_SEX = {1: "M", 2: "F"}
 
 
 @register_dataset("brset")
-class BRSET(DatasetSource):
+class BRSET(MetadataTableSource):
+    metadata = METADATA
+
     card = DatasetCard(
         name="brset",
         title="BRSET Brazilian multilabel ophthalmological dataset",
@@ -45,14 +46,10 @@ class BRSET(DatasetSource):
         ),
     )
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [self.require(root, METADATA)]
-
     def load(self, root: Path) -> pd.DataFrame:
         root = Path(root)
-        csv = self.require(root, METADATA)
-        raw = read_csv(csv)
-        require_columns(raw, ("image_id", "patient_id", "patient_age", "patient_sex", "DR_ICDR"), csv)
+        columns = ("image_id", "patient_id", "patient_age", "patient_sex", "DR_ICDR")
+        csv, raw = self.read_metadata(root, columns)
         frame = pd.DataFrame(
             {
                 "sample_id": raw["image_id"].str.strip().to_numpy(),

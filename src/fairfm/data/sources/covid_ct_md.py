@@ -13,16 +13,15 @@ from pathlib import Path
 import pandas as pd
 
 from fairfm.data.attributes import SEX
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
+from fairfm.data.registry import DatasetCard, register_dataset
 from fairfm.data.sources._common import (
+    MetadataTableSource,
     add_age,
     add_group,
     age_edges,
     binary_label,
     finish,
     map_values,
-    read_csv,
-    require_columns,
 )
 from fairfm.errors import InputError
 
@@ -32,7 +31,9 @@ CASE_FOLDERS = {"covid-19": "COVID-19 Cases", "cap": "Cap Cases", "normal": "Nor
 
 
 @register_dataset("covid_ct_md")
-class CovidCTMD(DatasetSource):
+class CovidCTMD(MetadataTableSource):
+    metadata = METADATA
+
     card = DatasetCard(
         name="covid_ct_md",
         title="COVID-CT-MD chest CT (COVID-19, community-acquired pneumonia, normal)",
@@ -51,14 +52,9 @@ class CovidCTMD(DatasetSource):
         ),
     )
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [self.require(root, METADATA)]
-
     def load(self, root: Path) -> pd.DataFrame:
         root = Path(root)
-        csv = self.require(root, METADATA)
-        raw = read_csv(csv)
-        require_columns(raw, ("Diagnosis", "Folder", "Patient Gender", "Patient Age"), csv)
+        csv, raw = self.read_metadata(root, ("Diagnosis", "Folder", "Patient Gender", "Patient Age"))
         case_folder = map_values(raw["Diagnosis"], CASE_FOLDERS, source=csv, column="Diagnosis")
         if case_folder.isna().any():
             row = int(case_folder.isna().to_numpy().argmax())

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
-from fairfm.data.sources._common import add_group, binary_label, finish, read_csv, require_columns
+from fairfm.data.registry import DatasetCard, register_dataset
+from fairfm.data.sources._common import MetadataTableSource, add_group, binary_label, finish, require_columns
 from fairfm.errors import InputError
 
 METADATA = "ddi_metadata.csv"
@@ -23,7 +23,9 @@ FALSE_VALUES = ("false", "0", "no")
 
 
 @register_dataset("ddi")
-class DDI(DatasetSource):
+class DDI(MetadataTableSource):
+    metadata = METADATA
+
     card = DatasetCard(
         name="ddi",
         title="DDI — Diverse Dermatology Images",
@@ -41,13 +43,9 @@ class DDI(DatasetSource):
         ),
     )
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [self.require(root, METADATA)]
-
     def load(self, root: Path) -> pd.DataFrame:
         root = Path(root)
-        csv = self.require(root, METADATA)
-        raw = read_csv(csv)
+        csv, raw = self.read_metadata(root)
         label_column = "malignant" if "malignant" in raw.columns else "malignancy(malig=1)"
         require_columns(raw, ("DDI_ID", "DDI_file", "skin_tone", label_column), csv)
         folder = "images/" if (root / "images").is_dir() else ""

@@ -12,14 +12,16 @@ from pathlib import Path
 import pandas as pd
 
 from fairfm.data.attributes import FITZPATRICK, fitzpatrick_coarse
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
-from fairfm.data.sources._common import add_group, binary_label, finish, read_csv, require_columns
+from fairfm.data.registry import DatasetCard, register_dataset
+from fairfm.data.sources._common import MetadataTableSource, add_group, binary_label, finish
 
 METADATA = "fitzpatrick17k.csv"
 
 
 @register_dataset("fitzpatrick17k")
-class Fitzpatrick17k(DatasetSource):
+class Fitzpatrick17k(MetadataTableSource):
+    metadata = METADATA
+
     card = DatasetCard(
         name="fitzpatrick17k",
         title="Fitzpatrick17k clinical dermatology images",
@@ -37,14 +39,9 @@ class Fitzpatrick17k(DatasetSource):
         ),
     )
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [self.require(root, METADATA)]
-
     def load(self, root: Path) -> pd.DataFrame:
         root = Path(root)
-        csv = self.require(root, METADATA)
-        raw = read_csv(csv)
-        require_columns(raw, ("md5hash", "fitzpatrick_scale", "three_partition_label"), csv)
+        csv, raw = self.read_metadata(root, ("md5hash", "fitzpatrick_scale", "three_partition_label"))
         frame = pd.DataFrame(
             {
                 "sample_id": raw["md5hash"].to_numpy(),

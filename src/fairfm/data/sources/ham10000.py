@@ -15,15 +15,14 @@ from pathlib import Path
 import pandas as pd
 
 from fairfm.data.attributes import SEX
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
+from fairfm.data.registry import DatasetCard, register_dataset
 from fairfm.data.sources._common import (
+    MetadataTableSource,
     add_age,
     add_group,
     age_edges,
     binary_label,
     finish,
-    read_csv,
-    require_columns,
 )
 from fairfm.errors import InputError
 
@@ -57,10 +56,8 @@ def _index_files(root: Path, folders: Iterable[str], suffix: str) -> dict[str, s
     return index
 
 
-def _load_metadata(source: DatasetSource, root: Path) -> pd.DataFrame:
-    csv = source.require(root, METADATA)
-    raw = read_csv(csv)
-    require_columns(raw, ("lesion_id", "image_id", "dx", "age", "sex"), csv)
+def _load_metadata(source: MetadataTableSource, root: Path) -> pd.DataFrame:
+    csv, raw = source.read_metadata(root, ("lesion_id", "image_id", "dx", "age", "sex"))
     images = _index_files(root, IMAGE_FOLDERS, ".jpg")
     if not images:
         tried = ", ".join(str(root / f) for f in IMAGE_FOLDERS)
@@ -93,7 +90,9 @@ def _load_metadata(source: DatasetSource, root: Path) -> pd.DataFrame:
 
 
 @register_dataset("ham10000")
-class HAM10000(DatasetSource):
+class HAM10000(MetadataTableSource):
+    metadata = METADATA
+
     card = DatasetCard(
         name="ham10000",
         title="HAM10000 dermoscopic images",
@@ -111,15 +110,14 @@ class HAM10000(DatasetSource):
         ),
     )
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [self.require(root, METADATA)]
-
     def load(self, root: Path) -> pd.DataFrame:
         return finish(_load_metadata(self, Path(root)), dataset=self.card.name)
 
 
 @register_dataset("ham10000_seg")
-class HAM10000Segmentation(DatasetSource):
+class HAM10000Segmentation(MetadataTableSource):
+    metadata = METADATA
+
     card = DatasetCard(
         name="ham10000_seg",
         title="HAM10000 / ISIC 2018 Task 1 lesion segmentation",
@@ -137,9 +135,6 @@ class HAM10000Segmentation(DatasetSource):
             "patient_id is lesion_id; sex 'unknown' stays unknown (FairMedFM made it 'M', §3.2)",
         ),
     )
-
-    def source_files(self, root: Path) -> list[Path]:
-        return [self.require(root, METADATA)]
 
     def load(self, root: Path) -> pd.DataFrame:
         root = Path(root)

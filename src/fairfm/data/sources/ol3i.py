@@ -13,16 +13,15 @@ from pathlib import Path
 import pandas as pd
 
 from fairfm.data.attributes import SEX
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
+from fairfm.data.registry import DatasetCard, register_dataset
 from fairfm.data.sources._common import (
+    MetadataTableSource,
     add_age,
     add_group,
     age_edges,
     binary_label,
     finish,
     map_values,
-    read_csv,
-    require_columns,
 )
 from fairfm.errors import InputError
 
@@ -34,7 +33,9 @@ AGE_COLUMNS = ("age", "age_at_scan", "Age")
 
 
 @register_dataset("ol3i")
-class OL3I(DatasetSource):
+class OL3I(MetadataTableSource):
+    metadata = METADATA
+
     card = DatasetCard(
         name="ol3i",
         title="OL3I opportunistic L3 CT slices for ischemic heart disease",
@@ -53,15 +54,10 @@ class OL3I(DatasetSource):
         ),
     )
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [self.require(root, METADATA)]
-
     def load(self, root: Path) -> pd.DataFrame:
         root = Path(root)
-        csv = self.require(root, METADATA)
         self.require(root, SLICES)
-        raw = read_csv(csv)
-        require_columns(raw, ("anon_id", "label_1y", "set_1y"), csv)
+        csv, raw = self.read_metadata(root, ("anon_id", "label_1y", "set_1y"))
         sex_column = next((c for c in SEX_COLUMNS if c in raw.columns), None)
         age_column = next((c for c in AGE_COLUMNS if c in raw.columns), None)
         if sex_column is None or age_column is None:

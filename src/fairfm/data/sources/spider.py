@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from fairfm.data.attributes import SEX
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
-from fairfm.data.sources._common import add_age, add_group, age_edges, finish, read_csv, require_columns
+from fairfm.data.registry import DatasetCard, register_dataset
+from fairfm.data.sources._common import MetadataTableSource, add_age, add_group, age_edges, finish
 from fairfm.errors import InputError
 
 METADATA = "overview.csv"
@@ -37,7 +37,9 @@ def _mha_shape(path: Path) -> str:
 
 
 @register_dataset("spider")
-class SPIDER(DatasetSource):
+class SPIDER(MetadataTableSource):
+    metadata = METADATA
+
     card = DatasetCard(
         name="spider",
         title="SPIDER lumbar spine MRI segmentation",
@@ -59,14 +61,9 @@ class SPIDER(DatasetSource):
         ),
     )
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [self.require(root, METADATA)]
-
     def load(self, root: Path) -> pd.DataFrame:
         root = Path(root)
-        csv = self.require(root, METADATA)
-        raw = read_csv(csv)
-        require_columns(raw, ("new_file_name", "sex"), csv)
+        csv, raw = self.read_metadata(root, ("new_file_name", "sex"))
         names = raw["new_file_name"].str.strip().str.removesuffix(".mha")
         if "patient_id" in raw.columns:
             patients = raw["patient_id"].str.strip()

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from fairfm.data.attributes import SEX
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
-from fairfm.data.sources._common import add_age, add_group, age_edges, finish, read_csv, require_columns
+from fairfm.data.registry import DatasetCard, register_dataset
+from fairfm.data.sources._common import MetadataTableSource, add_age, add_group, age_edges, finish
 from fairfm.errors import InputError
 
 FRAMES = "dataset.hdf5"
@@ -26,7 +26,9 @@ def _text(values: np.ndarray) -> list[str]:
 
 
 @register_dataset("tusc")
-class TUSC(DatasetSource):
+class TUSC(MetadataTableSource):
+    metadata = METADATA
+
     card = DatasetCard(
         name="tusc",
         title="TUSC Stanford thyroid ultrasound cine-clip nodule segmentation",
@@ -50,19 +52,14 @@ class TUSC(DatasetSource):
         ),
     )
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [self.require(root, METADATA)]
-
     def load(self, root: Path) -> pd.DataFrame:
         from fairfm.data.optional import import_optional
 
         h5py = import_optional("h5py", "reading TUSC's dataset.hdf5")
 
         root = Path(root)
-        csv = self.require(root, METADATA)
         frames_path = self.require(root, FRAMES)
-        meta = read_csv(csv)
-        require_columns(meta, ("annot_id", "age", "sex"), csv)
+        csv, meta = self.read_metadata(root, ("annot_id", "age", "sex"))
         meta["annot_id"] = meta["annot_id"].str.strip()
         if meta["annot_id"].duplicated().any():
             row = int(meta["annot_id"].duplicated().to_numpy().argmax())
