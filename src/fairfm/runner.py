@@ -381,11 +381,11 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
     return UsageOutput({"val": result.predictions["val"], "test": result.predictions["test"]}, meta)
 
 
-@register_usage("zero_shot")
-def _zero_shot(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
-               device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
+def _vision_language_inputs(spec: "RunSpec", table: pd.DataFrame, *, root: Path, features_dir: Path,
+                            progress: bool, timings: dict[str, float]) -> tuple[Any, Any, Any, dict[str, Any]]:  # fmt: skip
+    """What the prompt-based usages (zero-shot, prototype, CLIP-Adapter) start from: the vision-language encoder,
+    its cached image features, the dataset's prompts with the spec's overrides, and the meta so far."""
     from fairfm.adapt.prompts import prompts_for
-    from fairfm.adapt.zero_shot import zero_shot
     from fairfm.models import create_model
 
     _require_family(spec, "vision-language", "a vision-language model")
@@ -395,10 +395,20 @@ def _zero_shot(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: 
     timings["model_s"] = time.perf_counter() - started
     features, meta = _features(spec, table, encoder, root=root, features_dir=features_dir, progress=progress,
                                timings=timings)  # fmt: skip
-    dataset = spec.manifest().get("dataset")
-    prompt_set = prompts_for(dataset).with_overrides(hp.templates, hp.classnames)
-    started = time.perf_counter()
+    prompt_set = prompts_for(spec.manifest().get("dataset")).with_overrides(hp.templates, hp.classnames)
+    return encoder, features, prompt_set, meta
+
+
+@register_usage("zero_shot")
+def _zero_shot(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
+               device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
     from fairfm.adapt.volumes import SliceBags, max_slice_probabilities
+    from fairfm.adapt.zero_shot import zero_shot
+
+    hp = spec.typed_hparams()
+    encoder, features, prompt_set, meta = _vision_language_inputs(spec, table, root=root, features_dir=features_dir,
+                                                                  progress=progress, timings=timings)  # fmt: skip
+    started = time.perf_counter()
 
     bags = features if isinstance(features, SliceBags) else None
     rows = np.array(bags.rows, dtype=np.float32) if bags is not None else features  # a copy of the read-only cache
@@ -419,17 +429,10 @@ def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, 
                      timings: dict[str, float]) -> UsageOutput:  # fmt: skip
     """Prototype tuning or CLIP-Adapter on the cached image features of a vision-language model."""
     from fairfm.adapt.clip_adaptation import clip_adapter, prototype_tuning
-    from fairfm.adapt.prompts import prompts_for
-    from fairfm.models import create_model
 
-    _require_family(spec, "vision-language", "a vision-language model")
     hp = spec.typed_hparams()
-    started = time.perf_counter()
-    encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
-    timings["model_s"] = time.perf_counter() - started
-    features, meta = _features(spec, table, encoder, root=root, features_dir=features_dir, progress=progress,
-                               timings=timings)  # fmt: skip
-    prompt_set = prompts_for(spec.manifest().get("dataset")).with_overrides(hp.templates, hp.classnames)
+    encoder, features, prompt_set, meta = _vision_language_inputs(spec, table, root=root, features_dir=features_dir,
+                                                                  progress=progress, timings=timings)  # fmt: skip
     split = table["split"].astype(str).to_numpy()
     labels = _labels(table, tasks)
     part = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
