@@ -51,6 +51,12 @@ class _Strict(BaseModel):
 class HParams(_Strict):
     """Base of a usage's hyper-parameter model: typed fields with defaults; unknown keys are errors."""
 
+    def dataset_tasks(self, dataset: Path, manifest: Mapping[str, Any], labels: list[str],
+                      requested: list[str] | None) -> list[str]:  # fmt: skip
+        """The tasks this usage can run on a prepared dataset: its ``label_*`` columns (``labels``) unless the
+        usage defines its tasks otherwise (segmentation: the mask structures)."""
+        return labels
+
 
 _HPARAMS: dict[str, type[HParams]] = {}
 _H = TypeVar("_H", bound=type[HParams])
@@ -230,6 +236,12 @@ class FullFinetuneHParams(TrainHParams):
 @register_usage_hparams("sam_prompt")
 class SamPromptHParams(HParams):
     """Prompts from the ground-truth mask (METHODS.md §2.7; see fairfm.adapt.sam_prompting)."""
+
+    def dataset_tasks(self, dataset: Path, manifest: Mapping[str, Any], labels: list[str],
+                      requested: list[str] | None) -> list[str]:  # fmt: skip
+        from fairfm.adapt.sam_prompting import segmentation_tasks  # numpy/pandas only
+
+        return segmentation_tasks(dataset, manifest, self.model_dump(mode="json"), requested)
 
     prompt: Literal["center", "centroid", "rand", "rands", "bbox"] = Field(
         "center", description="center: bounding-box centre (FairMedFM); centroid: centroid snapped to the mask; "
@@ -502,10 +514,7 @@ class RunSpec(_Strict):
                              "fairfm.data.cache.resolve_dataset(spec, store_path)")  # fmt: skip
         manifest = _read_manifest(dataset)
         labels, groups = _dataset_columns(dataset)
-        if self.usage == "sam_prompt":  # segmentation: the tasks are mask structures, not label_* columns
-            from fairfm.adapt.sam_prompting import segmentation_tasks
-
-            labels = segmentation_tasks(dataset, manifest, self.hparams, self.tasks)
+        labels = self.typed_hparams().dataset_tasks(dataset, manifest, labels, self.tasks)
         tasks = self.tasks if self.tasks is not None else labels
         attributes = self.attributes if self.attributes is not None else groups
         for field, wanted, available in (("tasks", tasks, labels), ("attributes", attributes, groups)):
