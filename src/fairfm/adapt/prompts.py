@@ -39,7 +39,8 @@ class PromptSet:
         if self.every_task is not None:
             return self.every_task
         if task in self.classnames:
-            return tuple(self.classnames[task])  # type: ignore[return-value]
+            negative, positive = self.classnames[task]
+            return negative, positive
         finding = task.replace("_", " ").strip()
         return self.negative.format(finding), self.positive.format(finding)
 
