@@ -29,7 +29,7 @@ def test_json_output_has_the_documented_structure(run, preds, tmp_path):
     doc = json.loads(out.read_text())
     assert set(doc) >= {"overall", "attributes", "threshold", "bootstrap"}
     assert doc["bootstrap"] == {"B": 50, "seed": 7, "stratify": "group", "ci": 0.95, "method": "percentile"}
-    assert doc["threshold"] == {"policy": "0.5", "value": 0.5}
+    assert doc["threshold"] == {"policy": "0.5", "value": 0.5, "leaks_labels": False}
     assert doc["overall"]["auc"] == pytest.approx(roc_auc_score(frame.label, frame.score))
     assert set(doc["attributes"]) == {"sex", "race", "age", "sex×race"}
     race = doc["attributes"]["race"]
@@ -48,7 +48,8 @@ def test_csv_output_is_the_metric_table(run, preds, tmp_path):
     assert run("evaluate", path, *BASE, "--format", "csv", "--out", out).code == 0
     table = pd.read_csv(out)
     assert list(table.columns) == ["run_id", "task", "attribute", "group", "metric", "value", "ci_low", "ci_high",
-                                   "n", "threshold_policy", "note"]  # fmt: skip
+                                   "n", "threshold_policy", "note", "threshold_leaks_labels"]  # fmt: skip
+    assert not table["threshold_leaks_labels"].any()
     assert {"__all__", "__summary__", "F", "M"} <= set(table.group)
 
 
@@ -211,10 +212,125 @@ def test_a_long_prediction_table_with_splits(run, preds, tmp_path):
     assert effusion["threshold"]["value"] == pytest.approx(best_f1_threshold(val.label.to_numpy(), val.score.to_numpy()))
 
 
-def test_long_format_missing_task_row_is_named(run, preds, tmp_path):
+def _sklearn_best_f1(y, p):
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
+    return thresholds[np.flatnonzero(np.isclose(f1, f1.max(), rtol=0, atol=1e-12)).max()]
+
+
+def _group_gap(y, p, g):
+    aucs = [roc_auc_score(y[g == k], p[g == k]) for k in np.unique(g)]
+    return max(aucs) - min(aucs)
+
+
+def test_long_format_tasks_with_other_samples_and_order_keep_thresholds_macro_and_bh(run, tmp_path):
+    """CheXpert-like: task b is unlabelled for some samples (no row), and the val rows list the tasks in the other
+    order. Each task's threshold comes from its own val rows; macro metrics and BH run across both tasks."""
+    from scipy.stats import false_discovery_control
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for split, n in (("test", 300), ("val", 200)):
+        for task in (("a", "b") if split == "test" else ("b", "a")):
+            strength = 0.25 if task == "a" else 0.5
+            for i in range(n):
+                if task == "b" and i % 4 == 0:
+                    continue  # task b unknown for this sample: no row
+                y = int(rng.random() < (0.3 if task == "a" else 0.45))
+                sex = "F" if i % 2 else "M"
+                boost = strength * y * (1.6 if (sex == "F" and task == "b") else 1.0)
+                rows.append({"sample_id": f"{split}{i}", "task": task, "split": split, "y_true": y,
+                             "y_score": round(float(np.clip(rng.random() * 0.7 + boost, 0, 1)), 3), "sex": sex})
+    long = pd.DataFrame(rows)
+    long.to_csv(tmp_path / "long.csv", index=False)
+    out = tmp_path / "r.json"
+    result = run("evaluate", tmp_path / "long.csv", "--y-true", "y_true", "--y-score", "y_score", "--attr", "sex",
+                 "--task-column", "task", "--split-column", "split", "--bootstrap", "200", "--format", "json",
+                 "--out", out)  # fmt: skip
+    assert result.code == 0, result.err
+    doc = json.loads(out.read_text())
+    gaps, p_values = {}, {}
+    for task in ("a", "b"):
+        rows_t = long[long.task == task]
+        test, val = rows_t[rows_t.split == "test"], rows_t[rows_t.split == "val"]
+        entry = doc["tasks"][task]
+        assert entry["threshold"]["value"] == pytest.approx(_sklearn_best_f1(val.y_true.to_numpy(), val.y_score.to_numpy()))
+        assert entry["overall"]["n"] == len(test)
+        assert entry["overall"]["n_unknown_label"] == (75 if task == "b" else 0)
+        gaps[task] = _group_gap(test.y_true.to_numpy(), test.y_score.to_numpy(), test.sex.to_numpy())
+        assert entry["attributes"]["sex"]["summary"]["auc_gap"] == pytest.approx(gaps[task])
+        p_values[task] = entry["attributes"]["sex"]["summary"]["auc_gap_p"]
+    assert doc["macro"]["sex"]["macro_auc_gap"] == pytest.approx(np.mean(list(gaps.values())))
+    q = false_discovery_control([p_values["a"], p_values["b"]])
+    assert [doc["tasks"][t]["attributes"]["sex"]["summary"]["auc_gap_q"] for t in ("a", "b")] == pytest.approx(q)
+    assert p_values["a"] != p_values["b"]  # so that BH across tasks differs from BH per task (q = p)
+
+
+def test_a_task_missing_from_the_val_rows_is_named(run, preds, tmp_path):
     path, frame = preds
-    long = pd.concat([frame.assign(task="a"), frame.assign(task="b").iloc[1:]])
+    long = pd.concat([frame.assign(task="a", split="test"), frame.assign(task="b", split="test"),
+                      frame.assign(task="a", split="val", sample_id=frame.sample_id + "v")])  # fmt: skip
     long.to_csv(tmp_path / "long.csv", index=False)
     result = run("evaluate", tmp_path / "long.csv", "--y-true", "label", "--y-score", "score", "--attr", "sex",
-                 "--task-column", "task", "--bootstrap", "0")  # fmt: skip
-    assert result.code == 2 and "sample 's0' has no row for task 'b'" in result.err
+                 "--task-column", "task", "--split-column", "split", "--bootstrap", "0")  # fmt: skip
+    assert result.code == 2 and "no task 'b' (their tasks: a)" in result.err, result.err
+
+
+@pytest.mark.parametrize("policy", ["ignore", "ones", "zeros", None])
+def test_wide_multilabel_csv_with_blank_and_uncertain_labels(run, tmp_path, policy):
+    """A CheXpert-style export: blank where a finding was not labelled, -1 where it was uncertain."""
+    rng = np.random.default_rng(5)
+    n = 400
+    findings = ["edema", "effusion", "cardiomegaly"]
+    frame = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "sex": rng.choice(["F", "M"], n)})
+    for k, f in enumerate(findings):
+        y = (rng.random(n) < 0.35).astype(float)
+        frame[f"p_{f}"] = np.clip(rng.random(n) * 0.7 + 0.3 * y, 0, 1).round(4)
+        y[rng.random(n) < 0.1 + 0.05 * k] = np.nan
+        y[rng.random(n) < 0.08] = -1
+        frame[f] = y
+    frame.loc[3, "p_edema"] = np.nan  # a blank score is allowed where the label is blank too
+    frame.loc[3, "edema"] = np.nan
+    frame.to_csv(tmp_path / "wide.csv", index=False)
+    args = [a for f in findings for a in ("--y-true", f, "--y-score", f"p_{f}")]
+    extra = [] if policy is None else ["--uncertain", policy]
+    out = tmp_path / "r.json"
+    result = run("evaluate", tmp_path / "wide.csv", *args, "--attr", "sex", "--bootstrap", "20", *extra,
+                 "--format", "json", "--out", out)  # fmt: skip
+    assert result.code == 0, result.err
+    doc = json.loads(out.read_text())
+    used_policy = policy or "ignore"
+    assert doc["labels"]["uncertain"] == used_policy
+    aucs = []
+    for f in findings:
+        y = frame[f].to_numpy()
+        if used_policy == "ones":
+            y = np.where(y == -1, 1, y)
+        elif used_policy == "zeros":
+            y = np.where(y == -1, 0, y)
+        keep = np.isfinite(y) & (y != -1)
+        entry = doc["tasks"][f]["overall"]
+        assert entry["n"] == keep.sum()
+        assert entry["n_unknown_label"] == frame[f].isna().sum()
+        assert entry["n_uncertain_label"] == (frame[f] == -1).sum()
+        auc = roc_auc_score(y[keep], frame[f"p_{f}"].to_numpy()[keep])
+        assert entry["auc"] == pytest.approx(auc)
+        aucs.append(auc)
+        g = frame.sex.to_numpy()[keep]
+        gap = _group_gap(y[keep], frame[f"p_{f}"].to_numpy()[keep], g)
+        assert doc["tasks"][f]["attributes"]["sex"]["summary"]["auc_gap"] == pytest.approx(gap)
+    assert doc["macro"]["__all__"]["macro_auc"] == pytest.approx(np.mean(aucs))
+    assert all("auc_gap_q" in doc["tasks"][f]["attributes"]["sex"]["summary"] for f in findings)
+    csv = run("evaluate", tmp_path / "wide.csv", *args, "--attr", "sex", "--bootstrap", "0", *extra, "--format", "csv")
+    table = pd.read_csv(__import__("io").StringIO(csv.out))
+    counts = table[(table.metric == "n_uncertain_label")].set_index("task")
+    assert counts.loc["edema", "value"] == (frame.edema == -1).sum() and used_policy in counts.loc["edema", "note"]
+
+
+def test_an_unknown_uncertain_policy_is_refused(run, preds):
+    path, _ = preds
+    result = run("evaluate", path, *BASE, "--uncertain", "maybe")
+    assert result.code == 2 and "unknown --uncertain 'maybe'; choose one of: ignore, ones, zeros" in result.err

@@ -1,6 +1,7 @@
 """Threshold policies against brute force and sklearn's curves."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, precision_recall_curve, roc_curve
 
@@ -70,6 +71,97 @@ def test_val_policy_without_validation_data_is_an_error():
 
 
 def test_policy_names_round_trip():
-    for text in ["0.3", "best_f1@val", "best_f1@self", "youden@val", "fpr@0.2", "tpr@0.8@val"]:
+    for text in ["0.3", "best_f1@val", "best_f1@self", "youden@val", "fpr@0.2@self", "tpr@0.8@val"]:
         assert T.parse_policy(text).name == text
     assert T.parse_policy("best_f1@self").leaks_labels and not T.parse_policy("best_f1@val").leaks_labels
+    # A rate target follows validation unless the evaluated set is asked for, and says which in its name.
+    assert T.parse_policy("fpr@0.2").name == "fpr@0.2@val" and not T.parse_policy("fpr@0.2").leaks_labels
+    assert T.parse_policy("tpr@0.8@self").leaks_labels
+
+
+def _sklearn_best_f1(y, p):
+    """Oracle: the highest threshold of maximal F1 on sklearn's precision-recall curve (ŷ = 1[p ≥ t])."""
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
+    return thresholds[np.flatnonzero(np.isclose(f1, f1.max(), rtol=0, atol=1e-12)).max()]
+
+
+def _multi_task(seed, n, tasks):
+    rng = np.random.default_rng(seed)
+    y = pd.DataFrame({t: (rng.random(n) < 0.2 + 0.15 * k).astype(int) for k, t in enumerate(tasks)})
+    p = pd.DataFrame({t: np.round(np.clip(rng.random(n) * 0.7 + (0.1 + 0.1 * k) * y[t], 0, 1), 3)
+                      for k, t in enumerate(tasks)})  # fmt: skip
+    return y, p
+
+
+def test_validation_tasks_are_matched_by_name_not_position():
+    tasks = ["atelectasis", "edema", "effusion"]
+    y, p = _multi_task(0, 300, tasks)
+    yv, pv = _multi_task(1, 200, tasks)
+    reordered = ["effusion", "atelectasis", "edema"]  # validation lists the tasks in another order
+    report = M.evaluate(y, p, groups={"g": np.arange(300) % 2}, val_true=yv[reordered], val_score=pv[reordered],
+                        bootstrap=0)  # fmt: skip
+    for task in tasks:
+        expected = _sklearn_best_f1(yv[task].to_numpy(), pv[task].to_numpy())
+        assert report.tasks[task].threshold == expected, task
+    assert len({report.tasks[t].threshold for t in tasks}) == 3  # the oracle thresholds differ between tasks
+
+
+def test_a_task_missing_from_validation_is_named():
+    y, p = _multi_task(0, 100, ["a", "b"])
+    yv, pv = _multi_task(1, 100, ["b", "c"])
+    with pytest.raises(InputError, match="validation predictions have no task 'a'"):
+        M.evaluate(y, p, groups={"g": np.arange(100) % 2}, val_true=yv, val_score=pv, bootstrap=0)
+
+
+def test_rate_targets_follow_validation_when_it_exists():
+    y, p, g = make_data(5, n=400, ties=False)
+    yv, pv, _ = make_data(6, n=400, ties=False)
+    on_val = M.evaluate(y, p, groups={"g": g}, val_true=yv, val_score=pv, threshold="fpr@0.2", bootstrap=0)
+    task = on_val.tasks["task"]
+    fpr, _, thr = roc_curve(yv, pv, drop_intermediate=False)
+    assert task.threshold == thr[1:][np.argmin(np.abs(fpr[1:] - 0.2))]
+    assert task.threshold_policy == "fpr@0.2@val" and not task.threshold_leaks_labels
+    on_self = M.evaluate(y, p, groups={"g": g}, val_true=yv, val_score=pv, threshold="fpr@0.2@self", bootstrap=0)
+    fpr, _, thr = roc_curve(y, p, drop_intermediate=False)
+    assert on_self.tasks["task"].threshold == thr[1:][np.argmin(np.abs(fpr[1:] - 0.2))]
+    assert on_self.tasks["task"].threshold_policy == "fpr@0.2@self" and on_self.tasks["task"].threshold_leaks_labels
+    with pytest.raises(InputError, match="'fpr@0.2@val' needs validation predictions.*'fpr@0.2@self'"):
+        M.evaluate(y, p, groups={"g": g}, threshold="fpr@0.2", bootstrap=0)
+
+
+@pytest.mark.parametrize("threshold, profile, leaks", [
+    ("best_f1@self", None, True), ("youden@self", None, True), ("tpr@0.8@self", None, True),
+    ("best_f1@val", None, False), ("0.3", None, False), (None, "fairmedfm", True), (None, "glocker", True),
+    (None, "khan", False),
+])  # fmt: skip
+def test_the_label_leak_flag_is_kept_and_written_everywhere(threshold, profile, leaks):
+    from fairfm.report.tables import markdown, rich_tables
+    from rich.console import Console
+
+    y, p, g = make_data(8, n=300)
+    yv, pv, _ = make_data(9, n=300)
+    report = M.evaluate(y, p, groups={"g": g}, val_true=yv, val_score=pv, threshold=threshold, profile=profile,
+                        bootstrap=0)  # fmt: skip
+    assert report.tasks["task"].threshold_leaks_labels is leaks
+    assert report.to_dict()["threshold"]["leaks_labels"] is leaks
+    table = report.to_metric_table("r")
+    assert table["threshold_leaks_labels"].dtype == bool
+    at_fixed_extra = table.metric.str.endswith("@0.5")  # fairmedfm also reports every rate at 0.5: no leak there
+    assert (table.loc[~at_fixed_extra, "threshold_leaks_labels"] == leaks).all()
+    assert not table.loc[at_fixed_extra, "threshold_leaks_labels"].any()
+    console = Console(width=200, record=True, color_system=None)
+    console.print(rich_tables(report))
+    for text in (console.export_text(), markdown(report)):
+        assert ("saw the evaluated set's labels" in text) is leaks
+
+
+def test_the_store_keeps_the_leak_column():
+    from fairfm.results.store import _metric_table
+
+    y, p, g = make_data(8, n=200)
+    stored = _metric_table(M.evaluate(y, p, groups={"g": g}, threshold="best_f1@self", bootstrap=0), "r1")
+    assert stored["threshold_leaks_labels"].all()
+    stored = _metric_table(M.evaluate(y, p, groups={"g": g}, bootstrap=0), "r1")
+    assert not stored["threshold_leaks_labels"].any()

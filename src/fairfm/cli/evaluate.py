@@ -46,6 +46,8 @@ def evaluate_command(
     eval_split: str = typer.Option("test", "--eval-split", help="Split value to evaluate (with --split-column)."),
     val_split: str = typer.Option("val", "--val-split", help="Split value used as validation (with --split-column)."),
     task_column: Optional[str] = typer.Option(None, "--task-column", help="Long format (a PredictionTable): one row per sample and task."),
+    uncertain: str = typer.Option("ignore", "--uncertain", help="Labels of -1 (uncertain, CheXpert): ignore (left out, default), ones or zeros. Blank labels are always left out of that task."),
+    site_column: Optional[str] = typer.Option(None, "--site-column", help="Site (client) of each row: with --profile fairfedmed every metric is computed per site and averaged."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json, csv (MetricTable) or md."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write here (atomically) instead of standard output."),
 ) -> None:
@@ -60,7 +62,8 @@ def evaluate_command(
             intersect=intersect, threshold=threshold, val_file=val_file, bootstrap=bootstrap, seed=seed,
             profile=profile, stratify=stratify, pos_label=pos_label, min_group_size=min_group_size,
             dice=dice, iou=iou, metrics=metric, split_column=split_column, eval_split=eval_split,
-            val_split=val_split, task_column=task_column, progress=True,
+            val_split=val_split, task_column=task_column, uncertain=uncertain, site_column=site_column,
+            progress=True,
         )  # fmt: skip
     for warning in caught:
         if issubclass(warning.category, FairnessWarning):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -33,14 +34,24 @@ def _where(row: int, line_offset: int | None) -> str:
     return f"row {row}" + (f" (line {row + line_offset} of the file)" if line_offset is not None else "")
 
 
-def check_scores(values: np.ndarray, column: str, line_offset: int | None = None) -> np.ndarray:
+def check_scores(values: np.ndarray, column: str, line_offset: int | None = None,
+                 used: np.ndarray | None = None) -> np.ndarray:
+    """Scores as float64; every score must be a finite number. ``used``: only these rows must be (a row whose
+    label is unknown is not scored, so its score may be blank)."""
     try:
         scores = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         numeric = pd.to_numeric(pd.Series(values), errors="coerce")
-        row = _first_row(numeric.isna().to_numpy() & pd.Series(values).notna().to_numpy())
-        raise InputError(f"column '{column}', {_where(row, line_offset)}: score {values[row]!r} is not a number") from None
+        not_number = numeric.isna().to_numpy() & pd.Series(values).notna().to_numpy()
+        if used is not None:
+            not_number &= used
+        if not_number.any():
+            row = _first_row(not_number)
+            raise InputError(f"column '{column}', {_where(row, line_offset)}: score {values[row]!r} is not a number") from None
+        scores = numeric.to_numpy(dtype=np.float64)
     bad = ~np.isfinite(scores)
+    if used is not None:
+        bad &= used
     if bad.any():
         row = _first_row(bad)
         raise InputError(
@@ -50,19 +61,26 @@ def check_scores(values: np.ndarray, column: str, line_offset: int | None = None
     return scores
 
 
-def check_labels(values: np.ndarray, column: str, pos_label: Any = 1, line_offset: int | None = None) -> np.ndarray:
-    """Map labels to {0, 1}: ``pos_label`` → 1, the other value → 0; anything else is an error naming the row."""
+def check_labels(values: np.ndarray, column: str, pos_label: Any = 1, line_offset: int | None = None, *,
+                 rows: np.ndarray | None = None) -> np.ndarray:
+    """Map labels to {0, 1}: ``pos_label`` → 1, the other value → 0; anything else is an error naming the row.
+
+    ``rows``: the original row numbers of ``values`` when they are a subset, so that messages name those rows."""
+
+    def where(row: int) -> str:
+        return _where(int(rows[row]) if rows is not None else row, line_offset)
+
     series = pd.Series(values)
     if series.isna().any():
         row = _first_row(series.isna().to_numpy())
-        raise InputError(f"column '{column}', {_where(row, line_offset)}: label is missing")
+        raise InputError(f"column '{column}', {where(row)}: label is missing")
     if pos_label == 1 or pos_label is None:
         numeric = pd.to_numeric(series, errors="coerce")
         bad = ~numeric.isin([0, 1]).to_numpy()
         if bad.any():
             row = _first_row(bad)
             raise InputError(
-                f"column '{column}', {_where(row, line_offset)}: label {series.iloc[row]!r} is not 0 or 1 "
+                f"column '{column}', {where(row)}: label {series.iloc[row]!r} is not 0 or 1 "
                 f"(use --pos-label to name the positive class)"
             )
         return numeric.to_numpy().astype(np.uint8)
@@ -75,18 +93,73 @@ def check_labels(values: np.ndarray, column: str, pos_label: Any = 1, line_offse
         others = [v for v in values_seen if v != str(pos_label).strip()]
         row = _first_row((as_text == others[1]).to_numpy())
         raise InputError(
-            f"column '{column}', {_where(row, line_offset)}: label {series.iloc[row]!r} is a third class "
+            f"column '{column}', {where(row)}: label {series.iloc[row]!r} is a third class "
             f"(positive {pos_label!r}, negative {others[0]!r})"
         )
     return positive.to_numpy().astype(np.uint8)
 
 
-def check_both_classes(y: np.ndarray, column: str) -> None:
+#: How uncertain labels (−1, as in CheXpert) are read (CheXpert's U-Ignore, U-Ones, U-Zeros).
+UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
+UNCERTAIN_LABEL = -1
+
+
+def read_labels(values: np.ndarray, column: str, pos_label: Any = 1, line_offset: int | None = None) -> np.ndarray:
+    """Labels as float64 in {0, 1}, NaN where unknown (blank) and −1 where uncertain (numeric labels only; with an
+    explicit text ``pos_label`` every non-blank value is a class). Anything else is an error naming the row."""
+    series = pd.Series(values)
+    unknown = series.isna().to_numpy()
+    out = np.full(series.size, np.nan)
+    rows = np.flatnonzero(~unknown)
+    if rows.size == 0:
+        return out
+    known = series[~unknown].to_numpy(dtype=object)
+    if pos_label == 1 or pos_label is None:
+        uncertain = (pd.to_numeric(pd.Series(known), errors="coerce") == UNCERTAIN_LABEL).to_numpy()
+        checked = check_labels(np.where(uncertain, 0, known), column, 1, line_offset, rows=rows)
+        out[rows] = np.where(uncertain, float(UNCERTAIN_LABEL), checked.astype(np.float64))
+        return out
+    out[rows] = check_labels(known, column, pos_label, line_offset, rows=rows)
+    return out
+
+
+@dataclass(frozen=True)
+class TaskLabels:
+    """One task's labels after the unknown/uncertain rules: ``y`` (0/1) on the ``used`` rows only."""
+
+    y: np.ndarray
+    used: np.ndarray
+    n_unknown: int
+    n_uncertain: int
+
+    @property
+    def all_used(self) -> bool:
+        return bool(self.used.all())
+
+
+def task_labels(values: np.ndarray, column: str, pos_label: Any = 1, uncertain: str = "ignore") -> TaskLabels:
+    """Blank labels leave the task (counted); −1 follows ``uncertain``: dropped, read as 1 or read as 0."""
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise InputError(f"unknown uncertain-label policy {uncertain!r}; choose one of: {', '.join(UNCERTAIN_POLICIES)}")
+    labels = read_labels(values, column, pos_label)
+    unknown = np.isnan(labels)
+    is_uncertain = labels == UNCERTAIN_LABEL
+    if uncertain == "ones":
+        labels = np.where(is_uncertain, 1.0, labels)
+    elif uncertain == "zeros":
+        labels = np.where(is_uncertain, 0.0, labels)
+    used = ~unknown & ~(is_uncertain if uncertain == "ignore" else np.zeros_like(unknown))
+    return TaskLabels(labels[used].astype(np.uint8), used, int(unknown.sum()), int(is_uncertain.sum()))
+
+
+def check_both_classes(y: np.ndarray, column: str, left_out: str = "") -> None:
+    """``left_out``: what was set aside before (e.g. "12 unknown labels"), said in the message."""
+    why = f" ({left_out} left out)" if left_out else ""
     if y.size == 0:
-        raise InputError(f"column '{column}': no samples")
+        raise InputError(f"column '{column}': no samples with a known label{why}")
     if y.min() == y.max():
         raise InputError(
-            f"column '{column}': every sample has label {int(y[0])}; AUC and the fairness gaps need both classes"
+            f"column '{column}': every sample has label {int(y[0])}{why}; AUC and the fairness gaps need both classes"
         )
 
 

@@ -14,7 +14,7 @@ from fairfm.groups import parse_bins
 from fairfm.metrics import _engine as E
 from fairfm.metrics import _inputs as I
 from fairfm.metrics.profiles import get_profile
-from fairfm.metrics.report import Report, evaluate, evaluate_segmentation
+from fairfm.metrics.report import Report, _left_out, evaluate, evaluate_segmentation
 from fairfm.metrics.thresholds import parse_policy
 from fairfm.tableio import join_on, read_table, require_columns
 
@@ -60,6 +60,8 @@ def evaluate_frame(
     eval_split: str = "test",
     val_split: str = "val",
     task_column: str | None = None,
+    uncertain: str = "ignore",
+    site_column: str | None = None,
     progress: bool = False,
 ) -> Report:
     """Read, join and check a predictions table, then :func:`evaluate` it. Errors name file, column and row.
@@ -67,6 +69,10 @@ def evaluate_frame(
     A PredictionTable (DESIGN.md) has one row per (sample, task) and a split column: ``task_column="task"`` reads
     that long format (one ``y_true``/``y_score`` pair, tasks from the column), and ``split_column="split"``
     evaluates the ``eval_split`` rows while the ``val_split`` rows, when present, choose the threshold.
+    Validation tasks are matched to the evaluated tasks by name. A blank label leaves that sample out of that task
+    (counted; in the long format a sample without a row for a task is the same), and a label of −1 is uncertain,
+    read by ``uncertain`` (``ignore`` | ``ones`` | ``zeros``). ``site_column``: the site (client) of each row, for
+    a profile that averages over clients (``fairfedmed``).
     """
     # Options first, so a typo fails before any file is read.
     get_profile(profile)
@@ -86,6 +92,15 @@ def evaluate_frame(
             raise InputError("name the label and score columns: --y-true COL --y-score COL")
         if len(y_true) != len(y_score):
             raise InputError(f"{len(y_true)} --y-true column(s) but {len(y_score)} --y-score column(s); pair them")
+    if uncertain not in I.UNCERTAIN_POLICIES:
+        raise InputError(f"unknown --uncertain {uncertain!r}; choose one of: {', '.join(I.UNCERTAIN_POLICIES)}")
+    if site_column is not None:
+        if segmentation:
+            raise InputError("--site-column applies to classification (--y-true/--y-score)")
+        prof = get_profile(profile)
+        if prof is None or not prof.client_average:
+            raise InputError(f"--site-column {site_column}: sites are averaged over by --profile fairfedmed "
+                             "(client average); to compare sites as groups, give --attr " + site_column)  # fmt: skip
     if min_group_size < 1:
         raise InputError(f"--min-group-size must be at least 1, got {min_group_size}")
     if not attributes:
@@ -100,7 +115,9 @@ def evaluate_frame(
     renames = {f"group_{a}": a for a in attributes if a not in frame.columns and f"group_{a}" in frame.columns}
     frame = frame.rename(columns=renames)
     value_columns = [c for c in (dice, iou) if c] if segmentation else [*y_true, *y_score]
-    require_columns(frame, value_columns + list(attributes), source if meta is None else f"{source} joined with {meta}")
+    site_columns = [site_column] if site_column else []
+    require_columns(frame, value_columns + list(attributes) + site_columns,
+                    source if meta is None else f"{source} joined with {meta}")  # fmt: skip
     for column in bin_specs:
         if column not in attributes:
             raise InputError(f"--bins {column}=…: '{column}' is not one of the --attr columns")
@@ -123,30 +140,26 @@ def evaluate_frame(
                                        min_group_size=min_group_size, bins=bin_specs, intersect=intersections)  # fmt: skip
     else:
         label = 1 if pos_label is None else pos_label
-        # Check every row of the file first, so that a message's row is the file's row.
-        checked_frame = frame.copy()
-        for c in y_true:
-            checked_frame[c] = checked(I.check_labels, frame[c].to_numpy(), c, label, offset)
-        for c in y_score:
-            checked_frame[c] = checked(I.check_scores, frame[c].to_numpy(), c, offset)
+        # Check every row of the file first, so that a message's row is the file's row. Labels stay 0/1 with
+        # NaN (unknown) and −1 (uncertain); a score is needed where its label is.
+        checked_frame = _checked(frame, y_true, y_score, label, offset, source)
         eval_frame, val_frame_from_split = _select_splits(checked_frame, source, split_column, eval_split, val_split)
-        labels, scores, groups = _wide(eval_frame, y_true, y_score, attributes, task_column, on, source)
-        for c in labels.columns:
-            checked(I.check_both_classes, labels[c].to_numpy(), c)
+        labels, scores, groups = _wide(eval_frame, y_true, y_score, [*attributes, *site_columns], task_column, on,
+                                       source)  # fmt: skip
+        sites = groups.pop(site_column) if site_column else None
         val_labels = val_scores = None
         if val_file is not None:
             val_frame, val_source, val_offset = _load(val_file, "validation predictions")
             require_columns(val_frame, [*y_true, *y_score] + ([task_column, on] if task_column else []), val_source)
-            try:
-                for c in y_true:
-                    val_frame[c] = I.check_labels(val_frame[c].to_numpy(), c, label, val_offset)
-                for c in y_score:
-                    val_frame[c] = I.check_scores(val_frame[c].to_numpy(), c, val_offset)
-            except InputError as exc:
-                raise InputError(f"{val_source}: {exc}") from None
+            val_frame = _checked(val_frame, y_true, y_score, label, val_offset, val_source)
             val_labels, val_scores, _ = _wide(val_frame, y_true, y_score, [], task_column, on, val_source)
+            val_labels, val_scores = _match_tasks(labels, val_labels, val_scores, val_source)
         elif val_frame_from_split is not None:
             val_labels, val_scores, _ = _wide(val_frame_from_split, y_true, y_score, [], task_column, on, source)
+            val_labels, val_scores = _match_tasks(labels, val_labels, val_scores, f"{source} ({val_split} rows)")
+        for c in labels.columns:
+            known = I.task_labels(labels[c].to_numpy(), c, 1, uncertain)
+            checked(I.check_both_classes, known.y, c, _left_out(known, uncertain))
         kwargs = {} if bootstrap is None else {"bootstrap": bootstrap}
         single = labels.shape[1] == 1
         first = lambda frame_: frame_.iloc[:, 0] if single else frame_  # noqa: E731
@@ -155,7 +168,7 @@ def evaluate_frame(
             val_true=None if val_labels is None else first(val_labels),
             val_score=None if val_scores is None else first(val_scores),
             threshold=threshold, profile=profile, seed=seed, stratify=stratify, min_group_size=min_group_size,
-            bins=bin_specs, intersect=intersections, progress=progress, **kwargs,
+            bins=bin_specs, intersect=intersections, uncertain=uncertain, sites=sites, progress=progress, **kwargs,
         )  # fmt: skip
     usable = [a for t in report.tasks.values() for a in t.attributes.values() if len(a.groups) - len(a.excluded) >= 2]
     if not usable:
@@ -167,6 +180,28 @@ def evaluate_frame(
     if metrics:
         report.restrict(list(metrics))
     return report
+
+
+def _checked(frame: pd.DataFrame, y_true: Sequence[str], y_score: Sequence[str], label: Any, offset: int | None,
+             source: str) -> pd.DataFrame:
+    out = frame.copy()
+    try:
+        for c_true, c_score in zip(y_true, y_score):
+            out[c_true] = I.read_labels(frame[c_true].to_numpy(), c_true, label, offset)
+            out[c_score] = I.check_scores(frame[c_score].to_numpy(), c_score, offset, used=~np.isnan(out[c_true].to_numpy()))
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    return out
+
+
+def _match_tasks(labels: pd.DataFrame, val_labels: pd.DataFrame, val_scores: pd.DataFrame, val_source: str):
+    """Validation columns in the order of the evaluated tasks, matched by name (never by position)."""
+    missing = [t for t in labels.columns if t not in val_labels.columns]
+    if missing:
+        raise InputError(f"{val_source}: the validation predictions have no task {missing[0]!r} "
+                         f"(their tasks: {', '.join(map(str, val_labels.columns))})")  # fmt: skip
+    order = list(labels.columns)
+    return val_labels[order], val_scores[order]
 
 
 def _select_splits(frame: pd.DataFrame, source: str, split_column: str | None, eval_split: str, val_split: str):
@@ -200,13 +235,11 @@ def _wide(frame: pd.DataFrame, y_true: Sequence[str], y_score: Sequence[str], at
         raise InputError(f"{source}: sample {keys.iloc[row, 0]!r} appears twice for task {keys.iloc[row, 1]!r}")
     ids = keys[on]
     tasks = list(dict.fromkeys(keys[task_column]))
+    # A sample without a row for a task has an unknown label for it (NaN): it leaves that task only.
     labels = frame.assign(_id=ids, _task=keys[task_column]).pivot(index="_id", columns="_task", values=y_true[0])
     scores = frame.assign(_id=ids, _task=keys[task_column]).pivot(index="_id", columns="_task", values=y_score[0])
-    missing = labels.isna()
-    if missing.to_numpy().any():
-        sample, task = missing.stack()[lambda s: s].index[0]
-        raise InputError(f"{source}: sample {sample!r} has no row for task {task!r}")
     order = list(dict.fromkeys(ids))
     labels, scores = labels.loc[order, tasks], scores.loc[order, tasks]
+    labels.columns.name = scores.columns.name = None
     groups = frame.assign(_id=ids).drop_duplicates("_id").set_index("_id").loc[order, list(attributes)]
-    return labels.astype(np.uint8).reset_index(drop=True), scores.reset_index(drop=True), groups.reset_index(drop=True)
+    return labels.reset_index(drop=True), scores.reset_index(drop=True), groups.reset_index(drop=True)

@@ -29,6 +29,7 @@ class Profile:
     reference_names: dict[str, str] = field(default_factory=dict)
     flags: tuple[str, ...] = ()
     sklearn_roc: bool = False  # fpr@/tpr@ thresholds on sklearn's ROC points (collinear points dropped)
+    client_average: bool = False  # with sites given: every metric per site (client), then the mean over sites
 
 
 PROFILES: dict[str, Profile] = {
@@ -65,9 +66,10 @@ PROFILES: dict[str, Profile] = {
     "fairfedmed": Profile(
         name="fairfedmed",
         description="FairFedMed / Harvard lab: argmax of a 2-class softmax (ŷ = p > 0.5), ES-AUC (sum over groups), "
-        "fairlearn-style DPD and EOD",
+        "fairlearn-style DPD and EOD; with a site column, every metric per site (client) and the mean over sites",
         threshold="0.5",
         strict=True,
+        client_average=True,
         summary_metrics=("es_auc", "auc_gap", "worst_auc", "dpd", "eod", "es_acc"),
         reference_names={"es_auc": "ESAUC", "dpd": "DPD", "eod": "EOD", "es_acc": "ESACC"},
     ),
@@ -75,7 +77,7 @@ PROFILES: dict[str, Profile] = {
         name="glocker",
         description="Glocker et al. 2023: one threshold at overall FPR 0.20 on the evaluated set (sklearn ROC "
         "points), TPR/FPR/Youden per group, 2,000 bootstrap resamples stratified on the target",
-        threshold="fpr@0.2",
+        threshold="fpr@0.2@self",
         bootstrap=2000,
         stratify="class",
         sklearn_roc=True,

@@ -19,11 +19,13 @@ from fairfm.errors import InputError
 from fairfm.metrics import _engine as E
 from fairfm.metrics import _inputs as I
 from fairfm.metrics import thresholds as T
-from fairfm.metrics.profiles import Profile, get_profile
+from fairfm.metrics.profiles import PROFILES, Profile, get_profile
 from fairfm.metrics.significance import benjamini_hochberg
 
 OVERALL_CLASSIFICATION = ("auc", "acc", "tpr", "tnr", "fpr", "fnr", "ppv", "f1", "pos_rate", "bce", "ece", "brier")
 STRATIFY = ("group", "group_class", "class")
+#: MetricTable column (an extension of DESIGN.md's contract): the row's threshold saw the evaluated set's labels.
+METRIC_LEAK_COLUMN = "threshold_leaks_labels"
 
 
 class FairnessWarning(UserWarning):
@@ -51,6 +53,7 @@ class AttributeResult:
     significance: dict[str, float] = field(default_factory=dict)  # "<gap>_p" and, after BH, "<gap>_q"
     worst_group: dict[str, str] = field(default_factory=dict)  # "auc" -> group with the lowest AUC
     notes: list[str] = field(default_factory=list)
+    metric_notes: dict[str, str] = field(default_factory=dict)  # summary metric -> why it is NaN or left a group out
 
 
 @dataclass
@@ -63,6 +66,17 @@ class TaskResult:
     threshold: float | None
     attributes: dict[str, AttributeResult]
     extra_thresholds: dict[str, float] = field(default_factory=dict)
+    threshold_leaks_labels: bool = False  # the threshold was chosen with the evaluated set's own labels
+    extra_threshold_leaks: dict[str, bool] = field(default_factory=dict)
+    n_unknown_label: int = 0  # rows of the input without a label for this task (left out of its metrics)
+    n_uncertain_label: int = 0  # rows labelled uncertain (−1), handled by Report.uncertain
+
+    def leaks_labels(self, metric: str) -> bool:
+        """Whether ``metric`` of this task was computed at a threshold that saw the evaluated set's labels."""
+        for name, leaks in self.extra_threshold_leaks.items():
+            if metric.endswith(f"@{name}"):
+                return leaks
+        return self.threshold_leaks_labels
 
 
 def _clean(value: Any) -> Any:
@@ -93,6 +107,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     macro: dict[str, dict[str, float]] = field(default_factory=dict)  # attribute -> macro_<metric> over tasks
     shown_metrics: list[str] | None = None  # summary metrics a person asked to see (None: the default set)
+    uncertain: str | None = None  # how uncertain (−1) labels were read: "ignore" | "ones" | "zeros"
+    clients: dict[str, Any] | None = None  # client-averaged over sites (fairfedmed): the sites and their sizes
 
     def restrict(self, metrics: list[str]) -> None:
         """Keep only these summary metrics (and their significance) in every attribute."""
@@ -164,11 +180,17 @@ class Report:
                 "run_id": run_id, "task": task.task, "attribute": attribute, "group": group, "metric": metric,
                 "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": n,
                 "threshold_policy": task.threshold_policy, "note": note,
+                "threshold_leaks_labels": task.leaks_labels(metric),
             })  # fmt: skip
 
         for task in self.tasks.values():
             for metric, est in task.overall.items():
                 add(task, "__all__", "__all__", metric, est, task.n)
+            if task.n_unknown_label or task.n_uncertain_label:
+                add(task, "__all__", "__all__", "n_unknown_label", Estimate(float(task.n_unknown_label)), task.n,
+                    "rows without a label for this task, left out of its metrics")  # fmt: skip
+                add(task, "__all__", "__all__", "n_uncertain_label", Estimate(float(task.n_uncertain_label)), task.n,
+                    f"uncertain labels (-1) read by policy '{self.uncertain}'")  # fmt: skip
             for attr in task.attributes.values():
                 for group in attr.groups:
                     n, n_pos = attr.group_counts[group]
@@ -181,11 +203,14 @@ class Report:
                 note = "; ".join(attr.notes)
                 n_known = sum(attr.group_counts[g][0] for g in attr.groups)
                 for metric, est in attr.summary.items():
-                    add(task, attr.name, "__summary__", metric, est, n_known, note if not math.isfinite(est.value) else "")
+                    metric_note = attr.metric_notes.get(metric, "")
+                    if not math.isfinite(est.value) and note:
+                        metric_note = "; ".join(filter(None, [metric_note, note]))
+                    add(task, attr.name, "__summary__", metric, est, n_known, metric_note)
                 for key, value in attr.significance.items():
                     add(task, attr.name, "__summary__", key, Estimate(value), n_known)
         columns = ["run_id", "task", "attribute", "group", "metric", "value", "ci_low", "ci_high", "n",
-                   "threshold_policy", "note"]  # fmt: skip
+                   "threshold_policy", "note", METRIC_LEAK_COLUMN]  # fmt: skip
         return pd.DataFrame(rows, columns=columns)
 
     # -- JSON ------------------------------------------------------------------------------------------------
@@ -193,6 +218,8 @@ class Report:
         overall = {m: _clean(e.value) for m, e in task.overall.items()}
         overall.update({f"{m}_ci": e.as_list() for m, e in task.overall.items() if self.bootstrap["B"]})
         overall["n"], overall["n_pos"] = task.n, task.n_pos
+        if self.kind == "classification":
+            overall["n_unknown_label"], overall["n_uncertain_label"] = task.n_unknown_label, task.n_uncertain_label
         attributes = {}
         for attr in task.attributes.values():
             summary: dict[str, Any] = {}
@@ -214,11 +241,15 @@ class Report:
             attributes[attr.name] = {"summary": summary, "groups": groups, "excluded_groups": dict(attr.excluded)}
             if attr.notes:
                 attributes[attr.name]["notes"] = list(attr.notes)
+            if attr.metric_notes:
+                attributes[attr.name]["metric_notes"] = dict(attr.metric_notes)
         out: dict[str, Any] = {"overall": overall, "attributes": attributes}
         if self.kind == "classification":
-            out["threshold"] = {"policy": task.threshold_policy, "value": _clean(task.threshold)}
+            out["threshold"] = {"policy": task.threshold_policy, "value": _clean(task.threshold),
+                                "leaks_labels": task.threshold_leaks_labels}  # fmt: skip
             if task.extra_thresholds:
                 out["threshold"]["also_reported"] = {k: _clean(v) for k, v in task.extra_thresholds.items()}
+                out["threshold"]["also_reported_leaks_labels"] = dict(task.extra_threshold_leaks)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,6 +259,11 @@ class Report:
         else:
             doc = self._task_dict(next(iter(self.tasks.values())))
         doc["bootstrap"] = dict(self.bootstrap)
+        if self.kind == "classification":
+            doc["labels"] = {"unknown": "blank/NaN: left out of that task's metrics",
+                             "uncertain": self.uncertain or "ignore", "uncertain_value": I.UNCERTAIN_LABEL}  # fmt: skip
+        if self.clients is not None:
+            doc["clients"] = dict(self.clients)
         if self.profile is not None:
             doc["profile"] = {
                 "name": self.profile.name,
@@ -309,17 +345,24 @@ def evaluate(
     pos_label: Any = 1,
     bins: Mapping[str, Sequence[float]] | None = None,
     intersect: Sequence[Sequence[str]] | None = None,
+    uncertain: str = "ignore",
+    sites: Any = None,
     n_jobs: int = 2,
     progress: bool = False,
 ) -> Report:
     """Every classification metric for every attribute (and task), with stratified bootstrap intervals.
 
-    ``y_true``/``y_score``: 1-D arrays, or 2-D arrays / DataFrames with one column per task (multi-label).
+    ``y_true``/``y_score``: 1-D arrays, or 2-D arrays / DataFrames with one column per task (multi-label). A blank
+    (NaN) label leaves that sample out of that task only (counted as ``n_unknown_label``); a label of −1 is
+    uncertain and follows ``uncertain``: ``"ignore"`` (default: left out, like an unknown label, so no model is
+    judged against a guessed ground truth), ``"ones"`` or ``"zeros"`` (CheXpert's U-Ones / U-Zeros).
     ``groups``: a DataFrame (one column per sensitive attribute), a mapping, or one array. ``val_true`` /
-    ``val_score``: validation predictions for thresholds chosen on validation (the default policy when given).
+    ``val_score``: validation predictions for thresholds chosen on validation (the default policy when given);
+    when both ``y_true`` and ``val_true`` are DataFrames their tasks are matched by column name.
     ``bins``: ``{"age": [60]}`` bins a continuous column; ``intersect``: ``[["sex", "race"]]`` adds ``sex×race``.
     ``stratify``: resample within each ``group`` (default), ``group_class`` or ``class``. ``bootstrap=0`` skips
-    intervals. ``progress`` shows a progress bar on stderr while resampling.
+    intervals. ``sites``: one site (client) per sample; with a profile that averages over clients
+    (``fairfedmed``) every metric is computed per site and averaged. ``progress`` shows a progress bar on stderr.
     """
     prof = get_profile(profile)
     B = int(prof.bootstrap if prof is not None and prof.bootstrap is not None and bootstrap == 1000 else bootstrap or 0)
@@ -330,44 +373,72 @@ def evaluate(
         raise InputError(f"confidence level {ci!r} must lie strictly between 0 and 1")
     if B < 0:
         raise InputError(f"bootstrap resamples must be ≥ 0, got {B}")
+    if uncertain not in I.UNCERTAIN_POLICIES:
+        raise InputError(f"unknown uncertain-label policy {uncertain!r}; choose one of: {', '.join(I.UNCERTAIN_POLICIES)}")
     Y, task_names = I.as_task_matrix(y_true, "y_true")
     P, score_names = I.as_task_matrix(y_score, "y_score")
     if Y.shape != P.shape:
         raise InputError(f"y_true has shape {Y.shape} but y_score has shape {P.shape} (length mismatch)")
     has_val = val_true is not None and val_score is not None
+    val_index: list[int] = []
     if has_val:
-        YV, _ = I.as_task_matrix(val_true, "val_true")
+        YV, val_names = I.as_task_matrix(val_true, "val_true")
         PV, _ = I.as_task_matrix(val_score, "val_score")
-        if YV.shape != PV.shape or YV.shape[1] != Y.shape[1]:
+        if YV.shape != PV.shape:
+            raise InputError(f"validation labels {YV.shape} and scores {PV.shape} do not match")
+        if isinstance(val_true, pd.DataFrame) and isinstance(y_true, pd.DataFrame):
+            val_index = _match_tasks(task_names, val_names)  # by name: the two tables may list tasks in any order
+        elif YV.shape[1] != Y.shape[1]:
             raise InputError(f"validation labels {YV.shape} and scores {PV.shape} do not match the tasks {Y.shape}")
+        else:
+            val_index = list(range(len(task_names)))
     policy_name = _resolve_policy(threshold, has_val, prof)
     if policy_name != "fairmedfm_f1":
-        T.parse_policy(policy_name)  # unknown policies fail before any work
+        policy_name = T.parse_policy(policy_name).name  # unknown policies fail before any work; fpr@x → fpr@x@val
     frame = I.as_group_frame(groups, Y.shape[0])
     attributes = I.attribute_codes(frame, bins, intersect)
+    site_codes, site_names = _site_codes(sites, Y.shape[0], prof)
     rules_base = dict(strict=prof.strict, bce=prof.bce, ece=prof.ece) if prof is not None else {}
     root_seed = np.random.SeedSequence(seed)
     task_seeds = root_seed.spawn(len(task_names))
     report_warnings: list[str] = []
     tasks: dict[str, TaskResult] = {}
-    tracker = _Progress(progress and B > 0, len(task_names) * max(len(attributes), 1), B)
+    n_sites = max(len(site_names), 1)
+    tracker = _Progress(progress and B > 0, len(task_names) * max(len(attributes), 1) * n_sites, B)
     for j, task in enumerate(task_names):
         label_col = task_names[j] if task_names[j] != "task" else "y_true"
         score_col = score_names[j] if score_names[j] != "task" else "y_score"
-        y = I.check_labels(Y[:, j], label_col, pos_label)
-        p = I.check_scores(P[:, j], score_col)
-        I.check_both_classes(y, label_col)
+        labels = I.task_labels(Y[:, j], label_col, pos_label, uncertain)
+        y = labels.y
+        p = I.check_scores(P[:, j], score_col, used=labels.used)[labels.used]
+        I.check_both_classes(y, label_col, _left_out(labels, uncertain))
+        # Each task keeps only its own known-label samples; groups follow them.
+        task_attributes = attributes if labels.all_used else {
+            name: (codes[labels.used], names) for name, (codes, names) in attributes.items()}  # fmt: skip
         yv = pv = None
         if has_val:
-            yv = I.check_labels(YV[:, j], f"validation {label_col}", pos_label)
-            pv = I.check_scores(PV[:, j], f"validation {score_col}")
+            k = val_index[j]
+            val_labels = I.task_labels(YV[:, k], f"validation {label_col}", pos_label, uncertain)
+            yv = val_labels.y
+            pv = I.check_scores(PV[:, k], f"validation {score_col}", used=val_labels.used)[val_labels.used]
         sklearn_roc = prof is not None and prof.sklearn_roc and threshold is None
-        t_value, _ = _threshold_value(policy_name, y, p, yv, pv, sklearn_roc)
+        try:
+            t_value, leaks = _threshold_value(policy_name, y, p, yv, pv, sklearn_roc)
+        except InputError as exc:
+            raise InputError(f"task {task!r}: {exc}" if len(task_names) > 1 else str(exc)) from None
         extra = {name: _extra_threshold_value(name, y, p) for name in (prof.extra_thresholds if prof else ())}
         rules = E.Rules(threshold=t_value, **rules_base)
-        result = _evaluate_task(task, y, p, attributes, rules, extra, B, task_seeds[j], stratify, ci,
-                                min_group_size, n_jobs, report_warnings, prof, tracker)  # fmt: skip
+        if site_codes is not None:
+            result = _evaluate_sites(task, y, p, task_attributes, site_codes[labels.used], site_names, rules, extra,
+                                     B, task_seeds[j], stratify, ci, min_group_size, n_jobs, report_warnings,
+                                     tracker)  # fmt: skip
+        else:
+            result = _evaluate_task(task, y, p, task_attributes, rules, extra, B, task_seeds[j], stratify, ci,
+                                    min_group_size, n_jobs, report_warnings, prof, tracker)  # fmt: skip
         result.threshold_policy = policy_name
+        result.threshold_leaks_labels = bool(leaks)
+        result.extra_threshold_leaks = {name: not _is_number(name) for name in extra}  # tnr@/tpr@: on this set
+        result.n_unknown_label, result.n_uncertain_label = labels.n_unknown, labels.n_uncertain
         tasks[task] = result
     tracker.close()
     report = Report(
@@ -376,13 +447,70 @@ def evaluate(
         bootstrap={"B": B, "seed": seed, "stratify": stratify, "ci": ci, "method": "percentile"},
         profile=prof,
         warnings=report_warnings,
+        uncertain=uncertain,
     )
+    if site_codes is not None:
+        report.clients = {"sites": site_names, "averaged": "each metric computed per site, then the mean over sites"}
     _add_significance(report)
     if len(tasks) > 1:
         report.macro = _macro(tasks)
     if prof is not None and prof.scale != 1.0:
         _scale(report, prof)
     return report
+
+
+def merge_reports(reports: Sequence[Report]) -> Report:
+    """One report of the tasks of several (e.g. one per task, when tasks have different known-label samples).
+
+    Merged first, then ``macro_*`` and Benjamini–Hochberg are computed across all the tasks, as in one report."""
+    if not reports:
+        raise InputError("no reports to merge")
+    first = reports[0]
+    merged = Report(kind=first.kind, tasks={}, bootstrap=dict(first.bootstrap), profile=first.profile, warnings=[],
+                    shown_metrics=first.shown_metrics, uncertain=first.uncertain, clients=first.clients)  # fmt: skip
+    for report in reports:
+        if report.kind != first.kind or report.bootstrap != first.bootstrap:
+            raise InputError("reports to merge must have the same kind and bootstrap settings")
+        for name, task in report.tasks.items():
+            if name in merged.tasks:
+                raise InputError(f"task {name!r} is in more than one of the reports to merge")
+            merged.tasks[name] = task
+        merged.warnings.extend(report.warnings)
+    for task in merged.tasks.values():
+        for attr in task.attributes.values():  # q-values of the parts were adjusted over too few tests
+            attr.significance = {k: v for k, v in attr.significance.items() if not k.endswith("_q")}
+    _add_significance(merged)
+    if len(merged.tasks) > 1:
+        merged.macro = _macro(merged.tasks)
+    return merged
+
+
+def _match_tasks(task_names: list[str], val_names: list[str]) -> list[int]:
+    """Column of each test task among the validation tasks, by name; a missing task is an error naming it."""
+    duplicated = sorted({t for t in val_names if val_names.count(t) > 1})
+    if duplicated:
+        raise InputError(f"validation predictions list task {duplicated[0]!r} more than once")
+    missing = [t for t in task_names if t not in val_names]
+    if missing:
+        raise InputError(f"validation predictions have no task {missing[0]!r} (their tasks: {', '.join(val_names)})")
+    return [val_names.index(t) for t in task_names]
+
+
+def _left_out(labels: I.TaskLabels, uncertain: str) -> str:
+    parts = []
+    if labels.n_unknown:
+        parts.append(f"{labels.n_unknown} unknown label(s)")
+    if labels.n_uncertain and uncertain == "ignore":
+        parts.append(f"{labels.n_uncertain} uncertain (-1) label(s), --uncertain ignore")
+    return " and ".join(parts)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class _Progress:
@@ -442,6 +570,129 @@ def _evaluate_task(task, y, p, attributes, rules, extra, B, seed_seq, stratify, 
                       threshold=rules.threshold, attributes=results, extra_thresholds=extra)  # fmt: skip
 
 
+def _site_codes(sites: Any, n: int, prof: Profile | None) -> tuple[np.ndarray | None, list[str]]:
+    """Integer site code per sample and the site names (sorted), or (None, []) without sites."""
+    if sites is None:
+        return None, []
+    if prof is None or not prof.client_average:
+        averaging = ", ".join(sorted(name for name, p in PROFILES.items() if p.client_average))
+        raise InputError(f"a site column is averaged over by a profile that reports client averages ({averaging}); "
+                         "give --profile, or --attr for a site as a sensitive attribute")  # fmt: skip
+    values = pd.Series(np.asarray(sites, dtype=object).reshape(-1))
+    if values.size != n:
+        raise InputError(f"sites: {values.size} values but {n} predictions (length mismatch)")
+    missing = values.isna() | (values.astype(str).str.strip() == "")
+    if missing.any():
+        raise InputError(f"sites: row {int(np.flatnonzero(missing.to_numpy())[0])} has no site")
+    names = sorted(values.astype(str).unique())
+    codes = pd.Categorical(values.astype(str), categories=names).codes.astype(np.int64)
+    return codes, names
+
+
+def _site_mean(points: list[float], boots: list[np.ndarray | None], ci: float) -> tuple[Estimate, list[int]]:
+    """The mean over the sites where the point value exists, its paired resample means, and the sites left out."""
+    use = [s for s, v in enumerate(points) if math.isfinite(v)]
+    if not use:
+        return Estimate(math.nan), list(range(len(points)))
+    value = float(np.mean([points[s] for s in use]))
+    lo = hi = math.nan
+    if boots[use[0]] is not None:
+        # Sites are resampled independently; resample b's client average is the mean of the sites' resample b.
+        lo, hi = _percentile_ci(np.mean([np.asarray(boots[s], dtype=np.float64) for s in use], axis=0), ci)
+    return Estimate(value, lo, hi), [s for s in range(len(points)) if s not in use]
+
+
+def _evaluate_sites(task, y, p, attributes, site_codes, site_names, rules, extra, B, seed_seq, stratify, ci,
+                    min_group_size, n_jobs, report_warnings, tracker: _Progress) -> TaskResult:  # fmt: skip
+    """FairFedMed's client average: every metric computed on each site's samples, then the mean over sites."""
+    S = len(site_names)
+    site_seeds = seed_seq.spawn(S)
+    items = list(attributes.items()) or [("__all__", (np.zeros(y.size, dtype=np.int64), ["all"]))]
+    overall_sites: list[tuple[dict, dict | None]] = []
+    attr_sites: dict[str, list[tuple]] = {name: [] for name, _ in items}
+    for s in range(S):
+        m = site_codes == s
+        attr_seeds = site_seeds[s].spawn(len(items))
+        for k, (name, (codes, group_names)) in enumerate(items):
+            engine = E.AttributeEngine(y[m], p[m], codes[m], len(group_names), rules, extra)
+            g, o = engine.point_stats()
+            gb = ob = None
+            if B:
+                tracker.describe(f"{task} · {name} · site {site_names[s]}")
+                gb, ob = engine.bootstrap(B, attr_seeds[k], stratify, n_jobs)
+                tracker.advance()
+            if k == 0:
+                overall_sites.append((o, ob))
+            attr_sites[name].append((g, o, gb, ob))
+
+    def left_out_note(metric: str, sites_out: list[int]) -> str:
+        return f"{metric}: undefined in site(s) {', '.join(site_names[s] for s in sites_out)}, left out of the average"
+
+    overall = {}
+    names = list(OVERALL_CLASSIFICATION) + [f"{m}@{x}" for x in extra for m in E.THRESHOLDED]
+    for metric in names:
+        overall[metric], _ = _site_mean([float(o[metric]) for o, _ in overall_sites],
+                                        [None if ob is None else ob[metric] for _, ob in overall_sites], ci)  # fmt: skip
+    results: dict[str, AttributeResult] = {}
+    for name, (codes, group_names) in items:
+        if name == "__all__":
+            continue
+        per_site = attr_sites[name]
+        G = len(group_names)
+        n = sum(np.asarray(g["n"][:G]) for g, *_ in per_site)
+        n_pos = sum(np.asarray(g["n_pos"][:G]) for g, *_ in per_site)
+        counts = {grp: (int(n[i]), int(n_pos[i])) for i, grp in enumerate(group_names)}
+        validity = [_validity(g["n"][:G], g["n_pos"][:G], group_names, min_group_size, need_both=True)
+                    for g, *_ in per_site]  # fmt: skip
+        excluded: dict[str, str] = {}
+        for i, grp in enumerate(group_names):
+            reasons = [f"site {site_names[s]}: {ex[grp]}" for s, (_, ex) in enumerate(validity) if grp in ex]
+            if len(reasons) == S:
+                excluded[grp] = "; ".join(reasons)
+        group_metrics: dict[str, dict[str, Estimate]] = {}
+        metric_names = [m for m in per_site[0][0] if m not in ("n", "n_pos")]
+        for i, grp in enumerate(group_names):
+            if n[i] == 0:
+                continue
+            present = [s for s, (g, *_) in enumerate(per_site) if g["n"][i] > 0]
+            group_metrics[grp] = {
+                metric: _site_mean([float(per_site[s][0][metric][i]) for s in present],
+                                   [None if per_site[s][2] is None else per_site[s][2][metric][:, i] for s in present],
+                                   ci)[0]
+                for metric in metric_names
+            }  # fmt: skip
+        summaries = [_summarise(g, o, gb, ob, validity[s][0], group_names) for s, (g, o, gb, ob) in enumerate(per_site)]
+        summary: dict[str, Estimate] = {}
+        metric_notes: dict[str, str] = {}
+
+        def average(metric: str, parts: list[tuple]) -> None:
+            summary[metric], out = _site_mean([float(pt[metric]) for pt, _, _ in parts],
+                                              [None if bt is None else bt[metric] for _, bt, _ in parts], ci)  # fmt: skip
+            reasons = [f"site {site_names[s]}: {parts[s][2][metric]}" for s in range(S) if metric in parts[s][2]]
+            if out:
+                reasons.insert(0, left_out_note(metric, out))
+            if reasons:
+                metric_notes[metric] = "; ".join(reasons)
+
+        for metric in E.SUMMARY_METRICS:
+            average(metric, summaries)
+        for x in extra:
+            parts = [_summarise(g, o, gb, ob, validity[s][0], group_names, suffix=f"@{x}")
+                     for s, (g, o, gb, ob) in enumerate(per_site)]  # fmt: skip
+            renamed = [({f"{m}@{x}": pt[m] for m in _THRESHOLDED_SUMMARIES},
+                        None if bt is None else {f"{m}@{x}": bt[m] for m in _THRESHOLDED_SUMMARIES},
+                        {f"{m}@{x}": v for m, v in nt.items()}) for pt, bt, nt in parts]  # fmt: skip
+            for m in _THRESHOLDED_SUMMARIES:
+                average(f"{m}@{x}", renamed)
+        notes = [f"attribute '{name}': client-averaged over {S} site(s) ({', '.join(site_names)}); "
+                 "no significance test for client averages"]  # fmt: skip
+        results[name] = AttributeResult(name=name, groups=list(group_names), group_counts=counts,
+                                        group_metrics=group_metrics, excluded=excluded, summary=summary,
+                                        notes=notes, metric_notes=metric_notes)  # fmt: skip
+    return TaskResult(task=task, n=int(y.size), n_pos=int(y.sum()), overall=overall, threshold_policy="",
+                      threshold=rules.threshold, attributes=results, extra_thresholds=extra)  # fmt: skip
+
+
 def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size, report_warnings) -> AttributeResult:
     G = len(group_names)
     valid, excluded = _validity(g["n"][:G], g["n_pos"][:G], group_names, min_group_size, need_both=True)
@@ -457,14 +708,13 @@ def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size
             lo, hi = _percentile_ci(gb[metric][:, i], ci) if gb is not None else (math.nan, math.nan)
             entry[metric] = Estimate(value, lo, hi)
         group_metrics[grp] = entry
-    point = E.summarise(g, o, valid)
-    boot = E.summarise(gb, ob, valid) if gb is not None else None
+    point, boot, metric_notes = _summarise(g, o, gb, ob, valid, group_names)
     summary = {m: _summary_estimate(point[m], boot[m] if boot else None, ci) for m in E.SUMMARY_METRICS}
     for x in extra:
-        point_x = E.summarise(g, o, valid, suffix=f"@{x}")
-        boot_x = E.summarise(gb, ob, valid, suffix=f"@{x}") if gb is not None else None
+        point_x, boot_x, notes_x = _summarise(g, o, gb, ob, valid, group_names, suffix=f"@{x}")
         for m in _THRESHOLDED_SUMMARIES:
             summary[f"{m}@{x}"] = _summary_estimate(point_x[m], boot_x[m] if boot_x else None, ci)
+        metric_notes.update({f"{m}@{x}": note for m, note in notes_x.items() if m in _THRESHOLDED_SUMMARIES})
     notes: list[str] = []
     if boot is not None and valid.sum() >= 2:
         degenerate = int(np.sum(~np.isfinite(boot["auc_gap"])))
@@ -482,10 +732,61 @@ def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size
         auc_valid = np.where(valid, g["auc"][:G], np.inf)
         worst["auc"] = group_names[int(np.argmin(auc_valid))]
     result = AttributeResult(name=name, groups=list(group_names), group_counts=counts, group_metrics=group_metrics,
-                             excluded=excluded, summary=summary, worst_group=worst, notes=notes)  # fmt: skip
+                             excluded=excluded, summary=summary, worst_group=worst, notes=notes,
+                             metric_notes=metric_notes)  # fmt: skip
     if gb is not None and valid.sum() >= 2:
         result.significance = _flip_p_values(g, gb, valid, E.GAP_METRICS)
     return result
+
+
+def _summarise(g, o, gb, ob, valid, group_names, suffix: str = ""):
+    """Summary metrics of the point estimate and the resamples, each over the groups valid for *that* metric
+    (METRICS.md §5), with the reason where a metric is NaN or leaves a group out: (point, boot or None, notes)."""
+    point = E.summarise(g, o, valid, suffix=suffix)
+    boot = E.summarise(gb, ob, valid, suffix=suffix) if gb is not None else None
+    notes: dict[str, str] = {}
+    G, n_valid = valid.size, int(valid.sum())
+
+    def set_nan(metric: str, reason: str) -> None:
+        point[metric] = np.float64(np.nan)
+        if boot is not None:
+            boot[metric] = np.full(np.shape(boot[metric]), np.nan)
+        notes[metric] = reason
+
+    if n_valid < 2:  # a standard deviation of one value is not a spread of zero
+        set_nan("auc_std", f"fewer than two valid groups ({n_valid} of {G}): no spread of group AUCs")
+    # A group without predicted positives has no PPV: it leaves ppv_gap only, not every group's ppv_gap.
+    ppv = np.asarray(g[f"ppv{suffix}"])[:G]
+    no_ppv = valid & ~np.isfinite(ppv)
+    if no_ppv.any():
+        has_ppv = valid & np.isfinite(ppv)
+        names = ", ".join(group_names[i] for i in np.flatnonzero(no_ppv))
+        point["ppv_gap"] = _spread_over(ppv, has_ppv)
+        if boot is not None:
+            boot["ppv_gap"] = _spread_over(np.asarray(gb[f"ppv{suffix}"])[..., :G], has_ppv)
+        if int(has_ppv.sum()) < 2:
+            notes["ppv_gap"] = (f"no predicted positives in {names}: no PPV; fewer than two groups with a PPV remain, "
+                                "so ppv_gap is NaN")  # fmt: skip
+        else:
+            notes["ppv_gap"] = f"no predicted positives in {names}: no PPV, left out of ppv_gap"
+    # Ratios min/max are undefined (0/0) when the largest rate is 0: NaN with the reason, never a number.
+    if n_valid >= 2:
+        pos_rate = np.asarray(g[f"pos_rate{suffix}"])[:G][valid]
+        if pos_rate.max() == 0:
+            set_nan("dpr", "no valid group has a positive prediction: the ratio of selection rates is 0/0")
+        for rate in ("tpr", "fpr"):
+            values = np.asarray(g[f"{rate}{suffix}"])[:G][valid]
+            if np.all(np.isfinite(values)) and values.max() == 0:
+                set_nan("eor", f"the largest {rate.upper()} over the valid groups is 0: the {rate.upper()} ratio is 0/0")
+    return point, boot, notes
+
+
+def _spread_over(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """max − min over the masked groups (last axis); NaN with fewer than two groups."""
+    chosen = values[..., mask]
+    if chosen.shape[-1] < 2:
+        return np.full(chosen.shape[:-1], np.nan)
+    return chosen.max(axis=-1) - chosen.min(axis=-1)
 
 
 _THRESHOLDED_SUMMARIES = ("acc_gap", "es_acc", "tpr_gap", "fpr_gap", "tnr_gap", "ppv_gap", "eqodds_score", "eod",
@@ -516,7 +817,8 @@ def _flip_p_values(g, gb, valid, gap_metrics: Mapping[str, str]) -> dict[str, fl
 
 def _add_significance(report: Report) -> None:
     """Benjamini–Hochberg across the attributes and tasks of the report, separately for each gap."""
-    keys = sorted({k for t in report.tasks.values() for a in t.attributes.values() for k in a.significance})
+    keys = sorted({k for t in report.tasks.values() for a in t.attributes.values() for k in a.significance
+                   if k.endswith("_p")})  # fmt: skip
     for key in keys:
         holders = [a for t in report.tasks.values() for a in t.attributes.values() if key in a.significance]
         q = benjamini_hochberg(np.array([a.significance[key] for a in holders]))

@@ -1,8 +1,9 @@
 """Threshold policies (METRICS.md §4): which threshold turns scores into decisions, and on which data.
 
 Grammar: a fixed number (``0.5``); ``best_f1@val`` / ``best_f1@self``; ``youden@val`` / ``youden@self``;
-``fpr@X`` / ``tpr@X`` (chosen on the evaluated set, as Glocker et al.) with an optional ``@val``
-(``fpr@0.2@val``). Policies that look at the evaluated set's labels are flagged in every report.
+``fpr@X`` / ``tpr@X``, chosen on validation (``fpr@0.2`` is ``fpr@0.2@val``), or on the evaluated set itself only
+when asked (``fpr@0.2@self``, as Glocker et al.). Policies that look at the evaluated set's labels leak them into
+the threshold: ``ThresholdPolicy.leaks_labels`` says so, and every report carries the flag.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 
 from fairfm.errors import InputError
 
-POLICY_HELP = "0.5 (any number in (0,1)), best_f1@val, best_f1@self, youden@val, youden@self, fpr@X[@val], tpr@X[@val]"
+POLICY_HELP = ("0.5 (any number in (0,1)), best_f1@val, best_f1@self, youden@val, youden@self, "
+               "fpr@X[@val], fpr@X@self, tpr@X[@val], tpr@X@self")
 _RATE = re.compile(r"^(fpr|tpr)@([0-9]*\.?[0-9]+)(@(val|self))?$")
 
 
@@ -29,7 +31,7 @@ class ThresholdPolicy:
         if self.kind == "fixed":
             return f"{self.target:g}"
         if self.kind in ("fpr", "tpr"):
-            return f"{self.kind}@{self.target:g}" + ("@val" if self.on == "val" else "")
+            return f"{self.kind}@{self.target:g}@{self.on}"
         return f"{self.kind}@{self.on}"
 
     @property
@@ -56,7 +58,7 @@ def parse_policy(text: str) -> ThresholdPolicy:
         rate = float(match.group(2))
         if not 0.0 <= rate <= 1.0:
             raise InputError(f"threshold policy {text!r}: the target rate must lie in [0, 1]")
-        return ThresholdPolicy(match.group(1), match.group(4) or "self", rate)
+        return ThresholdPolicy(match.group(1), match.group(4) or "val", rate)  # validation unless asked
     raise InputError(f"unknown threshold policy {text!r}; choose one of: {POLICY_HELP}")
 
 
@@ -124,14 +126,18 @@ def choose_threshold(policy: ThresholdPolicy, y_self: np.ndarray, p_self: np.nda
         return float(policy.target)
     if policy.on == "val":
         if y_val is None or p_val is None:
+            on_self = ThresholdPolicy(policy.kind, "self", policy.target).name
             raise InputError(
-                f"threshold policy {policy.name!r} needs validation predictions: pass --val-file (or val=...)"
+                f"threshold policy {policy.name!r} needs validation predictions: pass --val-file or --split-column "
+                f"(val_true=/val_score=), or choose {on_self!r}, which leaks the evaluated set's labels"
             )
         y, p = y_val, p_val
     else:
         y, p = y_self, p_self
+    where = "validation" if policy.on == "val" else "evaluated"
+    if y.size == 0:
+        raise InputError(f"threshold policy {policy.name!r}: the {where} set has no sample with a known label")
     if y.min() == y.max():
-        where = "validation" if policy.on == "val" else "evaluated"
         raise InputError(f"threshold policy {policy.name!r}: the {where} set has only one class")
     if policy.kind == "best_f1":
         return best_f1_threshold(y, p)

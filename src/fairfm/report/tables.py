@@ -78,8 +78,18 @@ def _flags(report: Report, task: TaskResult) -> list[str]:
     flags = []
     if report.profile is not None:
         flags += [f"profile {report.profile.name}: {f}" for f in report.profile.flags]
-    if task.threshold_policy.endswith("@self") and report.profile is None:
-        flags.append(f"threshold policy {task.threshold_policy} uses the evaluated set's own labels")
+    if task.threshold_leaks_labels:
+        flags.append(f"threshold {task.threshold_policy} saw the evaluated set's labels (chosen on the set it "
+                     "scores): its thresholded metrics are optimistic")  # fmt: skip
+    leaking_extra = [name for name, leaks in task.extra_threshold_leaks.items() if leaks]
+    if leaking_extra and not task.threshold_leaks_labels:
+        flags.append(f"thresholds {', '.join(leaking_extra)} saw the evaluated set's labels")
+    if task.n_unknown_label or task.n_uncertain_label:
+        flags.append(f"{task.n_unknown_label} unknown label(s) left out; {task.n_uncertain_label} uncertain (-1) "
+                     f"label(s), policy '{report.uncertain}'")  # fmt: skip
+    if report.clients is not None:
+        flags.append(f"client-averaged: every metric computed per site and averaged over {len(report.clients['sites'])} "
+                     f"site(s) ({', '.join(report.clients['sites'])})")  # fmt: skip
     return flags
 
 
@@ -151,6 +161,8 @@ def rich_tables(report: Report) -> RichGroup:
                 parts.append(Text(f"  excluded {group}: {reason}", style="dim"))
             for note in attr.notes:
                 parts.append(Text(f"  ⚠ {note}", style="yellow"))
+            for metric, note in attr.metric_notes.items():
+                parts.append(Text(f"  ⚠ {metric}: {note}", style="yellow"))
             parts.append(Text(""))
     if with_ci:
         b = report.bootstrap
@@ -198,5 +210,7 @@ def markdown(report: Report) -> str:
                 lines.append(f"\n_excluded {group}: {reason}_")
             for note in attr.notes:
                 lines.append(f"\n> ⚠ {note}")
+            for metric, note in attr.metric_notes.items():
+                lines.append(f"\n> ⚠ {metric}: {note}")
     lines.append("")
     return "\n".join(lines)

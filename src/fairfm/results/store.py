@@ -497,6 +497,9 @@ def _metric_table(metrics: Any, run_id: str) -> pd.DataFrame:
     table["n"] = pd.to_numeric(table["n"], errors="coerce").astype("Int64")
     for column in ("run_id", "task", "attribute", "group", "metric", "threshold_policy", "note"):
         table[column] = table[column].astype("string").fillna("")
+    # Extension of the contract: whether the row's threshold saw the evaluated set's labels (docs/metrics.md).
+    leaks = "threshold_leaks_labels"
+    table[leaks] = metrics[leaks].fillna(False).astype(bool).to_numpy() if leaks in metrics.columns else False
     return table
 
 
