@@ -57,7 +57,9 @@ def _summary_function(metric: str, values_are_scores: bool) -> Callable[..., flo
     def fn(y_true: Any, y_values: Any, *, groups: Any) -> float:
         y, v, codes, names = _prepare(y_true, y_values, groups, values_are_scores=values_are_scores)
         g, o, valid = _group_and_overall(y, v, codes, names)
-        return float(E.summarise(g, o, valid)[metric])
+        from fairfm.metrics.report import _summarise  # each metric over the groups valid for it (METRICS.md §5)
+
+        return float(_summarise(g, o, None, None, valid, names)[0][metric])
 
     fn.__name__ = fn.__qualname__ = metric
     fn.__doc__ = (
