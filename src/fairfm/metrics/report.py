@@ -469,8 +469,9 @@ def merge_reports(reports: Sequence[Report]) -> Report:
     merged = Report(kind=first.kind, tasks={}, bootstrap=dict(first.bootstrap), profile=first.profile, warnings=[],
                     shown_metrics=first.shown_metrics, uncertain=first.uncertain, clients=first.clients)  # fmt: skip
     for report in reports:
-        if report.kind != first.kind or report.bootstrap != first.bootstrap:
-            raise InputError("reports to merge must have the same kind and bootstrap settings")
+        design = ("B", "stratify", "ci", "method")  # seeds may differ: each part resampled independently
+        if report.kind != first.kind or any(report.bootstrap.get(k) != first.bootstrap.get(k) for k in design):
+            raise InputError("reports to merge must have the same kind and bootstrap design (B, stratify, ci)")
         for name, task in report.tasks.items():
             if name in merged.tasks:
                 raise InputError(f"task {name!r} is in more than one of the reports to merge")
