@@ -334,3 +334,24 @@ def test_an_unknown_uncertain_policy_is_refused(run, preds):
     path, _ = preds
     result = run("evaluate", path, *BASE, "--uncertain", "maybe")
     assert result.code == 2 and "unknown --uncertain 'maybe'; choose one of: ignore, ones, zeros" in result.err
+
+
+def test_site_column_averages_the_fairfedmed_profile_over_clients(run, preds, tmp_path):
+    path, frame = preds
+    frame["hospital"] = np.where(np.arange(len(frame)) % 3 == 0, "north", "south")
+    frame.to_csv(path, index=False)
+    out = tmp_path / "r.json"
+    result = run("evaluate", path, "--y-true", "label", "--y-score", "score", "--attr", "sex", "--profile",
+                 "fairfedmed", "--site-column", "hospital", "--bootstrap", "0", "--format", "json", "--out", out)  # fmt: skip
+    assert result.code == 0, result.err
+    doc = json.loads(out.read_text())
+    expected = np.mean([roc_auc_score(frame.label[frame.hospital == s], frame.score[frame.hospital == s])
+                        for s in ("north", "south")])  # fmt: skip
+    assert doc["overall"]["auc"] == pytest.approx(expected)
+    assert doc["clients"]["sites"] == ["north", "south"]
+    refused = run("evaluate", path, "--y-true", "label", "--y-score", "score", "--attr", "sex", "--site-column",
+                  "hospital")  # fmt: skip
+    assert refused.code == 2 and "--site-column hospital: sites are averaged over by --profile fairfedmed" in refused.err
+    table = run("evaluate", path, "--y-true", "label", "--y-score", "score", "--attr", "sex", "--profile",
+                "fairfedmed", "--site-column", "hospital", "--bootstrap", "0")  # fmt: skip
+    assert table.code == 0 and "client-averaged" in table.out

@@ -171,3 +171,49 @@ def test_glocker_uses_sklearn_roc_points_where_they_differ_from_all_thresholds()
     native = M.evaluate(y, p, groups={"g": g}, threshold="fpr@0.2@self", bootstrap=0).tasks["task"].threshold
     assert glocker == sklearn_choice == 0.95  # kept points have FPR 0 or ≥ 5/6; the first FPR-0 point wins
     assert native == 0.8  # among all thresholds, FPR 1/6 at t = 0.8 is closest to 0.2
+
+
+def _fairfedmed_client(y, p, g):
+    """FairFedMed's per-client numbers, from sklearn/fairlearn: AUC, ES-AUC, AUC gap, DPD and EOD at p > 0.5."""
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    auc_all = roc_auc_score(y, p)
+    aucs = np.array([roc_auc_score(y[g == k], p[g == k]) for k in np.unique(g)])
+    yp = (p > 0.5).astype(int)
+    return {"auc": auc_all, "es_auc": auc_all / (1 + np.abs(aucs - auc_all).sum()), "auc_gap": aucs.max() - aucs.min(),
+            "dpd": demographic_parity_difference(y, yp, sensitive_features=g),
+            "eod": equalized_odds_difference(y, yp, sensitive_features=g)}  # fmt: skip
+
+
+def test_fairfedmed_averages_every_metric_over_sites():
+    rng = np.random.default_rng(11)
+    n = 900
+    site = rng.choice(["hospital_a", "hospital_b", "hospital_c"], n, p=[0.5, 0.3, 0.2])
+    race = rng.choice(["Asian", "Black", "White"], n)
+    y = (rng.random(n) < np.where(site == "hospital_b", 0.5, 0.3)).astype(int)
+    p = np.clip(rng.random(n) * 0.6 + y * np.where(site == "hospital_c", 0.2, 0.4), 0, 1).round(3)
+    report = M.evaluate(y, p, groups={"race": race}, profile="fairfedmed", sites=site, bootstrap=50)
+    per_site = [_fairfedmed_client(y[site == s], p[site == s], race[site == s]) for s in np.unique(site)]
+    expected = {m: np.mean([c[m] for c in per_site]) for m in per_site[0]}
+    task = report.tasks["task"]
+    summary = task.attributes["race"].summary
+    assert task.overall["auc"].value == pytest.approx(expected["auc"], abs=1e-12)
+    for metric in ("es_auc", "auc_gap", "dpd", "eod"):
+        assert summary[metric].value == pytest.approx(expected[metric], abs=1e-12), metric
+        assert np.isfinite(summary[metric].ci_low) and summary[metric].ci_low < summary[metric].ci_high
+    pooled = _fairfedmed_client(y, p, race)
+    assert abs(pooled["es_auc"] - expected["es_auc"]) > 1e-3  # the client average is not the pooled number
+    groups = report.by_group.loc["race"]
+    black = [roc_auc_score(y[(site == s) & (race == "Black")], p[(site == s) & (race == "Black")]) for s in np.unique(site)]
+    assert groups.loc["Black", "auc"] == pytest.approx(np.mean(black), abs=1e-12)
+    assert groups.loc["Black", "n"] == (race == "Black").sum()
+    assert report.clients["sites"] == ["hospital_a", "hospital_b", "hospital_c"]
+    assert report.to_dict()["clients"]["sites"] == ["hospital_a", "hospital_b", "hospital_c"]
+
+
+def test_sites_need_a_client_averaging_profile():
+    with pytest.raises(InputError, match="client averages \\(fairfedmed\\)"):
+        M.evaluate(Y, P, groups={"sex": G}, sites=G, bootstrap=0)
+    with pytest.raises(InputError, match="sites: row 1 has no site"):
+        M.evaluate(Y, P, groups={"sex": G}, sites=["x", None] + ["x"] * (len(Y) - 2), profile="fairfedmed",
+                   bootstrap=0)  # fmt: skip
