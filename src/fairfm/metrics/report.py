@@ -117,6 +117,7 @@ class Report:
             for attr in task.attributes.values():
                 attr.summary = {m: e for m, e in attr.summary.items() if m in keep}
                 attr.significance = {k: v for k, v in attr.significance.items() if k.rsplit("_", 1)[0] in keep}
+                attr.metric_notes = {m: note for m, note in attr.metric_notes.items() if m in keep}
         self.shown_metrics = list(metrics)
 
     # -- tables ----------------------------------------------------------------------------------------------

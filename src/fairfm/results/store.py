@@ -48,11 +48,14 @@ RUN_FILES = (SPEC_FILE, PREDICTIONS_FILE, METRICS_FILE, META_FILE)
 
 PREDICTION_KEYS = ("run_id", "sample_id", "task", "split")
 METRIC_COLUMNS = ("run_id", "task", "attribute", "group", "metric", "value", "ci_low", "ci_high", "n",
-                  "threshold_policy", "note")  # fmt: skip
+                  "threshold_policy", "note", "threshold_leaks_labels")  # fmt: skip
+#: Columns added to DESIGN.md's contract, with the value of a table that predates them (docs/metrics.md).
+_METRIC_EXTENSIONS = {"threshold_leaks_labels": False}
 #: A foreign host's temporary folder is only presumed dead after this long (its pid cannot be checked from here).
 STALE_FOREIGN_TMP_S = 24 * 3600
 
-_METRICS_SQL_TYPES = {"value": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "n": "BIGINT"}
+_METRICS_SQL_TYPES = {"value": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "n": "BIGINT",
+                      "threshold_leaks_labels": "BOOLEAN"}  # fmt: skip
 
 
 def default_store_path() -> Path:
@@ -487,9 +490,10 @@ def _metric_table(metrics: Any, run_id: str) -> pd.DataFrame:
         metrics = metrics.to_metric_table(run_id)
     if not isinstance(metrics, pd.DataFrame):
         raise TypeError(f"metrics must be a MetricTable DataFrame or a Report, got {type(metrics).__name__}")
-    missing = [c for c in METRIC_COLUMNS if c not in metrics.columns]
+    missing = [c for c in METRIC_COLUMNS if c not in metrics.columns and c not in _METRIC_EXTENSIONS]
     if missing:
         raise InputError(f"MetricTable: missing column(s) {', '.join(missing)}")
+    metrics = metrics.assign(**{c: v for c, v in _METRIC_EXTENSIONS.items() if c not in metrics.columns})
     table = metrics.loc[:, list(METRIC_COLUMNS)].copy()
     table["run_id"] = run_id
     for column in ("value", "ci_low", "ci_high"):
@@ -497,9 +501,7 @@ def _metric_table(metrics: Any, run_id: str) -> pd.DataFrame:
     table["n"] = pd.to_numeric(table["n"], errors="coerce").astype("Int64")
     for column in ("run_id", "task", "attribute", "group", "metric", "threshold_policy", "note"):
         table[column] = table[column].astype("string").fillna("")
-    # Extension of the contract: whether the row's threshold saw the evaluated set's labels (docs/metrics.md).
-    leaks = "threshold_leaks_labels"
-    table[leaks] = metrics[leaks].fillna(False).astype(bool).to_numpy() if leaks in metrics.columns else False
+    table["threshold_leaks_labels"] = table["threshold_leaks_labels"].fillna(False).astype(bool)
     return table
 
 
