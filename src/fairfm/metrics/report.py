@@ -181,7 +181,7 @@ class Report:
                 "run_id": run_id, "task": task.task, "attribute": attribute, "group": group, "metric": metric,
                 "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": n,
                 "threshold_policy": task.threshold_policy, "note": note,
-                "threshold_leaks_labels": task.leaks_labels(metric),
+                METRIC_LEAK_COLUMN: task.leaks_labels(metric),
             })  # fmt: skip
 
         for task in self.tasks.values():
@@ -451,7 +451,8 @@ def evaluate(
         uncertain=uncertain,
     )
     if site_codes is not None:
-        report.clients = {"sites": site_names, "averaged": "each metric computed per site, then the mean over sites"}
+        report.clients = {"sites": site_names, "n": {name: int(np.sum(site_codes == k)) for k, name in enumerate(site_names)},
+                          "averaged": "each metric computed per site, then the mean over sites"}  # fmt: skip
     _add_significance(report)
     if len(tasks) > 1:
         report.macro = _macro(tasks)
@@ -633,8 +634,10 @@ def _evaluate_sites(task, y, p, attributes, site_codes, site_names, rules, extra
     overall = {}
     names = list(OVERALL_CLASSIFICATION) + [f"{m}@{x}" for x in extra for m in E.THRESHOLDED]
     for metric in names:
-        overall[metric], _ = _site_mean([float(o[metric]) for o, _ in overall_sites],
-                                        [None if ob is None else ob[metric] for _, ob in overall_sites], ci)  # fmt: skip
+        overall[metric], out = _site_mean([float(o[metric]) for o, _ in overall_sites],
+                                          [None if ob is None else ob[metric] for _, ob in overall_sites], ci)  # fmt: skip
+        if metric == "auc" and out:
+            report_warnings.append(f"task '{task}': {left_out_note('auc', out)} (a site with one class has no AUC)")
     results: dict[str, AttributeResult] = {}
     for name, (codes, group_names) in items:
         if name == "__all__":
