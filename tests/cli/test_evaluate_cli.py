@@ -210,6 +210,8 @@ def test_a_long_prediction_table_with_splits(run, preds, tmp_path):
 
     val = frame.iloc[:150]
     assert effusion["threshold"]["value"] == pytest.approx(best_f1_threshold(val.label.to_numpy(), val.score.to_numpy()))
+    edema_threshold = _sklearn_best_f1(1 - val.label.to_numpy(), 1 - val.score.to_numpy())  # every task, by name
+    assert doc["tasks"]["edema"]["threshold"]["value"] == pytest.approx(edema_threshold)
 
 
 def _sklearn_best_f1(y, p):
