@@ -9,12 +9,13 @@ from fairfm.metrics.functions import *  # noqa: F401,F403  (the metric functions
 from fairfm.metrics.functions import __all__ as _function_names
 from fairfm.metrics.frames import evaluate_frame
 from fairfm.metrics.profiles import PROFILES, Profile, get_profile
-from fairfm.metrics.report import Estimate, FairnessWarning, Report, evaluate, evaluate_segmentation
+from fairfm.metrics.report import Estimate, FairnessWarning, Report, evaluate, evaluate_segmentation, merge_reports
 from fairfm.metrics.significance import benjamini_hochberg
 from fairfm.metrics.thresholds import ThresholdPolicy, parse_policy
 
 __all__ = [
     *_function_names,
     "PROFILES", "Profile", "get_profile", "Estimate", "FairnessWarning", "Report", "evaluate",
-    "evaluate_segmentation", "evaluate_frame", "benjamini_hochberg", "ThresholdPolicy", "parse_policy",
+    "evaluate_segmentation", "evaluate_frame", "merge_reports", "benjamini_hochberg", "ThresholdPolicy",
+    "parse_policy",
 ]  # fmt: skip

@@ -140,7 +140,8 @@ class TaskLabels:
 def task_labels(values: np.ndarray, column: str, pos_label: Any = 1, uncertain: str = "ignore") -> TaskLabels:
     """Blank labels leave the task (counted); −1 follows ``uncertain``: dropped, read as 1 or read as 0."""
     if uncertain not in UNCERTAIN_POLICIES:
-        raise InputError(f"unknown uncertain-label policy {uncertain!r}; choose one of: {', '.join(UNCERTAIN_POLICIES)}")
+        choices = ", ".join(UNCERTAIN_POLICIES)
+        raise InputError(f"unknown uncertain-label policy {uncertain!r}; choose one of: {choices}")
     labels = read_labels(values, column, pos_label)
     unknown = np.isnan(labels)
     is_uncertain = labels == UNCERTAIN_LABEL

@@ -188,7 +188,8 @@ def _checked(frame: pd.DataFrame, y_true: Sequence[str], y_score: Sequence[str],
     try:
         for c_true, c_score in zip(y_true, y_score):
             out[c_true] = I.read_labels(frame[c_true].to_numpy(), c_true, label, offset)
-            out[c_score] = I.check_scores(frame[c_score].to_numpy(), c_score, offset, used=~np.isnan(out[c_true].to_numpy()))
+            labelled = ~np.isnan(out[c_true].to_numpy())
+            out[c_score] = I.check_scores(frame[c_score].to_numpy(), c_score, offset, used=labelled)
     except InputError as exc:
         raise InputError(f"{source}: {exc}") from None
     return out

@@ -375,7 +375,8 @@ def evaluate(
     if B < 0:
         raise InputError(f"bootstrap resamples must be ≥ 0, got {B}")
     if uncertain not in I.UNCERTAIN_POLICIES:
-        raise InputError(f"unknown uncertain-label policy {uncertain!r}; choose one of: {', '.join(I.UNCERTAIN_POLICIES)}")
+        choices = ", ".join(I.UNCERTAIN_POLICIES)
+        raise InputError(f"unknown uncertain-label policy {uncertain!r}; choose one of: {choices}")
     Y, task_names = I.as_task_matrix(y_true, "y_true")
     P, score_names = I.as_task_matrix(y_score, "y_score")
     if Y.shape != P.shape:
@@ -451,7 +452,8 @@ def evaluate(
         uncertain=uncertain,
     )
     if site_codes is not None:
-        report.clients = {"sites": site_names, "n": {name: int(np.sum(site_codes == k)) for k, name in enumerate(site_names)},
+        sizes = {name: int(np.sum(site_codes == k)) for k, name in enumerate(site_names)}
+        report.clients = {"sites": site_names, "n": sizes,
                           "averaged": "each metric computed per site, then the mean over sites"}  # fmt: skip
     _add_significance(report)
     if len(tasks) > 1:
@@ -782,7 +784,8 @@ def _summarise(g, o, gb, ob, valid, group_names, suffix: str = ""):
         for rate in ("tpr", "fpr"):
             values = np.asarray(g[f"{rate}{suffix}"])[:G][valid]
             if np.all(np.isfinite(values)) and values.max() == 0:
-                set_nan("eor", f"the largest {rate.upper()} over the valid groups is 0: the {rate.upper()} ratio is 0/0")
+                name = rate.upper()
+                set_nan("eor", f"the largest {name} over the valid groups is 0: the {name} ratio is 0/0")
     return point, boot, notes
 
 

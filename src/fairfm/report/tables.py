@@ -88,8 +88,9 @@ def _flags(report: Report, task: TaskResult) -> list[str]:
         flags.append(f"{task.n_unknown_label} unknown label(s) left out; {task.n_uncertain_label} uncertain (-1) "
                      f"label(s), policy '{report.uncertain}'")  # fmt: skip
     if report.clients is not None:
-        flags.append(f"client-averaged: every metric computed per site and averaged over {len(report.clients['sites'])} "
-                     f"site(s) ({', '.join(report.clients['sites'])})")  # fmt: skip
+        sites = report.clients["sites"]
+        flags.append(f"client-averaged: every metric computed per site and averaged over {len(sites)} site(s) "
+                     f"({', '.join(sites)})")  # fmt: skip
     return flags
 
 
