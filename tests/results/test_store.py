@@ -16,7 +16,9 @@ import pytest
 import fairfm
 from fairfm.errors import InputError
 from fairfm.results import METRIC_COLUMNS, RunOutput, Store, data_version
+from fairfm.results import run_components
 from fairfm.results import runid as runid_module
+from fairfm.results import versions as versions_module
 from fairfm.spec import RunSpec
 from tests.results.helpers import compute, make_dataset
 
@@ -63,16 +65,58 @@ def test_run_id_changes_with_the_data_version(store, spec, dataset):
     assert store.run_id(spec) != before
 
 
-def test_run_id_changes_with_the_code_version(tmp_path, spec, monkeypatch):
+def test_run_id_survives_a_code_upgrade_but_follows_the_results_versions(tmp_path, spec, monkeypatch):
+    # The run id used to hash the git commit and the fairfm version: every commit lost every stored run.
     detected = Store(tmp_path / "s").run_id(spec)
-    assert Store(tmp_path / "s", code=runid_module.code_version()).run_id(spec) == detected
+    assert Store(tmp_path / "s", code={"fairfm": "0.0.1", "git": "abc"}).run_id(spec) == detected
     monkeypatch.setattr(fairfm, "__version__", "9.9.9")
-    assert Store(tmp_path / "s").run_id(spec) != detected
-    monkeypatch.undo()
     monkeypatch.setattr(runid_module, "_git_commit", lambda: "0" * 40)
-    assert Store(tmp_path / "s").run_id(spec) != detected
-    code = {"fairfm": "0.1.0", "git": "abc"}
-    assert Store(tmp_path / "a", code=code).run_id(spec) == Store(tmp_path / "b", code=code).run_id(spec)
+    assert Store(tmp_path / "s").run_id(spec) == detected
+    assert Store(tmp_path / "s").key(spec).code == {"fairfm": "9.9.9", "git": "0" * 40}  # still recorded
+    # A component whose numbers change bumps its results version: another run id, the same spec key.
+    monkeypatch.setitem(versions_module.RESULTS_VERSIONS, "metrics", versions_module.RESULTS_VERSIONS["metrics"] + 1)
+    bumped = Store(tmp_path / "s").key(spec)
+    assert bumped.run_id != detected and bumped.spec_key == Store(tmp_path / "s").key(spec).spec_key
+    # A component the run does not use changes nothing (a linear probe does not run SAM).
+    monkeypatch.undo()
+    monkeypatch.setitem(versions_module.RESULTS_VERSIONS, "usage.sam_prompt", 99)
+    assert Store(tmp_path / "s").run_id(spec) == detected
+
+
+def test_a_commit_only_change_still_finds_the_stored_run(store, spec, monkeypatch):
+    store.run(spec, compute)
+    monkeypatch.setattr(runid_module, "_git_commit", lambda: "f" * 40)
+    counter = Counter()
+    record = store.run(spec, counter)
+    assert counter.calls == 0 and not record.stale
+    assert record.meta["code"]["git"] != "f" * 40  # the exact code version it was made by is kept in meta.json
+
+
+def test_a_bumped_results_version_makes_the_stored_run_stale(store, spec, monkeypatch):
+    first = store.run(spec, compute)
+    assert not first.stale and first.meta["results_versions"] == run_components("linear_probe")
+    monkeypatch.setitem(versions_module.RESULTS_VERSIONS, "usage.linear_probe",
+                        versions_module.RESULTS_VERSIONS["usage.linear_probe"] + 1)  # fmt: skip
+    assert store.find(spec) is None
+    stale = store.find_stale(spec)
+    assert stale is not None and stale.run_id == first.run_id and stale.stale
+    assert store.load(first.run_id).stale
+    recomputed = store.run(spec, compute)  # Store.run never serves a stale run; the runner decides (see test_runner)
+    assert recomputed.run_id != first.run_id and not recomputed.stale and len(store) == 2
+    assert store.find_stale(spec).run_id == first.run_id
+
+
+def test_a_sample_table_edited_in_place_is_a_new_run(store, spec, dataset):
+    first = store.run(spec, compute)
+    samples = dataset / "samples.parquet"
+    frame = pd.read_parquet(samples)
+    frame["label_disease"] = 1.0 - frame["label_disease"]  # every label flipped, dataset.json untouched
+    frame.to_parquet(samples, index=False)
+    counter = Counter()
+    second = store.run(spec, counter)
+    assert counter.calls == 1 and second.run_id != first.run_id
+    assert second.meta["data"]["samples_sha256"] != first.meta["data"]["samples_sha256"]
+    assert store.find_stale(spec) is None  # other data is another run, not a stale one
 
 
 def test_run_id_is_the_same_in_another_process(store, spec, tmp_path):

@@ -7,10 +7,16 @@ Layout::
                        /metrics.parquet      the MetricTable
                        /meta.json            versions, timings, seed, host
     STORE/tmp/<run_id>.<host>.<pid>.<rand>/  a run being written
+    STORE/locks/<run_id>.lock                 held (host, pid, time) by the one process computing that run
 
 A run folder is built in ``STORE/tmp`` and renamed into ``STORE/runs`` with one ``os.replace`` once every file is
 complete, so a run killed at any point leaves no half-written result under ``runs/``; the orphaned temporary
 folder is removed (and the run redone) the next time that run is asked for.
+
+Two processes asked for the same run (two sweeps on one store, a sweep and a ``fairfm run``) compute it once: the
+first takes the run's lock file (created with ``O_EXCL``), the second waits for it and then finds the stored run. A
+lock whose holder died is recovered: on this host when its pid no longer exists, on another host when its holder
+stopped refreshing it (``LOCK_STALE_FOREIGN_S``).
 """
 
 from __future__ import annotations
@@ -22,17 +28,20 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 
 from fairfm.errors import InputError
 from fairfm.tableio import default_mode, host_tag, pid_alive
-from fairfm.results.runid import code_version, compute_run_id, config_id, data_version, weights_version
+from fairfm.results.runid import (code_version, compute_run_id, config_id, data_version, results_version,
+                                  samples_checksum, spec_key, split_config_id, weights_version)  # fmt: skip
 
 if TYPE_CHECKING:
     import duckdb
@@ -49,8 +58,16 @@ RUN_FILES = (SPEC_FILE, PREDICTIONS_FILE, METRICS_FILE, META_FILE)
 PREDICTION_KEYS = ("run_id", "sample_id", "task", "split")
 METRIC_COLUMNS = ("run_id", "task", "attribute", "group", "metric", "value", "ci_low", "ci_high", "n",
                   "threshold_policy", "note")  # fmt: skip
+#: Columns a MetricTable may have besides METRIC_COLUMNS, kept when present (the threshold saw the test labels).
+LEAK_COLUMN = "threshold_leaks_labels"
+OPTIONAL_METRIC_COLUMNS = (LEAK_COLUMN,)
 #: A foreign host's temporary folder is only presumed dead after this long (its pid cannot be checked from here).
 STALE_FOREIGN_TMP_S = 24 * 3600
+LOCKS_DIR = "locks"
+#: A run's lock is refreshed (its mtime) this often while held, so that another host can tell a live holder ...
+LOCK_HEARTBEAT_S = 30.0
+#: ... from a dead one: a foreign host's lock not refreshed for this long is presumed abandoned.
+LOCK_STALE_FOREIGN_S = 10 * 60.0
 
 _METRICS_SQL_TYPES = {"value": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "n": "BIGINT"}
 
@@ -95,6 +112,13 @@ class RunRecord:
     def created(self) -> str:
         return str(self.meta.get("created", ""))
 
+    @property
+    def stale(self) -> bool:
+        """Made by code whose numbers differ from the running code's: its results versions are not the current
+        ones of the components it uses (or were not recorded: a run stored before results versions existed)."""
+        recorded = self.meta.get("results_versions")
+        return recorded != results_version(self.spec)
+
     def run_spec(self) -> "RunSpec":
         """The stored spec as a :class:`RunSpec` again (execution fields such as ``device`` from meta.json)."""
         from fairfm.spec import EXECUTION_FIELDS, RunSpec
@@ -105,8 +129,8 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class RunKey:
-    """Everything that identifies a run: the resolved spec and the code, data (and weights) versions it was hashed
-    with."""
+    """Everything that identifies a run: the resolved spec and the data, weights and results versions it was hashed
+    with (``code``, the exact code version, is recorded but not hashed)."""
 
     run_id: str
     config_id: str
@@ -114,6 +138,9 @@ class RunKey:
     code: dict[str, Any]
     data: str
     weights: str | None = None
+    results: dict[str, int] = field(default_factory=dict)
+    spec_key: str = ""  # the run id without the results versions: how a stale run of this spec is found
+    split_config_id: str = ""  # the config id without the split seed either
 
 
 class Store:
@@ -136,8 +163,10 @@ class Store:
         code = self._code if self._code is not None else code_version()
         data = data_version(resolved["dataset"])
         weights = weights_version(resolved["checkpoint"])
-        return RunKey(compute_run_id(resolved, code, data, weights), config_id(resolved, code, data, weights),
-                      resolved, code, data, weights)  # fmt: skip
+        results = results_version(resolved)
+        return RunKey(compute_run_id(resolved, data, weights, results), config_id(resolved, data, weights, results),
+                      resolved, code, data, weights, results, spec_key(resolved, data, weights),
+                      split_config_id(resolved, spec.manifest(), weights, results))  # fmt: skip
 
     def run_id(self, spec: "RunSpec | Mapping[str, Any]") -> str:
         return self.key(spec).run_id
@@ -147,9 +176,25 @@ class Store:
         return (self.runs_dir / run_id / META_FILE).is_file()
 
     def find(self, spec: "RunSpec | Mapping[str, Any]") -> RunRecord | None:
-        """The stored run of ``spec`` (same spec, code and data versions), or None."""
+        """The stored run of ``spec`` (same spec, data, weights and results versions), or None."""
         run_id = self.run_id(spec)
         return self._read(run_id) if self.exists(run_id) else None
+
+    def find_stale(self, spec: "RunSpec | Mapping[str, Any]", *, _key: RunKey | None = None) -> RunRecord | None:
+        """The newest stored run of ``spec`` (same spec, data and weights) made under other results versions — a
+        stale result — or None. Only meaningful when :meth:`find` found nothing."""
+        key = _key or self.key(_as_spec(spec))
+        candidates = []
+        for folder in self._run_dirs():
+            if folder.name == key.run_id:
+                continue
+            try:
+                meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue  # a damaged folder is never served
+            if meta.get("spec_key") == key.spec_key:
+                candidates.append((str(meta.get("created", "")), folder.name))
+        return self._read(max(candidates)[1]) if candidates else None
 
     def load(self, run_id: str) -> RunRecord:
         """A run by id or by an unambiguous prefix of it (as in ``fairfm runs show``)."""
@@ -242,14 +287,51 @@ class Store:
         key = self.key(spec)
         if self.exists(key.run_id):
             return self._read(key.run_id)
-        self._clean_stale(key.run_id)
-        started = time.perf_counter()
-        output = _as_output(fn(spec))
-        elapsed = time.perf_counter() - started
-        meta = dict(output.meta)
-        meta["timings"] = {**dict(meta.get("timings") or {}), "run_s": round(elapsed, 3)}
-        self.write(spec, output.predictions, output.metrics, meta, _key=key)
+        with self.lock(key.run_id):
+            if self.exists(key.run_id):  # another process computed it while this one waited for the lock
+                return self._read(key.run_id)
+            self._clean_stale(key.run_id)
+            started = time.perf_counter()
+            output = _as_output(fn(spec))
+            elapsed = time.perf_counter() - started
+            meta = dict(output.meta)
+            meta["timings"] = {**dict(meta.get("timings") or {}), "run_s": round(elapsed, 3)}
+            self.write(spec, output.predictions, output.metrics, meta, _key=key)
         return self._read(key.run_id)
+
+    # -- per-run locks ---------------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, run_id: str, *, poll_s: float = 0.2) -> Iterator[None]:
+        """Hold ``STORE/locks/<run_id>.lock`` (waiting while another live process holds it)."""
+        path = self.path / LOCKS_DIR / f"{run_id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        holder = json.dumps({"host": host_tag(), "pid": os.getpid(), "time": time.time(),
+                             "thread": threading.get_ident()})  # fmt: skip
+        wait = poll_s
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, default_mode())
+            except FileExistsError:
+                if not _recover_abandoned_lock(path):
+                    time.sleep(wait)
+                    wait = min(wait * 1.5, 2.0)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(holder)
+            break
+        stop = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(path, stop), daemon=True, name=f"lock-{run_id}")
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+            try:
+                if path.read_text(encoding="utf-8") == holder:  # never remove a lock another process took over
+                    path.unlink()
+            except OSError:
+                pass
 
     def clean(self) -> list[Path]:
         """Remove every stale temporary folder (from runs killed while being written); return what was removed."""
@@ -282,8 +364,12 @@ class Store:
             "run_id": key.run_id,
             "config_id": key.config_id,
             "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "spec_key": key.spec_key,
+            "split_config_id": key.split_config_id,
+            "results_versions": key.results,
             "code": key.code,
             "data": {"dataset": manifest.get("dataset"), "dir": key.resolved["dataset"], "sha256": key.data,
+                     "samples_sha256": samples_checksum(key.resolved["dataset"]),
                      "dataset_version": manifest.get("dataset_version")},  # fmt: skip
             "weights": key.weights,
             "seed": spec.seed,
@@ -295,7 +381,8 @@ class Store:
             "packages": packages,
         }
         for name, value in (extra or {}).items():
-            if name in ("run_id", "config_id", "code", "data", "weights"):
+            if name in ("run_id", "config_id", "spec_key", "split_config_id", "results_versions", "code", "data",
+                        "weights"):
                 raise InputError(f"meta: {name!r} is set by the store and cannot be given")
             meta[name] = value
         return meta
@@ -490,14 +577,69 @@ def _metric_table(metrics: Any, run_id: str) -> pd.DataFrame:
     missing = [c for c in METRIC_COLUMNS if c not in metrics.columns]
     if missing:
         raise InputError(f"MetricTable: missing column(s) {', '.join(missing)}")
-    table = metrics.loc[:, list(METRIC_COLUMNS)].copy()
+    optional = [c for c in OPTIONAL_METRIC_COLUMNS if c in metrics.columns]
+    table = metrics.loc[:, [*METRIC_COLUMNS, *optional]].copy()
     table["run_id"] = run_id
+    if LEAK_COLUMN in optional:
+        table[LEAK_COLUMN] = table[LEAK_COLUMN].fillna(False).astype(bool)
     for column in ("value", "ci_low", "ci_high"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64")
     table["n"] = pd.to_numeric(table["n"], errors="coerce").astype("Int64")
     for column in ("run_id", "task", "attribute", "group", "metric", "threshold_policy", "note"):
         table[column] = table[column].astype("string").fillna("")
     return table
+
+
+def _heartbeat(path: Path, stop: threading.Event) -> None:
+    while not stop.wait(LOCK_HEARTBEAT_S):
+        try:
+            os.utime(path)
+        except OSError:
+            return
+
+
+def _recover_abandoned_lock(path: Path) -> bool:
+    """Remove ``path`` if its holder is dead (this host: its pid is gone; another host: not refreshed for
+    ``LOCK_STALE_FOREIGN_S``); True when the lock is gone and may be taken now."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True  # released meanwhile
+    except OSError:
+        return False
+    try:
+        holder = json.loads(text)
+        host, pid = str(holder["host"]), int(holder["pid"])
+    except (ValueError, KeyError, TypeError):
+        # Being written this instant, or garbage: garbage older than a heartbeat can be nobody's live lock.
+        host, pid = "", 0
+        if age < LOCK_HEARTBEAT_S:
+            return False
+    if host == host_tag():
+        if pid_alive(pid):
+            return False
+    elif host and age < LOCK_STALE_FOREIGN_S:
+        return False
+    # Take the dead lock aside with an atomic rename (only one recovering process can win it), then check that what
+    # was taken is the dead holder's lock and not one that a faster process has just created in its place.
+    aside = path.with_name(f"{path.name}.{host_tag()}.{os.getpid()}.{threading.get_ident()}.dead")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        if aside.read_text(encoding="utf-8") != text:
+            try:
+                os.link(aside, path)  # put the live lock back (fails only if yet another one appeared)
+            except OSError:
+                pass
+            return False
+    finally:
+        aside.unlink(missing_ok=True)
+    return True
 
 
 def _dumps(document: Any) -> str:
