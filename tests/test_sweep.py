@@ -204,3 +204,41 @@ def test_a_sweep_over_a_dataset_name_prepares_it_once_in_the_parent(clip_dir, tm
         spec = store.load(outcome.run_id).spec
         assert spec["dataset"] == str(prepared[0]) and spec["root"] == str(raw.resolve())
     assert {o.status for o in run_sweep(sweep, store, progress=False)} == {"found"}
+
+
+def test_a_sweep_serves_stale_runs_marked_and_recomputes_them_when_asked(synth_dir, clip_dir, tmp_path, capsys,
+                                                                         monkeypatch):  # fmt: skip
+    from fairfm.results import versions
+
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                                          "usage": "zero_shot", "bootstrap": 10,
+                                          "hparams": {"ensemble": [True, False]}}))  # fmt: skip
+    store = tmp_path / "store"
+    assert run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")[0] == 0
+    old = {r.run_id for r in Store(store).list()}
+
+    monkeypatch.setitem(versions.RESULTS_VERSIONS, "usage.zero_shot", versions.RESULTS_VERSIONS["usage.zero_shot"] + 1)
+    calls = _count_computations(monkeypatch)
+    code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")
+    assert code == 0 and calls == [] and "2 stale run(s)" in out
+    rows = [line for line in out.splitlines() if any(run_id in line for run_id in old)]
+    assert len(rows) == 2 and all(" stale " in row for row in rows)
+    code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--dry-run", "--recompute-stale")
+    assert code == 0 and out.count("to run") == 2
+
+    code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet", "--recompute-stale")
+    assert code == 0 and len(calls) == 2 and out.count("computed") == 2 and "stale run(s)" not in out
+    assert len(Store(store)) == 4 and sum(r.stale for r in Store(store).list()) == 2
+    outcomes = run_sweep(SweepSpec.from_yaml(sweep_file), Store(store), progress=False, recompute_stale=True)
+    assert {o.status for o in outcomes} == {"found"} and len(calls) == 2
+
+
+def test_a_sweep_prints_a_line_per_finished_run(synth_dir, clip_dir, tmp_path, capsys):
+    sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                                 "usage": "zero_shot", "bootstrap": 10, "seeds": [0, 1]})  # fmt: skip
+    outcomes = run_sweep(sweep, Store(tmp_path / "store"), progress=True)
+    out = capsys.readouterr().out
+    for outcome in outcomes:
+        assert f"cell {outcome.index} (clip · zero_shot · seed {outcome.spec['seed']}): computed in " in out
+        assert f"→ run {outcome.run_id}" in out

@@ -488,3 +488,84 @@ def test_a_sweep_runs_through_the_store_and_aggregates_by_seed(store, dataset):
     assert agg["model"].tolist() == ["vit_a", "vit_b"]
     assert agg["n_seeds"].tolist() == [3, 3]
     assert [list(s) for s in agg["seeds"]] == [[0, 1, 2], [0, 1, 2]]
+
+
+# -- concurrency: one run, one computation ------------------------------------------------------------------------
+
+_SLOW_RUN = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from fairfm.results import Store
+    from fairfm.spec import RunSpec
+    from tests.results.helpers import compute
+
+    store_path, spec_path, counter, go = sys.argv[1:5]
+    while not Path(go).exists():  # both processes start computing at the same moment
+        time.sleep(0.01)
+
+    def slow(spec):
+        with open(counter, "a") as handle:
+            handle.write("computed\\n")
+        time.sleep(1.0)  # long enough for the other process to ask for the same run meanwhile
+        return compute(spec)
+
+    print(Store(store_path).run(RunSpec.from_yaml(spec_path), slow).run_id)
+""")
+
+
+def test_two_processes_asked_for_the_same_run_compute_it_once(store, spec, tmp_path):
+    spec_path, counter, go = tmp_path / "spec.yaml", tmp_path / "counter.txt", tmp_path / "go"
+    spec.to_yaml(spec_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _SLOW_RUN, str(store.path), str(spec_path), str(counter), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+             for _ in range(2)]  # fmt: skip
+    import time
+
+    time.sleep(2.0)  # both have imported fairfm and are polling for the start signal
+    go.touch()
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    ids = {out.strip() for out, _ in results}
+    assert ids == {store.run_id(spec)}
+    assert counter.read_text().splitlines() == ["computed"]  # the second process waited and found the first's run
+    assert len(store) == 1 and not any((store.path / "locks").iterdir())
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_lock_of_a_crashed_holder_is_recovered(store, spec):
+    from fairfm.tableio import host_tag
+
+    run_id = store.run_id(spec)
+    lock = store.path / "locks" / f"{run_id}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": host_tag(), "pid": _dead_pid(), "time": 0}))
+    counter = Counter()
+    record = store.run(spec, counter)
+    assert counter.calls == 1 and record.run_id == run_id and not lock.exists()
+
+
+def test_a_live_foreign_lock_is_waited_for_and_an_abandoned_one_taken(store, spec, monkeypatch):
+    import threading
+    import time
+
+    from fairfm.results import store as store_module
+
+    run_id = store.run_id(spec)
+    lock = store.path / "locks" / f"{run_id}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "another-host", "pid": 1, "time": time.time()}))
+    done = threading.Event()
+    counter = Counter()
+    worker = threading.Thread(target=lambda: (store.run(spec, counter), done.set()))
+    worker.start()
+    time.sleep(1.0)
+    assert not done.is_set() and counter.calls == 0  # another host's lock, refreshed recently: wait
+    monkeypatch.setattr(store_module, "LOCK_STALE_FOREIGN_S", 0.5)  # ... until it is no longer refreshed
+    worker.join(timeout=30)
+    assert done.is_set() and counter.calls == 1 and not lock.exists()

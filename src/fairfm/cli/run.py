@@ -95,6 +95,11 @@ def run_command(
         None, "--store", help="Results store folder (default: $FAIRFM_STORE, else ./fairfm_runs)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    recompute_stale: bool = typer.Option(
+        False, "--recompute-stale",
+        help="A run stored by a fairfm whose results versions were older (its numbers may differ) is computed again "
+             "instead of being shown with a 'stale' mark; the stale run stays in the store.",
+    ),
 ) -> None:
     """Run a spec, or find its stored result, and print a per-attribute summary (AUC per group, AUC gap).
 
@@ -125,10 +130,11 @@ def run_command(
                 origins[key] = f"{flag} {item}"
 
     spec = RunSpec.load(spec_file, overrides, origins=origins, flags=FIELD_FLAGS)
-    _run(spec, store_dir, print_spec=print_spec, quiet=quiet)
+    _run(spec, store_dir, print_spec=print_spec, quiet=quiet, recompute_stale=recompute_stale)
 
 
-def _run(spec: "RunSpec", store_dir: Path | None, *, print_spec: bool, quiet: bool) -> None:
+def _run(spec: "RunSpec", store_dir: Path | None, *, print_spec: bool, quiet: bool,
+         recompute_stale: bool = False) -> None:  # fmt: skip
     from fairfm.cli import make_console
     from fairfm.data.cache import resolve_dataset
     from fairfm.results import Store
@@ -152,9 +158,12 @@ def _run(spec: "RunSpec", store_dir: Path | None, *, print_spec: bool, quiet: bo
     from fairfm.report.tables import rich_tables
     from fairfm.runner import execute
 
-    result = execute(spec, store, progress=not quiet, want_report=True)
+    result = execute(spec, store, progress=not quiet, want_report=True, recompute_stale=recompute_stale)
     record = result.record
     state = "computed" if result.computed else "found in the store (not recomputed)"
+    if result.stale:
+        state = ("[yellow]found in the store, STALE[/yellow]: computed by a fairfm whose results versions were "
+                 "older, so its numbers may differ from this version's (--recompute-stale recomputes it)")
     console.print(f"run [bold]{record.run_id}[/bold]: {state} — {spec.model} · {spec.usage} · seed {spec.seed}",
                   markup=True)  # fmt: skip
     console.print(f"[dim]stored in {record.path}[/dim]", soft_wrap=True)
