@@ -242,3 +242,43 @@ def test_a_sweep_prints_a_line_per_finished_run(synth_dir, clip_dir, tmp_path, c
     for outcome in outcomes:
         assert f"cell {outcome.index} (clip · zero_shot · seed {outcome.spec['seed']}): computed in " in out
         assert f"→ run {outcome.run_id}" in out
+
+
+def test_a_seed_sweep_over_a_dataset_name_shares_one_split_and_aggregates(clip_dir, tmp_path, capsys):
+    import json
+
+    from tests.data.chest_releases import write_chexpert
+
+    write_chexpert(tmp_path / "raw", n_patients=80, demo="csv")
+    sweep_file = tmp_path / "sweep.yaml"
+    base = {"dataset": "chexpert", "root": "raw", "model": "clip", "usage": "lp", "checkpoint": str(clip_dir),
+            "bootstrap": 10, "tasks": ["no_finding"], "attributes": ["sex"],
+            "hparams": {"epochs": 3, "batch_size": 16, "warmup_epochs": 0}}  # fmt: skip
+    sweep_file.write_text(yaml.safe_dump({**base, "seeds": [0, 1, 2]}))
+    store = tmp_path / "store"
+    code, out, err = run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")
+    assert code == 0 and out.count("computed") == 3, out + err
+    prepared = sorted((store / "datasets").iterdir())
+    assert [p.name.split("-")[2] for p in prepared] == ["seed0"]  # one split for the three training seeds
+    assert {r.spec["split_seed"] for r in Store(store).list()} == {0}
+
+    code, out, _ = run_cli(capsys, "runs", "aggregate", "--store", store, "--metric", "auc", "--json")
+    rows = [r for r in json.loads(out) if r["attribute"] == "__all__"]
+    assert len(rows) == 1 and rows[0]["n_seeds"] == 3 and sorted(rows[0]["seeds"]) == [0, 1, 2]
+    values = [r.metrics.query("attribute == '__all__' and metric == 'auc'")["value"].iloc[0]
+              for r in Store(store).list()]  # fmt: skip
+    assert rows[0]["std"] == pytest.approx(pd.Series(values).std()) and rows[0]["std"] > 0
+
+    # A sweep over split seeds is its own axis: one prepared folder per split seed, aggregated with --over split_seed.
+    split_file = tmp_path / "splits.yaml"
+    split_file.write_text(yaml.safe_dump({**base, "split_seed": [1, 2]}))
+    assert run_cli(capsys, "sweep", split_file, "--store", store, "--quiet")[0] == 0
+    assert len(list((store / "datasets").iterdir())) == 3
+    code, out, _ = run_cli(capsys, "runs", "aggregate", "--store", store, "--metric", "auc", "--json")
+    by_seed = [r for r in json.loads(out) if r["attribute"] == "__all__"]
+    assert sorted(r["n_seeds"] for r in by_seed) == [1, 1, 3]  # within each split seed: over training seeds
+    code, out, _ = run_cli(capsys, "runs", "aggregate", "--store", store, "--metric", "auc", "--json",
+                           "--over", "split_seed")  # fmt: skip
+    over_splits = [r for r in json.loads(out) if r["attribute"] == "__all__"]
+    assert len(over_splits) == 1 and over_splits[0]["n_seeds"] == 5
+    assert sorted(over_splits[0]["split_seeds"]) == [0, 0, 0, 1, 2]

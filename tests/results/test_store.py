@@ -569,3 +569,12 @@ def test_a_live_foreign_lock_is_waited_for_and_an_abandoned_one_taken(store, spe
     monkeypatch.setattr(store_module, "LOCK_STALE_FOREIGN_S", 0.5)  # ... until it is no longer refreshed
     worker.join(timeout=30)
     assert done.is_set() and counter.calls == 1 and not lock.exists()
+
+
+def test_the_split_seed_is_its_own_field(store, spec):
+    assert store.key(spec).resolved["split_seed"] == 0  # the prepared folder's recorded split seed
+    assert store.run_id(spec.replace(split_seed=0)) == store.run_id(spec)
+    with pytest.raises(InputError, match=r"split_seed: the spec asks for 3 but .*dataset\.json was split with seed 0"):
+        store.run_id(spec.replace(split_seed=3))
+    # The training seed is not the split seed: another seed is the same split, so the same seed-free configuration.
+    assert store.key(spec.replace(seed=5)).resolved["split_seed"] == 0

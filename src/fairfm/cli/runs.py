@@ -187,13 +187,16 @@ def aggregate_command(
                                                "AUC / Dice and the key gaps)."),  # fmt: skip
     attribute: Optional[List[str]] = typer.Option(None, "--attribute", help="Attribute(s) to show (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    over: str = typer.Option("seed", "--over", help="seed: runs that differ only by the training seed (one split); "
+                             "split_seed: runs of one release that differ by split seed (and seed)."),  # fmt: skip
 ) -> None:
-    """Mean ± std over seeds of runs that differ only by seed (overall values and fairness gaps)."""
+    """Mean ± std over seeds of runs that differ only by seed (overall values and fairness gaps); --over split_seed
+    aggregates over split seeds instead."""
     results = _store(store)
     filters: dict[str, Any] = {"metric": list(metric) if metric else list(_AGGREGATED)}
     if attribute:
         filters["attribute"] = ["__all__", *attribute]
-    frame = results.aggregate(**filters)
+    frame = results.aggregate(over=over, **filters)
     frame = frame[frame["group"].isin(["__all__", "__summary__"])]
     if as_json:
         print(frame.to_json(orient="records", force_ascii=False))
@@ -201,7 +204,8 @@ def aggregate_command(
     if frame.empty:
         console.print(f"no matching runs in {results.path}")
         return
-    table = Table(title=f"mean ± std over seeds ({results.path})", box=box.SIMPLE_HEAD, pad_edge=False,
+    over_what = "split seeds" if over == "split_seed" else "seeds"
+    table = Table(title=f"mean ± std over {over_what} ({results.path})", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)  # fmt: skip
     for column in ("dataset", "model", "usage", "method", "task", "attribute"):
         table.add_column(column, overflow="fold")

@@ -440,21 +440,28 @@ class Store:
         return self.query(f"SELECT * FROM ({_METRIC_VIEW}) {where} ORDER BY created, run_id, task, attribute, "
                           f"\"group\", metric", params)  # fmt: skip
 
-    def aggregate(self, **filters: Any) -> pd.DataFrame:
+    def aggregate(self, *, over: str = "seed", **filters: Any) -> pd.DataFrame:
         """Mean ± std over seeds per (dataset, model, usage, method, task, attribute, group, metric).
 
-        Runs are grouped by ``config_id`` — runs that differ *only* by seed (same spec otherwise, same code and data
-        versions). ``std`` is the sample standard deviation (ddof = 1; NaN for one seed); missing values (NaN) are
-        skipped and ``n_seeds`` counts the seeds that have a value. Filters as in :meth:`metrics`.
+        ``over="seed"`` (default): runs are grouped by ``config_id`` — runs that differ *only* by the training seed
+        (same spec otherwise, the same split seed, data and results versions). ``over="split_seed"``: grouped by
+        ``split_config_id`` — runs of one release that differ by split seed and/or seed (the spread over splits).
+        ``std`` is the sample standard deviation (ddof = 1; NaN for one run); missing values (NaN) are skipped and
+        ``n_seeds`` counts the runs that have a value. Filters as in :meth:`metrics`.
         """
+        keys = {"seed": "config_id", "split_seed": "split_config_id"}
+        if over not in keys:
+            raise InputError(f"aggregate over {over!r}: choose one of {', '.join(keys)}")
+        key = keys[over]
         where, params = _where(filters, _METRIC_VIEW_COLUMNS)
         sql = f"""
             SELECT dataset, model, usage, method, task, attribute, "group", metric,
                    avg(v) AS mean, stddev_samp(v) AS std, count(v) AS n_seeds,
-                   list(seed ORDER BY seed) AS seeds, config_id
+                   list(seed ORDER BY split_seed, seed) AS seeds,
+                   list(split_seed ORDER BY split_seed, seed) AS split_seeds, {key} AS config_id
             FROM (SELECT *, CASE WHEN isnan(value) THEN NULL ELSE value END AS v FROM ({_METRIC_VIEW}) {where})
-            GROUP BY config_id, dataset, model, usage, method, task, attribute, "group", metric
-            ORDER BY dataset, model, usage, method NULLS FIRST, config_id, task, attribute, "group", metric
+            GROUP BY {key}, dataset, model, usage, method, task, attribute, "group", metric
+            ORDER BY dataset, model, usage, method NULLS FIRST, {key}, task, attribute, "group", metric
         """
         return self.query(sql, params)
 
@@ -462,12 +469,13 @@ class Store:
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 
-_RUN_COLUMNS = ("run_id", "config_id", "dataset", "dataset_dir", "model", "checkpoint", "usage", "method", "split",
-                "seed", "tasks", "attributes", "threshold", "bootstrap", "hparams", "created", "run_s", "fairfm",
+_RUN_COLUMNS = ("run_id", "config_id", "split_config_id", "dataset", "dataset_dir", "model", "checkpoint", "usage",
+                "method", "split", "split_seed", "seed", "stale", "tasks", "attributes", "threshold", "bootstrap", "hparams", "created", "run_s", "fairfm",
                 "git", "data_sha256")  # fmt: skip
-_METRIC_VIEW = ("SELECT m.*, r.config_id, r.dataset, r.model, r.usage, r.method, r.seed, r.created "
-                "FROM metrics m JOIN runs r USING (run_id)")  # fmt: skip
-_METRIC_VIEW_COLUMNS = (*METRIC_COLUMNS, "config_id", "dataset", "model", "usage", "method", "seed", "created")
+_METRIC_VIEW = ("SELECT m.*, r.config_id, r.split_config_id, r.dataset, r.model, r.usage, r.method, r.split_seed, "
+                "r.seed, r.created FROM metrics m JOIN runs r USING (run_id)")  # fmt: skip
+_METRIC_VIEW_COLUMNS = (*METRIC_COLUMNS, "config_id", "split_config_id", "dataset", "model", "usage", "method",
+                        "split_seed", "seed", "created")  # fmt: skip
 _EMPTY_METRICS = "SELECT " + ", ".join(
     f"CAST(NULL AS {_METRICS_SQL_TYPES.get(c, 'VARCHAR')}) AS \"{c}\"" for c in METRIC_COLUMNS
 )
@@ -483,6 +491,7 @@ def _run_row(record: RunRecord) -> dict[str, Any]:
     return {
         "run_id": record.run_id,
         "config_id": meta.get("config_id"),
+        "split_config_id": meta.get("split_config_id") or meta.get("config_id"),
         "dataset": data.get("dataset") or Path(str(spec.get("dataset", ""))).name,
         "dataset_dir": spec.get("dataset"),
         "model": spec.get("model"),
@@ -490,7 +499,9 @@ def _run_row(record: RunRecord) -> dict[str, Any]:
         "usage": spec.get("usage"),
         "method": spec.get("method"),
         "split": spec.get("split"),
+        "split_seed": spec.get("split_seed"),
         "seed": spec.get("seed"),
+        "stale": record.stale,
         "tasks": ",".join(spec.get("tasks") or []),
         "attributes": ",".join(spec.get("attributes") or []),
         "threshold": spec.get("threshold"),
