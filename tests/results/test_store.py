@@ -116,6 +116,7 @@ def test_a_sample_table_edited_in_place_is_a_new_run(store, spec, dataset):
     second = store.run(spec, counter)
     assert counter.calls == 1 and second.run_id != first.run_id
     assert second.meta["data"]["samples_sha256"] != first.meta["data"]["samples_sha256"]
+    assert not first.meta["data"]["edited_after_prepare"] and second.meta["data"]["edited_after_prepare"]
     assert store.find_stale(spec) is None  # other data is another run, not a stale one
 
 

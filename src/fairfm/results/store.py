@@ -357,6 +357,8 @@ class Store:
 
     def _meta(self, spec: "RunSpec", key: RunKey, extra: Mapping[str, Any] | None) -> dict[str, Any]:
         manifest = spec.manifest()
+        samples_sha256 = samples_checksum(key.resolved["dataset"])
+        recorded = manifest.get("samples_sha256")  # written by prepare; absent in folders made by hand or earlier
         packages = {name: getattr(sys.modules[name], "__version__", None)
                     for name in ("numpy", "pandas", "torch", "timm", "open_clip", "transformers", "peft")
                     if name in sys.modules}  # fmt: skip
@@ -369,7 +371,8 @@ class Store:
             "results_versions": key.results,
             "code": key.code,
             "data": {"dataset": manifest.get("dataset"), "dir": key.resolved["dataset"], "sha256": key.data,
-                     "samples_sha256": samples_checksum(key.resolved["dataset"]),
+                     "samples_sha256": samples_sha256,
+                     "edited_after_prepare": None if recorded is None else recorded != samples_sha256,
                      "dataset_version": manifest.get("dataset_version")},  # fmt: skip
             "weights": key.weights,
             "seed": spec.seed,
