@@ -87,6 +87,7 @@ def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
     found: list[SweepOutcome] = []
     pending: list[PendingRun] = []
     seen: set[str] = set()
+    stale_index = None  # spec key -> stored runs, read once for every cell not found as it is
     for index, spec in enumerate(sweep.expand()):
         try:
             # A dataset given by name is prepared here, once, before any worker could race to prepare it.
@@ -99,7 +100,10 @@ def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
             continue
         seen.add(run_id)
         data = spec.model_dump(mode="json")
-        stale = None if store.exists(run_id) or recompute_stale else store.find_stale(spec, _key=key)
+        stale = None
+        if not store.exists(run_id) and not recompute_stale:
+            stale_index = store.spec_index() if stale_index is None else stale_index
+            stale = store.find_stale(spec, _key=key, _index=stale_index)
         if store.exists(run_id):
             found.append(SweepOutcome(index, run_id, "found", data))
         elif stale is not None:

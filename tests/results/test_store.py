@@ -104,6 +104,8 @@ def test_a_bumped_results_version_makes_the_stored_run_stale(store, spec, monkey
     recomputed = store.run(spec, compute)  # Store.run never serves a stale run; the runner decides (see test_runner)
     assert recomputed.run_id != first.run_id and not recomputed.stale and len(store) == 2
     assert store.find_stale(spec).run_id == first.run_id
+    agg = store.aggregate(metric="auc", attribute="__all__")  # never averaged together: two configurations
+    assert len(agg) == 2 and sorted(agg["stale"]) == [False, True] and list(agg["n_seeds"]) == [1, 1]
 
 
 def test_a_sample_table_edited_in_place_is_a_new_run(store, spec, dataset):

@@ -205,8 +205,10 @@ def aggregate_command(
         console.print(f"no matching runs in {results.path}")
         return
     over_what = "split seeds" if over == "split_seed" else "seeds"
+    caption = ("STALE: runs stored by a fairfm whose results versions were older (their numbers may differ); "
+               "--recompute-stale on fairfm run / sweep computes them again") if frame["stale"].any() else None
     table = Table(title=f"mean ± std over {over_what} ({results.path})", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)  # fmt: skip
+                  collapse_padding=True, caption=caption)  # fmt: skip
     for column in ("dataset", "model", "usage", "method", "task", "attribute"):
         table.add_column(column, overflow="fold")
     for column in ("metric", "mean ± std", "seeds"):
@@ -217,5 +219,5 @@ def aggregate_command(
         table.add_row(str(row["dataset"]), str(row["model"]), str(row["usage"]),
                       "–" if row["method"] is None or row["method"] != row["method"] else str(row["method"]),
                       str(row["task"]), attr, str(row["metric"]), _fmt(row["mean"]) + spread,
-                      str(int(row["n_seeds"])))  # fmt: skip
+                      str(int(row["n_seeds"])) + (" STALE" if row.get("stale") else ""))  # fmt: skip
     console.print(table)

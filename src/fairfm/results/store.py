@@ -180,21 +180,27 @@ class Store:
         run_id = self.run_id(spec)
         return self._read(run_id) if self.exists(run_id) else None
 
-    def find_stale(self, spec: "RunSpec | Mapping[str, Any]", *, _key: RunKey | None = None) -> RunRecord | None:
+    def find_stale(self, spec: "RunSpec | Mapping[str, Any]", *, _key: RunKey | None = None,
+                   _index: Mapping[str, list[tuple[str, str]]] | None = None) -> RunRecord | None:  # fmt: skip
         """The newest stored run of ``spec`` (same spec, data and weights) made under other results versions — a
-        stale result — or None. Only meaningful when :meth:`find` found nothing."""
+        stale result — or None. Only meaningful when :meth:`find` found nothing. ``_index``: a
+        :meth:`spec_index` built once for many look-ups (a sweep's plan)."""
         key = _key or self.key(_as_spec(spec))
-        candidates = []
+        index = self.spec_index() if _index is None else _index
+        candidates = [entry for entry in index.get(key.spec_key, []) if entry[1] != key.run_id]
+        return self._read(max(candidates)[1]) if candidates else None
+
+    def spec_index(self) -> dict[str, list[tuple[str, str]]]:
+        """spec key -> [(created, run id)] of every stored run (one read of every meta.json)."""
+        index: dict[str, list[tuple[str, str]]] = {}
         for folder in self._run_dirs():
-            if folder.name == key.run_id:
-                continue
             try:
                 meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 continue  # a damaged folder is never served
-            if meta.get("spec_key") == key.spec_key:
-                candidates.append((str(meta.get("created", "")), folder.name))
-        return self._read(max(candidates)[1]) if candidates else None
+            if meta.get("spec_key"):
+                index.setdefault(str(meta["spec_key"]), []).append((str(meta.get("created", "")), folder.name))
+        return index
 
     def load(self, run_id: str) -> RunRecord:
         """A run by id or by an unambiguous prefix of it (as in ``fairfm runs show``)."""
@@ -304,13 +310,19 @@ class Store:
     def lock(self, run_id: str, *, poll_s: float = 0.2) -> Iterator[None]:
         """Hold ``STORE/locks/<run_id>.lock`` (waiting while another live process holds it)."""
         path = self.path / LOCKS_DIR / f"{run_id}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"store: cannot create {path.parent} ({exc.strerror or exc}); is {self.path} "
+                             "writable?") from None  # fmt: skip
         holder = json.dumps({"host": host_tag(), "pid": os.getpid(), "time": time.time(),
                              "thread": threading.get_ident()})  # fmt: skip
         wait = poll_s
         while True:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, default_mode())
+            except PermissionError as exc:
+                raise InputError(f"store: cannot create {path} ({exc.strerror}); is {self.path} writable?") from None
             except FileExistsError:
                 if not _recover_abandoned_lock(path):
                     time.sleep(wait)
@@ -461,7 +473,8 @@ class Store:
             SELECT dataset, model, usage, method, task, attribute, "group", metric,
                    avg(v) AS mean, stddev_samp(v) AS std, count(v) AS n_seeds,
                    list(seed ORDER BY split_seed, seed) AS seeds,
-                   list(split_seed ORDER BY split_seed, seed) AS split_seeds, {key} AS config_id
+                   list(split_seed ORDER BY split_seed, seed) AS split_seeds, {key} AS config_id,
+                   bool_or(stale) AS stale
             FROM (SELECT *, CASE WHEN isnan(value) THEN NULL ELSE value END AS v FROM ({_METRIC_VIEW}) {where})
             GROUP BY {key}, dataset, model, usage, method, task, attribute, "group", metric
             ORDER BY dataset, model, usage, method NULLS FIRST, {key}, task, attribute, "group", metric
@@ -476,9 +489,9 @@ _RUN_COLUMNS = ("run_id", "config_id", "split_config_id", "dataset", "dataset_di
                 "method", "split", "split_seed", "seed", "stale", "tasks", "attributes", "threshold", "bootstrap", "hparams", "created", "run_s", "fairfm",
                 "git", "data_sha256")  # fmt: skip
 _METRIC_VIEW = ("SELECT m.*, r.config_id, r.split_config_id, r.dataset, r.model, r.usage, r.method, r.split_seed, "
-                "r.seed, r.created FROM metrics m JOIN runs r USING (run_id)")  # fmt: skip
+                "r.seed, r.stale, r.created FROM metrics m JOIN runs r USING (run_id)")  # fmt: skip
 _METRIC_VIEW_COLUMNS = (*METRIC_COLUMNS, "config_id", "split_config_id", "dataset", "model", "usage", "method",
-                        "split_seed", "seed", "created")  # fmt: skip
+                        "split_seed", "seed", "stale", "created")  # fmt: skip
 _EMPTY_METRICS = "SELECT " + ", ".join(
     f"CAST(NULL AS {_METRICS_SQL_TYPES.get(c, 'VARCHAR')}) AS \"{c}\"" for c in METRIC_COLUMNS
 )
