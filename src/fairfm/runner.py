@@ -139,6 +139,7 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
                 progress: bool = True) -> tuple[pd.DataFrame, "Report", dict[str, Any]]:  # fmt: skip
     """Compute one run: (PredictionTable without run_id, metrics Report, meta)."""
     from fairfm.data.prepare import load_prepared
+    from fairfm.metrics.stored import report_extras
 
     check_supported(spec)
     timings: dict[str, float] = {}
@@ -181,7 +182,6 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
         predictions = pd.concat(parts, ignore_index=True)
     report = report_from_predictions(predictions, spec, progress=progress)
     timings["metrics_s"] = time.perf_counter() - started
-    from fairfm.metrics.stored import report_extras
     meta = {
         "usage": spec.usage,
         "seeds": {"run": spec.seed, "bootstrap": spec.seed, "split": (manifest.get("split") or {}).get("seed")},
