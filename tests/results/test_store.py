@@ -502,7 +502,8 @@ _SLOW_RUN = textwrap.dedent("""
     from fairfm.spec import RunSpec
     from tests.results.helpers import compute
 
-    store_path, spec_path, counter, go = sys.argv[1:5]
+    store_path, spec_path, counter, go, ready = sys.argv[1:6]
+    Path(ready).touch()
     while not Path(go).exists():  # both processes start computing at the same moment
         time.sleep(0.01)
 
@@ -520,12 +521,15 @@ def test_two_processes_asked_for_the_same_run_compute_it_once(store, spec, tmp_p
     spec_path, counter, go = tmp_path / "spec.yaml", tmp_path / "counter.txt", tmp_path / "go"
     spec.to_yaml(spec_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _SLOW_RUN, str(store.path), str(spec_path), str(counter), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-             for _ in range(2)]  # fmt: skip
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _SLOW_RUN, str(store.path), str(spec_path), str(counter), str(go),
+                               str(flag)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+             for flag in ready]  # fmt: skip
     import time
 
-    time.sleep(2.0)  # both have imported fairfm and are polling for the start signal
+    deadline = time.monotonic() + 60
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)  # both have imported fairfm and poll for the start signal
     go.touch()
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
