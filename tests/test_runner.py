@@ -417,3 +417,23 @@ def test_fairfm_run_shows_the_bootstrap_progress_unless_quiet(synth_dir, clip_di
     code, _, err = run_cli(capsys, "run", spec_file, "--store", tmp_path / "store", *(["-q"] if quiet else []))
     assert code == 0, err
     assert asked == [not quiet]
+
+
+def test_labels_flipped_in_place_are_computed_again_not_found(tmp_path, clip_dir):
+    # The review's case: every label of samples.parquet flipped in place, dataset.json untouched.
+    synth = make_synth(tmp_path / "data")
+    store = Store(tmp_path / "store")
+    spec = _spec(synth, clip_dir, "zero_shot", bootstrap=0)
+    first = runner.execute(spec, store, progress=False)
+    samples = synth / "samples.parquet"
+    frame = pd.read_parquet(samples)
+    labels = [c for c in frame.columns if c.startswith("label_")]
+    frame[labels] = 1.0 - frame[labels]
+    frame.to_parquet(samples, index=False)
+    second = runner.execute(spec, store, progress=False)
+    assert second.computed and second.record.run_id != first.record.run_id and not second.stale
+
+    def auc(record):
+        return record.metrics.query("attribute == '__all__' and metric == 'auc'")["value"].iloc[0]
+
+    assert auc(second.record) == pytest.approx(1 - auc(first.record))
