@@ -337,3 +337,103 @@ def test_view_reads_the_named_image_column(synth_dir, clip_dir, tmp_path, usage)
         _spec(with_view, clip_dir, usage, view="oct").resolve()
     assert _spec(with_view, clip_dir, usage, view="path_alt").view == "alt"
     assert _spec(with_view, clip_dir, usage, view="path").view is None
+
+
+# -- found runs: the stored MetricTable, stale runs, progress ------------------------------------------------------
+
+
+def test_a_found_run_reads_its_report_from_the_stored_metric_table(synth_dir, clip_dir, tmp_path, monkeypatch):
+    import fairfm.metrics
+
+    store = Store(tmp_path / "store")
+    spec = _spec(synth_dir, clip_dir, "zero_shot", tasks=["disease"])
+    first = runner.execute(spec, store, progress=False, want_report=True)
+    assert first.computed
+
+    def no_bootstrap(*args, **kwargs):
+        raise AssertionError("a found run must not be evaluated again")
+
+    monkeypatch.setattr(fairfm.metrics, "evaluate_frame", no_bootstrap)
+    monkeypatch.setattr(runner, "report_from_predictions", no_bootstrap)
+    found = runner.execute(spec, store, progress=False, want_report=True)
+    assert not found.computed and not found.stale
+    pd.testing.assert_frame_equal(found.report.summary, first.report.summary)
+    pd.testing.assert_frame_equal(found.report.by_group, first.report.by_group)
+    original, restored = first.report.tasks["disease"], found.report.tasks["disease"]
+    assert restored.threshold == original.threshold and restored.n_pos == original.n_pos
+    assert restored.attributes["sex"].worst_group == original.attributes["sex"].worst_group
+    assert found.report.bootstrap == first.report.bootstrap
+    pd.testing.assert_frame_equal(found.report.to_metric_table(found.record.run_id), found.record.metrics,
+                                  check_dtype=False)  # fmt: skip
+    assert found.report.to_json() == first.report.to_json()
+
+
+def test_a_stale_run_is_served_with_a_mark_and_recomputed_when_asked(synth_dir, clip_dir, tmp_path, capsys,
+                                                                     monkeypatch):  # fmt: skip
+    from fairfm.results import versions
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                                         "usage": "zero_shot", "bootstrap": 20}))  # fmt: skip
+    store = tmp_path / "store"
+    code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "-q")
+    assert code == 0, err
+    old_id = Store(store).list()[0].run_id
+
+    monkeypatch.setitem(versions.RESULTS_VERSIONS, "metrics", versions.RESULTS_VERSIONS["metrics"] + 1)
+    computations = _count_computations(monkeypatch)
+    code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "-q")
+    assert code == 0 and computations == [] and f"run {old_id}: found in the store, STALE" in out
+    assert "--recompute-stale" in out and "AUC gap" in out
+    code, out, _ = run_cli(capsys, "runs", "list", "--store", store)
+    assert code == 0 and f"{old_id} STALE" in out
+
+    code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "-q", "--recompute-stale")
+    assert code == 0 and computations == ["zero_shot"]
+    new_id = next(r.run_id for r in Store(store).list() if r.run_id != old_id)
+    assert f"run {new_id}: computed" in out
+    code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "-q", "--recompute-stale")
+    assert code == 0 and f"run {new_id}: found in the store (not recomputed)" in out and len(computations) == 1
+    listing = json.loads(run_cli(capsys, "runs", "list", "--store", store, "--json")[1])
+    assert {row["run_id"]: row["stale"] for row in listing} == {old_id: True, new_id: False}
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_fairfm_run_shows_the_bootstrap_progress_unless_quiet(synth_dir, clip_dir, tmp_path, capsys, monkeypatch,
+                                                              quiet):  # fmt: skip
+    import fairfm.metrics
+
+    asked: list[bool] = []
+    original = fairfm.metrics.evaluate_frame
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("progress", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fairfm.metrics, "evaluate_frame", recording)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                                         "usage": "zero_shot", "bootstrap": 20}))  # fmt: skip
+    code, _, err = run_cli(capsys, "run", spec_file, "--store", tmp_path / "store", *(["-q"] if quiet else []))
+    assert code == 0, err
+    assert asked == [not quiet]
+
+
+def test_labels_flipped_in_place_are_computed_again_not_found(tmp_path, clip_dir):
+    # The review's case: every label of samples.parquet flipped in place, dataset.json untouched.
+    synth = make_synth(tmp_path / "data")
+    store = Store(tmp_path / "store")
+    spec = _spec(synth, clip_dir, "zero_shot", bootstrap=0)
+    first = runner.execute(spec, store, progress=False)
+    samples = synth / "samples.parquet"
+    frame = pd.read_parquet(samples)
+    labels = [c for c in frame.columns if c.startswith("label_")]
+    frame[labels] = 1.0 - frame[labels]
+    frame.to_parquet(samples, index=False)
+    second = runner.execute(spec, store, progress=False)
+    assert second.computed and second.record.run_id != first.record.run_id and not second.stale
+
+    def auc(record):
+        return record.metrics.query("attribute == '__all__' and metric == 'auc'")["value"].iloc[0]
+
+    assert auc(second.record) == pytest.approx(1 - auc(first.record))

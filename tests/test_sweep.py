@@ -204,3 +204,81 @@ def test_a_sweep_over_a_dataset_name_prepares_it_once_in_the_parent(clip_dir, tm
         spec = store.load(outcome.run_id).spec
         assert spec["dataset"] == str(prepared[0]) and spec["root"] == str(raw.resolve())
     assert {o.status for o in run_sweep(sweep, store, progress=False)} == {"found"}
+
+
+def test_a_sweep_serves_stale_runs_marked_and_recomputes_them_when_asked(synth_dir, clip_dir, tmp_path, capsys,
+                                                                         monkeypatch):  # fmt: skip
+    from fairfm.results import versions
+
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                                          "usage": "zero_shot", "bootstrap": 10,
+                                          "hparams": {"ensemble": [True, False]}}))  # fmt: skip
+    store = tmp_path / "store"
+    assert run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")[0] == 0
+    old = {r.run_id for r in Store(store).list()}
+
+    monkeypatch.setitem(versions.RESULTS_VERSIONS, "usage.zero_shot", versions.RESULTS_VERSIONS["usage.zero_shot"] + 1)
+    calls = _count_computations(monkeypatch)
+    code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")
+    assert code == 0 and calls == [] and "2 stale run(s)" in out
+    rows = [line for line in out.splitlines() if any(run_id in line for run_id in old)]
+    assert len(rows) == 2 and all(" stale " in row for row in rows)
+    code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--dry-run", "--recompute-stale")
+    assert code == 0 and out.count("to run") == 2
+
+    code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet", "--recompute-stale")
+    assert code == 0 and len(calls) == 2 and out.count("computed") == 2 and "stale run(s)" not in out
+    assert len(Store(store)) == 4 and sum(r.stale for r in Store(store).list()) == 2
+    outcomes = run_sweep(SweepSpec.from_yaml(sweep_file), Store(store), progress=False, recompute_stale=True)
+    assert {o.status for o in outcomes} == {"found"} and len(calls) == 2
+
+
+def test_a_sweep_prints_a_line_per_finished_run(synth_dir, clip_dir, tmp_path, capsys):
+    sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                                 "usage": "zero_shot", "bootstrap": 10, "seeds": [0, 1]})  # fmt: skip
+    outcomes = run_sweep(sweep, Store(tmp_path / "store"), progress=True)
+    out = capsys.readouterr().out
+    for outcome in outcomes:
+        assert f"cell {outcome.index} (clip · zero_shot · seed {outcome.spec['seed']}): computed in " in out
+        assert f"→ run {outcome.run_id}" in out
+
+
+def test_a_seed_sweep_over_a_dataset_name_shares_one_split_and_aggregates(clip_dir, tmp_path, capsys):
+    import json
+
+    from tests.data.chest_releases import write_chexpert
+
+    write_chexpert(tmp_path / "raw", n_patients=80, demo="csv")
+    sweep_file = tmp_path / "sweep.yaml"
+    base = {"dataset": "chexpert", "root": "raw", "model": "clip", "usage": "lp", "checkpoint": str(clip_dir),
+            "bootstrap": 10, "tasks": ["no_finding"], "attributes": ["sex"],
+            "hparams": {"epochs": 3, "batch_size": 16, "warmup_epochs": 0}}  # fmt: skip
+    sweep_file.write_text(yaml.safe_dump({**base, "seeds": [0, 1, 2]}))
+    store = tmp_path / "store"
+    code, out, err = run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")
+    assert code == 0 and out.count("computed") == 3, out + err
+    prepared = sorted((store / "datasets").iterdir())
+    assert [p.name.split("-")[2] for p in prepared] == ["seed0"]  # one split for the three training seeds
+    assert {r.spec["split_seed"] for r in Store(store).list()} == {0}
+
+    code, out, _ = run_cli(capsys, "runs", "aggregate", "--store", store, "--metric", "auc", "--json")
+    rows = [r for r in json.loads(out) if r["attribute"] == "__all__"]
+    assert len(rows) == 1 and rows[0]["n_seeds"] == 3 and sorted(rows[0]["seeds"]) == [0, 1, 2]
+    values = [r.metrics.query("attribute == '__all__' and metric == 'auc'")["value"].iloc[0]
+              for r in Store(store).list()]  # fmt: skip
+    assert rows[0]["std"] == pytest.approx(pd.Series(values).std()) and rows[0]["std"] > 0
+
+    # A sweep over split seeds is its own axis: one prepared folder per split seed, aggregated with --over split_seed.
+    split_file = tmp_path / "splits.yaml"
+    split_file.write_text(yaml.safe_dump({**base, "split_seed": [1, 2]}))
+    assert run_cli(capsys, "sweep", split_file, "--store", store, "--quiet")[0] == 0
+    assert len(list((store / "datasets").iterdir())) == 3
+    code, out, _ = run_cli(capsys, "runs", "aggregate", "--store", store, "--metric", "auc", "--json")
+    by_seed = [r for r in json.loads(out) if r["attribute"] == "__all__"]
+    assert sorted(r["n_seeds"] for r in by_seed) == [1, 1, 3]  # within each split seed: over training seeds
+    code, out, _ = run_cli(capsys, "runs", "aggregate", "--store", store, "--metric", "auc", "--json",
+                           "--over", "split_seed")  # fmt: skip
+    over_splits = [r for r in json.loads(out) if r["attribute"] == "__all__"]
+    assert len(over_splits) == 1 and over_splits[0]["n_seeds"] == 5
+    assert sorted(over_splits[0]["split_seeds"]) == [0, 0, 0, 1, 2]

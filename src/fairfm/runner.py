@@ -46,11 +46,13 @@ MASKS_DIR = "masks"
 
 @dataclass
 class RunResult:
-    """A stored run, whether it was computed by this call, and its metrics Report."""
+    """A stored run, whether it was computed by this call, its metrics Report, and whether it is stale (found under
+    older results versions: its numbers may differ from what the running code computes; see ``recompute_stale``)."""
 
     record: "RunRecord"
     computed: bool
     report: "Report | None" = None
+    stale: bool = False
 
 
 @dataclass
@@ -67,24 +69,32 @@ class UsageOutput:
 # ----------------------------------------------------------------------------------------------------- public
 
 
-def run(spec: "RunSpec", store: "Store", *, progress: bool = True) -> "RunRecord":
+def run(spec: "RunSpec", store: "Store", *, progress: bool = True, recompute_stale: bool = False) -> "RunRecord":
     """The stored run of ``spec``: found in ``store``, or computed and stored."""
-    return execute(spec, store, progress=progress).record
+    return execute(spec, store, progress=progress, recompute_stale=recompute_stale).record
 
 
-def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_report: bool = False) -> RunResult:
+def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_report: bool = False,
+            recompute_stale: bool = False) -> RunResult:  # fmt: skip
     """Like :func:`run`, also saying whether the run was computed and (``want_report``) returning its Report —
-    the one computed, or for a found run the same Report rebuilt from its stored predictions (deterministic)."""
+    the one computed, or for a found run the one read from its stored MetricTable (no bootstrap is redone).
+
+    A run stored under older results versions (same spec, data and weights; see :mod:`fairfm.results.versions`) is
+    served with ``stale=True`` unless ``recompute_stale``, which computes the run under the current versions (a new
+    run id; the stale run stays in the store, marked)."""
     from fairfm.data.cache import resolve_dataset
 
     check_supported(spec)
     spec, _ = resolve_dataset(spec, store.path, progress=progress)  # a dataset name + raw root: prepared once
+    key = store.key(spec)
     found = store.find(spec)
+    if found is None and not recompute_stale:
+        found = store.find_stale(spec, _key=key)
     if found is not None:
-        report = report_from_predictions(found.predictions, spec) if want_report else None
-        return RunResult(found, computed=False, report=report)
+        report = stored_report(found, spec) if want_report else None
+        return RunResult(found, computed=False, report=report, stale=found.stale)
     kept: dict[str, Any] = {}
-    run_id = store.run_id(spec)
+    run_id = key.run_id
 
     def compute(resolved_spec: "RunSpec"):
         from fairfm.results import RunOutput
@@ -95,7 +105,21 @@ def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_repo
         return RunOutput(predictions, report, meta)
 
     record = store.run(spec, compute)
-    return RunResult(record, computed="report" in kept, report=kept.get("report"))
+    report = kept.get("report")
+    if report is None and want_report:  # another process computed it while this one waited for the run's lock
+        report = stored_report(record, spec)
+    return RunResult(record, computed="report" in kept, report=report)
+
+
+def stored_report(record: "RunRecord", spec: "RunSpec") -> "Report":
+    """The Report of a stored run, read from its MetricTable (instant); a run stored without the report's extras
+    in meta.json (before they were kept) is evaluated again from its predictions (the same numbers)."""
+    extras = record.meta.get("report")
+    if extras is None:
+        return report_from_predictions(record.predictions, spec)
+    from fairfm.metrics.stored import report_from_metric_table
+
+    return report_from_metric_table(record.metrics, extras)
 
 
 def check_supported(spec: "RunSpec") -> None:
@@ -115,6 +139,7 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
                 progress: bool = True) -> tuple[pd.DataFrame, "Report", dict[str, Any]]:  # fmt: skip
     """Compute one run: (PredictionTable without run_id, metrics Report, meta)."""
     from fairfm.data.prepare import load_prepared
+    from fairfm.metrics.stored import report_extras
 
     check_supported(spec)
     timings: dict[str, float] = {}
@@ -155,7 +180,7 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
             rows = np.flatnonzero(split_of == split)
             parts.append(prediction_rows(table.iloc[rows], output.probabilities[split], tasks, attributes, split))
         predictions = pd.concat(parts, ignore_index=True)
-    report = report_from_predictions(predictions, spec)
+    report = report_from_predictions(predictions, spec, progress=progress)
     timings["metrics_s"] = time.perf_counter() - started
     meta = {
         "usage": spec.usage,
@@ -165,6 +190,7 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "n_samples": {s: int((split_of == s).sum()) for s in needed},
         **output.meta,
+        "report": report_extras(report),  # what the MetricTable lacks to give back this Report (stored_report)
     }
     return predictions, report, meta
 
@@ -202,8 +228,9 @@ def prediction_rows(samples: pd.DataFrame, probabilities: np.ndarray, tasks: lis
     return pd.concat(frames, ignore_index=True)
 
 
-def report_from_predictions(predictions: pd.DataFrame, spec: "RunSpec") -> "Report":
-    """The metrics Report of a PredictionTable: threshold chosen on the val rows, metrics on the test rows."""
+def report_from_predictions(predictions: pd.DataFrame, spec: "RunSpec", *, progress: bool = False) -> "Report":
+    """The metrics Report of a PredictionTable: threshold chosen on the val rows, metrics on the test rows
+    (``progress``: a bar on stderr during the bootstrap)."""
     from fairfm.metrics import evaluate_frame
     from fairfm.metrics.report import Report
 
@@ -218,7 +245,8 @@ def report_from_predictions(predictions: pd.DataFrame, spec: "RunSpec") -> "Repo
     def evaluate(rows: pd.DataFrame) -> "Report":
         return evaluate_frame(rows.reset_index(drop=True), y_true=["y_true"], y_score=["y_score"],
                               attributes=attributes, task_column="task", split_column="split", on="sample_id",
-                              threshold=spec.threshold, bootstrap=spec.bootstrap, seed=spec.seed)  # fmt: skip
+                              threshold=spec.threshold, bootstrap=spec.bootstrap, seed=spec.seed,
+                              progress=progress)  # fmt: skip
 
     tasks = list(dict.fromkeys(frame["task"].astype(str)))
     samples_per_task = {t: frozenset(frame.loc[frame["task"] == t, "sample_id"]) for t in tasks}

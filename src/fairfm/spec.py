@@ -340,7 +340,9 @@ class RunSpec(_Strict):
     method: Optional[str] = Field(None, description="mitigation method (null: none)")
     method_params: dict[str, Any] = Field(default_factory=dict)
     hparams: dict[str, Any] = Field(default_factory=dict)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="training and bootstrap seed (a seed sweep varies these only)")
+    split_seed: Optional[int] = Field(None, ge=0, description="seed of the train/val/test split (null: the one "
+                                      "recorded in dataset.json; 0 when a dataset is prepared by name)")
     threshold: str = "best_f1@val"
     bootstrap: int = Field(1000, ge=0)
     device: str = "auto"
@@ -534,6 +536,11 @@ class RunSpec(_Strict):
         if self.split is not None and recorded_split is not None and self.split != recorded_split:
             raise InputError(f"split: the spec asks for {self.split!r} but {dataset / _MANIFEST_FILE} was split with "
                              f"{recorded_split!r} (prepare the dataset again with --split {self.split})")  # fmt: skip
+        recorded_seed = (manifest.get("split") or {}).get("seed")
+        if self.split_seed is not None and recorded_seed is not None and self.split_seed != recorded_seed:
+            raise InputError(f"split_seed: the spec asks for {self.split_seed} but {dataset / _MANIFEST_FILE} was split "
+                             f"with seed {recorded_seed} (prepare the dataset again with --seed {self.split_seed}, "
+                             "or give the dataset by name with its root)")  # fmt: skip
         root = self.root if self.root is not None else manifest.get("root")
         resolved = self.model_dump(mode="json", exclude=set(EXECUTION_FIELDS))
         resolved.update(
@@ -543,6 +550,7 @@ class RunSpec(_Strict):
             tasks=list(tasks),
             attributes=list(attributes),
             split=self.split if self.split is not None else recorded_split,
+            split_seed=self.split_seed if self.split_seed is not None else recorded_seed,
         )
         return canonical(resolved)
 

@@ -11,7 +11,9 @@ outcomes = run_sweep(SweepSpec.from_yaml("sweep.yaml"), Store("fairfm_runs"), ex
 Every cell is an ordinary run (:func:`fairfm.runner.execute`), so a sweep resumes for free: the runs already in the
 store are found in the parent process before anything is dispatched, and only the others are sent to the executor.
 A run that fails is reported with its one-line error and the sweep goes on (``keep_going``); cells whose resolved
-spec is the same run (e.g. they differ only in ``device``) are run once.
+spec is the same run (e.g. they differ only in ``device``) are run once. A cell whose run is stored only under older
+results versions (:mod:`fairfm.results.versions`) is served as ``stale``, or computed again with
+``recompute_stale``.
 
 Executors are registered by name (:func:`register_executor`); each receives the pending runs and yields one
 :class:`SweepOutcome` per run as it finishes, in any order.
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class SweepOutcome:
-    """What became of one cell: ``computed``, ``found`` (already in the store) or ``failed`` (with ``error``)."""
+    """What became of one cell: ``computed``, ``found`` (already in the store), ``stale`` (found, but stored under
+    older results versions: ``run_id`` is the stale run's) or ``failed`` (with ``error``)."""
 
     index: int
     run_id: str
@@ -74,27 +77,37 @@ def list_executors() -> list[str]:
 # ----------------------------------------------------------------------------------------------------- public
 
 
-def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True) -> tuple[list[SweepOutcome], list[PendingRun]]:
+def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
+         recompute_stale: bool = False) -> tuple[list[SweepOutcome], list[PendingRun]]:  # fmt: skip
     """(cells already in the store, cells still to run) — duplicates of one run id are kept once. Datasets named
-    by a registered name and a raw ``root`` are prepared into the store first (``prepare=False``: never write)."""
+    by a registered name and a raw ``root`` are prepared into the store first (``prepare=False``: never write).
+    A cell stored only under older results versions is "stale" and counted as found, unless ``recompute_stale``."""
     from fairfm.data.cache import resolve_dataset
 
     found: list[SweepOutcome] = []
     pending: list[PendingRun] = []
     seen: set[str] = set()
+    stale_index = None  # spec key -> stored runs, read once for every cell not found as it is
     for index, spec in enumerate(sweep.expand()):
         try:
             # A dataset given by name is prepared here, once, before any worker could race to prepare it.
             spec, _ = resolve_dataset(spec, store.path, prepare=prepare)
-            run_id = store.run_id(spec)  # fails fast, before any work, for a missing dataset or checkpoint
+            key = store.key(spec)  # fails fast, before any work, for a missing dataset or checkpoint
+            run_id = key.run_id
         except InputError as exc:
             raise InputError(f"sweep cell {index} ({spec.model} · {spec.usage} · seed {spec.seed}): {exc}") from None
         if run_id in seen:
             continue
         seen.add(run_id)
         data = spec.model_dump(mode="json")
+        stale = None
+        if not store.exists(run_id) and not recompute_stale:
+            stale_index = store.spec_index() if stale_index is None else stale_index
+            stale = store.find_stale(spec, _key=key, _index=stale_index)
         if store.exists(run_id):
             found.append(SweepOutcome(index, run_id, "found", data))
+        elif stale is not None:
+            found.append(SweepOutcome(index, stale.run_id, "stale", data))
         else:
             pending.append(PendingRun(index, run_id, data))
     return found, pending
@@ -110,12 +123,15 @@ def run_sweep(
     keep_going: bool = True,
     progress: bool = True,
     on_outcome: Callable[[SweepOutcome], None] | None = None,
+    recompute_stale: bool = False,
 ) -> list[SweepOutcome]:
     """Run every cell of ``sweep`` that is not in ``store`` yet; the outcomes in grid order.
 
     ``workers``: parallel runs for ``pool`` / ``ray`` (default: the CPU count for ``pool``, the cluster's for
     ``ray``); ``address``: a Ray cluster (``ray://host:10001`` or ``auto``), default a local one. Without
-    ``keep_going`` the first failure stops the sweep (runs already finished stay stored).
+    ``keep_going`` the first failure stops the sweep (runs already finished stay stored). ``recompute_stale``:
+    cells stored only under older results versions are computed again (otherwise served as ``stale``). With
+    ``progress``, a line per finished run (its state and time) above the sweep's bar.
     """
     if executor not in _EXECUTORS:
         raise InputError(f"executor {executor!r} is not one of {', '.join(list_executors())}")
@@ -123,7 +139,7 @@ def run_sweep(
         raise InputError(f"workers: {workers} — give at least 1")
     if address is not None and executor != "ray":
         raise InputError(f"--address {address!r} is for the ray executor (got executor {executor!r})")
-    found, pending = plan(sweep, store)
+    found, pending = plan(sweep, store, recompute_stale=recompute_stale)
     outcomes = list(found)
     for outcome in found:
         if on_outcome is not None:
@@ -143,6 +159,8 @@ def run_sweep(
                     outcomes.append(outcome)
                     failed += outcome.status == "failed"
                     bar.update(task, advance=1, state=f"{failed} failed" if failed else "")
+                    if progress:
+                        bar.console.print(_cell_line(outcome), markup=False, soft_wrap=True)
                     if on_outcome is not None:
                         on_outcome(outcome)
                     if outcome.status == "failed" and not keep_going:
@@ -152,6 +170,13 @@ def run_sweep(
                 if close is not None:
                     close()  # executors stop their workers when the stream is closed early
     return sorted(outcomes, key=lambda o: o.index)
+
+
+def _cell_line(outcome: SweepOutcome) -> str:
+    spec = outcome.spec
+    what = f"cell {outcome.index} ({spec.get('model')} · {spec.get('usage')} · seed {spec.get('seed')})"
+    done = f"{outcome.status} in {outcome.seconds:.1f} s"
+    return f"{what}: {done}" + (f" → run {outcome.run_id}" if outcome.status != "failed" else f": {outcome.error}")
 
 
 # ----------------------------------------------------------------------------------------------------- one run
@@ -170,7 +195,8 @@ def run_one(spec_data: dict[str, Any], store_path: str, index: int = -1) -> Swee
         spec = RunSpec.from_dict(spec_data, source="sweep")
         store = Store(store_path)
         run_id = store.run_id(spec)
-        result = execute(spec, store, progress=False)
+        # A pending cell was planned to be computed (a stale run was only planned so with recompute_stale).
+        result = execute(spec, store, progress=False, recompute_stale=True)
         status = "computed" if result.computed else "found"
         return SweepOutcome(index, result.record.run_id, status, spec_data, time.perf_counter() - started)
     except InputError as exc:

@@ -71,6 +71,7 @@ EXAMPLES = {
     "method_params": (["--method", "groupdro", "--method-param", "eta=0.01"], {"eta": 0.01}),
     "hparams": (["--usage", "lora", "--hp", "rank=4", "--hp", "targets=qkv,proj"], None),
     "seed": (["--seed", "7"], 7),
+    "split_seed": (["--split-seed", "0"], 0),
     "threshold": (["--threshold", "0.3"], "0.3"),
     "bootstrap": (["--bootstrap", "0"], 0),
     "device": (["--device", "cuda:1"], "cuda:1"),
@@ -331,24 +332,28 @@ def test_run_prepares_a_named_dataset_once_and_stores_the_run(run, chexpert_raw,
     # --print-spec points at the prepared folder once it exists
     assert printed_spec(run, *args[1:])["dataset"] == str(folder)
 
-    # another seed is another split: prepared into its own folder
+    # another training seed shares the split (not prepared again); another split seed is its own folder
     third = run(*args, "--seed", "1")
     assert third.code == 0, third.err
+    assert len(prepares) == 1 and len(list((store / "datasets").iterdir())) == 1 and len(Store(store)) == 2
+    fourth = run(*args, "--split-seed", "1")
+    assert fourth.code == 0, fourth.err
     assert prepares[-1] == ("chexpert", "patient", 1) and len(list((store / "datasets").iterdir())) == 2
-    assert len(Store(store)) == 2
+    assert len(Store(store)) == 3
 
 
 def test_print_spec_does_not_prepare(run, chexpert_raw, tmp_path, monkeypatch):
     prepares = _count_prepares(monkeypatch)
     store = tmp_path / "store"
     result = run("run", "--dataset", "chexpert", "--root", chexpert_raw, "--model", "clip", "--usage", "lp",
-                 "--seed", "4", "--store", store, "--print-spec")  # fmt: skip
+                 "--seed", "4", "--split-seed", "5", "--store", store, "--print-spec")  # fmt: skip
     assert result.code == 0, result.err
-    expected = prepared_folder(store, "chexpert", chexpert_raw, split="patient", seed=4)
+    expected = prepared_folder(store, "chexpert", chexpert_raw, split="patient", seed=5)
     assert result.out.startswith(f"# dataset 'chexpert' is not prepared yet: the first run prepares it from "
                                  f"{chexpert_raw.resolve()} into {expected}\n")  # fmt: skip
     spec = yaml.safe_load(result.out)
     assert spec["dataset"] == "chexpert" and spec["root"] == str(chexpert_raw.resolve()) and spec["seed"] == 4
+    assert spec["split_seed"] == 5
     assert prepares == [] and not store.exists()
 
 

@@ -16,7 +16,9 @@ import pytest
 import fairfm
 from fairfm.errors import InputError
 from fairfm.results import METRIC_COLUMNS, RunOutput, Store, data_version
+from fairfm.results import run_components
 from fairfm.results import runid as runid_module
+from fairfm.results import versions as versions_module
 from fairfm.spec import RunSpec
 from tests.results.helpers import compute, make_dataset
 
@@ -63,16 +65,61 @@ def test_run_id_changes_with_the_data_version(store, spec, dataset):
     assert store.run_id(spec) != before
 
 
-def test_run_id_changes_with_the_code_version(tmp_path, spec, monkeypatch):
+def test_run_id_survives_a_code_upgrade_but_follows_the_results_versions(tmp_path, spec, monkeypatch):
+    # The run id used to hash the git commit and the fairfm version: every commit lost every stored run.
     detected = Store(tmp_path / "s").run_id(spec)
-    assert Store(tmp_path / "s", code=runid_module.code_version()).run_id(spec) == detected
+    assert Store(tmp_path / "s", code={"fairfm": "0.0.1", "git": "abc"}).run_id(spec) == detected
     monkeypatch.setattr(fairfm, "__version__", "9.9.9")
-    assert Store(tmp_path / "s").run_id(spec) != detected
-    monkeypatch.undo()
     monkeypatch.setattr(runid_module, "_git_commit", lambda: "0" * 40)
-    assert Store(tmp_path / "s").run_id(spec) != detected
-    code = {"fairfm": "0.1.0", "git": "abc"}
-    assert Store(tmp_path / "a", code=code).run_id(spec) == Store(tmp_path / "b", code=code).run_id(spec)
+    assert Store(tmp_path / "s").run_id(spec) == detected
+    assert Store(tmp_path / "s").key(spec).code == {"fairfm": "9.9.9", "git": "0" * 40}  # still recorded
+    # A component whose numbers change bumps its results version: another run id, the same spec key.
+    monkeypatch.setitem(versions_module.RESULTS_VERSIONS, "metrics", versions_module.RESULTS_VERSIONS["metrics"] + 1)
+    bumped = Store(tmp_path / "s").key(spec)
+    assert bumped.run_id != detected and bumped.spec_key == Store(tmp_path / "s").key(spec).spec_key
+    # A component the run does not use changes nothing (a linear probe does not run SAM).
+    monkeypatch.undo()
+    monkeypatch.setitem(versions_module.RESULTS_VERSIONS, "usage.sam_prompt", 99)
+    assert Store(tmp_path / "s").run_id(spec) == detected
+
+
+def test_a_commit_only_change_still_finds_the_stored_run(store, spec, monkeypatch):
+    store.run(spec, compute)
+    monkeypatch.setattr(runid_module, "_git_commit", lambda: "f" * 40)
+    counter = Counter()
+    record = store.run(spec, counter)
+    assert counter.calls == 0 and not record.stale
+    assert record.meta["code"]["git"] != "f" * 40  # the exact code version it was made by is kept in meta.json
+
+
+def test_a_bumped_results_version_makes_the_stored_run_stale(store, spec, monkeypatch):
+    first = store.run(spec, compute)
+    assert not first.stale and first.meta["results_versions"] == run_components("linear_probe")
+    monkeypatch.setitem(versions_module.RESULTS_VERSIONS, "usage.linear_probe",
+                        versions_module.RESULTS_VERSIONS["usage.linear_probe"] + 1)  # fmt: skip
+    assert store.find(spec) is None
+    stale = store.find_stale(spec)
+    assert stale is not None and stale.run_id == first.run_id and stale.stale
+    assert store.load(first.run_id).stale
+    recomputed = store.run(spec, compute)  # Store.run never serves a stale run; the runner decides (see test_runner)
+    assert recomputed.run_id != first.run_id and not recomputed.stale and len(store) == 2
+    assert store.find_stale(spec).run_id == first.run_id
+    agg = store.aggregate(metric="auc", attribute="__all__")  # never averaged together: two configurations
+    assert len(agg) == 2 and sorted(agg["stale"]) == [False, True] and list(agg["n_seeds"]) == [1, 1]
+
+
+def test_a_sample_table_edited_in_place_is_a_new_run(store, spec, dataset):
+    first = store.run(spec, compute)
+    samples = dataset / "samples.parquet"
+    frame = pd.read_parquet(samples)
+    frame["label_disease"] = 1.0 - frame["label_disease"]  # every label flipped, dataset.json untouched
+    frame.to_parquet(samples, index=False)
+    counter = Counter()
+    second = store.run(spec, counter)
+    assert counter.calls == 1 and second.run_id != first.run_id
+    assert second.meta["data"]["samples_sha256"] != first.meta["data"]["samples_sha256"]
+    assert not first.meta["data"]["edited_after_prepare"] and second.meta["data"]["edited_after_prepare"]
+    assert store.find_stale(spec) is None  # other data is another run, not a stale one
 
 
 def test_run_id_is_the_same_in_another_process(store, spec, tmp_path):
@@ -444,3 +491,97 @@ def test_a_sweep_runs_through_the_store_and_aggregates_by_seed(store, dataset):
     assert agg["model"].tolist() == ["vit_a", "vit_b"]
     assert agg["n_seeds"].tolist() == [3, 3]
     assert [list(s) for s in agg["seeds"]] == [[0, 1, 2], [0, 1, 2]]
+
+
+# -- concurrency: one run, one computation ------------------------------------------------------------------------
+
+_SLOW_RUN = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from fairfm.results import Store
+    from fairfm.spec import RunSpec
+    from tests.results.helpers import compute
+
+    store_path, spec_path, counter, go, ready = sys.argv[1:6]
+    Path(ready).touch()
+    while not Path(go).exists():  # both processes start computing at the same moment
+        time.sleep(0.01)
+
+    def slow(spec):
+        with open(counter, "a") as handle:
+            handle.write("computed\\n")
+        time.sleep(1.0)  # long enough for the other process to ask for the same run meanwhile
+        return compute(spec)
+
+    print(Store(store_path).run(RunSpec.from_yaml(spec_path), slow).run_id)
+""")
+
+
+def test_two_processes_asked_for_the_same_run_compute_it_once(store, spec, tmp_path):
+    spec_path, counter, go = tmp_path / "spec.yaml", tmp_path / "counter.txt", tmp_path / "go"
+    spec.to_yaml(spec_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _SLOW_RUN, str(store.path), str(spec_path), str(counter), str(go),
+                               str(flag)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+             for flag in ready]  # fmt: skip
+    import time
+
+    deadline = time.monotonic() + 60
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)  # both have imported fairfm and poll for the start signal
+    go.touch()
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    ids = {out.strip() for out, _ in results}
+    assert ids == {store.run_id(spec)}
+    assert counter.read_text().splitlines() == ["computed"]  # the second process waited and found the first's run
+    assert len(store) == 1 and not any((store.path / "locks").iterdir())
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_lock_of_a_crashed_holder_is_recovered(store, spec):
+    from fairfm.tableio import host_tag
+
+    run_id = store.run_id(spec)
+    lock = store.path / "locks" / f"{run_id}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": host_tag(), "pid": _dead_pid(), "time": 0}))
+    counter = Counter()
+    record = store.run(spec, counter)
+    assert counter.calls == 1 and record.run_id == run_id and not lock.exists()
+
+
+def test_a_live_foreign_lock_is_waited_for_and_an_abandoned_one_taken(store, spec, monkeypatch):
+    import threading
+    import time
+
+    from fairfm.results import store as store_module
+
+    run_id = store.run_id(spec)
+    lock = store.path / "locks" / f"{run_id}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "another-host", "pid": 1, "time": time.time()}))
+    done = threading.Event()
+    counter = Counter()
+    worker = threading.Thread(target=lambda: (store.run(spec, counter), done.set()))
+    worker.start()
+    time.sleep(1.0)
+    assert not done.is_set() and counter.calls == 0  # another host's lock, refreshed recently: wait
+    monkeypatch.setattr(store_module, "LOCK_STALE_FOREIGN_S", 0.5)  # ... until it is no longer refreshed
+    worker.join(timeout=30)
+    assert done.is_set() and counter.calls == 1 and not lock.exists()
+
+
+def test_the_split_seed_is_its_own_field(store, spec):
+    assert store.key(spec).resolved["split_seed"] == 0  # the prepared folder's recorded split seed
+    assert store.run_id(spec.replace(split_seed=0)) == store.run_id(spec)
+    with pytest.raises(InputError, match=r"split_seed: the spec asks for 3 but .*dataset\.json was split with seed 0"):
+        store.run_id(spec.replace(split_seed=3))
+    # The training seed is not the split seed: another seed is the same split, so the same seed-free configuration.
+    assert store.key(spec.replace(seed=5)).resolved["split_seed"] == 0

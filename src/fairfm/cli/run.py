@@ -23,7 +23,8 @@ FIELD_FLAGS = {
     "split": "--split",
     "model": "--model", "model_options": "--model-option", "checkpoint": "--checkpoint",
     "trust_checkpoint": "--trust-checkpoint", "usage": "--usage", "method": "--method",
-    "method_params": "--method-param", "hparams": "--hp", "seed": "--seed", "threshold": "--threshold",
+    "method_params": "--method-param", "hparams": "--hp", "seed": "--seed", "split_seed": "--split-seed",
+    "threshold": "--threshold",
     "bootstrap": "--bootstrap", "device": "--device",
 }  # fmt: skip
 #: Fields whose flag value is taken as text, not read as YAML (``--model 2`` is the name "2", not the number 2).
@@ -55,7 +56,7 @@ def run_command(
     split: Optional[str] = typer.Option(
         None, "--split", metavar="POLICY",
         help="Split policy (default: the prepared folder's; 'patient' when preparing a dataset by name, seeded "
-             "with --seed).",
+             "with --split-seed).",
     ),
     model: Optional[str] = typer.Option(None, "--model", help="Model card name ('fairfm models list')."),
     model_options: Optional[List[str]] = typer.Option(
@@ -78,8 +79,11 @@ def run_command(
     hparams: Optional[List[str]] = typer.Option(
         None, "--hp", metavar="KEY=VALUE", help="Hyper-parameter of the usage (repeatable), e.g. --hp lr=1e-3."
     ),
-    seed: Optional[str] = typer.Option(None, "--seed", metavar="INT", help="Run seed (also the split seed when "
-                                       "preparing a dataset by name)."),  # fmt: skip
+    seed: Optional[str] = typer.Option(None, "--seed", metavar="INT", help="Run seed: training and bootstrap."),
+    split_seed: Optional[str] = typer.Option(
+        None, "--split-seed", metavar="INT",
+        help="Split seed (default: the prepared folder's; 0 when preparing a dataset by name).",
+    ),
     threshold: Optional[str] = typer.Option(None, "--threshold", metavar="POLICY", help="e.g. best_f1@val, 0.5."),
     bootstrap: Optional[str] = typer.Option(None, "--bootstrap", metavar="INT", help="Bootstrap resamples (0: no CI)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
@@ -95,6 +99,11 @@ def run_command(
         None, "--store", help="Results store folder (default: $FAIRFM_STORE, else ./fairfm_runs)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    recompute_stale: bool = typer.Option(
+        False, "--recompute-stale",
+        help="A run stored by a fairfm whose results versions were older (its numbers may differ) is computed again "
+             "instead of being shown with a 'stale' mark; the stale run stays in the store.",
+    ),
 ) -> None:
     """Run a spec, or find its stored result, and print a per-attribute summary (AUC per group, AUC gap).
 
@@ -107,7 +116,7 @@ def run_command(
         "dataset": dataset, "root": root, "view": view, "tasks": _joined(tasks), "attributes": _joined(attributes),
         "split": split,
         "model": model, "checkpoint": checkpoint, "usage": usage, "method": method, "seed": seed,
-        "threshold": threshold, "bootstrap": bootstrap, "device": device,
+        "split_seed": split_seed, "threshold": threshold, "bootstrap": bootstrap, "device": device,
     }  # fmt: skip
     overrides = parse_assignments(assignments or [])
     origins: dict[str, str] = {}
@@ -125,10 +134,11 @@ def run_command(
                 origins[key] = f"{flag} {item}"
 
     spec = RunSpec.load(spec_file, overrides, origins=origins, flags=FIELD_FLAGS)
-    _run(spec, store_dir, print_spec=print_spec, quiet=quiet)
+    _run(spec, store_dir, print_spec=print_spec, quiet=quiet, recompute_stale=recompute_stale)
 
 
-def _run(spec: "RunSpec", store_dir: Path | None, *, print_spec: bool, quiet: bool) -> None:
+def _run(spec: "RunSpec", store_dir: Path | None, *, print_spec: bool, quiet: bool,
+         recompute_stale: bool = False) -> None:  # fmt: skip
     from fairfm.cli import make_console
     from fairfm.data.cache import resolve_dataset
     from fairfm.results import Store
@@ -147,14 +157,17 @@ def _run(spec: "RunSpec", store_dir: Path | None, *, print_spec: bool, quiet: bo
         how = "prepared from" if prepared.prepared_now else "found (prepared earlier from"
         close = "" if prepared.prepared_now else ")"
         console.print(f"dataset {prepared.name}: {how} {prepared.root}{close} → {prepared.folder} "
-                      f"(split {spec.split}, seed {spec.seed})", markup=False, soft_wrap=True)  # fmt: skip
+                      f"(split {spec.split}, split seed {spec.split_seed})", markup=False, soft_wrap=True)  # fmt: skip
 
     from fairfm.report.tables import rich_tables
     from fairfm.runner import execute
 
-    result = execute(spec, store, progress=not quiet, want_report=True)
+    result = execute(spec, store, progress=not quiet, want_report=True, recompute_stale=recompute_stale)
     record = result.record
     state = "computed" if result.computed else "found in the store (not recomputed)"
+    if result.stale:
+        state = ("[yellow]found in the store, STALE[/yellow]: computed by a fairfm whose results versions were "
+                 "older, so its numbers may differ from this version's (--recompute-stale recomputes it)")
     console.print(f"run [bold]{record.run_id}[/bold]: {state} — {spec.model} · {spec.usage} · seed {spec.seed}",
                   markup=True)  # fmt: skip
     console.print(f"[dim]stored in {record.path}[/dim]", soft_wrap=True)

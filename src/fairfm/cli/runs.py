@@ -59,7 +59,8 @@ def list_command(
     store: Optional[Path] = typer.Option(None, "--store", help=_STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Every finished run: id, dataset, model, usage, method, seed, when, AUC and the AUC gap of the first attribute."""
+    """Every finished run: id, dataset, model, usage, method, seed, when, AUC and the AUC gap of the first attribute.
+    Runs stored by a fairfm whose results versions were older (their numbers may differ) are marked stale."""
     from fairfm.results.summary import key_metrics
 
     results = _store(store)
@@ -70,7 +71,8 @@ def list_command(
         keys = key_metrics(record)
         rows.append({
             "run_id": record.run_id, "dataset": row["dataset"], "model": row["model"], "usage": row["usage"],
-            "method": row["method"], "seed": int(row["seed"]), "created": record.created, **keys,
+            "method": row["method"], "seed": int(row["seed"]), "created": record.created, "stale": record.stale,
+            **keys,
         })  # fmt: skip
     if as_json:
         print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
@@ -79,9 +81,13 @@ def list_command(
         console.print(f"no runs in {results.path}")
         return
     # A borderless table: the list must stay readable in an 80-column terminal.
+    stale = sum(row["stale"] for row in rows)
+    caption = "AUC (Dice for segmentation) of the first task; gap: its gap over the first attribute"
+    if stale:
+        caption += (f"; {stale} STALE run(s): stored by a fairfm whose results versions were older, so their numbers "
+                    "may differ from this version's (fairfm run / sweep --recompute-stale computes them again)")
     table = Table(title=f"{len(rows)} run(s) in {results.path}", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True,
-                  caption="AUC (Dice for segmentation) of the first task; gap: its gap over the first attribute")
+                  collapse_padding=True, caption=caption)  # fmt: skip
     table.add_column("run", no_wrap=True, min_width=16)
     for column in ("dataset", "model", "usage", "method"):
         table.add_column(column, overflow="fold")
@@ -94,7 +100,7 @@ def list_command(
     for row in rows:
         utility = _fmt(row.get("utility")) + (" (dice)" if row.get("utility_metric") == "mean_dice" else "")
         gap = f"{_fmt(row.get('gap'))} {row['attribute']}" if row.get("attribute") else "–"
-        cells = [row["run_id"], str(row["dataset"]), str(row["model"]), str(row["usage"]), str(row["method"] or "–"),
+        cells = [row["run_id"] + (" STALE" if row["stale"] else ""), str(row["dataset"]), str(row["model"]), str(row["usage"]), str(row["method"] or "–"),
                  str(row["seed"]), *([_short_time(row["created"])] if with_time else []), utility, gap]  # fmt: skip
         table.add_row(*cells)
     console.print(table)
@@ -131,6 +137,9 @@ def show_command(
     spec_table.add_row("device", str(meta.get("device", "–")))
     spec_table.add_row("created", str(meta.get("created", "")))
     spec_table.add_row("code", f"fairfm {code.get('fairfm')}" + (f" @ {code['git'][:12]}" if code.get("git") else ""))
+    versions = meta.get("results_versions") or {}
+    spec_table.add_row("results", (", ".join(f"{k} v{v}" for k, v in versions.items()) or "not recorded")
+                       + (" — STALE: older than this fairfm's, numbers may differ" if record.stale else ""))
     data = meta.get("data") or {}
     spec_table.add_row("data", f"{data.get('dataset')} sha256 {str(data.get('sha256'))[:12]}")
     timings = meta.get("timings") or {}
@@ -178,13 +187,16 @@ def aggregate_command(
                                                "AUC / Dice and the key gaps)."),  # fmt: skip
     attribute: Optional[List[str]] = typer.Option(None, "--attribute", help="Attribute(s) to show (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    over: str = typer.Option("seed", "--over", help="seed: runs that differ only by the training seed (one split); "
+                             "split_seed: runs of one release that differ by split seed (and seed)."),  # fmt: skip
 ) -> None:
-    """Mean ± std over seeds of runs that differ only by seed (overall values and fairness gaps)."""
+    """Mean ± std over seeds of runs that differ only by seed (overall values and fairness gaps); --over split_seed
+    aggregates over split seeds instead."""
     results = _store(store)
     filters: dict[str, Any] = {"metric": list(metric) if metric else list(_AGGREGATED)}
     if attribute:
         filters["attribute"] = ["__all__", *attribute]
-    frame = results.aggregate(**filters)
+    frame = results.aggregate(over=over, **filters)
     frame = frame[frame["group"].isin(["__all__", "__summary__"])]
     if as_json:
         print(frame.to_json(orient="records", force_ascii=False))
@@ -192,8 +204,11 @@ def aggregate_command(
     if frame.empty:
         console.print(f"no matching runs in {results.path}")
         return
-    table = Table(title=f"mean ± std over seeds ({results.path})", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)  # fmt: skip
+    over_what = "split seeds" if over == "split_seed" else "seeds"
+    caption = ("STALE: runs stored by a fairfm whose results versions were older (their numbers may differ); "
+               "--recompute-stale on fairfm run / sweep computes them again") if frame["stale"].any() else None
+    table = Table(title=f"mean ± std over {over_what} ({results.path})", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True, caption=caption)  # fmt: skip
     for column in ("dataset", "model", "usage", "method", "task", "attribute"):
         table.add_column(column, overflow="fold")
     for column in ("metric", "mean ± std", "seeds"):
@@ -204,5 +219,5 @@ def aggregate_command(
         table.add_row(str(row["dataset"]), str(row["model"]), str(row["usage"]),
                       "–" if row["method"] is None or row["method"] != row["method"] else str(row["method"]),
                       str(row["task"]), attr, str(row["metric"]), _fmt(row["mean"]) + spread,
-                      str(int(row["n_seeds"])))  # fmt: skip
+                      str(int(row["n_seeds"])) + (" STALE" if row.get("stale") else ""))  # fmt: skip
     console.print(table)

@@ -24,10 +24,16 @@ def sweep_command(
         False, "--dry-run", help="List the cells and whether each is stored; run nothing (named datasets are prepared)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    recompute_stale: bool = typer.Option(
+        False, "--recompute-stale",
+        help="Compute again the cells whose run is stored only by a fairfm with older results versions (by default "
+             "they are shown as 'stale' and not recomputed); the stale runs stay in the store.",
+    ),
 ) -> None:
     """Run every cell of a sweep that is not stored yet (finished runs are found, never recomputed) and print one
-    line per run with its AUC and AUC gap (Dice for segmentation). Exit 1 if a run failed, 2 if the failures were
-    all bad input."""
+    line per run with its AUC and AUC gap (Dice for segmentation). A run stored by a fairfm whose results versions
+    were older is shown as 'stale' (--recompute-stale computes it again). Exit 1 if a run failed, 2 if the failures
+    were all bad input."""
     from rich import box
     from rich.table import Table
 
@@ -50,7 +56,7 @@ def sweep_command(
         return [*values, str(spec.get("seed"))]
 
     if dry_run:
-        found, pending = plan(sweep, store)
+        found, pending = plan(sweep, store, recompute_stale=recompute_stale)
         table = Table(title=f"{len(found) + len(pending)} run(s); {len(found)} already stored", box=box.SIMPLE_HEAD)
         for column in ("run", *axes, "seed", "state"):
             table.add_column(column)
@@ -66,7 +72,8 @@ def sweep_command(
                           markup=True)  # fmt: skip
 
     outcomes = run_sweep(sweep, store, executor=executor, workers=workers, address=address,
-                         keep_going=not fail_fast, progress=not quiet, on_outcome=report_failure)  # fmt: skip
+                         keep_going=not fail_fast, progress=not quiet, on_outcome=report_failure,
+                         recompute_stale=recompute_stale)  # fmt: skip
     from fairfm.results.summary import key_metrics
 
     table = Table(title=f"sweep {sweep_file.name}: {len(outcomes)} run(s) in {store.path}", box=box.SIMPLE_HEAD,
@@ -85,6 +92,10 @@ def sweep_command(
                 gap = f"{keys['gap']:.3f} [{low:.3f}, {high:.3f}] {keys['attribute']}"
         table.add_row(outcome.run_id or "–", *cell(outcome), outcome.status, utility, gap)
     console.print(table)
+    stale = sum(o.status == "stale" for o in outcomes)
+    if stale:
+        console.print(f"[yellow]{stale} stale run(s)[/yellow]: stored by a fairfm whose results versions were older, "
+                      "so their numbers may differ from this version's; --recompute-stale computes them again")
     failures = [o for o in outcomes if o.status == "failed"]
     if failures:
         console.print(f"{len(failures)} of {len(outcomes)} run(s) failed; the others are stored")

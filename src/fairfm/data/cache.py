@@ -10,8 +10,9 @@ reused). The folder is built under a temporary name beside it and renamed into p
 is killed leaves no half-written folder that a later run could mistake for a finished one; the next call finds the
 finished folder and does not prepare it again.
 
-The run's seed is the split seed (recorded by ``prepare`` in ``dataset.json`` → ``split.seed``), so runs over
-several seeds also vary the patient split; the default policy is ``patient``.
+The split seed is the spec's ``split_seed`` (default 0; recorded by ``prepare`` in ``dataset.json`` → ``split.seed``),
+not the run's ``seed``: runs over several seeds share one split and vary training only, and a sweep over
+``split_seed`` prepares one folder per split seed. The default policy is ``patient``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 DATASETS_DIR = "datasets"
 DEFAULT_SPLIT = "patient"
+DEFAULT_SPLIT_SEED = 0
 _SAMPLES_FILE, _MANIFEST_FILE = "samples.parquet", "dataset.json"
 _HASH_LENGTH = 10
 
@@ -133,7 +135,7 @@ def resolve_dataset(spec: "RunSpec", store_path: str | os.PathLike, *, prepare: 
 
     ``dataset`` may be a prepared folder (returned unchanged) or a registered dataset name with ``root`` naming its
     raw release: that is prepared under ``STORE/datasets`` (see :func:`ensure_prepared`) with ``split`` (default
-    ``patient``) and the run's seed as the split seed. With ``prepare=False`` nothing is written: a name whose
+    ``patient``) and ``split_seed`` (default 0, not the run's seed). With ``prepare=False`` nothing is written: a name whose
     folder does not exist yet is returned unchanged, with the folder it will be prepared into.
     """
     value = Path(spec.dataset).expanduser()
@@ -151,14 +153,17 @@ def resolve_dataset(spec: "RunSpec", store_path: str | os.PathLike, *, prepare: 
         raise InputError(f"root: dataset {text!r} is a dataset name, so root must give its raw release folder "
                          f"(--root RAW_RELEASE) to prepare it from")  # fmt: skip
     split = spec.split or DEFAULT_SPLIT
+    split_seed = spec.split_seed if spec.split_seed is not None else DEFAULT_SPLIT_SEED
     if not prepare:
-        folder = prepared_folder(store_path, text, spec.root, split=split, seed=spec.seed)
+        folder = prepared_folder(store_path, text, spec.root, split=split, seed=split_seed)
         root = Path(spec.root).expanduser().resolve()
         found = is_prepared(folder)
-        resolved = spec.replace(dataset=str(folder), split=split, root=str(root)) if found else spec
+        resolved = (spec.replace(dataset=str(folder), split=split, split_seed=split_seed, root=str(root)) if found
+                    else spec)  # fmt: skip
         return resolved, PreparedDataset(text, root, folder, prepared_now=False)
-    prepared = ensure_prepared(store_path, text, spec.root, split=split, seed=spec.seed, progress=progress)
-    return spec.replace(dataset=str(prepared.folder), split=split, root=str(prepared.root)), prepared
+    prepared = ensure_prepared(store_path, text, spec.root, split=split, seed=split_seed, progress=progress)
+    return spec.replace(dataset=str(prepared.folder), split=split, split_seed=split_seed,
+                        root=str(prepared.root)), prepared  # fmt: skip
 
 
 

@@ -83,12 +83,16 @@ def _parse_edges(value: Any) -> list[float]:
 def write_prepared(
     frame: pd.DataFrame, out: str | os.PathLike, manifest: Mapping[str, Any]
 ) -> tuple[Path, Path]:
-    """Write ``samples.parquet`` and ``dataset.json`` atomically (each file appears whole or not at all)."""
+    """Write ``samples.parquet`` and ``dataset.json`` atomically (each file appears whole or not at all).
+
+    ``dataset.json`` records the SHA-256 of the written ``samples.parquet`` (``samples_sha256``): a SampleTable
+    edited afterwards is a new data version for the results store, and its runs record that it was edited."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     samples = out / SAMPLES_FILE
     with atomic_path(samples) as tmp:
         _arrow_safe(frame).to_parquet(tmp, index=False)
+        manifest = {**manifest, "samples_sha256": sha256_file(tmp)}
     manifest_path = out / MANIFEST_FILE
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
     return samples, manifest_path

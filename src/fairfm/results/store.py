@@ -7,10 +7,16 @@ Layout::
                        /metrics.parquet      the MetricTable
                        /meta.json            versions, timings, seed, host
     STORE/tmp/<run_id>.<host>.<pid>.<rand>/  a run being written
+    STORE/locks/<run_id>.lock                 held (host, pid, time) by the one process computing that run
 
 A run folder is built in ``STORE/tmp`` and renamed into ``STORE/runs`` with one ``os.replace`` once every file is
 complete, so a run killed at any point leaves no half-written result under ``runs/``; the orphaned temporary
 folder is removed (and the run redone) the next time that run is asked for.
+
+Two processes asked for the same run (two sweeps on one store, a sweep and a ``fairfm run``) compute it once: the
+first takes the run's lock file (created with ``O_EXCL``), the second waits for it and then finds the stored run. A
+lock whose holder died is recovered: on this host when its pid no longer exists, on another host when its holder
+stopped refreshing it (``LOCK_STALE_FOREIGN_S``).
 """
 
 from __future__ import annotations
@@ -22,17 +28,20 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 
 from fairfm.errors import InputError
 from fairfm.tableio import default_mode, host_tag, pid_alive
-from fairfm.results.runid import code_version, compute_run_id, config_id, data_version, weights_version
+from fairfm.results.runid import (code_version, compute_run_id, config_id, data_version, results_version,
+                                  samples_checksum, spec_key, split_config_id, weights_version)  # fmt: skip
 
 if TYPE_CHECKING:
     import duckdb
@@ -53,6 +62,11 @@ METRIC_COLUMNS = ("run_id", "task", "attribute", "group", "metric", "value", "ci
 _METRIC_EXTENSIONS = {"threshold_leaks_labels": False}
 #: A foreign host's temporary folder is only presumed dead after this long (its pid cannot be checked from here).
 STALE_FOREIGN_TMP_S = 24 * 3600
+LOCKS_DIR = "locks"
+#: A run's lock is refreshed (its mtime) this often while held, so that another host can tell a live holder ...
+LOCK_HEARTBEAT_S = 30.0
+#: ... from a dead one: a foreign host's lock not refreshed for this long is presumed abandoned.
+LOCK_STALE_FOREIGN_S = 10 * 60.0
 
 _METRICS_SQL_TYPES = {"value": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "n": "BIGINT",
                       "threshold_leaks_labels": "BOOLEAN"}  # fmt: skip
@@ -98,6 +112,13 @@ class RunRecord:
     def created(self) -> str:
         return str(self.meta.get("created", ""))
 
+    @property
+    def stale(self) -> bool:
+        """Made by code whose numbers differ from the running code's: its results versions are not the current
+        ones of the components it uses (or were not recorded: a run stored before results versions existed)."""
+        recorded = self.meta.get("results_versions")
+        return recorded != results_version(self.spec)
+
     def run_spec(self) -> "RunSpec":
         """The stored spec as a :class:`RunSpec` again (execution fields such as ``device`` from meta.json)."""
         from fairfm.spec import EXECUTION_FIELDS, RunSpec
@@ -108,8 +129,8 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class RunKey:
-    """Everything that identifies a run: the resolved spec and the code, data (and weights) versions it was hashed
-    with."""
+    """Everything that identifies a run: the resolved spec and the data, weights and results versions it was hashed
+    with (``code``, the exact code version, is recorded but not hashed)."""
 
     run_id: str
     config_id: str
@@ -117,6 +138,9 @@ class RunKey:
     code: dict[str, Any]
     data: str
     weights: str | None = None
+    results: dict[str, int] = field(default_factory=dict)
+    spec_key: str = ""  # the run id without the results versions: how a stale run of this spec is found
+    split_config_id: str = ""  # the config id without the split seed either
 
 
 class Store:
@@ -139,8 +163,10 @@ class Store:
         code = self._code if self._code is not None else code_version()
         data = data_version(resolved["dataset"])
         weights = weights_version(resolved["checkpoint"])
-        return RunKey(compute_run_id(resolved, code, data, weights), config_id(resolved, code, data, weights),
-                      resolved, code, data, weights)  # fmt: skip
+        results = results_version(resolved)
+        return RunKey(compute_run_id(resolved, data, weights, results), config_id(resolved, data, weights, results),
+                      resolved, code, data, weights, results, spec_key(resolved, data, weights),
+                      split_config_id(resolved, spec.manifest(), weights, results))  # fmt: skip
 
     def run_id(self, spec: "RunSpec | Mapping[str, Any]") -> str:
         return self.key(spec).run_id
@@ -150,9 +176,31 @@ class Store:
         return (self.runs_dir / run_id / META_FILE).is_file()
 
     def find(self, spec: "RunSpec | Mapping[str, Any]") -> RunRecord | None:
-        """The stored run of ``spec`` (same spec, code and data versions), or None."""
+        """The stored run of ``spec`` (same spec, data, weights and results versions), or None."""
         run_id = self.run_id(spec)
         return self._read(run_id) if self.exists(run_id) else None
+
+    def find_stale(self, spec: "RunSpec | Mapping[str, Any]", *, _key: RunKey | None = None,
+                   _index: Mapping[str, list[tuple[str, str]]] | None = None) -> RunRecord | None:  # fmt: skip
+        """The newest stored run of ``spec`` (same spec, data and weights) made under other results versions — a
+        stale result — or None. Only meaningful when :meth:`find` found nothing. ``_index``: a
+        :meth:`spec_index` built once for many look-ups (a sweep's plan)."""
+        key = _key or self.key(_as_spec(spec))
+        index = self.spec_index() if _index is None else _index
+        candidates = [entry for entry in index.get(key.spec_key, []) if entry[1] != key.run_id]
+        return self._read(max(candidates)[1]) if candidates else None
+
+    def spec_index(self) -> dict[str, list[tuple[str, str]]]:
+        """spec key -> [(created, run id)] of every stored run (one read of every meta.json)."""
+        index: dict[str, list[tuple[str, str]]] = {}
+        for folder in self._run_dirs():
+            try:
+                meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue  # a damaged folder is never served
+            if meta.get("spec_key"):
+                index.setdefault(str(meta["spec_key"]), []).append((str(meta.get("created", "")), folder.name))
+        return index
 
     def load(self, run_id: str) -> RunRecord:
         """A run by id or by an unambiguous prefix of it (as in ``fairfm runs show``)."""
@@ -245,14 +293,57 @@ class Store:
         key = self.key(spec)
         if self.exists(key.run_id):
             return self._read(key.run_id)
-        self._clean_stale(key.run_id)
-        started = time.perf_counter()
-        output = _as_output(fn(spec))
-        elapsed = time.perf_counter() - started
-        meta = dict(output.meta)
-        meta["timings"] = {**dict(meta.get("timings") or {}), "run_s": round(elapsed, 3)}
-        self.write(spec, output.predictions, output.metrics, meta, _key=key)
+        with self.lock(key.run_id):
+            if self.exists(key.run_id):  # another process computed it while this one waited for the lock
+                return self._read(key.run_id)
+            self._clean_stale(key.run_id)
+            started = time.perf_counter()
+            output = _as_output(fn(spec))
+            elapsed = time.perf_counter() - started
+            meta = dict(output.meta)
+            meta["timings"] = {**dict(meta.get("timings") or {}), "run_s": round(elapsed, 3)}
+            self.write(spec, output.predictions, output.metrics, meta, _key=key)
         return self._read(key.run_id)
+
+    # -- per-run locks ---------------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, run_id: str, *, poll_s: float = 0.2) -> Iterator[None]:
+        """Hold ``STORE/locks/<run_id>.lock`` (waiting while another live process holds it)."""
+        path = self.path / LOCKS_DIR / f"{run_id}.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"store: cannot create {path.parent} ({exc.strerror or exc}); is {self.path} "
+                             "writable?") from None  # fmt: skip
+        holder = json.dumps({"host": host_tag(), "pid": os.getpid(), "time": time.time(),
+                             "thread": threading.get_ident()})  # fmt: skip
+        wait = poll_s
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, default_mode())
+            except PermissionError as exc:
+                raise InputError(f"store: cannot create {path} ({exc.strerror}); is {self.path} writable?") from None
+            except FileExistsError:
+                if not _recover_abandoned_lock(path):
+                    time.sleep(wait)
+                    wait = min(wait * 1.5, 2.0)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(holder)
+            break
+        stop = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(path, stop), daemon=True, name=f"lock-{run_id}")
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+            try:
+                if path.read_text(encoding="utf-8") == holder:  # never remove a lock another process took over
+                    path.unlink()
+            except OSError:
+                pass
 
     def clean(self) -> list[Path]:
         """Remove every stale temporary folder (from runs killed while being written); return what was removed."""
@@ -278,6 +369,8 @@ class Store:
 
     def _meta(self, spec: "RunSpec", key: RunKey, extra: Mapping[str, Any] | None) -> dict[str, Any]:
         manifest = spec.manifest()
+        samples_sha256 = samples_checksum(key.resolved["dataset"])
+        recorded = manifest.get("samples_sha256")  # written by prepare; absent in folders made by hand or earlier
         packages = {name: getattr(sys.modules[name], "__version__", None)
                     for name in ("numpy", "pandas", "torch", "timm", "open_clip", "transformers", "peft")
                     if name in sys.modules}  # fmt: skip
@@ -285,8 +378,13 @@ class Store:
             "run_id": key.run_id,
             "config_id": key.config_id,
             "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "spec_key": key.spec_key,
+            "split_config_id": key.split_config_id,
+            "results_versions": key.results,
             "code": key.code,
             "data": {"dataset": manifest.get("dataset"), "dir": key.resolved["dataset"], "sha256": key.data,
+                     "samples_sha256": samples_sha256,
+                     "edited_after_prepare": None if recorded is None else recorded != samples_sha256,
                      "dataset_version": manifest.get("dataset_version")},  # fmt: skip
             "weights": key.weights,
             "seed": spec.seed,
@@ -298,7 +396,8 @@ class Store:
             "packages": packages,
         }
         for name, value in (extra or {}).items():
-            if name in ("run_id", "config_id", "code", "data", "weights"):
+            if name in ("run_id", "config_id", "spec_key", "split_config_id", "results_versions", "code", "data",
+                        "weights"):
                 raise InputError(f"meta: {name!r} is set by the store and cannot be given")
             meta[name] = value
         return meta
@@ -356,21 +455,29 @@ class Store:
         return self.query(f"SELECT * FROM ({_METRIC_VIEW}) {where} ORDER BY created, run_id, task, attribute, "
                           f"\"group\", metric", params)  # fmt: skip
 
-    def aggregate(self, **filters: Any) -> pd.DataFrame:
+    def aggregate(self, *, over: str = "seed", **filters: Any) -> pd.DataFrame:
         """Mean ± std over seeds per (dataset, model, usage, method, task, attribute, group, metric).
 
-        Runs are grouped by ``config_id`` — runs that differ *only* by seed (same spec otherwise, same code and data
-        versions). ``std`` is the sample standard deviation (ddof = 1; NaN for one seed); missing values (NaN) are
-        skipped and ``n_seeds`` counts the seeds that have a value. Filters as in :meth:`metrics`.
+        ``over="seed"`` (default): runs are grouped by ``config_id`` — runs that differ *only* by the training seed
+        (same spec otherwise, the same split seed, data and results versions). ``over="split_seed"``: grouped by
+        ``split_config_id`` — runs of one release that differ by split seed and/or seed (the spread over splits).
+        ``std`` is the sample standard deviation (ddof = 1; NaN for one run); missing values (NaN) are skipped and
+        ``n_seeds`` counts the runs that have a value. Filters as in :meth:`metrics`.
         """
+        keys = {"seed": "config_id", "split_seed": "split_config_id"}
+        if over not in keys:
+            raise InputError(f"aggregate over {over!r}: choose one of {', '.join(keys)}")
+        key = keys[over]
         where, params = _where(filters, _METRIC_VIEW_COLUMNS)
         sql = f"""
             SELECT dataset, model, usage, method, task, attribute, "group", metric,
                    avg(v) AS mean, stddev_samp(v) AS std, count(v) AS n_seeds,
-                   list(seed ORDER BY seed) AS seeds, config_id
+                   list(seed ORDER BY split_seed, seed) AS seeds,
+                   list(split_seed ORDER BY split_seed, seed) AS split_seeds, {key} AS config_id,
+                   bool_or(stale) AS stale
             FROM (SELECT *, CASE WHEN isnan(value) THEN NULL ELSE value END AS v FROM ({_METRIC_VIEW}) {where})
-            GROUP BY config_id, dataset, model, usage, method, task, attribute, "group", metric
-            ORDER BY dataset, model, usage, method NULLS FIRST, config_id, task, attribute, "group", metric
+            GROUP BY {key}, dataset, model, usage, method, task, attribute, "group", metric
+            ORDER BY dataset, model, usage, method NULLS FIRST, {key}, task, attribute, "group", metric
         """
         return self.query(sql, params)
 
@@ -378,12 +485,13 @@ class Store:
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 
-_RUN_COLUMNS = ("run_id", "config_id", "dataset", "dataset_dir", "model", "checkpoint", "usage", "method", "split",
-                "seed", "tasks", "attributes", "threshold", "bootstrap", "hparams", "created", "run_s", "fairfm",
+_RUN_COLUMNS = ("run_id", "config_id", "split_config_id", "dataset", "dataset_dir", "model", "checkpoint", "usage",
+                "method", "split", "split_seed", "seed", "stale", "tasks", "attributes", "threshold", "bootstrap", "hparams", "created", "run_s", "fairfm",
                 "git", "data_sha256")  # fmt: skip
-_METRIC_VIEW = ("SELECT m.*, r.config_id, r.dataset, r.model, r.usage, r.method, r.seed, r.created "
-                "FROM metrics m JOIN runs r USING (run_id)")  # fmt: skip
-_METRIC_VIEW_COLUMNS = (*METRIC_COLUMNS, "config_id", "dataset", "model", "usage", "method", "seed", "created")
+_METRIC_VIEW = ("SELECT m.*, r.config_id, r.split_config_id, r.dataset, r.model, r.usage, r.method, r.split_seed, "
+                "r.seed, r.stale, r.created FROM metrics m JOIN runs r USING (run_id)")  # fmt: skip
+_METRIC_VIEW_COLUMNS = (*METRIC_COLUMNS, "config_id", "split_config_id", "dataset", "model", "usage", "method",
+                        "split_seed", "seed", "stale", "created")  # fmt: skip
 _EMPTY_METRICS = "SELECT " + ", ".join(
     f"CAST(NULL AS {_METRICS_SQL_TYPES.get(c, 'VARCHAR')}) AS \"{c}\"" for c in METRIC_COLUMNS
 )
@@ -399,6 +507,7 @@ def _run_row(record: RunRecord) -> dict[str, Any]:
     return {
         "run_id": record.run_id,
         "config_id": meta.get("config_id"),
+        "split_config_id": meta.get("split_config_id") or meta.get("config_id"),
         "dataset": data.get("dataset") or Path(str(spec.get("dataset", ""))).name,
         "dataset_dir": spec.get("dataset"),
         "model": spec.get("model"),
@@ -406,7 +515,9 @@ def _run_row(record: RunRecord) -> dict[str, Any]:
         "usage": spec.get("usage"),
         "method": spec.get("method"),
         "split": spec.get("split"),
+        "split_seed": spec.get("split_seed"),
         "seed": spec.get("seed"),
+        "stale": record.stale,
         "tasks": ",".join(spec.get("tasks") or []),
         "attributes": ",".join(spec.get("attributes") or []),
         "threshold": spec.get("threshold"),
@@ -503,6 +614,58 @@ def _metric_table(metrics: Any, run_id: str) -> pd.DataFrame:
         table[column] = table[column].astype("string").fillna("")
     table["threshold_leaks_labels"] = table["threshold_leaks_labels"].fillna(False).astype(bool)
     return table
+
+
+def _heartbeat(path: Path, stop: threading.Event) -> None:
+    while not stop.wait(LOCK_HEARTBEAT_S):
+        try:
+            os.utime(path)
+        except OSError:
+            return
+
+
+def _recover_abandoned_lock(path: Path) -> bool:
+    """Remove ``path`` if its holder is dead (this host: its pid is gone; another host: not refreshed for
+    ``LOCK_STALE_FOREIGN_S``); True when the lock is gone and may be taken now."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True  # released meanwhile
+    except OSError:
+        return False
+    try:
+        holder = json.loads(text)
+        host, pid = str(holder["host"]), int(holder["pid"])
+    except (ValueError, KeyError, TypeError):
+        # Being written this instant, or garbage: garbage older than a heartbeat can be nobody's live lock.
+        host, pid = "", 0
+        if age < LOCK_HEARTBEAT_S:
+            return False
+    if host == host_tag():
+        if pid_alive(pid):
+            return False
+    elif host and age < LOCK_STALE_FOREIGN_S:
+        return False
+    # Take the dead lock aside with an atomic rename (only one recovering process can win it), then check that what
+    # was taken is the dead holder's lock and not one that a faster process has just created in its place.
+    aside = path.with_name(f"{path.name}.{host_tag()}.{os.getpid()}.{threading.get_ident()}.dead")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        if aside.read_text(encoding="utf-8") != text:
+            try:
+                os.link(aside, path)  # put the live lock back (fails only if yet another one appeared)
+            except OSError:
+                pass
+            return False
+    finally:
+        aside.unlink(missing_ok=True)
+    return True
 
 
 def _dumps(document: Any) -> str:
