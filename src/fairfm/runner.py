@@ -232,7 +232,6 @@ def report_from_predictions(predictions: pd.DataFrame, spec: "RunSpec", *, progr
     """The metrics Report of a PredictionTable: threshold chosen on the val rows, metrics on the test rows
     (``progress``: a bar on stderr during the bootstrap)."""
     from fairfm.metrics import evaluate_frame
-    from fairfm.metrics.report import Report
 
     group_columns = [c for c in predictions.columns if str(c).startswith("group_")]
     frame = predictions.rename(columns={c: c.removeprefix("group_") for c in group_columns})
@@ -248,18 +247,9 @@ def report_from_predictions(predictions: pd.DataFrame, spec: "RunSpec", *, progr
                               threshold=spec.threshold, bootstrap=spec.bootstrap, seed=spec.seed,
                               progress=progress)  # fmt: skip
 
-    tasks = list(dict.fromkeys(frame["task"].astype(str)))
-    samples_per_task = {t: frozenset(frame.loc[frame["task"] == t, "sample_id"]) for t in tasks}
-    if len(set(samples_per_task.values())) == 1:
-        return evaluate(frame)
-    # Tasks with different known-label samples cannot share one wide matrix: evaluate each task on its own rows.
-    reports = [evaluate(frame[frame["task"] == t]) for t in tasks]
-    merged = Report(kind="classification", tasks={}, bootstrap=reports[0].bootstrap, profile=reports[0].profile,
-                    warnings=[])  # fmt: skip
-    for report in reports:
-        merged.tasks.update(report.tasks)
-        merged.warnings.extend(report.warnings)
-    return merged
+    # Tasks with different known-label samples share one report: a (sample, task) without a row is an unknown
+    # label of that task, so macro metrics and Benjamini–Hochberg run across all tasks.
+    return evaluate(frame)
 
 
 def segmentation_report(predictions: pd.DataFrame, spec: "RunSpec") -> "Report":

@@ -10,7 +10,6 @@ a small JSON-able document when the run is computed (the runner keeps it in ``me
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -31,8 +30,12 @@ def report_extras(report: Report) -> dict[str, Any]:
             "n_pos": task.n_pos,
             "threshold": _number(task.threshold),
             "extra_thresholds": {k: _number(v) for k, v in task.extra_thresholds.items()},
+            "extra_threshold_leaks": dict(task.extra_threshold_leaks),
+            "n_unknown_label": task.n_unknown_label,
+            "n_uncertain_label": task.n_uncertain_label,
             "attributes": {a.name: {"n_pos": {g: int(c[1]) for g, c in a.group_counts.items()},
-                                    "worst_group": dict(a.worst_group), "notes": list(a.notes)}
+                                    "worst_group": dict(a.worst_group), "notes": list(a.notes),
+                                    "metric_notes": dict(a.metric_notes)}
                            for a in task.attributes.values()},  # fmt: skip
         }
     return {
@@ -41,6 +44,9 @@ def report_extras(report: Report) -> dict[str, Any]:
         "profile": report.profile.name if report.profile is not None else None,
         "warnings": list(report.warnings),
         "macro": {a: {k: _number(v) for k, v in m.items()} for a, m in report.macro.items()},
+        "shown_metrics": None if report.shown_metrics is None else list(report.shown_metrics),
+        "uncertain": report.uncertain,
+        "clients": report.clients,
         "tasks": tasks,
     }
 
@@ -68,12 +74,18 @@ def report_from_metric_table(table: pd.DataFrame, extras: Mapping[str, Any] | No
         for attr_name, attr_rows in rows[rows["attribute"] != ALL].groupby("attribute", sort=False):
             attributes[str(attr_name)] = _attribute(str(attr_name), attr_rows,
                                                     (info.get("attributes") or {}).get(str(attr_name)) or {})  # fmt: skip
-        result = TaskResult(task=task_name, n=n, n_pos=int(info.get("n_pos") or 0), overall=overall,
-                            threshold_policy=policy, threshold=None if info.get("threshold") is None else float(info["threshold"]), attributes=attributes,
-                            extra_thresholds={k: _float(v) for k, v in (info.get("extra_thresholds") or {}).items()})  # fmt: skip
-        if LEAK_COLUMN in rows.columns and any(f.name == LEAK_COLUMN for f in dataclasses.fields(TaskResult)):
-            setattr(result, LEAK_COLUMN, bool(rows[LEAK_COLUMN].fillna(False).astype(bool).any()))
-        tasks[task_name] = result
+        threshold = None if info.get("threshold") is None else float(info["threshold"])
+        # The task's own threshold: its rows' flag, leaving out metrics at a profile's extra thresholds ("…@tnr@0.8").
+        extra_names = tuple(f"@{name}" for name in info.get("extra_thresholds") or {})
+        own = ~rows["metric"].astype(str).str.endswith(extra_names) if extra_names else slice(None)
+        leaks = LEAK_COLUMN in rows.columns and bool(rows.loc[own, LEAK_COLUMN].fillna(False).astype(bool).any())
+        tasks[task_name] = TaskResult(
+            task=task_name, n=n, n_pos=int(info.get("n_pos") or 0), overall=overall, threshold_policy=policy,
+            threshold=threshold, attributes=attributes,
+            extra_thresholds={k: _float(v) for k, v in (info.get("extra_thresholds") or {}).items()},
+            threshold_leaks_labels=leaks, extra_threshold_leaks=dict(info.get("extra_threshold_leaks") or {}),
+            n_unknown_label=int(info.get("n_unknown_label") or 0),
+            n_uncertain_label=int(info.get("n_uncertain_label") or 0))
     bootstrap = dict(extras.get("bootstrap") or {})
     if not bootstrap:
         has_ci = table["ci_low"].notna().any()
@@ -85,7 +97,9 @@ def report_from_metric_table(table: pd.DataFrame, extras: Mapping[str, Any] | No
         profile = get_profile(extras["profile"])
     macro = {a: {k: _float(v) for k, v in m.items()} for a, m in (extras.get("macro") or {}).items()}
     return Report(kind=kind, tasks=tasks, bootstrap=bootstrap, profile=profile,
-                  warnings=list(extras.get("warnings") or []), macro=macro)  # fmt: skip
+                  warnings=list(extras.get("warnings") or []), macro=macro,
+                  shown_metrics=extras.get("shown_metrics"), uncertain=extras.get("uncertain"),
+                  clients=extras.get("clients"))  # fmt: skip
 
 
 def _attribute(name: str, rows: pd.DataFrame, info: Mapping[str, Any]) -> AttributeResult:
@@ -118,7 +132,8 @@ def _attribute(name: str, rows: pd.DataFrame, info: Mapping[str, Any]) -> Attrib
     notes = list(info["notes"]) if "notes" in info else _notes_from_rows(summary_rows)
     return AttributeResult(name=name, groups=groups, group_counts=counts, group_metrics=group_metrics,
                            excluded=excluded, summary=summary, significance=significance,
-                           worst_group=dict(info.get("worst_group") or {}), notes=notes)  # fmt: skip
+                           worst_group=dict(info.get("worst_group") or {}), notes=notes,
+                           metric_notes=dict(info.get("metric_notes") or {}))  # fmt: skip
 
 
 def _notes_from_rows(rows: pd.DataFrame) -> list[str]:
