@@ -238,7 +238,7 @@ def test_fine_tuning_usages_run_end_to_end(synth_dir, clip_dir, tmp_path, usage)
     assert not runner.execute(spec, store, progress=False).computed
 
 
-def test_tasks_with_different_known_labels_are_evaluated_separately():
+def test_tasks_with_different_known_labels_share_one_report_with_macro_and_bh():
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -253,9 +253,17 @@ def test_tasks_with_different_known_labels_are_evaluated_separately():
                 rows.append({"sample_id": f"{split}{i}", "task": task, "split": split, "y_true": y,
                              "y_score": float(np.clip(0.3 * y + rng.random() * 0.7, 0, 1)), "group_sex": sex})
     predictions = pd.DataFrame(rows)
-    spec = RunSpec.from_dict({"dataset": "x", "model": "clip", "usage": "zero_shot", "bootstrap": 0})
+    spec = RunSpec.from_dict({"dataset": "x", "model": "clip", "usage": "zero_shot", "bootstrap": 200})
     report = runner.report_from_predictions(predictions, spec)
     assert set(report.tasks) == {"a", "b"}
+    # Merged first, then macro metrics and Benjamini–Hochberg across both tasks (not per task, where q = p).
+    gaps = [report.tasks[t].attributes["sex"].summary["auc_gap"].value for t in ("a", "b")]
+    assert report.macro["sex"]["macro_auc_gap"] == pytest.approx(sum(gaps) / 2)
+    from scipy.stats import false_discovery_control
+
+    p_values = [report.tasks[t].attributes["sex"].significance["auc_gap_p"] for t in ("a", "b")]
+    q_values = [report.tasks[t].attributes["sex"].significance["auc_gap_q"] for t in ("a", "b")]
+    assert q_values == pytest.approx(list(false_discovery_control(p_values)))
     from fairfm.metrics import evaluate_frame
 
     only_b = predictions[predictions["task"] == "b"].rename(columns={"group_sex": "sex"}).reset_index(drop=True)
