@@ -204,3 +204,20 @@ def test_a_sweep_over_a_dataset_name_prepares_it_once_in_the_parent(clip_dir, tm
         spec = store.load(outcome.run_id).spec
         assert spec["dataset"] == str(prepared[0]) and spec["root"] == str(raw.resolve())
     assert {o.status for o in run_sweep(sweep, store, progress=False)} == {"found"}
+
+
+def test_every_trained_usage_stores_the_same_runs_in_a_pool_as_in_process(synth_dir, clip_dir, tmp_path):
+    """Each trained usage (one tiny epoch) in one in-process sweep and in a 2-worker pool: a worker runs other cells
+    before its own than the parent does, so this holds only when the spec's seed decides every initialisation."""
+    sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                                 "bootstrap": 0, "device": "cpu", "usage": list(runner.TRAINED_USAGES),
+                                 "hparams": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0}})  # fmt: skip
+    local_store, pool_store = Store(tmp_path / "local"), Store(tmp_path / "pool")
+    local = run_sweep(sweep, local_store, progress=False)
+    pooled = run_sweep(sweep, pool_store, executor="pool", workers=2, progress=False)
+    assert [o.status for o in local] == [o.status for o in pooled] == ["computed"] * len(runner.TRAINED_USAGES), (
+        [o.error for o in local + pooled])
+    for a, b in zip(local, pooled):
+        assert a.run_id == b.run_id
+        pd.testing.assert_frame_equal(local_store.load(a.run_id).predictions, pool_store.load(b.run_id).predictions,
+                                      check_exact=True, obj=a.spec["usage"])  # fmt: skip
