@@ -195,6 +195,9 @@ def test_fairfm_run_cli(synth_dir, clip_dir, tmp_path, capsys):
     code, out, err = run_cli(capsys, "run", bad, "--store", store)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "bootstrap" in err and str(bad) in err
     code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "--set", "usage=sam_prompt")
+    assert code == 2 and "model 'clip' is a vision-language model: sam_prompt needs a promptable segmentation" in err
+    code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "--set", "usage=sam_prompt", "--set",
+                             "model=medsam")  # fmt: skip
     assert code == 2 and "has no path_mask column: sam_prompt needs a segmentation dataset" in err
 
 
