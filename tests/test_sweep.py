@@ -226,18 +226,28 @@ def test_a_sweep_over_a_dataset_name_prepares_it_once_in_the_parent(clip_dir, tm
     assert {o.status for o in run_sweep(sweep, store, progress=False)} == {"found"}
 
 
-def test_every_trained_usage_stores_the_same_runs_in_a_pool_as_in_process(synth_dir, clip_dir, tmp_path):
-    """Each trained usage (one tiny epoch) in one in-process sweep and in a 2-worker pool: a worker runs other cells
-    before its own than the parent does, so this holds only when the spec's seed decides every initialisation."""
+@pytest.fixture(scope="module")
+def trained_local_reference(synth_dir, clip_dir, tmp_path_factory):
+    """Each trained usage (one tiny epoch) in one in-process sweep: what every executor must reproduce."""
     sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
                                  "bootstrap": 0, "device": "cpu", "usage": list(runner.TRAINED_USAGES),
                                  "hparams": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0}})  # fmt: skip
-    local_store, pool_store = Store(tmp_path / "local"), Store(tmp_path / "pool")
-    local = run_sweep(sweep, local_store, progress=False)
-    pooled = run_sweep(sweep, pool_store, executor="pool", workers=2, progress=False)
-    assert [o.status for o in local] == [o.status for o in pooled] == ["computed"] * len(runner.TRAINED_USAGES), (
-        [o.error for o in local + pooled])
-    for a, b in zip(local, pooled):
+    store = Store(tmp_path_factory.mktemp("trained_local") / "store")
+    return sweep, store, run_sweep(sweep, store, progress=False)
+
+
+@pytest.mark.parametrize("executor", ["pool", "ray"])
+def test_every_trained_usage_stores_the_same_runs_in_parallel_as_in_process(trained_local_reference, tmp_path,
+                                                                           executor):  # fmt: skip
+    """A worker runs other cells before its own than the parent does, so this holds only when the spec's seed
+    decides every initialisation (LoRA matrices, prompts, adapters, heads)."""
+    sweep, local_store, local = trained_local_reference
+    parallel_store = Store(tmp_path / executor)
+    parallel = run_sweep(sweep, parallel_store, executor=executor, workers=2, progress=False)
+    assert [o.status for o in local] == [o.status for o in parallel] == ["computed"] * len(runner.TRAINED_USAGES), (
+        [o.error for o in local + parallel])
+    for a, b in zip(local, parallel):
         assert a.run_id == b.run_id
-        pd.testing.assert_frame_equal(local_store.load(a.run_id).predictions, pool_store.load(b.run_id).predictions,
-                                      check_exact=True, obj=a.spec["usage"])  # fmt: skip
+        pd.testing.assert_frame_equal(local_store.load(a.run_id).predictions,
+                                      parallel_store.load(b.run_id).predictions, check_exact=True,
+                                      obj=a.spec["usage"])  # fmt: skip
