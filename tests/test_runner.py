@@ -163,7 +163,7 @@ def test_unimplemented_usages_and_methods_say_so(synth_dir, clip_dir, tmp_path):
     store = Store(tmp_path / "store")
     with pytest.raises(InputError, match=r"samples\.parquet: SampleTable has no path_mask column: sam_prompt needs a "
                                          "segmentation dataset"):  # fmt: skip
-        runner.run(_spec(synth_dir, clip_dir, "sam_prompt"), store, progress=False)
+        runner.run(_spec(synth_dir, clip_dir, "sam_prompt", model="medsam"), store, progress=False)
     with pytest.raises(InputError, match="method 'group_dro': mitigation methods are not implemented yet"):
         runner.run(_spec(synth_dir, clip_dir, "zero_shot", method="group_dro"), store, progress=False)
     with pytest.raises(InputError, match="'resnet50_scratch' is a vision model: zero_shot needs a vision-language"):
@@ -195,6 +195,9 @@ def test_fairfm_run_cli(synth_dir, clip_dir, tmp_path, capsys):
     code, out, err = run_cli(capsys, "run", bad, "--store", store)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "bootstrap" in err and str(bad) in err
     code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "--set", "usage=sam_prompt")
+    assert code == 2 and "model 'clip' is a vision-language model: sam_prompt needs a promptable segmentation" in err
+    code, out, err = run_cli(capsys, "run", spec_file, "--store", store, "--set", "usage=sam_prompt", "--set",
+                             "model=medsam")  # fmt: skip
     assert code == 2 and "has no path_mask column: sam_prompt needs a segmentation dataset" in err
 
 

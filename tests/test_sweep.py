@@ -115,14 +115,26 @@ def test_parallel_executors_store_the_same_runs_as_the_local_one(local_reference
     assert {o.status for o in run_sweep(sweep, parallel_store, executor=executor, progress=False)} == {"found"}
 
 
-def test_a_failing_cell_is_reported_and_the_others_are_stored(synth_dir, clip_dir, tmp_path):
+def _fail_inside_the_run(monkeypatch, ensemble: bool) -> None:
+    original = runner.compute_run
+
+    def failing(spec, **kwargs):
+        if spec.hparams["ensemble"] is ensemble:
+            raise InputError("planted failure inside the run")
+        return original(spec, **kwargs)
+
+    monkeypatch.setattr(runner, "compute_run", failing)
+
+
+def test_a_failing_cell_is_reported_and_the_others_are_stored(synth_dir, clip_dir, tmp_path, monkeypatch):
     store = Store(tmp_path / "store")
-    # bit_m_r50x1 is a vision-only model: its zero-shot cell fails inside the run; the CLIP cell is computed.
+    # The first cell fails inside the run; the second is computed.
+    _fail_inside_the_run(monkeypatch, ensemble=True)
     sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "checkpoint": str(clip_dir), "usage": "zero_shot",
-                                 "bootstrap": 10, "model": ["bit_m_r50x1", "clip"]})  # fmt: skip
+                                 "bootstrap": 10, "model": "clip", "hparams": {"ensemble": [True, False]}})  # fmt: skip
     outcomes = run_sweep(sweep, store, progress=False)
     assert [o.status for o in outcomes] == ["failed", "computed"]
-    assert outcomes[0].input_error and "zero_shot needs a vision-language model" in outcomes[0].error
+    assert outcomes[0].input_error and "planted failure inside the run" in outcomes[0].error
     assert len(store) == 1
 
     stopped = run_sweep(sweep, Store(tmp_path / "other"), keep_going=False, progress=False)
@@ -175,12 +187,20 @@ def test_cli_dry_run_then_sweep_then_found(synth_dir, clip_dir, tmp_path, capsys
     assert code == 0 and out.count("found") == 2 and "computed" not in out
 
 
-def test_cli_failures_exit_2_for_bad_input_and_name_the_cell(synth_dir, clip_dir, tmp_path, capsys):
+def test_cli_failures_exit_2_for_bad_input_and_name_the_cell(synth_dir, clip_dir, tmp_path, capsys, monkeypatch):
     sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "clip", "usage": "zero_shot",
+                                          "checkpoint": str(clip_dir), "seeds": [0, 1]}))  # fmt: skip
+    _fail_inside_the_run(monkeypatch, ensemble=True)
+    code, out, err = run_cli(capsys, "sweep", sweep_file, "--store", tmp_path / "store", "--quiet")
+    assert code == 2 and "2 of 2 run(s) failed" in out and "planted failure" in out and "Traceback" not in out + err
+
+    # A model of the wrong family for the usage (bit_m_r50x1 is vision-only) is refused before any run.
     sweep_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "bit_m_r50x1", "usage": "zero_shot",
                                           "checkpoint": str(clip_dir), "seeds": [0, 1]}))  # fmt: skip
-    code, out, err = run_cli(capsys, "sweep", sweep_file, "--store", tmp_path / "store", "--quiet")
-    assert code == 2 and "2 of 2 run(s) failed" in out and "vision-language" in out and "Traceback" not in out + err
+    code, out, err = run_cli(capsys, "sweep", sweep_file, "--store", tmp_path / "store2", "--quiet")
+    assert code == 2 and "zero_shot needs a vision-language model" in err and "Traceback" not in out + err
+    assert not (tmp_path / "store2" / "runs").exists()
 
     code, _, err = run_cli(capsys, "sweep", tmp_path / "nope.yaml", "--store", tmp_path / "store")
     assert code == 2 and "nope.yaml" in err and "Traceback" not in err
@@ -282,3 +302,30 @@ def test_a_seed_sweep_over_a_dataset_name_shares_one_split_and_aggregates(clip_d
     over_splits = [r for r in json.loads(out) if r["attribute"] == "__all__"]
     assert len(over_splits) == 1 and over_splits[0]["n_seeds"] == 5
     assert sorted(over_splits[0]["split_seeds"]) == [0, 0, 0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def trained_local_reference(synth_dir, clip_dir, tmp_path_factory):
+    """Each trained usage (one tiny epoch) in one in-process sweep: what every executor must reproduce."""
+    sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
+                                 "bootstrap": 0, "device": "cpu", "usage": list(runner.TRAINED_USAGES),
+                                 "hparams": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0}})  # fmt: skip
+    store = Store(tmp_path_factory.mktemp("trained_local") / "store")
+    return sweep, store, run_sweep(sweep, store, progress=False)
+
+
+@pytest.mark.parametrize("executor", ["pool", "ray"])
+def test_every_trained_usage_stores_the_same_runs_in_parallel_as_in_process(trained_local_reference, tmp_path,
+                                                                           executor):  # fmt: skip
+    """A worker runs other cells before its own than the parent does, so this holds only when the spec's seed
+    decides every initialisation (LoRA matrices, prompts, adapters, heads)."""
+    sweep, local_store, local = trained_local_reference
+    parallel_store = Store(tmp_path / executor)
+    parallel = run_sweep(sweep, parallel_store, executor=executor, workers=2, progress=False)
+    assert [o.status for o in local] == [o.status for o in parallel] == ["computed"] * len(runner.TRAINED_USAGES), (
+        [o.error for o in local + parallel])
+    for a, b in zip(local, parallel):
+        assert a.run_id == b.run_id
+        pd.testing.assert_frame_equal(local_store.load(a.run_id).predictions,
+                                      parallel_store.load(b.run_id).predictions, check_exact=True,
+                                      obj=a.spec["usage"])  # fmt: skip

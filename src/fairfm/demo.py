@@ -2,8 +2,8 @@
 
 Planted-bias synthetic radiographs (:mod:`fairfm.data.synth`, the disparity known from ``truth.json``) → two tiny
 CLIP models of real architectures (a ViT image tower and CLIP's modified-ResNet image tower, each with a text
-transformer) with **random weights**, saved in open_clip's checkpoint layout → zero-shot and linear probe through
-the same runner as ``fairfm run`` → the results store → one comparison table of AUC and the AUC gap with
+transformer) with **random weights**, saved in open_clip's checkpoint layout → zero-shot, linear probe (and LoRA on
+the ViT) through the same runner as ``fairfm run`` → the results store → one comparison table of AUC and the AUC gap with
 bootstrap intervals, saying whether the planted disparity was detected.
 
 Random weights mean the numbers describe this toy set-up only, not any pretrained model; the point is that every

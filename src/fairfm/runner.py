@@ -301,11 +301,28 @@ _USAGES: dict[str, UsageFn] = {}
 
 
 def register_usage(name: str) -> Callable[[UsageFn], UsageFn]:
+    """Register a usage; it runs with every random generator seeded from ``spec.seed`` (model construction,
+    initialisation, dropout, data order) and the caller's random state restored afterwards, so a run gives the
+    same numbers whatever ran before it in the process (a local or pool sweep)."""
+
     def decorate(fn: UsageFn) -> UsageFn:
-        _USAGES[name] = fn
+        _USAGES[name] = _seeded_usage(fn)
         return fn
 
     return decorate
+
+
+def _seeded_usage(fn: UsageFn) -> UsageFn:
+    import functools
+
+    @functools.wraps(fn)
+    def run_seeded(spec: "RunSpec", *args: Any, **kwargs: Any) -> UsageOutput:
+        from fairfm.adapt.seeding import derive_seed, seeded
+
+        with seeded(derive_seed(spec.seed, "run")):
+            return fn(spec, *args, **kwargs)
+
+    return run_seeded
 
 
 def _features(spec: "RunSpec", table: pd.DataFrame, model: Any, *, root: Path, features_dir: Path,

@@ -49,7 +49,13 @@ class _Strict(BaseModel):
 # Per-usage hyper-parameters (defaults from reference/METHODS.md §2)
 
 class HParams(_Strict):
-    """Base of a usage's hyper-parameter model: typed fields with defaults; unknown keys are errors."""
+    """Base of a usage's hyper-parameter model: typed fields with defaults; unknown keys are errors.
+
+    ``model_family`` names the model family (``fairfm.models.registry.FAMILIES``) the usage needs, None for any;
+    a spec pairing the usage with a model of another family is refused before its hyper-parameters are read."""
+
+    model_family: ClassVar[Optional[str]] = None
+    model_family_needs: ClassVar[str] = ""
 
     def dataset_tasks(self, dataset: Path, manifest: Mapping[str, Any], labels: list[str],
                       requested: list[str] | None) -> list[str]:  # fmt: skip
@@ -93,7 +99,8 @@ class TrainHParams(HParams):
     lr_scaling: Literal["none", "linear"] = Field("none", description="linear: lr = base lr × batch / 256")
     min_lr: float = Field(1e-5, ge=0)
     warmup_epochs: float = Field(5, ge=0)
-    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    # Only what the loops implement (fairfm.adapt.linear_probe.lr_at): a value no code runs is refused here.
+    schedule: Literal["cosine", "constant"] = "cosine"
     schedule_per: Literal["epoch", "iteration"] = "epoch"
     optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -130,7 +137,24 @@ class TrainHParams(HParams):
         return self
 
 
+class _CachedFeatures(HParams):
+    """Usages trained on cached features: 3D samples are max-pooled over slices (FairMedFM); OCT chunks need a
+    trainable projector in front of the encoder, which only the fine-tuning usages have."""
+
+    @field_validator("volume", check_fields=False)
+    @classmethod
+    def _no_oct_chunks(cls, value: str) -> str:
+        if value == "oct_chunks":
+            raise ValueError("oct_chunks trains a projector in front of the encoder, which a usage on cached "
+                             "features cannot do; use max_slice, or a fine-tuning usage (lora, bitfit, vpt, "
+                             "adapter, full_finetune)")
+        return value
+
+
 class _ZeroShotPrompts(HParams):
+    model_family: ClassVar[Optional[str]] = "vision-language"
+    model_family_needs: ClassVar[str] = "a vision-language model"
+
     templates: Optional[list[str]] = Field(None, description="prompt templates with '{}' (null: the dataset's)")
     classnames: Optional[list[str]] = Field(None, description="[negative, positive] class names (null: dataset's)")
     ensemble: bool = Field(True, description="average the text embeddings of all templates (false: the first "
@@ -162,14 +186,15 @@ class ZeroShotHParams(_ZeroShotPrompts):
 
 
 @register_usage_hparams("linear_probe")
-class LinearProbeHParams(TrainHParams):
+class LinearProbeHParams(_CachedFeatures, TrainHParams):
     """FairMedFM's linear probe (SGD, blr 2.5e-4, warm-up 5, min_lr 1e-5, wd 0.05), selected on validation.
 
     Always on cached features: a frozen encoder gives the same features inside the loop (tested), only slower."""
 
 
+
 @register_usage_hparams("prototype")
-class PrototypeHParams(TrainHParams, _ZeroShotPrompts):
+class PrototypeHParams(_CachedFeatures, TrainHParams, _ZeroShotPrompts):
     """FairMedFM 'CLIP-Adapt': tune the per-class text embeddings (50 epochs, blr 2.5e-2)."""
 
     epochs: int = Field(50, ge=1)
@@ -177,7 +202,7 @@ class PrototypeHParams(TrainHParams, _ZeroShotPrompts):
 
 
 @register_usage_hparams("clip_adapter")
-class ClipAdapterHParams(TrainHParams, _ZeroShotPrompts):
+class ClipAdapterHParams(_CachedFeatures, TrainHParams, _ZeroShotPrompts):
     """Gao et al.'s residual bottleneck adapter: f' = r·A(f) + (1 − r)·f."""
 
     residual_ratio: float = Field(0.2, gt=0, le=1)
@@ -232,10 +257,34 @@ class FullFinetuneHParams(TrainHParams):
     drop_path: float = Field(0.2, ge=0, lt=1)
     randaugment: Optional[str] = Field("rand-m6-mstd0.5-inc1", description="timm auto-augment string; null: off")
 
+    @field_validator("randaugment")
+    @classmethod
+    def _timm_randaugment(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_randaugment(value)
+        return value
+
+
+def _check_randaugment(config: str) -> None:
+    """A string timm's ``rand_augment_transform`` parses (checked when timm is installed: the usage needs it)."""
+    if not config.startswith("rand"):
+        raise ValueError(f"{config!r} is not a timm RandAugment string (e.g. 'rand-m6-mstd0.5-inc1')")
+    try:
+        from timm.data import rand_augment_transform
+    except ImportError:  # the models extra is missing: the run itself says so
+        return
+    try:
+        rand_augment_transform(config, {"translate_const": 0.45, "img_mean": (124, 116, 104)})
+    except Exception as exc:  # noqa: BLE001 - timm raises assorted errors for a malformed string
+        raise ValueError(f"{config!r} is not a timm RandAugment string ({exc})") from None
+
 
 @register_usage_hparams("sam_prompt")
 class SamPromptHParams(HParams):
     """Prompts from the ground-truth mask (METHODS.md §2.7; see fairfm.adapt.sam_prompting)."""
+
+    model_family: ClassVar[Optional[str]] = "segmentation"
+    model_family_needs: ClassVar[str] = "a promptable segmentation model (a promptable segmenter such as SAM)"
 
     def dataset_tasks(self, dataset: Path, manifest: Mapping[str, Any], labels: list[str],
                       requested: list[str] | None) -> list[str]:  # fmt: skip
@@ -306,6 +355,16 @@ def canonical_usage(name: str) -> str:
         aliases = ", ".join(f"{alias}={usage}" for alias, usage in USAGE_ALIASES.items() if usage in _HPARAMS)
         raise ValueError(f"unknown usage {name!r}; choose one of: {', '.join(list_usages())} (aliases: {aliases})")
     return key
+
+
+def _model_family(name: str) -> str | None:
+    """The family of a registered model card; None for a name the registry does not know (reported elsewhere)."""
+    from fairfm.models.registry import get_model  # lazy: no torch, only the cards
+
+    try:
+        return get_model(name).family
+    except InputError:
+        return None
 
 
 def _is_dataset_name(value: Any, folder: Path) -> bool:
@@ -407,6 +466,13 @@ class RunSpec(_Strict):
         # under ``hparams.<field>``, then keep the fully-defaulted dictionary.
         spec = handler(data)
         model = _HPARAMS[spec.usage]
+        family = _model_family(spec.model)
+        if model.model_family is not None and family is not None and family != model.model_family:
+            # before the hyper-parameters: another usage's fields would otherwise be reported as unknown
+            raise ValidationError.from_exception_data(cls.__name__, [InitErrorDetails(
+                type="value_error", loc=("usage",), input=spec.usage,
+                ctx={"error": f"model {spec.model!r} is a {family} model: {spec.usage} needs "
+                              f"{model.model_family_needs} (see 'fairfm models list')"})])  # fmt: skip
         try:
             typed = model.model_validate(spec.hparams)
         except ValidationError as exc:

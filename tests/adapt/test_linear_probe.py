@@ -124,6 +124,34 @@ def test_unknown_labels_are_ignored_in_the_loss():
     assert all(math.isfinite(h["loss"]) and math.isfinite(h["val_loss"]) for h in result.history)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_fit_with_unknown_labels_equals_the_fit_on_the_known_rows_alone(optimizer):
+    # Oracle: rows whose labels are all unknown contribute nothing — not to the loss, its normaliser, the class
+    # weights, the validation AUC/loss nor the selected epoch. One full batch per epoch, so both fits take the same
+    # steps; only the order of a float sum may differ.
+    x, y = _separable(6)
+    labels = np.stack([y, 1 - y], axis=1).astype(float)
+    unknown = np.zeros(len(x), dtype=bool)
+    unknown[::4] = True
+    labels[unknown] = np.nan
+    train, val = np.arange(120), np.arange(120, 160)
+    hp = LinearProbeHParams(epochs=6, batch_size=256, lr=5e-2, warmup_epochs=1, optimizer=optimizer,
+                            early_stopping_patience=None, select_by="val_loss")  # fmt: skip
+    with_unknown = train_linear_probe(x[train], labels[train], x[val], labels[val], hparams=hp, seed=0,
+                                      predict={"test": x[160:]})  # fmt: skip
+    known_train, known_val = train[~unknown[train]], val[~unknown[val]]
+    known_only = train_linear_probe(x[known_train], labels[known_train], x[known_val], labels[known_val],
+                                    hparams=hp, seed=0, predict={"test": x[160:]})  # fmt: skip
+    assert with_unknown.best_epoch == known_only.best_epoch
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(with_unknown.state_dict[name].numpy(), known_only.state_dict[name].numpy(),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(with_unknown.predictions["test"], known_only.predictions["test"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(with_unknown.history, known_only.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+        assert a["val_auc"] == pytest.approx(b["val_auc"], rel=1e-9)
+
+
 def test_schedule_warmup_then_half_cosine():
     assert lr_at(0, 10, 2, 1.0, 0.1, "cosine") == 0.0
     assert lr_at(1, 10, 2, 1.0, 0.1, "cosine") == pytest.approx(0.5)

@@ -243,10 +243,11 @@ def test_usage_aliases_resolve_to_the_canonical_name_and_the_same_run_id(toy, tm
     store = Store(tmp_path / "store")
     base = {"dataset": str(toy), "model": "clip", "bootstrap": 10}
     for alias, usage in USAGE_ALIASES.items():
+        model = {"model": "medsam"} if usage == "sam_prompt" else {}  # a usage needs a model of its family
         for spelling in (alias, alias.upper()):
-            spec = RunSpec.from_dict({**base, "usage": spelling})
+            spec = RunSpec.from_dict({**base, **model, "usage": spelling})
             assert spec.usage == usage
-            assert store.run_id(spec) == store.run_id(RunSpec.from_dict({**base, "usage": usage}))
+            assert store.run_id(spec) == store.run_id(RunSpec.from_dict({**base, **model, "usage": usage}))
     assert RunSpec.from_dict({**base, "usage": "linear-probe"}).usage == "linear_probe"
     # aliased hyper-parameters are validated against the canonical usage's model
     with pytest.raises(InputError, match=r"^spec: hparams\.rank: unknown field"):

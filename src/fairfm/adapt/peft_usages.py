@@ -470,15 +470,7 @@ def finetune(
     chunks with ``hparams.volume: oct_chunks``; ``modality`` (the dataset card's) lets
     ``hparams.slice_intensity: auto`` window CT.
     """
-    from fairfm.adapt.train import (
-        LAYER_IDS_ATTRIBUTE,
-        ImageTable,
-        fit,
-        load_state,
-        make_classifier,
-        predict,
-        timm_randaugment,
-    )
+    from fairfm.adapt.train import ImageTable, timm_randaugment
 
     if "split" not in table.columns:
         raise InputError("SampleTable has no 'split' column; fine-tuning needs train and val rows")
@@ -493,7 +485,7 @@ def finetune(
     randaugment = getattr(hparams, "randaugment", None) if usage == "full_finetune" else None
     if randaugment:
         augment = timm_randaugment(randaugment)
-    from fairfm.adapt.volumes import first_row_is_volume, volume_model, volume_options
+    from fairfm.adapt.volumes import first_row_is_volume, volume_options
 
     # 3D samples: slice stacks for max-pooling, or FairFedMed's OCT chunks (hparams.volume); {} for 2D images
     volumes = volume_options(hparams, has_volumes=first_row_is_volume(table[split == "train"], root, column),
@@ -518,6 +510,23 @@ def finetune(
             group_names=groups,
             **volumes,
         )
+
+    from fairfm.adapt.seeding import derive_seed, seeded
+
+    # LoRA matrices, prompts, adapters, the head and dropout draw from the global generators: seed them from
+    # ``seed`` (and leave the caller's random state as it was), so a run does not depend on what ran before it.
+    with seeded(derive_seed(seed, "finetune")):
+        return _finetune_seeded(usage, hparams, encoder, tasks, part, seed=seed, device=device,
+                                progress=progress, predict_splits=predict_splits, volumes=volumes,
+                                randaugment=randaugment, hooks=hooks)  # fmt: skip
+
+
+def _finetune_seeded(usage: str, hparams: "TrainHParams", encoder: "Encoder", tasks: Sequence[str],
+                     part: Callable[[str, bool], Any], *, seed: int, device: str,
+                     progress: bool, predict_splits: Sequence[str], volumes: dict[str, Any],
+                     randaugment: str | None, hooks: dict[str, Any]) -> FinetuneOutput:  # fmt: skip
+    from fairfm.adapt.train import LAYER_IDS_ATTRIBUTE, fit, load_state, make_classifier, predict
+    from fairfm.adapt.volumes import volume_model
 
     train, val = part("train", True), part("val", False)
     names, meta = apply_usage(usage, encoder, hparams)

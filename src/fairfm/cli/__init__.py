@@ -55,6 +55,27 @@ def _register_commands() -> None:
     from fairfm.cli import sweep as sweep_cli  # noqa: F401  (registers ``fairfm sweep``)
 
 
+#: Top-level module → the extra that installs it (``pip install 'fairfm[EXTRA]'``); checked against pyproject.toml
+#: by tests/test_install.py. A command whose extra is missing says so in one line instead of a traceback.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("PIL", "pydicom", "nibabel", "h5py", "openpyxl"), "data"),
+    **dict.fromkeys(("torch", "torchvision", "timm", "open_clip", "transformers", "safetensors", "segment_anything",
+                     "peft", "sklearn"), "models"),
+    **dict.fromkeys(("duckdb", "pydantic", "pydantic_core", "yaml"), "results"),
+    "ray": "sweep",
+}  # fmt: skip
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
+    """The one-line message for a module of an uninstalled extra (None for any other missing module)."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    return (f"this command needs the '{extra}' extra (module {module!r} is not installed): "
+            f"pip install 'fairfm[{extra}]'")
+
+
 def _usage_error(exc: BaseException) -> bool:
     # Typer may vendor its own copy of click, so match click's protocol rather than click's classes.
     return hasattr(exc, "exit_code") and hasattr(exc, "format_message")
@@ -62,9 +83,9 @@ def _usage_error(exc: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: bad input is one line on stderr and exit code 2, never a traceback."""
-    _register_commands()
-    command = typer.main.get_command(app)
     try:
+        _register_commands()
+        command = typer.main.get_command(app)
         # Without standalone mode click returns the code of ``typer.Exit`` instead of raising it.
         code = command.main(args=argv, prog_name="fairfm", standalone_mode=False)
     except InputError as exc:
@@ -75,6 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err_console.print("aborted", markup=False)
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc)
+        if message is None:
+            raise
+        err_console.print(f"error: {message}", markup=False)
+        sys.exit(1)
     except Exception as exc:
         if not _usage_error(exc):
             raise

@@ -83,8 +83,16 @@ def prepare_command(
     manifest = prepare(name, root, out, split=split, seed=seed, split_params=params,
                        source_options=_parse_options(option), age_edges=_parse_floats(age_bins, "--age-bins"),
                        progress=True)
+    from fairfm.data.prepare import image_presence_warning
+
     sizes = ", ".join(f"{k} {v}" for k, v in manifest["split_sizes"].items())
     console.print(f"{name}: {manifest['n_samples']} samples of {manifest['n_patients']} patients ({sizes}) → {out}")
+    presence = manifest["images_found"]
+    warning = image_presence_warning(presence, root)
+    if warning is not None:
+        console.print(f"[yellow]warning:[/yellow] {warning}", markup=True)
+    elif presence["checked"]:
+        console.print(f"{presence['found']} of {presence['checked']} referenced images checked at random exist")
     if manifest["split"].get("leaks_patients"):
         console.print(f"[yellow]warning:[/yellow] split {split!r} is image-level: "
                       f"{manifest['split'].get('leaking_patients')} patient(s) are in more than one split "
@@ -94,8 +102,8 @@ def prepare_command(
 @app.command("describe")
 def describe_command(
     directory: Path = typer.Argument(..., help="A folder written by 'fairfm datasets prepare'."),
-    min_samples: int = typer.Option(30, "--min-samples", help="Warn for val/test groups with fewer samples."),
-    min_positives: int = typer.Option(10, "--min-positives", help="Warn for fewer positives or negatives."),
+    min_samples: int = typer.Option(30, "--min-samples", min=0, help="Warn for val/test groups with fewer samples."),
+    min_positives: int = typer.Option(10, "--min-positives", min=0, help="Warn for fewer positives or negatives."),
     intersect: Optional[List[str]] = typer.Option(None, "--intersect", help="Intersectional groups, e.g. sex,race "
                                                   "(repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),

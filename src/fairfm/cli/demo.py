@@ -1,7 +1,7 @@
 """``fairfm demo``: the whole pipeline on data and models that need no download (see :mod:`fairfm.demo`).
 
-Planted-bias synthetic images → two tiny random-weight CLIP models of real architectures → zero-shot and linear
-probe through the ``fairfm run`` runner → the results store → a comparison of AUC and the AUC gap with intervals,
+Planted-bias synthetic images → two tiny random-weight CLIP models of real architectures → zero-shot, linear
+probe and LoRA through the ``fairfm run`` runner → the results store → a comparison of AUC and the AUC gap with intervals,
 naming the planted disparity and whether each run detected it.
 """
 
@@ -22,7 +22,7 @@ def demo_command(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the intervals."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Planted-bias data → tiny random-weight models → zero-shot and linear probe → stored, compared results."""
+    """Planted-bias data → tiny random-weight models → zero-shot, linear probe, LoRA → stored, compared results."""
 
     from fairfm.demo import run_demo
     from fairfm.errors import InputError

@@ -193,6 +193,7 @@ def aggregate_command(
     """Mean ± std over seeds of runs that differ only by seed (overall values and fairness gaps); --over split_seed
     aggregates over split seeds instead."""
     results = _store(store)
+    _check_known(results, metric, attribute)
     filters: dict[str, Any] = {"metric": list(metric) if metric else list(_AGGREGATED)}
     if attribute:
         filters["attribute"] = ["__all__", *attribute]
@@ -221,3 +222,26 @@ def aggregate_command(
                       str(row["task"]), attr, str(row["metric"]), _fmt(row["mean"]) + spread,
                       str(int(row["n_seeds"])) + (" STALE" if row.get("stale") else ""))  # fmt: skip
     console.print(table)
+
+
+def _check_known(results: Any, metrics: Optional[List[str]], attributes: Optional[List[str]]) -> None:
+    """A --metric or --attribute that no stored run has is an error naming it and listing the stored ones (a typo
+    must not read as "no matching runs", nor silently drop rows)."""
+    import difflib
+
+    from fairfm.errors import InputError
+
+    if not (metrics or attributes):
+        return
+    stored = results.query("SELECT DISTINCT metric, attribute FROM metrics")
+    if stored.empty:
+        return  # an empty store says so below
+    for flag, asked, known in (("--metric", metrics, stored["metric"]),
+                               ("--attribute", attributes, stored["attribute"])):  # fmt: skip
+        names = sorted({str(v) for v in known.dropna()} - {"__all__"})
+        for value in asked or []:
+            if value not in names:
+                close = difflib.get_close_matches(value, names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise InputError(f"{flag} {value!r}: no stored run has it ({hint}stored in {results.path}: "
+                                 f"{', '.join(names)})")  # fmt: skip

@@ -29,6 +29,8 @@ FORMAT_VERSION = 1
 #: Below these sizes a group's metrics are too noisy to report (describe warns).
 MIN_GROUP_SAMPLES = 30
 MIN_GROUP_POSITIVES = 10
+#: How many referenced image paths prepare looks for on disk (a sampled stat: a full check is 'datasets check').
+IMAGE_PRESENCE_SAMPLE = 200
 
 
 def _arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:
@@ -111,7 +113,8 @@ def prepare(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Load dataset ``name`` from its raw release at ``root``, split it, write ``out/samples.parquet`` and
-    ``out/dataset.json``; return the manifest."""
+    ``out/dataset.json``; return the manifest, with ``images_found`` (:func:`image_presence`, not written to
+    dataset.json) saying how many of a sample of the referenced images exist under ``root``."""
     from fairfm import __version__
 
     from fairfm.data.splits import get_split_policy
@@ -172,7 +175,8 @@ def prepare(
         }
         write_prepared(table, out, manifest)
         advance()
-        return manifest
+        # Not written to dataset.json: it describes the disk (images may be copied later), not the data.
+        return {**manifest, "images_found": image_presence(table, root)}
 
     if not progress:
         return run(lambda: None)
@@ -181,6 +185,31 @@ def prepare(
     with Progress(transient=True) as bar:
         task = bar.add_task(f"preparing {name}", total=len(steps))
         return run(lambda: bar.advance(task))
+
+
+def image_presence(table: pd.DataFrame, root: str | os.PathLike, *, limit: int = IMAGE_PRESENCE_SAMPLE,
+                   seed: int = 0) -> dict[str, int]:
+    """How many of up to ``limit`` referenced files (``path`` / ``path_*`` values, drawn at random) exist under
+    ``root``: ``{"checked": n, "found": k}``. Cheap (no file is read) — 'fairfm datasets check' reads them all."""
+    root = Path(root)
+    references = [str(value) for column in table.columns if column == "path" or str(column).startswith("path_")
+                  for value in table[column].tolist()
+                  if value is not None and not (isinstance(value, float) and np.isnan(value)) and str(value)]
+    if len(references) > limit:
+        picked = np.random.default_rng(seed).choice(len(references), size=limit, replace=False)
+        references = [references[i] for i in sorted(picked)]
+    found = sum((root / reference).exists() for reference in references)
+    return {"checked": len(references), "found": int(found)}
+
+
+def image_presence_warning(presence: Mapping[str, int], root: str | os.PathLike) -> str | None:
+    """A one-line warning when some of the checked images are missing (None when all exist)."""
+    checked, found = int(presence.get("checked", 0)), int(presence.get("found", 0))
+    if found == checked:
+        return None
+    share = "none" if found == 0 else f"only {found}"
+    return (f"{share} of {checked} referenced images checked at random exist under {root}: is --root the folder "
+            "the images were downloaded to? ('fairfm datasets check' lists every missing file)")
 
 
 def load_prepared(directory: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -211,6 +240,9 @@ def describe(directory: str | os.PathLike, *, min_samples: int = MIN_GROUP_SAMPL
     """
     from fairfm.groups import intersect, intersection_name
 
+    for option, value in (("--min-samples", min_samples), ("--min-positives", min_positives)):
+        if value < 0:
+            raise InputError(f"{option} {value}: expected a count ≥ 0")
     frame, manifest = load_prepared(directory)
     for attributes in intersections:
         columns = [a if a.startswith("group_") else f"group_{a}" for a in attributes]
@@ -223,6 +255,14 @@ def describe(directory: str | os.PathLike, *, min_samples: int = MIN_GROUP_SAMPL
     counts = count_table(frame)
     warnings: list[str] = []
     recipe = manifest.get("split") or {}
+    if "split" not in frame.columns:
+        warnings.append("no 'split' column: no run can use this table (prepare it with a split policy)")
+    else:
+        present = set(frame["split"].astype(str))
+        for name in SPLITS:
+            if name not in present:
+                needed = "the trained usages need it" if name == "train" else "every run needs val and test"
+                warnings.append(f"the split has no '{name}' samples ({needed})")
     if "split" in frame.columns:
         from fairfm.data.splits import leaking_patients
 

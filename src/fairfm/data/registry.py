@@ -18,6 +18,11 @@ import pandas as pd
 from fairfm.errors import InputError
 
 
+#: ``DatasetSource.option_values`` of a true/false option (also 1/0, yes/no; any case).
+BOOLEAN: tuple[str, ...] = ("true", "false")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
 @dataclass(frozen=True)
 class DatasetCard:
     """What ``fairfm datasets list`` shows about a dataset."""
@@ -56,9 +61,35 @@ class DatasetSource(abc.ABC):
     """Reads one public release. Subclasses set ``card`` and implement ``source_files`` and ``load``."""
 
     card: ClassVar[DatasetCard]
+    #: The loader options the source reads: name -> its valid values (``None``: any value, e.g. a path;
+    #: :data:`BOOLEAN`: true/false, read as a bool). Every source also takes ``age_edges``; any other option is
+    #: refused, so a misspelt option or one meant for another dataset is never silently ignored.
+    option_values: ClassVar[dict[str, tuple[str, ...] | None]] = {}
 
     def __init__(self, **options: Any) -> None:
-        self.options = options
+        self.options = self._checked_options(options)
+
+    def _checked_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        accepted = {"age_edges": None, **self.option_values}
+        name = self.card.name
+        checked: dict[str, Any] = {}
+        for key, value in options.items():
+            if key not in accepted:
+                raise InputError(f"{name}: unknown option {key!r} (options of {name}: "
+                                 f"{', '.join(sorted(accepted))})")  # fmt: skip
+            valid = accepted[key]
+            if valid is BOOLEAN:
+                text = str(value).strip().lower()
+                if text not in _TRUE + _FALSE:
+                    raise InputError(f"{name}: option {key}={value!r}; expected true or false")
+                value = text in _TRUE
+            elif valid is not None:
+                text = str(value).strip().lower()
+                if text not in valid:
+                    raise InputError(f"{name}: option {key}={value!r}; expected one of {', '.join(valid)}")
+                value = text
+            checked[key] = value
+        return checked
 
     @abc.abstractmethod
     def source_files(self, root: Path) -> list[Path]:

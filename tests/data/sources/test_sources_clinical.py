@@ -59,7 +59,7 @@ def test_fairfedmed_oph_partition_option_and_errors(tmp_path):
     with pytest.raises(InputError, match="meta_site1_race_train.csv"):
         get_dataset("fairfedmed_oph_slo").load(root)
     assert len(get_dataset("fairfedmed_oph_slo", partition="language").load(root)) == 7
-    with pytest.raises(InputError, match="partition must be one of"):
+    with pytest.raises(InputError, match="option partition='site'; expected one of race, language, ethnicity"):
         get_dataset("fairfedmed_oph_slo", partition="site").load(root)
     # a file in two sites is refused
     rows = FEDMED_SITES[(2, "train")] + [FEDMED_SITES[(1, "train")][0]]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 
 from fairfm.data.attributes import SEX
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
+from fairfm.data.registry import BOOLEAN, DatasetCard, DatasetSource, register_dataset
 from fairfm.data.sources._common import (
     add_age,
     add_group,
@@ -31,6 +32,7 @@ COLLECTION_GLOB = "ADNI1_Screening_1.5T*.csv"
 
 @register_dataset("adni")
 class ADNI(DatasetSource):
+    option_values: ClassVar[dict[str, tuple[str, ...] | None]] = {"collection_csv": None, "keep_mci": BOOLEAN}
     card = DatasetCard(
         name="adni",
         title="ADNI-1 1.5T screening T1-weighted brain MRI",

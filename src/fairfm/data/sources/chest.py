@@ -13,7 +13,7 @@ import re
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ from fairfm.data.attributes import (
     clean_age,
     harmonise,
 )
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
+from fairfm.data.registry import BOOLEAN, DatasetCard, DatasetSource, register_dataset
 from fairfm.errors import InputError
 
 #: The 14 CheXpert / MIMIC-CXR (CheXpert labeller) observations, in release column order.
@@ -121,6 +121,7 @@ class CheXpert(DatasetSource):
     the demographics sheet (default: ``CHEXPERT DEMO.xlsx``/``.csv`` in root or in the release folder).
     """
 
+    option_values: ClassVar[dict[str, tuple[str, ...] | None]] = {"uncertain": UNCERTAIN_POLICIES, "frontal_only": BOOLEAN, "demo": None}
     card = DatasetCard(
         name="chexpert",
         title="CheXpert v1.0",
@@ -253,6 +254,7 @@ class MimicCXR(DatasetSource):
     looked for in option ``mimic_iv`` (a folder), then ``root``, ``root/hosp``, ``root/mimic-iv/hosp``.
     """
 
+    option_values: ClassVar[dict[str, tuple[str, ...] | None]] = {"uncertain": UNCERTAIN_POLICIES, "mimic_iv": None}
     card = DatasetCard(
         name="mimic_cxr",
         title="MIMIC-CXR-JPG 2.0.0",
@@ -448,6 +450,7 @@ class PadChest(DatasetSource):
     ``<ImageDir>/<ImageID>``. Age = study year − birth year (±1 year). Option ``findings`` = all, or a
     comma-separated list of label terms (default: :data:`PADCHEST_FINDINGS`)."""
 
+    option_values: ClassVar[dict[str, tuple[str, ...] | None]] = {"findings": None}
     card = DatasetCard(
         name="padchest",
         title="PadChest (BIMCV)",
@@ -638,6 +641,7 @@ class FairFedMedChest(DatasetSource):
     1 Female; age 0 '0-60' / 1 '60+'); text values are accepted too. Unverified against the shipped CSVs.
     """
 
+    option_values: ClassVar[dict[str, tuple[str, ...] | None]] = {"partition": ("race", "gender", "age")}
     card = DatasetCard(
         name="fairfedmed_chest",
         title="FairFedMed-Chest (CheXpert + MIMIC-CXR sites)",

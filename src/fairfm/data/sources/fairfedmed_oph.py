@@ -51,6 +51,7 @@ _NOTES = (
 class _FairFedMedOph(DatasetSource):
     npz_keys: ClassVar[dict[str, str]]
 
+    option_values: ClassVar[dict[str, tuple[str, ...] | None]] = {"partition": PARTITIONS}
     def _base(self, root: Path) -> Path:
         for base in (root, root / "DATA" / "fairfedmed", root / "fairfedmed"):
             if (base / "all").is_dir():

@@ -341,6 +341,7 @@ def _npz_scalar(archive: Any, key: str) -> Any:
 
 @register_dataset("fairseg")
 class FairSeg(DatasetSource):
+    option_values: ClassVar[dict[str, tuple[str, ...] | None]] = {"age_unit": ("years", "days")}
     card = DatasetCard(
         name="fairseg",
         title="Harvard-FairSeg optic disc and cup segmentation (SLO fundus)",

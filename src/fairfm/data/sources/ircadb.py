@@ -12,6 +12,7 @@ import io
 import re
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -92,6 +93,7 @@ def _header(path: Path, member: str | None) -> dict[str, str]:
 
 @register_dataset("ircadb")
 class IRCADb(DatasetSource):
+    option_values: ClassVar[dict[str, tuple[str, ...] | None]] = {"demographics_csv": None}
     card = DatasetCard(
         name="ircadb",
         title="3D-IRCADb-01 liver CT, multi-structure segmentation",

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 
-from fairfm.data.registry import DatasetCard, DatasetSource, register_dataset
+from fairfm.data.registry import BOOLEAN, DatasetCard, DatasetSource, register_dataset
 from fairfm.data.sources._common import add_age, add_group, age_edges, binary_label, finish, read_csv
 from fairfm.errors import InputError
 
@@ -47,6 +48,7 @@ def _read_sheet(path: Path) -> pd.DataFrame:
 
 @register_dataset("papila")
 class PAPILA(DatasetSource):
+    option_values: ClassVar[dict[str, tuple[str, ...] | None]] = {"keep_suspects": BOOLEAN}
     card = DatasetCard(
         name="papila",
         title="PAPILA glaucoma fundus images",
