@@ -29,6 +29,7 @@ class Profile:
     reference_names: dict[str, str] = field(default_factory=dict)
     flags: tuple[str, ...] = ()
     sklearn_roc: bool = False  # fpr@/tpr@ thresholds on sklearn's ROC points (collinear points dropped)
+    ci_method: str = "percentile"  # gap intervals as the references report them (flagged; docs/metrics.md)
 
 
 PROFILES: dict[str, Profile] = {
