@@ -25,7 +25,7 @@ PREVALENCE = 0.3
 SHIFT = 0.6  # p = sigmoid(score − SHIFT); the fixed threshold 0.5 is score ≥ SHIFT
 SETTINGS = {"0": (0.80, 0.80, 0.80), "0.02": (0.79, 0.80, 0.81), "0.10": (0.75, 0.80, 0.85)}
 SIZES = {"3 × 1,500": (1500, 1500, 1500), "1,500 / 1,500 / 150": (1500, 1500, 150)}
-METRICS = ("auc_gap", "worst_auc", "acc_gap", "tpr_gap")
+METRICS = ("auc_gap", "worst_auc", "acc_gap", "tpr_gap", "dpr")
 TESTED = ("auc_gap", "acc_gap", "tpr_gap")
 
 
@@ -34,8 +34,9 @@ def truth(aucs: tuple[float, ...]) -> dict[str, float]:
     tpr = 1 - norm.cdf(SHIFT - mu)
     tnr = norm.cdf(SHIFT)
     acc = PREVALENCE * tpr + (1 - PREVALENCE) * tnr
+    pos_rate = PREVALENCE * tpr + (1 - PREVALENCE) * (1 - tnr)
     return {"auc_gap": max(aucs) - min(aucs), "worst_auc": min(aucs), "acc_gap": float(np.ptp(acc)),
-            "tpr_gap": float(np.ptp(tpr))}  # fmt: skip
+            "tpr_gap": float(np.ptp(tpr)), "dpr": float(pos_rate.min() / pos_rate.max())}  # fmt: skip
 
 
 def draw(rng: np.random.Generator, aucs: tuple[float, ...], sizes: tuple[int, ...]):
@@ -87,7 +88,7 @@ def markdown(rows: list[dict], reps: int, resamples: int, seed: int, seconds: fl
         f"seed {seed} (`python benchmarks/gap_coverage.py --reps {reps} --resamples {resamples} --seed {seed}`, "
         f"{seconds / 60:.0f} min on one core). Binormal scores, prevalence {PREVALENCE}, group AUCs "
         + ", ".join(f"{'/'.join(f'{a:.2f}' for a in aucs)} for a true AUC gap of {name}" for name, aucs in SETTINGS.items())
-        + f"; `acc_gap`/`tpr_gap` at the fixed threshold 0.5 (p = sigmoid(score − {SHIFT})). "
+        + f"; `acc_gap`/`tpr_gap`/`dpr` at the fixed threshold 0.5 (p = sigmoid(score − {SHIFT})). "
         "Coverage: share of intervals containing the true value; rejected: share of `<gap>_p` < 0.05 "
         "(at a true gap of 0, the false-positive rate; nominal 5%).",
         "",

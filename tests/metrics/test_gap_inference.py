@@ -120,7 +120,7 @@ def test_no_disparity_is_covered_and_rarely_rejected():
     assert binom.cdf(27, 40, 0.93) < 2e-6 and binom.sf(9, 40, 0.07) < 4e-4
     covered = {gap: 0 for gap in GAPS}
     rejected = {gap: 0 for gap in GAPS}
-    worst_covered = 0
+    worst_covered = dpr_covered = 0
     for seed in range(40):
         y, p, groups = _null_data(seed)
         attr = M.evaluate(y, p, groups={"g": groups}, bootstrap=200, seed=seed, n_jobs=1).tasks["task"].attributes["g"]
@@ -131,9 +131,10 @@ def test_no_disparity_is_covered_and_rarely_rejected():
             rejected[gap] += attr.significance[f"{gap}_p"] < 0.05
         worst = attr.summary["worst_auc"]
         worst_covered += worst.ci_low <= 0.80 <= worst.ci_high
+        dpr_covered += attr.summary["dpr"].ci_high >= 1.0  # equal positive rates: the true ratio is 1
     assert all(covered[gap] >= 28 for gap in GAPS), covered
     assert all(rejected[gap] <= 9 for gap in GAPS), rejected
-    assert worst_covered >= 28
+    assert worst_covered >= 28 and dpr_covered >= 28, (worst_covered, dpr_covered)
     percentile_covered = 0
     for seed in range(5):
         y, p, groups = _null_data(seed)
@@ -186,11 +187,18 @@ def test_only_gap_like_metrics_change_with_the_method():
     assert runs["percentile"].tasks["task"].overall == runs["simultaneous"].tasks["task"].overall
     for metric, est in sim.summary.items():
         assert est.value == pct.summary[metric].value
-        if metric in ("es_auc", "auc_std", "es_acc", "dpr", "eor"):  # not extremum statistics: percentile in both
+        if metric in ("es_auc", "auc_std", "es_acc"):  # percentile in both (docs/metrics.md says why)
             assert (est.ci_low, est.ci_high) == (pct.summary[metric].ci_low, pct.summary[metric].ci_high)
-    changed = [m for m in ("auc_gap", "worst_auc", "best_auc", "acc_gap", "tpr_gap", "eqodds_score", "eod", "dpd")
+    extremum = ("auc_gap", "worst_auc", "best_auc", "acc_gap", "tpr_gap", "eqodds_score", "eod", "dpd", "dpr", "eor")
+    changed = [m for m in extremum
                if (sim.summary[m].ci_low, sim.summary[m].ci_high) != (pct.summary[m].ci_low, pct.summary[m].ci_high)]
-    assert len(changed) == 8
+    assert changed == list(extremum)
+    assert all(sim.summary[m].ci_low <= sim.summary[m].value <= sim.summary[m].ci_high for m in extremum)
+    # Ratios are gaps of log rates: dpr = exp(−gap of log pos_rate).
+    names = sim.groups
+    log_rates = np.log([sim.group_metrics[g]["pos_rate"].value for g in names])
+    assert sim.summary["dpr"].value == pytest.approx(math.exp(-np.ptp(log_rates)))
+    assert sim.summary["dpr"].ci_high <= 1.0
     # Transforms of gaps: eopp_score = 1 − tpr_gap, dp_score = 1 − dpd, interval reversed.
     assert sim.summary["eopp_score"].ci_low == pytest.approx(1 - sim.summary["tpr_gap"].ci_high)
     assert sim.summary["dp_score"].ci_high == pytest.approx(1 - sim.summary["dpd"].ci_low)

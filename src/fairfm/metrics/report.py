@@ -532,7 +532,7 @@ def _summary_estimate(point: Any, boot: np.ndarray | None, ci: float) -> Estimat
 # Summary metrics whose interval and test depend on ci_method: extremum statistics over groups and their transforms.
 _CLASSIFICATION_EXTREMES = {"worst_auc": ("auc", "min"), "best_auc": ("auc", "max")}
 _EXTREMUM_SUMMARIES = frozenset({*E.GAP_METRICS, *_CLASSIFICATION_EXTREMES, "eqodds_score", "eod", "eopp_score",
-                                 "dp_score", *E.SEG_GAP_METRICS,
+                                 "dp_score", "dpr", "eor", *E.SEG_GAP_METRICS,
                                  *(f"{w}_{k}" for w in ("worst", "best") for k in E.SEG_GROUP_METRICS)})  # fmt: skip
 PERCENTILE_FLAG = ("percentile intervals for gaps and worst/best groups, as the reference reports them: they cannot "
                    "contain a gap of 0 (ci_method='simultaneous' gives honest ones)")  # fmt: skip
@@ -587,6 +587,19 @@ def _simultaneous_summaries(g, gb, valid, point, ci, gap_metrics: Mapping[str, s
                                                  1 - (tpr_lo + tnr_lo) / 2)  # fmt: skip
         if finite("eod"):
             estimates["eod"] = Estimate(float(point["eod"]), max(tpr_lo, fpr_lo), max(tpr_hi, fpr_hi))
+    # Ratios min/max are gaps of log rates: dpr = exp(−gap of log pos_rate), eor = exp(−max(gaps of log tpr, fpr)).
+    # A valid group with a rate of 0 at the point has no log: that ratio keeps its percentile interval.
+    for ratio, rate_names in (("dpr", ("pos_rate",)), ("eor", ("tpr", "fpr"))):
+        names = [f"{r}{suffix}" for r in rate_names]
+        if not finite(ratio) or not all(n in g for n in names):
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = [(np.log(values), np.log(boot)) for values, boot in (groups_of(n) for n in names)]
+        if not all(np.all(np.isfinite(values)) for values, _ in logs):
+            continue
+        bounds = GI.joint_gap_intervals([v for v, _ in logs], [b for _, b in logs], ci)
+        low, high = max(b[0] for b in bounds), max(b[1] for b in bounds)
+        estimates[ratio] = Estimate(float(point[ratio]), math.exp(-high), math.exp(-low))
     return estimates, p_values
 
 
