@@ -99,6 +99,24 @@ def test_joint_intervals_are_wider_than_single_ones():
     assert GI.joint_gap_intervals([a], [boot_a]) == [(single.low, single.high)]
 
 
+def test_std_and_es_intervals_are_the_extremes_over_the_joint_intervals():
+    rng = np.random.default_rng(5)
+    point = np.array([0.8, 0.78, 0.83])
+    boot = point + rng.normal(scale=0.015, size=(700, 3))
+    pair = GI.max_t(*GI._pairwise(point, boot))
+    near, far = GI._distance_and_reach(pair.low, pair.high)
+    assert GI.std_interval(point, boot) == pytest.approx((np.sqrt((near**2).sum()) / 3, np.sqrt((far**2).sum()) / 3))
+    low, high = GI.std_interval(point, boot)
+    assert low <= point.std() <= high  # SD = √(Σ_{g<h} d²) / G, inside by construction
+    # ES = A / (1 + Σ|θ_g − A|) with A the overall metric, jointly with the deviations.
+    overall, overall_boot = 0.805, 0.805 + rng.normal(scale=0.008, size=700)
+    joint = GI.max_t(np.r_[overall, point - overall], np.column_stack([overall_boot, boot - overall_boot[:, None]]))
+    dev_near, dev_far = GI._distance_and_reach(joint.low[1:], joint.high[1:])
+    es_low, es_high = GI.es_interval(overall, overall_boot, point, boot)
+    assert (es_low, es_high) == pytest.approx((joint.low[0] / (1 + dev_far.sum()), joint.high[0] / (1 + dev_near.sum())))
+    assert es_low < overall / (1 + np.abs(point - overall).sum()) < es_high
+
+
 # -- through evaluate ------------------------------------------------------------------------------------------
 def _null_data(seed: int, n_per_group: int = 200):
     """Binormal scores, three groups with the same AUC (0.80) and prevalence: no disparity at all."""
@@ -187,9 +205,8 @@ def test_only_gap_like_metrics_change_with_the_method():
     assert runs["percentile"].tasks["task"].overall == runs["simultaneous"].tasks["task"].overall
     for metric, est in sim.summary.items():
         assert est.value == pct.summary[metric].value
-        if metric in ("es_auc", "auc_std", "es_acc"):  # percentile in both (docs/metrics.md says why)
-            assert (est.ci_low, est.ci_high) == (pct.summary[metric].ci_low, pct.summary[metric].ci_high)
-    extremum = ("auc_gap", "worst_auc", "best_auc", "acc_gap", "tpr_gap", "eqodds_score", "eod", "dpd", "dpr", "eor")
+    extremum = ("auc_gap", "worst_auc", "best_auc", "acc_gap", "tpr_gap", "eqodds_score", "eod", "dpd", "dpr", "eor",
+                "auc_std", "es_auc", "es_acc")  # fmt: skip
     changed = [m for m in extremum
                if (sim.summary[m].ci_low, sim.summary[m].ci_high) != (pct.summary[m].ci_low, pct.summary[m].ci_high)]
     assert changed == list(extremum)
@@ -214,7 +231,8 @@ def test_the_method_is_recorded_and_bh_runs_on_the_new_p_values():
     row = table[(table.attribute == "g") & (table.metric == "auc_gap")].iloc[0]
     assert row.note == "simultaneous max-|t| interval"
     assert table[(table.attribute == "g") & (table.metric == "auc_gap_p")].iloc[0].note.startswith("max-|t| test")
-    assert table[(table.attribute == "g") & (table.metric == "es_auc")].iloc[0].note == ""
+    assert table[(table.attribute == "g") & (table.metric == "es_auc")].iloc[0].note == "simultaneous max-|t| interval"
+    assert (table[(table.attribute == "g") & (table.group == "a")].note == "").all()  # group metrics: percentile
     ps = np.array([report.tasks["task"].attributes[a].significance["auc_gap_p"] for a in ("g", "h")])
     qs = [report.tasks["task"].attributes[a].significance["auc_gap_q"] for a in ("g", "h")]
     np.testing.assert_allclose(qs, M.benjamini_hochberg(ps))

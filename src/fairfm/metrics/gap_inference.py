@@ -15,6 +15,9 @@ differences d_gh = θ_g − θ_h, which are smooth in the data and have well-beh
   of a Monte-Carlo p-value). p ≤ α agrees with "the gap's lower end is > 0" up to the discreteness of B.
 * **Worst/best group.** Simultaneous intervals [L_g, U_g] for every θ_g (max-|t| over groups) give
   [min_g L_g, min_g U_g] for min_g θ_g and [max_g L_g, max_g U_g] for max_g θ_g.
+* **SD over groups and equity-scaled metrics** are functions of the same contrasts (pairwise differences; the
+  overall metric and each group's deviation from it): their intervals are the function's extreme values over the
+  joint intervals — valid, and conservative.
 
 Hand-written because no maintained library offers max-|t| simultaneous bootstrap intervals for a given matrix of
 paired resamples (arch's StepM and statsmodels' multipletests test hypotheses; neither returns these bounds).
@@ -37,10 +40,10 @@ DEFAULT_CI_METHOD = "simultaneous"
 
 #: What each method means for gap and worst/best-group metrics, as written in reports.
 DESCRIPTIONS = {
-    "simultaneous": "gaps and worst/best-group metrics: simultaneous max-|t| bootstrap intervals of the pairwise "
-    "group differences; <gap>_p: max-|t| bootstrap test of no disparity",
-    "percentile": "gaps and worst/best-group metrics: percentile bootstrap intervals (they cannot contain a gap of "
-    "0); <gap>_p: share of resamples in which the best-minus-worst difference flips sign",
+    "simultaneous": "gaps, worst/best-group, SD and ES metrics: simultaneous max-|t| bootstrap intervals of the "
+    "group contrasts; <gap>_p: max-|t| bootstrap test of no disparity; group and overall metrics: percentile",
+    "percentile": "every metric: percentile bootstrap intervals (for a gap they cannot contain 0); <gap>_p: share "
+    "of resamples in which the best-minus-worst difference flips sign",
 }
 
 
@@ -113,8 +116,8 @@ def _gap_bounds(low: np.ndarray, high: np.ndarray) -> tuple[float, float]:
     """[max dist(0, I), max max|I|] over pairwise intervals I = [low, high]."""
     if low.size == 0 or not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
         return math.nan, math.nan
-    distance = np.where(low > 0, low, np.where(high < 0, -high, 0.0))
-    return float(distance.max()), float(np.maximum(np.abs(low), np.abs(high)).max())
+    near, far = _distance_and_reach(low, high)
+    return float(near.max()), float(far.max())
 
 
 def _pairwise(point: np.ndarray, boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +169,45 @@ def extremum_interval(point: np.ndarray, boot: np.ndarray, level: float = 0.95,
         return math.nan, math.nan
     reduce = np.min if which == "min" else np.max
     return float(reduce(result.low)), float(reduce(result.high))
+
+
+def _distance_and_reach(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per interval: the smallest and the largest |x| over x in [low, high]."""
+    return np.where(low > 0, low, np.where(high < 0, -high, 0.0)), np.maximum(np.abs(low), np.abs(high))
+
+
+def std_interval(point: np.ndarray, boot: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Interval of the SD over groups (ddof 0) from the simultaneous pairwise intervals I_gh:
+    SD = √(Σ_{g<h} d_gh²) / G, so it lies in [√(Σ dist(0, I_gh)²) / G, √(Σ max|I_gh|²) / G] when they all hold."""
+    n_groups = np.asarray(point).size
+    if n_groups < 2:
+        return math.nan, math.nan
+    result = max_t(*_pairwise(point, boot), level)
+    if not (np.all(np.isfinite(result.low)) and np.all(np.isfinite(result.high))):
+        return math.nan, math.nan
+    near, far = _distance_and_reach(result.low, result.high)
+    return float(np.sqrt(np.sum(near**2)) / n_groups), float(np.sqrt(np.sum(far**2)) / n_groups)
+
+
+def es_interval(overall: float, overall_boot: np.ndarray, point: np.ndarray, boot: np.ndarray,
+                level: float = 0.95) -> tuple[float, float]:  # fmt: skip
+    """Interval of an equity-scaled metric A / (1 + Σ_g |θ_g − A|) (A: the overall metric, ≥ 0).
+
+    One max-|t| over A and the deviations θ_g − A gives joint intervals; the bounds are the corner values."""
+    point = np.asarray(point, dtype=np.float64).reshape(-1)
+    if point.size < 2:
+        return math.nan, math.nan
+    boot = np.asarray(boot, dtype=np.float64).reshape(-1, point.size)
+    overall_boot = np.asarray(overall_boot, dtype=np.float64).reshape(-1, 1)
+    estimate = np.concatenate([[overall], point - overall])
+    resampled = np.concatenate([overall_boot, boot - overall_boot], axis=1)
+    result = max_t(estimate, resampled, level)
+    if not (np.all(np.isfinite(result.low)) and np.all(np.isfinite(result.high))):
+        return math.nan, math.nan
+    near, far = _distance_and_reach(result.low[1:], result.high[1:])
+    a_low, a_high = float(result.low[0]), float(result.high[0])
+    low = a_low / (1 + far.sum()) if a_low >= 0 else a_low / (1 + near.sum())
+    return float(low), float(a_high / (1 + near.sum()))
 
 
 def check_ci_method(name: str) -> str:

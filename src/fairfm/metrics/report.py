@@ -486,7 +486,8 @@ def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size
     simultaneous = gb is not None and ci_method == "simultaneous"
     gap_p: dict[str, float] = {}
     if simultaneous:
-        estimates, gap_p = _simultaneous_summaries(g, gb, valid, point, ci, E.GAP_METRICS, _CLASSIFICATION_EXTREMES)
+        estimates, gap_p = _simultaneous_summaries(g, gb, valid, point, ci, E.GAP_METRICS, _CLASSIFICATION_EXTREMES,
+                                                   o=o, ob=ob, spreads=_CLASSIFICATION_SPREADS)  # fmt: skip
         summary.update(estimates)
     for x in extra:
         point_x = E.summarise(g, o, valid, suffix=f"@{x}")
@@ -495,7 +496,8 @@ def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size
             summary[f"{m}@{x}"] = _summary_estimate(point_x[m], boot_x[m] if boot_x else None, ci)
         if simultaneous:
             gaps_x = {gap: f"{m}@{x}" for gap, m in E.GAP_METRICS.items() if gap in _THRESHOLDED_SUMMARIES}
-            estimates, _ = _simultaneous_summaries(g, gb, valid, point_x, ci, gaps_x, {}, suffix=f"@{x}")
+            estimates, _ = _simultaneous_summaries(g, gb, valid, point_x, ci, gaps_x, {}, suffix=f"@{x}", o=o, ob=ob,
+                                                   spreads={"es_acc": (f"acc@{x}", "es")})  # fmt: skip
             summary.update({f"{m}@{x}": est for m, est in estimates.items()})
     notes: list[str] = []
     if boot is not None and valid.sum() >= 2:
@@ -531,9 +533,11 @@ def _summary_estimate(point: Any, boot: np.ndarray | None, ci: float) -> Estimat
 
 # Summary metrics whose interval and test depend on ci_method: extremum statistics over groups and their transforms.
 _CLASSIFICATION_EXTREMES = {"worst_auc": ("auc", "min"), "best_auc": ("auc", "max")}
-_EXTREMUM_SUMMARIES = frozenset({*E.GAP_METRICS, *_CLASSIFICATION_EXTREMES, "eqodds_score", "eod", "eopp_score",
-                                 "dp_score", "dpr", "eor", *E.SEG_GAP_METRICS,
-                                 *(f"{w}_{k}" for w in ("worst", "best") for k in E.SEG_GROUP_METRICS)})  # fmt: skip
+_CLASSIFICATION_SPREADS = {"auc_std": ("auc", "std"), "es_auc": ("auc", "es"), "es_acc": ("acc", "es")}
+_EXTREMUM_SUMMARIES = frozenset({*E.GAP_METRICS, *_CLASSIFICATION_EXTREMES, *_CLASSIFICATION_SPREADS, "eqodds_score",
+                                 "eod", "eopp_score", "dp_score", "dpr", "eor", *E.SEG_GAP_METRICS,
+                                 *(f"{w}_{k}" for w in ("worst", "best") for k in E.SEG_GROUP_METRICS),
+                                 *(f"{k}_std" for k in E.SEG_GROUP_METRICS), *(f"es_{k}" for k in E.SEG_GROUP_METRICS)})  # fmt: skip
 PERCENTILE_FLAG = ("percentile intervals for gaps and worst/best groups, as the reference reports them: they cannot "
                    "contain a gap of 0 (ci_method='simultaneous' gives honest ones)")  # fmt: skip
 
@@ -548,7 +552,8 @@ def _resolve_ci_method(ci_method: str | None, prof: Profile | None) -> tuple[Pro
 
 
 def _simultaneous_summaries(g, gb, valid, point, ci, gap_metrics: Mapping[str, str],
-                            extremes: Mapping[str, tuple[str, str]], suffix: str = ""):  # fmt: skip
+                            extremes: Mapping[str, tuple[str, str]], suffix: str = "", o=None, ob=None,
+                            spreads: Mapping[str, tuple[str, str]] | None = None):  # fmt: skip
     """(estimates, p-values) of the gaps and worst/best-group metrics with simultaneous max-|t| intervals
     (:mod:`fairfm.metrics.gap_inference`). Point values stay the plug-in ones of ``point``; a metric whose point
     value is NaN keeps NaN bounds and gets no p-value. Groups: the valid ones with a finite point value."""
@@ -574,6 +579,15 @@ def _simultaneous_summaries(g, gb, valid, point, ci, gap_metrics: Mapping[str, s
     for name, (metric, which) in extremes.items():
         if finite(name):
             estimates[name] = Estimate(float(point[name]), *GI.extremum_interval(*groups_of(metric), ci, which))
+    # SDs over groups ("std") and equity-scaled metrics ("es", needing the overall metric and its resamples).
+    for name, (metric, kind) in (spreads or {}).items():
+        if not finite(name) or metric not in g:
+            continue
+        if kind == "std":
+            estimates[name] = Estimate(float(point[name]), *GI.std_interval(*groups_of(metric), ci))
+        elif ob is not None and metric in ob:
+            estimates[name] = Estimate(float(point[name]), *GI.es_interval(float(o[metric]), ob[metric],
+                                                                            *groups_of(metric), ci))  # fmt: skip
     # Transforms of gaps: 1 − gap reverses the interval; sums and maxima of gaps need joint bounds.
     for score, gap in (("eopp_score", "tpr_gap"), ("dp_score", "dpd")):
         if finite(score) and gap in estimates:
@@ -740,7 +754,9 @@ def evaluate_segmentation(
         gap_p: dict[str, float] = {}
         if gb is not None and ci_method == "simultaneous":
             extremes = {f"{w}_{m}": (m, which) for m in values for w, which in (("worst", "min"), ("best", "max"))}
-            estimates, gap_p = _simultaneous_summaries(g, gb, valid, point, ci, seg_gaps, extremes)
+            spreads = {name: (m, kind) for m in values for name, kind in ((f"{m}_std", "std"), (f"es_{m}", "es"))}
+            estimates, gap_p = _simultaneous_summaries(g, gb, valid, point, ci, seg_gaps, extremes, o=o, ob=ob,
+                                                       spreads=spreads)  # fmt: skip
             summary.update(estimates)
         group_metrics = {}
         for i, grp in enumerate(group_names):
