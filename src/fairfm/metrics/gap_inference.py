@@ -124,7 +124,8 @@ def _pairwise(point: np.ndarray, boot: np.ndarray) -> tuple[np.ndarray, np.ndarr
     point = np.asarray(point, dtype=np.float64).reshape(-1)
     boot = np.asarray(boot, dtype=np.float64).reshape(-1, point.size)
     i, j = pairs(point.size)
-    return point[i] - point[j], boot[:, i] - boot[:, j]
+    with np.errstate(invalid="ignore"):  # inf − inf in a resample (a log rate of 0): NaN, dropped by max_t
+        return point[i] - point[j], boot[:, i] - boot[:, j]
 
 
 def gap_inference(point: np.ndarray, boot: np.ndarray, level: float = 0.95) -> GapInference:
@@ -177,8 +178,8 @@ def _distance_and_reach(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, 
 
 
 def std_interval(point: np.ndarray, boot: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Interval of the SD over groups (ddof 0) from the simultaneous pairwise intervals I_gh:
-    SD = √(Σ_{g<h} d_gh²) / G, so it lies in [√(Σ dist(0, I_gh)²) / G, √(Σ max|I_gh|²) / G] when they all hold."""
+    """Interval of the SD over groups (ddof 0) from the simultaneous pairwise intervals I_gh: SD = √(Σ_{g<h} d_gh²) / G,
+    so it lies in [√(Σ dist(0, I_gh)²) / G, √(Σ max|I_gh|²) / G] when they all hold."""
     n_groups = np.asarray(point).size
     if n_groups < 2:
         return math.nan, math.nan

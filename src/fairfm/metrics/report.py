@@ -537,7 +537,8 @@ _CLASSIFICATION_SPREADS = {"auc_std": ("auc", "std"), "es_auc": ("auc", "es"), "
 _EXTREMUM_SUMMARIES = frozenset({*E.GAP_METRICS, *_CLASSIFICATION_EXTREMES, *_CLASSIFICATION_SPREADS, "eqodds_score",
                                  "eod", "eopp_score", "dp_score", "dpr", "eor", *E.SEG_GAP_METRICS,
                                  *(f"{w}_{k}" for w in ("worst", "best") for k in E.SEG_GROUP_METRICS),
-                                 *(f"{k}_std" for k in E.SEG_GROUP_METRICS), *(f"es_{k}" for k in E.SEG_GROUP_METRICS)})  # fmt: skip
+                                 *(f"{k}_std" for k in E.SEG_GROUP_METRICS),
+                                 *(f"es_{k}" for k in E.SEG_GROUP_METRICS)})  # fmt: skip
 PERCENTILE_FLAG = ("percentile intervals for gaps and worst/best groups, as the reference reports them: they cannot "
                    "contain a gap of 0 (ci_method='simultaneous' gives honest ones)")  # fmt: skip
 
