@@ -134,7 +134,7 @@ def run_demo(out: str | Path = "demo_out", *, n: int = 2000, size: int = 64, see
             gap = attr.summary.get("auc_gap")
             worst = attr.worst_group.get("auc")
             # Not "the gap's interval excludes 0": a best-minus-worst gap is ≥ 0 in every resample, so its interval
-            # almost never contains 0. The test is the paired one: how often the difference flips sign.
+            # almost never contains 0. The test is fairfm's test of no disparity (gap_inference: max-|t|).
             p_value = float(attr.significance.get("auc_gap_p", math.nan))
             detected = bool(worst == target and p_value < DETECTION_ALPHA)
             rows.append(DemoRow(card, label, usage, result.record.run_id, result.computed, task.overall.get("auc"),
@@ -179,8 +179,8 @@ def print_comparison(rows: list[DemoRow], truth: dict[str, Any], *, console: Any
     console.print("[yellow]† RANDOM weights: tiny CLIP models of real architectures (ViT / modified-ResNet image tower "
                   "+ text transformer), no download. The numbers exercise the pipeline and say nothing about "
                   "pretrained foundation models.[/yellow]")
-    console.print(f"detected = the worst-AUC group is {target} and p < {DETECTION_ALPHA:g}, p being the share of "
-                  "paired bootstrap resamples in which the best-minus-worst AUC difference is ≤ 0. "
+    console.print(f"detected = the worst-AUC group is {target} and p < {DETECTION_ALPHA:g}, p being the paired "
+                  "bootstrap test of no AUC disparity (max-|t| over the group differences). "
                   f"Results stored in {store} (fairfm runs list --store {store}); '(stored)': found there, "
                   "not recomputed.")
     console.print("The same runs on a real dataset and checkpoint: fairfm run --dataset chexpert --root "

@@ -24,7 +24,7 @@ def test_demo_runs_stores_and_finds_again(tmp_path):
     for row in rows:
         gap = store.load(row.run_id).metrics.query("metric == 'auc_gap' and attribute == 'sex'")
         assert gap["value"].iloc[0] == row.gap.value
-        # detected ⇔ the planted target group is worst and the paired sign-flip p-value (stored with the
+        # detected ⇔ the planted target group is worst and the paired no-disparity p-value (stored with the
         # run's metrics as the gap's p) is below 0.05
         p_value = store.load(row.run_id).metrics.query("metric == 'auc_gap_p' and attribute == 'sex'")["value"]
         assert row.p_value == p_value.iloc[0]

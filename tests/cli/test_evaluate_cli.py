@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from fairfm.metrics.gap_inference import DESCRIPTIONS
+
 BASE = ["--y-true", "label", "--y-score", "score", "--attr", "sex", "--attr", "race", "--bootstrap", "50"]
 
 
@@ -28,7 +30,8 @@ def test_json_output_has_the_documented_structure(run, preds, tmp_path):
     assert result.code == 0, result.err
     doc = json.loads(out.read_text())
     assert set(doc) >= {"overall", "attributes", "threshold", "bootstrap"}
-    assert doc["bootstrap"] == {"B": 50, "seed": 7, "stratify": "group", "ci": 0.95, "method": "percentile"}
+    assert doc["bootstrap"] == {"B": 50, "seed": 7, "stratify": "group", "ci": 0.95, "method": "percentile",
+                                "ci_method": "simultaneous", "gap_intervals": DESCRIPTIONS["simultaneous"]}
     assert doc["threshold"] == {"policy": "0.5", "value": 0.5, "leaks_labels": False}
     assert doc["overall"]["auc"] == pytest.approx(roc_auc_score(frame.label, frame.score))
     assert set(doc["attributes"]) == {"sex", "race", "age", "sex×race"}

@@ -50,6 +50,7 @@ def evaluate_command(
     site_column: Optional[str] = typer.Option(None, "--site-column", help="Site (client) of each row: with --profile fairfedmed every metric is computed per site and averaged."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json, csv (MetricTable) or md."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write here (atomically) instead of standard output."),
+    ci_method: Optional[str] = typer.Option(None, "--ci-method", help="Gap and worst-group intervals: simultaneous (default) or percentile (the profiles' default)."),
 ) -> None:
     """Per-group utility and fairness metrics with bootstrap intervals for a file of predictions."""
     from fairfm.metrics import evaluate_frame  # imported here: the CLI starts without the metric engine
@@ -63,7 +64,7 @@ def evaluate_command(
             profile=profile, stratify=stratify, pos_label=pos_label, min_group_size=min_group_size,
             dice=dice, iou=iou, metrics=metric, split_column=split_column, eval_split=eval_split,
             val_split=val_split, task_column=task_column, uncertain=uncertain, site_column=site_column,
-            progress=True,
+            progress=True, ci_method=ci_method,
         )  # fmt: skip
     for warning in caught:
         if issubclass(warning.category, FairnessWarning):

@@ -13,6 +13,7 @@ from fairfm.errors import InputError
 from fairfm.groups import parse_bins
 from fairfm.metrics import _engine as E
 from fairfm.metrics import _inputs as I
+from fairfm.metrics.gap_inference import check_ci_method
 from fairfm.metrics.profiles import get_profile
 from fairfm.metrics.report import Report, _left_out, evaluate, evaluate_segmentation
 from fairfm.metrics.thresholds import parse_policy
@@ -63,6 +64,7 @@ def evaluate_frame(
     uncertain: str = "ignore",
     site_column: str | None = None,
     progress: bool = False,
+    ci_method: str | None = None,
 ) -> Report:
     """Read, join and check a predictions table, then :func:`evaluate` it. Errors name file, column and row.
 
@@ -76,6 +78,8 @@ def evaluate_frame(
     """
     # Options first, so a typo fails before any file is read.
     get_profile(profile)
+    if ci_method is not None:
+        check_ci_method(ci_method)
     if threshold is not None:
         parse_policy(threshold)
     bin_specs = dict(parse_bins(spec) for spec in bins)
@@ -137,7 +141,8 @@ def evaluate_frame(
         values = {name: checked(I.check_scores, frame[col].to_numpy(), col, offset) for name, col in (("dice", dice), ("iou", iou)) if col}
         report = evaluate_segmentation(values.get("dice"), iou=values.get("iou"), groups=groups,
                                        bootstrap=1000 if bootstrap is None else bootstrap, seed=seed,
-                                       min_group_size=min_group_size, bins=bin_specs, intersect=intersections)  # fmt: skip
+                                       min_group_size=min_group_size, bins=bin_specs, intersect=intersections,
+                                       ci_method=ci_method)  # fmt: skip
     else:
         label = 1 if pos_label is None else pos_label
         # Check every row of the file first, so that a message's row is the file's row. Labels stay 0/1 with
@@ -168,7 +173,8 @@ def evaluate_frame(
             val_true=None if val_labels is None else first(val_labels),
             val_score=None if val_scores is None else first(val_scores),
             threshold=threshold, profile=profile, seed=seed, stratify=stratify, min_group_size=min_group_size,
-            bins=bin_specs, intersect=intersections, uncertain=uncertain, sites=sites, progress=progress, **kwargs,
+            bins=bin_specs, intersect=intersections, uncertain=uncertain, sites=sites, progress=progress,
+            ci_method=ci_method, **kwargs,
         )  # fmt: skip
     usable = [a for t in report.tasks.values() for a in t.attributes.values() if len(a.groups) - len(a.excluded) >= 2]
     if not usable:

@@ -30,6 +30,7 @@ class Profile:
     flags: tuple[str, ...] = ()
     sklearn_roc: bool = False  # fpr@/tpr@ thresholds on sklearn's ROC points (collinear points dropped)
     client_average: bool = False  # with sites given: every metric per site (client), then the mean over sites
+    ci_method: str = "percentile"  # gap intervals as the references report them (flagged; docs/metrics.md)
 
 
 PROFILES: dict[str, Profile] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -18,6 +18,7 @@ import pandas as pd
 from fairfm.errors import InputError
 from fairfm.metrics import _engine as E
 from fairfm.metrics import _inputs as I
+from fairfm.metrics import gap_inference as GI
 from fairfm.metrics import thresholds as T
 from fairfm.metrics.profiles import PROFILES, Profile, get_profile
 from fairfm.metrics.significance import benjamini_hochberg
@@ -207,12 +208,27 @@ class Report:
                     metric_note = attr.metric_notes.get(metric, "")
                     if not math.isfinite(est.value) and note:
                         metric_note = "; ".join(filter(None, [metric_note, note]))
+                    elif math.isfinite(est.value):
+                        metric_note = "; ".join(filter(None, [metric_note, self._interval_note(metric)]))
                     add(task, attr.name, "__summary__", metric, est, n_known, metric_note)
                 for key, value in attr.significance.items():
-                    add(task, attr.name, "__summary__", key, Estimate(value), n_known)
+                    add(task, attr.name, "__summary__", key, Estimate(value), n_known, self._interval_note(key))
         columns = ["run_id", "task", "attribute", "group", "metric", "value", "ci_low", "ci_high", "n",
                    "threshold_policy", "note", METRIC_LEAK_COLUMN]  # fmt: skip
         return pd.DataFrame(rows, columns=columns)
+
+    def _interval_note(self, metric: str) -> str:
+        """Which interval (or test) a gap / worst-group row of the MetricTable has."""
+        method = self.bootstrap.get("ci_method")
+        if not self.bootstrap.get("B") or method is None:
+            return ""
+        if metric.endswith(("_p", "_q")):
+            if metric[:-2] not in _EXTREMUM_SUMMARIES:
+                return ""
+            return "max-|t| test of no disparity" if method == "simultaneous" else "sign-flip share"
+        if metric.split("@")[0] not in _EXTREMUM_SUMMARIES:
+            return ""
+        return "simultaneous max-|t| interval" if method == "simultaneous" else "percentile interval"
 
     # -- JSON ------------------------------------------------------------------------------------------------
     def _task_dict(self, task: TaskResult) -> dict[str, Any]:
@@ -350,6 +366,7 @@ def evaluate(
     sites: Any = None,
     n_jobs: int = 2,
     progress: bool = False,
+    ci_method: str | None = None,
 ) -> Report:
     """Every classification metric for every attribute (and task), with stratified bootstrap intervals.
 
@@ -363,9 +380,13 @@ def evaluate(
     ``bins``: ``{"age": [60]}`` bins a continuous column; ``intersect``: ``[["sex", "race"]]`` adds ``sex×race``.
     ``stratify``: resample within each ``group`` (default), ``group_class`` or ``class``. ``bootstrap=0`` skips
     intervals. ``sites``: one site (client) per sample; with a profile that averages over clients
-    (``fairfedmed``) every metric is computed per site and averaged. ``progress`` shows a progress bar on stderr.
+    (``fairfedmed``) every metric is computed per site and averaged (percentile intervals, no test). ``progress``
+    shows a progress bar on stderr while resampling. ``ci_method``: intervals and tests of gaps and
+    worst/best-group metrics — ``"simultaneous"`` (default; see :mod:`fairfm.metrics.gap_inference`) or
+    ``"percentile"`` (the references' profiles use it).
     """
     prof = get_profile(profile)
+    prof, ci_method = _resolve_ci_method(ci_method, prof)
     B = int(prof.bootstrap if prof is not None and prof.bootstrap is not None and bootstrap == 1000 else bootstrap or 0)
     stratify = stratify or (prof.stratify if prof is not None else "group")
     if stratify not in STRATIFY:
@@ -400,6 +421,8 @@ def evaluate(
     frame = I.as_group_frame(groups, Y.shape[0])
     attributes = I.attribute_codes(frame, bins, intersect)
     site_codes, site_names = _site_codes(sites, Y.shape[0], prof)
+    if site_codes is not None:
+        ci_method = "percentile"  # a client average is a mean of per-site values: its intervals are percentile ones
     rules_base = dict(strict=prof.strict, bce=prof.bce, ece=prof.ece) if prof is not None else {}
     root_seed = np.random.SeedSequence(seed)
     task_seeds = root_seed.spawn(len(task_names))
@@ -436,7 +459,7 @@ def evaluate(
                                      tracker)  # fmt: skip
         else:
             result = _evaluate_task(task, y, p, task_attributes, rules, extra, B, task_seeds[j], stratify, ci,
-                                    min_group_size, n_jobs, report_warnings, prof, tracker)  # fmt: skip
+                                    min_group_size, n_jobs, report_warnings, prof, tracker, ci_method)  # fmt: skip
         result.threshold_policy = policy_name
         result.threshold_leaks_labels = bool(leaks)
         result.extra_threshold_leaks = {name: not _is_number(name) for name in extra}  # tnr@/tpr@: on this set
@@ -446,7 +469,8 @@ def evaluate(
     report = Report(
         kind="classification",
         tasks=tasks,
-        bootstrap={"B": B, "seed": seed, "stratify": stratify, "ci": ci, "method": "percentile"},
+        bootstrap={"B": B, "seed": seed, "stratify": stratify, "ci": ci, "method": "percentile",
+                   "ci_method": ci_method, "gap_intervals": GI.DESCRIPTIONS[ci_method]},  # fmt: skip
         profile=prof,
         warnings=report_warnings,
         uncertain=uncertain,
@@ -547,7 +571,8 @@ class _Progress:
 
 
 def _evaluate_task(task, y, p, attributes, rules, extra, B, seed_seq, stratify, ci, min_group_size, n_jobs,
-                   report_warnings, prof, tracker: _Progress | None = None) -> TaskResult:  # fmt: skip
+                   report_warnings, prof, tracker: _Progress | None = None,
+                   ci_method: str = GI.DEFAULT_CI_METHOD) -> TaskResult:  # fmt: skip
     tracker = tracker or _Progress(False, 0, B)
     attr_seeds = seed_seq.spawn(max(len(attributes), 1))
     overall_point = overall_boot = None
@@ -565,7 +590,8 @@ def _evaluate_task(task, y, p, attributes, rules, extra, B, seed_seq, stratify, 
             overall_point, overall_boot = o, ob
         if name == "__all__":
             continue
-        results[name] = _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size, report_warnings)
+        results[name] = _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size, report_warnings,
+                                          ci_method)  # fmt: skip
     overall = {}
     names = list(OVERALL_CLASSIFICATION) + [f"{m}@{x}" for x in extra for m in E.THRESHOLDED]
     for metric in names:
@@ -700,7 +726,8 @@ def _evaluate_sites(task, y, p, attributes, site_codes, site_names, rules, extra
                       threshold=rules.threshold, attributes=results, extra_thresholds=extra)  # fmt: skip
 
 
-def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size, report_warnings) -> AttributeResult:
+def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size, report_warnings,
+                      ci_method: str = GI.DEFAULT_CI_METHOD) -> AttributeResult:  # fmt: skip
     G = len(group_names)
     valid, excluded = _validity(g["n"][:G], g["n_pos"][:G], group_names, min_group_size, need_both=True)
     counts = {grp: (int(g["n"][i]), int(g["n_pos"][i])) for i, grp in enumerate(group_names)}
@@ -717,11 +744,22 @@ def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size
         group_metrics[grp] = entry
     point, boot, metric_notes = _summarise(g, o, gb, ob, valid, group_names)
     summary = {m: _summary_estimate(point[m], boot[m] if boot else None, ci) for m in E.SUMMARY_METRICS}
+    simultaneous = gb is not None and ci_method == "simultaneous"
+    gap_p: dict[str, float] = {}
+    if simultaneous:
+        estimates, gap_p = _simultaneous_summaries(g, gb, valid, point, ci, E.GAP_METRICS, _CLASSIFICATION_EXTREMES,
+                                                   o=o, ob=ob, spreads=_CLASSIFICATION_SPREADS)  # fmt: skip
+        summary.update(estimates)
     for x in extra:
         point_x, boot_x, notes_x = _summarise(g, o, gb, ob, valid, group_names, suffix=f"@{x}")
         for m in _THRESHOLDED_SUMMARIES:
             summary[f"{m}@{x}"] = _summary_estimate(point_x[m], boot_x[m] if boot_x else None, ci)
         metric_notes.update({f"{m}@{x}": note for m, note in notes_x.items() if m in _THRESHOLDED_SUMMARIES})
+        if simultaneous:
+            gaps_x = {gap: f"{m}@{x}" for gap, m in E.GAP_METRICS.items() if gap in _THRESHOLDED_SUMMARIES}
+            estimates, _ = _simultaneous_summaries(g, gb, valid, point_x, ci, gaps_x, {}, suffix=f"@{x}", o=o, ob=ob,
+                                                   spreads={"es_acc": (f"acc@{x}", "es")})  # fmt: skip
+            summary.update({f"{m}@{x}": est for m, est in estimates.items()})
     notes: list[str] = []
     if boot is not None and valid.sum() >= 2:
         degenerate = int(np.sum(~np.isfinite(boot["auc_gap"])))
@@ -742,7 +780,7 @@ def _attribute_result(name, group_names, g, o, gb, ob, extra, ci, min_group_size
                              excluded=excluded, summary=summary, worst_group=worst, notes=notes,
                              metric_notes=metric_notes)  # fmt: skip
     if gb is not None and valid.sum() >= 2:
-        result.significance = _flip_p_values(g, gb, valid, E.GAP_METRICS)
+        result.significance = gap_p if simultaneous else _flip_p_values(g, gb, valid, E.GAP_METRICS)
     return result
 
 
@@ -804,6 +842,93 @@ _THRESHOLDED_SUMMARIES = ("acc_gap", "es_acc", "tpr_gap", "fpr_gap", "tnr_gap", 
 def _summary_estimate(point: Any, boot: np.ndarray | None, ci: float) -> Estimate:
     lo, hi = _percentile_ci(np.asarray(boot), ci) if boot is not None else (math.nan, math.nan)
     return Estimate(float(point), lo, hi)
+
+
+# Summary metrics whose interval and test depend on ci_method: extremum statistics over groups and their transforms.
+_CLASSIFICATION_EXTREMES = {"worst_auc": ("auc", "min"), "best_auc": ("auc", "max")}
+_CLASSIFICATION_SPREADS = {"auc_std": ("auc", "std"), "es_auc": ("auc", "es"), "es_acc": ("acc", "es")}
+_EXTREMUM_SUMMARIES = frozenset({*E.GAP_METRICS, *_CLASSIFICATION_EXTREMES, *_CLASSIFICATION_SPREADS, "eqodds_score",
+                                 "eod", "eopp_score", "dp_score", "dpr", "eor", *E.SEG_GAP_METRICS,
+                                 *(f"{w}_{k}" for w in ("worst", "best") for k in E.SEG_GROUP_METRICS),
+                                 *(f"{k}_std" for k in E.SEG_GROUP_METRICS),
+                                 *(f"es_{k}" for k in E.SEG_GROUP_METRICS)})  # fmt: skip
+PERCENTILE_FLAG = ("percentile intervals for gaps and worst/best groups, as the reference reports them: they cannot "
+                   "contain a gap of 0 (ci_method='simultaneous' gives honest ones)")  # fmt: skip
+
+
+def _resolve_ci_method(ci_method: str | None, prof: Profile | None) -> tuple[Profile | None, str]:
+    """The interval method (the caller's, else the profile's, else the default); a profile left on percentile
+    intervals says so in its flags."""
+    method = GI.check_ci_method(ci_method or (prof.ci_method if prof is not None else GI.DEFAULT_CI_METHOD))
+    if prof is not None and method == "percentile":
+        prof = replace(prof, flags=(*prof.flags, PERCENTILE_FLAG))
+    return prof, method
+
+
+def _simultaneous_summaries(g, gb, valid, point, ci, gap_metrics: Mapping[str, str],
+                            extremes: Mapping[str, tuple[str, str]], suffix: str = "", o=None, ob=None,
+                            spreads: Mapping[str, tuple[str, str]] | None = None):  # fmt: skip
+    """(estimates, p-values) of the gaps and worst/best-group metrics with simultaneous max-|t| intervals
+    (:mod:`fairfm.metrics.gap_inference`). Point values stay the plug-in ones of ``point``; a metric whose point
+    value is NaN keeps NaN bounds and gets no p-value. Groups: the valid ones with a finite point value."""
+    G = valid.size
+
+    def groups_of(metric: str):
+        values = np.asarray(g[metric][:G], dtype=np.float64)
+        keep = valid & np.isfinite(values)
+        return values[keep], np.asarray(gb[metric])[:, :G][:, keep]
+
+    def finite(name: str) -> bool:
+        return name in point and math.isfinite(float(point[name]))
+
+    estimates: dict[str, Estimate] = {}
+    p_values: dict[str, float] = {}
+    for gap, metric in gap_metrics.items():
+        if metric not in g or not finite(gap):
+            continue
+        inference = GI.gap_inference(*groups_of(metric), ci)
+        estimates[gap] = Estimate(float(point[gap]), inference.low, inference.high)
+        if math.isfinite(inference.p_value):
+            p_values[f"{gap}_p"] = inference.p_value
+    for name, (metric, which) in extremes.items():
+        if finite(name):
+            estimates[name] = Estimate(float(point[name]), *GI.extremum_interval(*groups_of(metric), ci, which))
+    # SDs over groups ("std") and equity-scaled metrics ("es", needing the overall metric and its resamples).
+    for name, (metric, kind) in (spreads or {}).items():
+        if not finite(name) or metric not in g:
+            continue
+        if kind == "std":
+            estimates[name] = Estimate(float(point[name]), *GI.std_interval(*groups_of(metric), ci))
+        elif ob is not None and metric in ob:
+            estimates[name] = Estimate(float(point[name]), *GI.es_interval(float(o[metric]), ob[metric],
+                                                                            *groups_of(metric), ci))  # fmt: skip
+    # Transforms of gaps: 1 − gap reverses the interval; sums and maxima of gaps need joint bounds.
+    for score, gap in (("eopp_score", "tpr_gap"), ("dp_score", "dpd")):
+        if finite(score) and gap in estimates:
+            estimates[score] = Estimate(float(point[score]), 1 - estimates[gap].ci_high, 1 - estimates[gap].ci_low)
+    rates = [f"{r}{suffix}" for r in ("tpr", "tnr", "fpr")]
+    if all(r in g for r in rates) and (finite("eqodds_score") or finite("eod")):
+        (tpr_lo, tpr_hi), (tnr_lo, tnr_hi), (fpr_lo, fpr_hi) = GI.joint_gap_intervals(
+            *zip(*(groups_of(r) for r in rates)), level=ci)  # fmt: skip
+        if finite("eqodds_score"):
+            estimates["eqodds_score"] = Estimate(float(point["eqodds_score"]), 1 - (tpr_hi + tnr_hi) / 2,
+                                                 1 - (tpr_lo + tnr_lo) / 2)  # fmt: skip
+        if finite("eod"):
+            estimates["eod"] = Estimate(float(point["eod"]), max(tpr_lo, fpr_lo), max(tpr_hi, fpr_hi))
+    # Ratios min/max are gaps of log rates: dpr = exp(−gap of log pos_rate), eor = exp(−max(gaps of log tpr, fpr)).
+    # A valid group with a rate of 0 at the point has no log: that ratio keeps its percentile interval.
+    for ratio, rate_names in (("dpr", ("pos_rate",)), ("eor", ("tpr", "fpr"))):
+        names = [f"{r}{suffix}" for r in rate_names]
+        if not finite(ratio) or not all(n in g for n in names):
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = [(np.log(values), np.log(boot)) for values, boot in (groups_of(n) for n in names)]
+        if not all(np.all(np.isfinite(values)) for values, _ in logs):
+            continue
+        bounds = GI.joint_gap_intervals([v for v, _ in logs], [b for _, b in logs], ci)
+        low, high = max(b[0] for b in bounds), max(b[1] for b in bounds)
+        estimates[ratio] = Estimate(float(point[ratio]), math.exp(-high), math.exp(-low))
+    return estimates, p_values
 
 
 def _flip_p_values(g, gb, valid, gap_metrics: Mapping[str, str]) -> dict[str, float]:
@@ -887,12 +1012,15 @@ def evaluate_segmentation(
     pred_masks: Any = None,
     true_masks: Any = None,
     task: str = "segmentation",
+    ci_method: str | None = None,
 ) -> Report:
     """Segmentation fairness from per-sample Dice (and/or IoU) scores, or from mask stacks (METRICS.md §3).
 
     With ``pred_masks``/``true_masks`` (N, H, W[, D]) the per-sample Dice and IoU are computed here, a sample whose
-    masks are both empty scores 1.0, and the report counts such samples (``n_both_empty``).
+    masks are both empty scores 1.0, and the report counts such samples (``n_both_empty``). ``ci_method`` as in
+    :func:`evaluate`.
     """
+    _, ci_method = _resolve_ci_method(ci_method, None)
     if pred_masks is not None or true_masks is not None:
         if pred_masks is None or true_masks is None or dice is not None or iou is not None:
             raise InputError("give both pred_masks and true_masks, and no dice/iou scores alongside them")
@@ -937,6 +1065,14 @@ def evaluate_segmentation(
         point = E.summarise_segmentation(g, o, valid)
         boot = E.summarise_segmentation(gb, ob, valid) if gb is not None else None
         summary = {m: _summary_estimate(point[m], boot[m] if boot else None, ci) for m in point}
+        seg_gaps = {k: v for k, v in E.SEG_GAP_METRICS.items() if v in values}
+        gap_p: dict[str, float] = {}
+        if gb is not None and ci_method == "simultaneous":
+            extremes = {f"{w}_{m}": (m, which) for m in values for w, which in (("worst", "min"), ("best", "max"))}
+            spreads = {name: (m, kind) for m in values for name, kind in ((f"{m}_std", "std"), (f"es_{m}", "es"))}
+            estimates, gap_p = _simultaneous_summaries(g, gb, valid, point, ci, seg_gaps, extremes, o=o, ob=ob,
+                                                       spreads=spreads)  # fmt: skip
+            summary.update(estimates)
         group_metrics = {}
         for i, grp in enumerate(group_names):
             if g["n"][i] == 0:
@@ -959,7 +1095,7 @@ def evaluate_segmentation(
                                  group_metrics=group_metrics, excluded=excluded, summary=summary,
                                  worst_group=worst, notes=notes)  # fmt: skip
         if gb is not None and valid.sum() >= 2:
-            result.significance = _flip_p_values(g, gb, valid, {k: v for k, v in E.SEG_GAP_METRICS.items() if v in values})
+            result.significance = gap_p if ci_method == "simultaneous" else _flip_p_values(g, gb, valid, seg_gaps)
         results[name] = result
     overall = {}
     for m in values:
@@ -970,7 +1106,8 @@ def evaluate_segmentation(
     task_result = TaskResult(task=task, n=n, n_pos=0, overall=overall, threshold_policy="none", threshold=None,
                              attributes=results)  # fmt: skip
     report = Report(kind="segmentation", tasks={task: task_result},
-                    bootstrap={"B": int(bootstrap), "seed": seed, "stratify": "group", "ci": ci, "method": "percentile"},
+                    bootstrap={"B": int(bootstrap), "seed": seed, "stratify": "group", "ci": ci, "method": "percentile",
+                               "ci_method": ci_method, "gap_intervals": GI.DESCRIPTIONS[ci_method]},
                     warnings=report_warnings)  # fmt: skip
     _add_significance(report)
     return report

@@ -167,9 +167,12 @@ def rich_tables(report: Report) -> RichGroup:
             parts.append(Text(""))
     if with_ci:
         b = report.bootstrap
-        parts.append(Text(f"{int(round(b['ci'] * 100))}% percentile intervals from {b['B']} bootstrap resamples "
-                          f"stratified by {b['stratify']} (seed {b['seed']}); q: Benjamini–Hochberg-adjusted "
-                          "share of resamples in which the gap's sign flips", style="dim"))  # fmt: skip
+        kind, test = ("percentile for groups, simultaneous max-|t| for gaps, worst groups and ES",
+                      "p of the max-|t| test of no disparity") if b.get("ci_method") == "simultaneous" else (
+                      "percentile", "share of resamples in which the gap's sign flips")  # fmt: skip
+        parts.append(Text(f"{int(round(b['ci'] * 100))}% intervals ({kind}) from {b['B']} bootstrap resamples "
+                          f"stratified by {b['stratify']} (seed {b['seed']}); q: Benjamini–Hochberg-adjusted {test}",
+                          style="dim"))  # fmt: skip
     return RichGroup(*parts)
 
 
