@@ -10,6 +10,7 @@ a small JSON-able document when the run is computed (the runner keeps it in ``me
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -42,6 +43,7 @@ def report_extras(report: Report) -> dict[str, Any]:
         "kind": report.kind,
         "bootstrap": dict(report.bootstrap),
         "profile": report.profile.name if report.profile is not None else None,
+        "profile_flags": list(report.profile.flags) if report.profile is not None else None,
         "warnings": list(report.warnings),
         "macro": {a: {k: _number(v) for k, v in m.items()} for a, m in report.macro.items()},
         "shown_metrics": None if report.shown_metrics is None else list(report.shown_metrics),
@@ -95,6 +97,8 @@ def report_from_metric_table(table: pd.DataFrame, extras: Mapping[str, Any] | No
         from fairfm.metrics.profiles import get_profile
 
         profile = get_profile(extras["profile"])
+        if extras.get("profile_flags") is not None:  # flags added for this report (e.g. percentile gap intervals)
+            profile = dataclasses.replace(profile, flags=tuple(extras["profile_flags"]))
     macro = {a: {k: _float(v) for k, v in m.items()} for a, m in (extras.get("macro") or {}).items()}
     return Report(kind=kind, tasks=tasks, bootstrap=bootstrap, profile=profile,
                   warnings=list(extras.get("warnings") or []), macro=macro,
