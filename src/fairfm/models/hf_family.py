@@ -15,7 +15,8 @@ from typing import Any
 
 from fairfm.errors import InputError
 from fairfm.models.base import Encoder, VisionLanguageEncoder
-from fairfm.models.checkpoints import TRUST_HINT, is_pickle_refusal
+from fairfm.models.checkpoints import (TRUST_HINT, check_hf_config, check_loading_info, is_pickle_refusal,
+                                       load_failure, quiet_transformers)  # fmt: skip
 from fairfm.models.preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, OPENAI_MEAN, OPENAI_STD, Preprocess
 from fairfm.models.registry import ModelCard, register_model
 
@@ -185,18 +186,18 @@ def build_transformers(
             "config.json and model.safetensors (save_pretrained / snapshot_download layout)"
         )
     cls = getattr(transformers, card.spec["cls"])
+    check_hf_config(weights, cls, card)
     try:
-        model = cls.from_pretrained(
-            str(weights), local_files_only=True, weights_only=not trust_checkpoint, **overrides
-        )
+        with quiet_transformers():
+            model, info = cls.from_pretrained(
+                str(weights), local_files_only=True, weights_only=not trust_checkpoint, output_loading_info=True,
+                ignore_mismatched_sizes=True, **overrides,
+            )  # fmt: skip
     except Exception as exc:  # transformers raises OSError / ValueError / UnpicklingError for bad folders
-        text = str(exc)
-        if is_pickle_refusal(text):
+        if is_pickle_refusal(str(exc)):
             raise InputError(f"{weights}: refused to load this checkpoint: {TRUST_HINT}") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise InputError(
-            f"{weights}: cannot load {card.spec['cls']} ({type(exc).__name__}: {first})"
-        ) from None
+        raise InputError(f"{weights}: cannot load {card.spec['cls']} ({load_failure(exc)})") from None
+    check_loading_info(info, card=card, path=weights)
     model.eval()
     preprocess = _processor_preprocess(weights, card.preprocess)
     extra = repr(sorted(overrides.items())) + f"|{features}"

@@ -20,7 +20,7 @@ from typing import Any
 
 from fairfm.errors import InputError
 from fairfm.models.base import VisionLanguageEncoder
-from fairfm.models.checkpoints import check_load, extract_state_dict, hf_snapshot, load_weights_file
+from fairfm.models.checkpoints import check_state_dict, extract_state_dict, hf_snapshot, load_weights_file
 from fairfm.models.preprocess import Preprocess
 from fairfm.models.registry import ModelCard, register_model
 
@@ -97,7 +97,7 @@ def build_medclip(
     )
     module.logit_scale = torch.nn.Parameter(torch.zeros(()))
     state = extract_state_dict(load_weights_file(file, trust_checkpoint=trust_checkpoint), path=file)
-    check_load(module.load_state_dict(state, strict=False), path=file, model_name=card.name)
+    check_state_dict(module, state, card=card, path=file)
     module.eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(bert_dir), local_files_only=True)

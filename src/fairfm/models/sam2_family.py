@@ -16,7 +16,8 @@ import numpy as np
 
 from fairfm.errors import InputError
 from fairfm.models.base import LastImageCache, PromptableSegmenter
-from fairfm.models.checkpoints import TRUST_HINT, is_pickle_refusal
+from fairfm.models.checkpoints import (TRUST_HINT, check_hf_config, check_loading_info, is_pickle_refusal,
+                                       load_failure, quiet_transformers)  # fmt: skip
 from fairfm.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from fairfm.models.registry import ModelCard, register_model
 
@@ -94,18 +95,19 @@ def build_sam2(
             "model.safetensors); original sam2 .pt checkpoints need the sam2 package — download "
             f"{card.hf_repos[0]} instead"
         )
+    check_hf_config(weights, Sam2Model, card)
     try:
-        model = Sam2Model.from_pretrained(
-            str(weights), local_files_only=True, weights_only=not trust_checkpoint, **overrides
-        ).eval()
+        with quiet_transformers():
+            model, info = Sam2Model.from_pretrained(
+                str(weights), local_files_only=True, weights_only=not trust_checkpoint, output_loading_info=True,
+                ignore_mismatched_sizes=True, **overrides,
+            )  # fmt: skip
     except Exception as exc:  # transformers raises OSError / ValueError / UnpicklingError for bad folders
-        text = str(exc)
-        if is_pickle_refusal(text):
+        if is_pickle_refusal(str(exc)):
             raise InputError(f"{weights}: refused to load this checkpoint: {TRUST_HINT}") from None
-        raise InputError(
-            f"{weights}: cannot load Sam2Model ({type(exc).__name__}: "
-            f"{text.strip().splitlines()[0] if text.strip() else ''})"
-        ) from None
+        raise InputError(f"{weights}: cannot load Sam2Model ({load_failure(exc)})") from None
+    check_loading_info(info, card=card, path=weights)
+    model.eval()
     if (weights / "processor_config.json").is_file() or (weights / "preprocessor_config.json").is_file():
         processor = Sam2Processor.from_pretrained(str(weights), local_files_only=True)
     else:

@@ -24,7 +24,7 @@ import numpy as np
 
 from fairfm.errors import InputError
 from fairfm.models.base import Encoder, LastImageCache, PromptableSegmenter
-from fairfm.models.checkpoints import check_load, extract_state_dict, load_weights_file
+from fairfm.models.checkpoints import check_state_dict, extract_state_dict, load_weights_file
 from fairfm.models.preprocess import SAM_MEAN_255, SAM_STD_255, Preprocess
 from fairfm.models.registry import ModelCard, register_model
 
@@ -195,6 +195,8 @@ LVM_MED_VIT = ModelCard(
         "encoder_only": True,
         "use_abs_pos": False,
         "strip": ("module.", "model.", "image_encoder."),
+        # a whole SAM-style checkpoint may be given: only its image encoder is this model
+        "ignored_unexpected": ("prompt_encoder.", "mask_decoder."),
     },
     notes=(
         "256-d features (average-pooled neck output; FairMedFM declared 768)",
@@ -282,7 +284,8 @@ def _load(module: Any, card: ModelCard, weights: Path, trust_checkpoint: bool) -
         path=file,
         strip_prefixes=tuple(card.spec.get("strip", ("module.",))),
     )
-    check_load(module.load_state_dict(state, strict=False), path=file, model_name=card.name)
+    check_state_dict(module, state, card=card, path=file,
+                     ignored_unexpected=tuple(card.spec.get("ignored_unexpected", ())))  # fmt: skip
 
 
 @register_model(*SEGMENTATION_CARDS)

@@ -4,7 +4,8 @@ LVM-Med ResNet-50 and the ImageNet / from-scratch baselines.
 Every checkpoint goes through :func:`~fairfm.models.checkpoints.load_weights_file` (safetensors or weights-only
 torch.load), is unwrapped/renamed as its authors saved it (``{"model": …}``, ``module.base_encoder.``), passed
 through timm's own ViT checkpoint filter (position-embedding resampling, DINOv2/MAE key conversion) and loaded
-into the timm architecture; a checkpoint that leaves backbone weights uninitialised is refused.
+into the timm architecture strictly (every weight present with the model's shape, nothing left over): a checkpoint
+of another architecture is refused with one line naming the first key that differs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from fairfm.errors import InputError
 from fairfm.models.base import Encoder
-from fairfm.models.checkpoints import check_load, extract_state_dict, load_weights_file
+from fairfm.models.checkpoints import check_state_dict, extract_state_dict, load_weights_file
 from fairfm.models.preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from fairfm.models.registry import ModelCard, register_model
 
@@ -143,6 +144,7 @@ CARDS = (
         download="vit-b_CXR_0.5M_mae.pth from the lambert-x/medical_mae README (Google Drive)",
         global_pool="avg",
         allowed_missing=("fc_norm.",),
+        ignored_unexpected=("norm.",),  # mean pooling replaces the pre-training norm by a fresh fc_norm
         notes=(
             "mean-pooled patch tokens + fc_norm as in Medical MAE fine-tuning (FairMedFM used the CLS token; "
             "pass global_pool='token' to get that)",
@@ -162,6 +164,7 @@ CARDS = (
         download="vit-s_CXR_0.3M_mae.pth from the lambert-x/medical_mae README (Google Drive)",
         global_pool="avg",
         allowed_missing=("fc_norm.",),
+        ignored_unexpected=("norm.",),  # mean pooling replaces the pre-training norm by a fresh fc_norm
     ),
     _card(
         "mocov3",
@@ -426,10 +429,8 @@ def build_timm(
             state = vision_transformer.checkpoint_filter_fn(
                 state, model
             )  # timm's own key/pos-embed conversion
-        result = model.load_state_dict(state, strict=False)
-        check_load(
-            result, path=file, model_name=card.name, allowed_missing=tuple(spec.get("allowed_missing", ()))
-        )
+        check_state_dict(model, state, card=card, path=file, allowed_missing=tuple(spec.get("allowed_missing", ())),
+                         ignored_unexpected=tuple(spec.get("ignored_unexpected", ())))  # fmt: skip
     channels_last = not isinstance(model, vision_transformer.VisionTransformer)
     extra = repr(sorted(kwargs.items())) + (
         f"|seed={overrides.get('seed', spec.get('seed', 0))}" if weights is None else ""
