@@ -14,7 +14,7 @@ import transformers
 from safetensors.torch import save_file
 
 from fairfm.errors import InputError
-from fairfm.models import create_model
+from fairfm.models import check_model, create_model
 from fairfm.models.checkpoints import load_weights_file
 from fairfm.models.sam_family import build_sam_modules
 from tests.adapt.helpers import make_tiny_clip
@@ -190,3 +190,61 @@ def test_a_fitting_checkpoint_still_loads_every_weight(tmp_path):
     encoder = create_model("vit_b16_imagenet", tmp_path / "model.safetensors", **TINY_VIT)
     for name, tensor in source.state_dict().items():
         assert torch.equal(encoder.module.state_dict()[name], tensor), name
+
+
+def _no_weight_reads(monkeypatch):
+    """check_model must not read any weights: every full reader raises."""
+    import fairfm.models.checkpoints as checkpoints
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("check_model read the weights")
+
+    for module in ("timm_family", "open_clip_family", "sam_family", "medclip_family"):
+        monkeypatch.setattr(f"fairfm.models.{module}.load_weights_file", refuse)
+    monkeypatch.setattr(checkpoints, "load_weights_file", refuse)
+
+
+def test_check_model_refuses_the_same_checkpoints_cheaply(tmp_path, monkeypatch):
+    """The up-front check of a sweep: the same one line as loading, from shapes alone (meta-device models,
+    safetensors headers, memory-mapped zip checkpoints), for a full-size architecture in well under a second."""
+    import time
+
+    other = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=224,
+                              **{**TINY_VIT, "embed_dim": 48})  # fmt: skip
+    save_file(other.state_dict(), str(tmp_path / "model.safetensors"))
+    torch.save(other.state_dict(), tmp_path / "model.pth")
+    with pytest.raises(InputError) as loaded:
+        create_model("dinov2", tmp_path / "model.safetensors")
+    _no_weight_reads(monkeypatch)
+    started = time.perf_counter()
+    with pytest.raises(InputError) as checked:
+        check_model("dinov2", tmp_path / "model.safetensors")  # the full-size ViT-B/14, on the meta device
+    assert time.perf_counter() - started < 5
+    assert str(checked.value) == str(loaded.value)
+    with pytest.raises(InputError, match=FIT + "'cls_token' is \\(1, 1, 48\\) in the checkpoint but \\(1, 1, 768\\)"):
+        check_model("dinov2", tmp_path / "model.pth")
+    check_model("dinov2_small", tmp_path / "model.pth", **{**TINY_VIT, "embed_dim": 48})  # a fitting pair passes
+
+    folder = make_tiny_clip(tmp_path / "clip")
+    with pytest.raises(InputError, match="model 'clip_rn50' .*holds a ViT image tower"):
+        check_model("clip_rn50", folder)
+    check_model("clip", folder)
+    wide = build_sam_modules(variant="vit_b", image_size=256, **{**TINY_SAM, "embed_dim": 48})
+    torch.save(wide.state_dict(), tmp_path / "sam_vit_b_01ec64.pth")
+    with pytest.raises(InputError, match="model 'sam_vit_b' .*" + FIT + "'image_encoder.pos_embed'"):
+        check_model("sam_vit_b", tmp_path / "sam_vit_b_01ec64.pth", img_size=256, **TINY_SAM)
+    monkeypatch.undo()  # a file that is not a zip archive is read whole (legacy torch.save format; here garbage)
+    (tmp_path / "garbage").mkdir()
+    shutil.copy(folder / "open_clip_config.json", tmp_path / "garbage")
+    (tmp_path / "garbage" / "open_clip_pytorch_model.bin").write_bytes(b"garbage" * 20)
+    with pytest.raises(InputError, match="open_clip_pytorch_model.bin: cannot be read as a weights file"):
+        check_model("clip", tmp_path / "garbage")
+
+
+def test_check_model_reads_the_config_of_transformers_folders(tmp_path):
+    transformers.Dinov2Model(_dinov2_config(32)).save_pretrained(str(tmp_path / "dino"))
+    check_model("rad_dino", tmp_path / "dino")
+    with pytest.raises(InputError, match=r"model 'sam2_hiera_tiny' .*is a 'dinov2' model"):
+        check_model("sam2_hiera_tiny", tmp_path / "dino")
+    with pytest.raises(InputError, match=r"unknown model 'dinov3'"):
+        check_model("dinov3", tmp_path / "dino")

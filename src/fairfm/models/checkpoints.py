@@ -267,29 +267,74 @@ def check_state_dict(
     non-persistent buffers (``position_ids`` saved by older transformers), and the card's own ``allowed_missing`` /
     ``ignored_unexpected`` prefixes.
     """
+    problem = state_dict_problem(module, state, allowed_missing=allowed_missing,
+                                 ignored_unexpected=ignored_unexpected)  # fmt: skip
+    if problem:
+        raise InputError(f"model {card.name!r} ({card.architecture}): checkpoint {path} {problem}")
+    expected = module.state_dict()
+    try:
+        module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied; the shapes were checked above
+        raise InputError(f"model {card.name!r}: checkpoint {path} cannot be loaded ({load_failure(exc)})") from None
+
+
+def state_dict_problem(module: Any, state: dict[str, Any], *, allowed_missing: tuple[str, ...] = (),
+                       ignored_unexpected: tuple[str, ...] = ()) -> str | None:  # fmt: skip
+    """What keeps ``state`` from loading strictly into ``module`` (rules of :func:`check_state_dict`), or None.
+    Compares shapes only, so ``module`` may live on the meta device and ``state`` hold meta tensors."""
     expected = module.state_dict()
     buffers = {name for name, _ in module.named_buffers()}
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")
                and not k.startswith(allowed_missing)]  # fmt: skip
     unexpected = [k for k in state if k not in expected and k not in buffers and not k.startswith(ignored_unexpected)]
     mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or mismatched:
-        if mismatched:
-            key = mismatched[0]
-            first = (f"{key!r} is {_shape(state[key])} in the checkpoint but {_shape(expected[key])} in the model")
-        elif missing:
-            first = f"{missing[0]!r} {_shape(expected[missing[0]])} is missing from the checkpoint"
-        else:
-            first = f"{unexpected[0]!r} {_shape(state[unexpected[0]])} is in the checkpoint but not in the model"
-        raise InputError(
-            f"model {card.name!r} ({card.architecture}): checkpoint {path} does not fit this architecture: {first} "
-            f"({len(mismatched)} key(s) of another shape, {len(missing)} missing, {len(unexpected)} unexpected); "
-            "is it the checkpoint of another model? ('fairfm models list' shows each card's architecture)"
-        )
+    if not (missing or unexpected or mismatched):
+        return None
+    if mismatched:
+        key = mismatched[0]
+        first = f"{key!r} is {_shape(state[key])} in the checkpoint but {_shape(expected[key])} in the model"
+    elif missing:
+        first = f"{missing[0]!r} {_shape(expected[missing[0]])} is missing from the checkpoint"
+    else:
+        first = f"{unexpected[0]!r} {_shape(state[unexpected[0]])} is in the checkpoint but not in the model"
+    return (f"does not fit this architecture: {first} ({len(mismatched)} key(s) of another shape, {len(missing)} "
+            f"missing, {len(unexpected)} unexpected); is it the checkpoint of another model? ('fairfm models list' "
+            "shows each card's architecture)")
+
+
+def weights_shapes(path: Path, *, trust_checkpoint: bool = False) -> Any:
+    """What a weights file holds, with tensors that cost no read of their data: meta tensors from a safetensors
+    header, memory-mapped ones from a zip-format PyTorch file (torch.load(mmap=True), still weights-only). For the
+    up-front checks of a sweep: a checkpoint is compared with its card without loading gigabytes per cell."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                  "BOOL": torch.bool}  # fmt: skip
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: torch.empty(handle.get_slice(key).get_shape(),
+                                         dtype=dtypes.get(handle.get_slice(key).get_dtype(), torch.float32),
+                                         device="meta") for key in handle.keys()}  # fmt: skip
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"{path}: cannot be read as safetensors ({exc})") from None
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # legacy torch.save format: no memory map; read it (small, old files)
+        return load_weights_file(path, trust_checkpoint=trust_checkpoint)
     try:
-        module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
-    except RuntimeError as exc:  # e.g. a dtype that cannot be copied; the shapes were checked above
-        raise InputError(f"model {card.name!r}: checkpoint {path} cannot be loaded ({load_failure(exc)})") from None
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # as in load_weights_file
+        if not is_pickle_refusal(str(exc)):
+            raise InputError(
+                f"{path}: cannot be read as a weights file (safetensors or PyTorch checkpoint): {load_failure(exc)}"
+            ) from None
+        if not trust_checkpoint:
+            raise InputError(f"{path}: refused to load this checkpoint: {TRUST_HINT}") from None
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
 
 
 def _shape(tensor: Any) -> str:

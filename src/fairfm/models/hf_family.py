@@ -18,7 +18,7 @@ from fairfm.models.base import Encoder, VisionLanguageEncoder
 from fairfm.models.checkpoints import (TRUST_HINT, check_hf_config, check_loading_info, is_pickle_refusal,
                                        load_failure, quiet_transformers)  # fmt: skip
 from fairfm.models.preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, OPENAI_MEAN, OPENAI_STD, Preprocess
-from fairfm.models.registry import ModelCard, register_model
+from fairfm.models.registry import ModelCard, register_checker, register_model
 
 _HF_FILES = ("config.json", "model.safetensors")
 
@@ -167,6 +167,23 @@ CARDS = (
 )
 
 
+def _check_folder(card: ModelCard, weights: Path) -> None:
+    if not weights.is_dir() or not (weights / "config.json").is_file():
+        raise InputError(
+            f"model {card.name!r}: checkpoint {weights} must be a Hugging Face model folder with "
+            "config.json and model.safetensors (save_pretrained / snapshot_download layout)"
+        )
+
+
+@register_checker(*CARDS)
+def check_transformers(card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any) -> None:
+    """The folder's layout and its config's model type (the key-by-key check needs the load itself)."""
+    import transformers
+
+    _check_folder(card, weights)
+    check_hf_config(weights, getattr(transformers, card.spec["cls"]), card)
+
+
 @register_model(*CARDS)
 def build_transformers(
     card: ModelCard,
@@ -180,11 +197,7 @@ def build_transformers(
     import torch.nn.functional as F
     import transformers
 
-    if not weights.is_dir() or not (weights / "config.json").is_file():
-        raise InputError(
-            f"model {card.name!r}: checkpoint {weights} must be a Hugging Face model folder with "
-            "config.json and model.safetensors (save_pretrained / snapshot_download layout)"
-        )
+    _check_folder(card, weights)
     cls = getattr(transformers, card.spec["cls"])
     check_hf_config(weights, cls, card)
     try:

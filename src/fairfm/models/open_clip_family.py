@@ -14,6 +14,7 @@ the card's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -22,9 +23,9 @@ from typing import Any
 from fairfm.errors import InputError
 from fairfm.models.base import VisionLanguageEncoder
 from fairfm.models.checkpoints import (TRUST_HINT, check_state_dict, extract_state_dict, is_pickle_refusal,
-                                       load_weights_file)  # fmt: skip
+                                       load_weights_file, state_dict_problem, weights_shapes)  # fmt: skip
 from fairfm.models.preprocess import OPENAI_MEAN, OPENAI_STD, Preprocess
-from fairfm.models.registry import ModelCard, register_model
+from fairfm.models.registry import ModelCard, register_checker, register_model
 
 _OPENAI_224 = Preprocess(224, OPENAI_MEAN, OPENAI_STD, crop_pct=1.0)
 _CLIP_PAPER = (
@@ -128,11 +129,11 @@ CARDS = (
 )
 
 
-@register_model(*CARDS)
-def build_open_clip(
-    card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any
-) -> VisionLanguageEncoder:
+def _build_unloaded(card: ModelCard, weights: Path, overrides: dict[str, Any], *, meta: bool = False):
+    """(model without its weights, tokenizer name, the weights file): the architecture is the folder's
+    ``open_clip_config.json`` (checked against the card's tower kind) or the card's named one."""
     import open_clip
+    import torch
 
     if weights.is_dir() and (weights / "open_clip_config.json").is_file():
         config_file = weights / "open_clip_config.json"
@@ -146,14 +147,39 @@ def build_open_clip(
             )
         model_name, source = card.spec["arch"], None
     file = _weights_file(weights, card)
+    device = {"device": "meta"} if meta else {}
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": the weights are loaded next
     try:
-        # Built without weights: they are read below by the safe loader and checked key by key.
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": the weights come next
-        try:
-            model = open_clip.create_model(model_name, pretrained=None, load_weights=False, **overrides)
-        finally:
-            logging.disable(previous)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = open_clip.create_model(model_name, pretrained=None, load_weights=False, **device, **overrides)
+    except Exception as exc:  # open_clip signals every problem with a generic exception type
+        raise _explain(card, source or file, exc) from None
+    finally:
+        logging.disable(previous)
+    return model, model_name, file, source
+
+
+@register_checker(*CARDS)
+def check_open_clip(card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any) -> None:
+    """Tower kind and every shape, against the architecture built on the meta device: no weights read."""
+    model, _, file, _ = _build_unloaded(card, weights, overrides, meta=True)
+    raw = weights_shapes(file, trust_checkpoint=trust_checkpoint)
+    state = extract_state_dict(raw, path=file, keys=("state_dict",), strip_prefixes=("module.",))
+    problem = state_dict_problem(model, _open_clip_state(model, state))
+    if problem:
+        raise InputError(f"model {card.name!r} ({card.architecture}): checkpoint {file} {problem}")
+
+
+@register_model(*CARDS)
+def build_open_clip(
+    card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any
+) -> VisionLanguageEncoder:
+    import open_clip
+
+    # Built without weights: they are read below by the safe loader and checked key by key.
+    model, model_name, file, source = _build_unloaded(card, weights, overrides)
+    try:
         tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as exc:  # open_clip signals every problem with a generic exception type
         raise _explain(card, source or file, exc) from None
