@@ -115,18 +115,38 @@ def test_parallel_executors_store_the_same_runs_as_the_local_one(local_reference
     assert {o.status for o in run_sweep(sweep, parallel_store, executor=executor, progress=False)} == {"found"}
 
 
-def test_a_failing_cell_is_reported_and_the_others_are_stored(synth_dir, clip_dir, tmp_path):
+def test_a_cell_that_fails_while_running_is_reported_and_the_others_are_stored(synth_dir, clip_dir, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
+    # A failure no up-front check can see (it happens inside the run): that cell fails, the other is computed.
+    original = runner.compute_run
+
+    def failing(spec, **kwargs):
+        if spec.usage == "linear_probe":
+            raise InputError("planted failure inside the run")
+        return original(spec, **kwargs)
+
+    monkeypatch.setattr(runner, "compute_run", failing)
     store = Store(tmp_path / "store")
-    # bit_m_r50x1 is a vision-only model: its zero-shot cell fails inside the run; the CLIP cell is computed.
-    sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "checkpoint": str(clip_dir), "usage": "zero_shot",
-                                 "bootstrap": 10, "model": ["bit_m_r50x1", "clip"]})  # fmt: skip
+    sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "checkpoint": str(clip_dir), "model": "clip",
+                                 "bootstrap": 10, "usage": ["linear_probe", "zero_shot"]})  # fmt: skip
     outcomes = run_sweep(sweep, store, progress=False)
     assert [o.status for o in outcomes] == ["failed", "computed"]
-    assert outcomes[0].input_error and "zero_shot needs a vision-language model" in outcomes[0].error
+    assert outcomes[0].input_error and "planted failure inside the run" in outcomes[0].error
     assert len(store) == 1
 
     stopped = run_sweep(sweep, Store(tmp_path / "other"), keep_going=False, progress=False)
     assert [o.status for o in stopped] == ["failed"]
+
+
+def test_a_model_of_the_wrong_family_fails_the_sweep_before_any_run(synth_dir, clip_dir, tmp_path):
+    store = Store(tmp_path / "store")
+    # bit_m_r50x1 is a vision-only model: its zero-shot cell is refused up front, so the CLIP cell does not run
+    sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "checkpoint": str(clip_dir), "usage": "zero_shot",
+                                 "bootstrap": 10, "model": ["bit_m_r50x1", "clip"]})  # fmt: skip
+    with pytest.raises(InputError, match=r"sweep cell 0 \(bit_m_r50x1 · zero_shot · seed 0\): .*zero_shot needs a "
+                       "vision-language model"):  # fmt: skip
+        run_sweep(sweep, store, progress=False)
+    assert len(store) == 0
 
 
 def test_a_missing_checkpoint_fails_the_sweep_before_any_run(synth_dir, clip_dir, tmp_path):
@@ -180,7 +200,9 @@ def test_cli_failures_exit_2_for_bad_input_and_name_the_cell(synth_dir, clip_dir
     sweep_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "bit_m_r50x1", "usage": "zero_shot",
                                           "checkpoint": str(clip_dir), "seeds": [0, 1]}))  # fmt: skip
     code, out, err = run_cli(capsys, "sweep", sweep_file, "--store", tmp_path / "store", "--quiet")
-    assert code == 2 and "2 of 2 run(s) failed" in out and "vision-language" in out and "Traceback" not in out + err
+    # refused up front: both cells named, nothing run
+    assert code == 2 and "sweep cell 0 (bit_m_r50x1 · zero_shot · seed 0)" in err and "sweep cell 1" in err
+    assert "vision-language" in err and "Traceback" not in out + err and not (tmp_path / "store" / "runs").exists()
 
     code, _, err = run_cli(capsys, "sweep", tmp_path / "nope.yaml", "--store", tmp_path / "store")
     assert code == 2 and "nope.yaml" in err and "Traceback" not in err

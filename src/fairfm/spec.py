@@ -698,8 +698,20 @@ class SweepSpec(_Strict):
         except ValidationError as exc:
             raise spec_error(exc, source) from None
         sweep._source = source
-        list(sweep.expand())  # validate every cell now, not halfway through a sweep
+        sweep._validate_cells()  # every cell now, not halfway through a sweep
         return sweep
+
+    def _validate_cells(self) -> None:
+        """Every cell's spec is valid; otherwise one InputError listing every invalid cell, one line each."""
+        problems = []
+        for index, cell in enumerate(self._cells()):
+            try:
+                RunSpec.from_dict(cell, source=self._source)
+            except InputError as exc:
+                problems.append(f"sweep cell {index}: {exc}")
+        if problems:
+            lines = "\n  ".join(problems)
+            raise InputError(f"{self._source}: {len(problems)} of {len(self)} sweep cell(s) are invalid:\n  {lines}")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "SweepSpec":
@@ -735,7 +747,11 @@ class SweepSpec(_Strict):
 
     def expand(self) -> Iterator[RunSpec]:
         """Every cell of the grid as a validated :class:`RunSpec`."""
-        source = self._source
+        for cell in self._cells():
+            yield RunSpec.from_dict(cell, source=self._source)
+
+    def _cells(self) -> Iterator[dict[str, Any]]:
+        """Every cell of the grid as plain fields (seed included), in grid order, seeds varying fastest."""
         axes = self._axes()
         for steps in itertools.product(*(values for _, values in axes)):
             cell: dict[str, Any] = json.loads(json.dumps(self.base, default=str))
@@ -746,7 +762,7 @@ class SweepSpec(_Strict):
                     else:
                         cell[key] = value
             for seed in self.seeds:
-                yield RunSpec.from_dict({**cell, "seed": seed}, source=source)
+                yield {**cell, "seed": seed}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ outcomes = run_sweep(SweepSpec.from_yaml("sweep.yaml"), Store("fairfm_runs"), ex
 
 Every cell is an ordinary run (:func:`fairfm.runner.execute`), so a sweep resumes for free: the runs already in the
 store are found in the parent process before anything is dispatched, and only the others are sent to the executor.
-A run that fails is reported with its one-line error and the sweep goes on (``keep_going``); cells whose resolved
-spec is the same run (e.g. they differ only in ``device``) are run once.
+Every cell is checked before the first runs (unknown model or dataset, a checkpoint missing or not fitting its
+model, a split without both classes, an unwritable store): all problems are reported together and nothing runs. A
+run that still fails is reported with its one-line error and the sweep goes on (``keep_going``); cells whose
+resolved spec is the same run (e.g. they differ only in ``device``) are run once.
 
 Executors are registered by name (:func:`register_executor`); each receives the pending runs and yields one
 :class:`SweepOutcome` per run as it finishes, in any order.
@@ -76,20 +78,30 @@ def list_executors() -> list[str]:
 
 def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True) -> tuple[list[SweepOutcome], list[PendingRun]]:
     """(cells already in the store, cells still to run) — duplicates of one run id are kept once. Datasets named
-    by a registered name and a raw ``root`` are prepared into the store first (``prepare=False``: never write)."""
+    by a registered name and a raw ``root`` are prepared into the store first (``prepare=False``: never write).
+
+    Every cell still to run is checked before any runs (:func:`fairfm.runner.preflight`: unknown model or dataset,
+    a missing checkpoint or one that does not fit its model, a split without both classes, …) and the store's
+    writability once; every problem is reported together, one line per cell, in one InputError."""
     from fairfm.data.cache import resolve_dataset
+    from fairfm.runner import preflight
 
     found: list[SweepOutcome] = []
     pending: list[PendingRun] = []
     seen: set[str] = set()
-    for index, spec in enumerate(sweep.expand()):
+    problems: list[str] = []
+    cells = list(sweep.expand())
+    for index, spec in enumerate(cells):
         try:
             # A dataset given by name is prepared here, once, before any worker could race to prepare it.
             spec, _ = resolve_dataset(spec, store.path, prepare=prepare)
             run_id = store.run_id(spec)  # fails fast, before any work, for a missing dataset or checkpoint
+            if run_id in seen:
+                continue
+            if not store.exists(run_id):
+                preflight(spec, store, check_store=False)
         except InputError as exc:
-            raise InputError(f"sweep cell {index} ({spec.model} · {spec.usage} · seed {spec.seed}): {exc}") from None
-        if run_id in seen:
+            problems.append(f"sweep cell {index} ({spec.model} · {spec.usage} · seed {spec.seed}): {exc}")
             continue
         seen.add(run_id)
         data = spec.model_dump(mode="json")
@@ -97,6 +109,14 @@ def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True) -> tuple[l
             found.append(SweepOutcome(index, run_id, "found", data))
         else:
             pending.append(PendingRun(index, run_id, data))
+    if pending and prepare:
+        try:
+            store.check_writable()
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        lines = "\n  ".join(problems)
+        raise InputError(f"sweep: {len(problems)} problem(s) found before running, so nothing was run:\n  {lines}")
     return found, pending
 
 

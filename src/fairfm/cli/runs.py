@@ -62,8 +62,13 @@ def list_command(
     """Every finished run: id, dataset, model, usage, method, seed, when, AUC and the AUC gap of the first attribute."""
     from fairfm.results.summary import key_metrics
 
+    from fairfm.cli import err_console
+
     results = _store(store)
     records = results.list()
+    for folder, reason in results.damaged():  # on stderr: --json output stays parseable
+        err_console.print(f"warning: damaged run folder {folder} ({reason}): not listed; it is recomputed the next "
+                          "time its run is asked for, or delete that folder", markup=False)  # fmt: skip
     rows = []
     for record in records:
         row = results.runs_frame([record]).iloc[0]
