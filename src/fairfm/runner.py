@@ -116,9 +116,10 @@ def remove_run_files(store_path: Path, run_id: str) -> list[Path]:
     return removed
 
 
-#: The model family a usage needs (``None``: any image encoder, i.e. not a promptable segmenter).
+#: The model family a usage needs (``None``: any image encoder, i.e. not a promptable segmenter). ``sam_prompt``
+#: checks its dataset's masks, then its model, itself, first thing.
 _USAGE_FAMILY = {"zero_shot": "vision-language", "prototype": "vision-language", "clip_adapter": "vision-language",
-                 "sam_prompt": "segmentation", "linear_probe": None}  # fmt: skip
+                 "linear_probe": None}  # fmt: skip
 _FAMILY_NEEDS = {"vision-language": "a vision-language model", "segmentation": "a promptable segmentation model"}
 
 

@@ -703,15 +703,19 @@ class SweepSpec(_Strict):
 
     def _validate_cells(self) -> None:
         """Every cell's spec is valid; otherwise one InputError listing every invalid cell, one line each."""
-        problems = []
+        cells_of: dict[str, list[int]] = {}  # error message -> the cells that have it
         for index, cell in enumerate(self._cells()):
             try:
                 RunSpec.from_dict(cell, source=self._source)
             except InputError as exc:
-                problems.append(f"sweep cell {index}: {exc}")
-        if problems:
-            lines = "\n  ".join(problems)
-            raise InputError(f"{self._source}: {len(problems)} of {len(self)} sweep cell(s) are invalid:\n  {lines}")
+                cells_of.setdefault(str(exc).removeprefix(f"{self._source}: "), []).append(index)
+        if len(cells_of) == 1:  # one problem (in one cell or in every seed of one): the plain one-line message
+            raise InputError(f"{self._source}: {next(iter(cells_of))}")
+        if cells_of:
+            lines = "\n  ".join(f"sweep cell{'s' if len(cells) > 1 else ''} {', '.join(map(str, cells))}: {message}"
+                                for message, cells in cells_of.items())  # fmt: skip
+            count = sum(len(cells) for cells in cells_of.values())
+            raise InputError(f"{self._source}: {count} of {len(self)} sweep cell(s) are invalid:\n  {lines}")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "SweepSpec":
