@@ -318,3 +318,21 @@ def test_a_checkpoint_that_cannot_be_loaded_leaves_no_feature_folder(synth_dir, 
     with pytest.raises(InputError, match="open_clip_pytorch_model.bin: cannot be read as a weights file"):
         extract_features(synth_dir, "clip", out=out, checkpoint=garbage, progress=False)
     assert _entries(out) == []
+
+
+def test_a_dataset_name_is_not_prepared_into_a_store_that_cannot_take_it(clip_dir, tmp_path, capsys, monkeypatch):
+    import fairfm.data.cache as cache
+    from tests.data.chest_releases import write_chexpert
+
+    raw = write_chexpert(tmp_path / "raw", n_patients=20, demo="csv")
+    prepared = []
+    monkeypatch.setattr(cache, "ensure_prepared", lambda *a, **k: prepared.append(a) or (_ for _ in ()).throw(
+        AssertionError("prepared")))  # fmt: skip
+    store = tmp_path / "store"
+    _unwritable(store, monkeypatch)
+    try:
+        code, _, err = run_cli(capsys, "run", "--dataset", "chexpert", "--root", raw, "--model", "clip",
+                               "--checkpoint", clip_dir, "--usage", "zs", "--store", store, "--quiet")  # fmt: skip
+    finally:
+        store.chmod(0o755)
+    assert code == 2 and f"store {store}: cannot write in {store}" in err and prepared == []

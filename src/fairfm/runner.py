@@ -78,6 +78,7 @@ def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_repo
     from fairfm.data.cache import resolve_dataset
 
     check_supported(spec)
+    check_store_before_preparing(spec, store)
     spec, _ = resolve_dataset(spec, store.path, progress=progress)  # a dataset name + raw root: prepared once
     found = store.find(spec)
     if found is not None:
@@ -104,12 +105,23 @@ def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_repo
     return RunResult(record, computed="report" in kept, report=kept.get("report"))
 
 
+def check_store_before_preparing(spec: "RunSpec", store: "Store") -> None:
+    """A dataset given by name is prepared into ``STORE/datasets`` first: the store must take it (checked by a real
+    write) before the raw release is read."""
+    from fairfm.data.cache import is_prepared, resolve_dataset
+
+    _, prepared = resolve_dataset(spec, store.path, prepare=False)
+    if prepared is not None and not is_prepared(prepared.folder):
+        store.check_writable()
+
+
 def remove_run_files(store_path: Path, run_id: str) -> list[Path]:
     """Remove the per-run files a usage writes beside the store (``heads/<run_id>.safetensors``, ``masks/<run_id>.npz``)
     of a run that failed: a head without its run is an orphan nothing refers to. (Feature caches are shared by runs
     and kept: a partly filled entry resumes.)"""
     removed = []
-    for path in (Path(store_path) / HEADS_DIR / f"{run_id}.safetensors", Path(store_path) / MASKS_DIR / f"{run_id}.npz"):
+    store_path = Path(store_path)
+    for path in (store_path / HEADS_DIR / f"{run_id}.safetensors", store_path / MASKS_DIR / f"{run_id}.npz"):
         if path.is_file():
             path.unlink()
             removed.append(path)

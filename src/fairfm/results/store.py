@@ -171,7 +171,8 @@ class Store:
             try:
                 pq.read_metadata(folder / name)
             except Exception as exc:  # noqa: BLE001 — pyarrow raises ArrowInvalid / OSError for a damaged file
-                return f"{name} is not a readable Parquet file ({str(exc).strip().splitlines()[0] if str(exc) else exc})"
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                return f"{name} is not a readable Parquet file ({first})"
         return None
 
     def damaged(self) -> list[tuple[Path, str]]:
