@@ -121,23 +121,24 @@ def test_a_sweep_reports_every_bad_cell_up_front_and_runs_nothing(synth_dir, cli
     missing = tmp_path / "no_such_checkpoint"
     sweep = SweepSpec.from_dict({
         "usage": "zero_shot", "bootstrap": 5,
-        "grid": {"dataset": [str(synth_dir), str(one_class_val)],
+        "grid": {"dataset": [str(synth_dir), str(one_class_val), "no_such_dataset"],
                  "model": ["clip", "nosuchmodel", "clip_rn50", "clip"],
                  "checkpoint": [str(clip_dir), str(clip_dir), str(clip_dir), str(missing)]},
     })  # fmt: skip
-    assert len(sweep) == 8
+    assert len(sweep) == 12
     store = Store(tmp_path / "store")
     with pytest.raises(InputError) as exc:
         run_sweep(sweep, store, progress=False)
     message = str(exc.value)
     lines = message.splitlines()
-    assert lines[0] == "sweep: 7 problem(s) found before running, so nothing was run:"
+    assert lines[0] == "sweep: 11 problem(s) found before running, so nothing was run:" and len(lines) == 12
     assert "sweep cell 1 (nosuchmodel · zero_shot · seed 0): unknown model 'nosuchmodel'" in message
     assert "sweep cell 2 (clip_rn50 · zero_shot · seed 0): model 'clip_rn50'" in message
     assert "holds a ViT image tower" in message
     assert "sweep cell 3 (clip · zero_shot · seed 0): checkpoint: " in message and str(missing) in message
     assert (f"sweep cell 4 (clip · zero_shot · seed 0): {one_class_val / 'samples.parquet'}: task 'disease' has "
             "only class 0 in split 'val'") in message
+    assert "sweep cell 8 (clip · zero_shot · seed 0): dataset: 'no_such_dataset' is neither a prepared" in message
     assert calls == [] and len(store) == 0 and not (store.path / "features").exists()
 
     # through the command line: exit 2, one line per problem, no traceback
