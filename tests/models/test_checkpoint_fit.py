@@ -18,7 +18,8 @@ from fairfm.models import check_model, create_model
 from fairfm.models.checkpoints import load_weights_file
 from fairfm.models.sam_family import build_sam_modules
 from tests.adapt.helpers import make_tiny_clip
-from tests.models.model_fixtures import TINY_OPEN_CLIP, TINY_SAM, TINY_VIT, pickled_checkpoint, word_tokenizer
+from tests.models.model_fixtures import (TINY_OPEN_CLIP, TINY_SAM, TINY_VIT, WORDS, pickled_checkpoint,
+                                        word_tokenizer)  # fmt: skip
 from tests.models.test_sam2_family import TINY_SAM2
 
 FIT = r"does not fit this architecture: "
@@ -248,3 +249,35 @@ def test_check_model_reads_the_config_of_transformers_folders(tmp_path):
         check_model("sam2_hiera_tiny", tmp_path / "dino")
     with pytest.raises(InputError, match=r"unknown model 'dinov3'"):
         check_model("dinov3", tmp_path / "dino")
+
+
+def test_an_hf_text_tower_is_built_from_its_config_not_fetched(tmp_path, monkeypatch):
+    """BiomedCLIP's layout: a timm trunk and a Hugging Face text tower named by a folder holding only its config.
+    fairfm builds the model without weights and loads them after, so the text tower must come from its config:
+    asking for the tower's own pre-trained weights (open_clip's default when it loads no checkpoint) fails offline."""
+    import open_clip
+
+    from fairfm.models.open_clip_family import _build_unloaded
+    from fairfm.models.registry import get_model
+
+    bert = tmp_path / "bert"
+    transformers.BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=64).save_pretrained(str(bert))  # fmt: skip
+    cfg = {"embed_dim": 48,
+           "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "",
+                          "timm_proj": "linear", "image_size": 32},
+           "text_cfg": {"hf_model_name": str(bert), "hf_tokenizer_name": str(bert), "hf_proj_type": "linear",
+                        "hf_pooler_type": "cls_pooler", "context_length": 16}}  # fmt: skip
+    folder = tmp_path / "biomedclip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    reference = open_clip.create_model(f"local-dir:{folder}", load_weights=False, pretrained_text=False).eval()
+    torch.save(reference.state_dict(), folder / "open_clip_pytorch_model.bin")
+
+    def no_download(*args, **kwargs):
+        raise OSError("offline: the text tower's pre-trained weights were asked for")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_download)
+    check_model("biomedclip", folder)  # on the meta device
+    model, _, file, _ = _build_unloaded(get_model("biomedclip"), folder, {})
+    assert file == folder / "open_clip_pytorch_model.bin" and type(model).__name__ == "CustomTextCLIP"

@@ -152,7 +152,10 @@ def _build_unloaded(card: ModelCard, weights: Path, overrides: dict[str, Any], *
     logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": the weights are loaded next
     try:
         with torch.device("meta") if meta else contextlib.nullcontext():
-            model = open_clip.create_model(model_name, pretrained=None, load_weights=False, **device, **overrides)
+            # pretrained_text/image False: the towers are built from their configs (a Hugging Face text tower
+            # would otherwise fetch its own pre-trained weights), as open_clip does when it loads a checkpoint
+            model = open_clip.create_model(model_name, pretrained=None, load_weights=False, pretrained_text=False,
+                                           pretrained_image=False, **device, **overrides)  # fmt: skip
     except Exception as exc:  # open_clip signals every problem with a generic exception type
         raise _explain(card, source or file, exc) from None
     finally:
