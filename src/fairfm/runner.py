@@ -128,10 +128,9 @@ def remove_run_files(store_path: Path, run_id: str) -> list[Path]:
     return removed
 
 
-#: The model family a usage needs (``None``: any image encoder, i.e. not a promptable segmenter). ``sam_prompt``
-#: checks its dataset's masks, then its model, itself, first thing.
+#: The model family a usage needs (``None``: any image encoder, i.e. not a promptable segmenter).
 _USAGE_FAMILY = {"zero_shot": "vision-language", "prototype": "vision-language", "clip_adapter": "vision-language",
-                 "linear_probe": None}  # fmt: skip
+                 "sam_prompt": "segmentation", "linear_probe": None}  # fmt: skip
 _FAMILY_NEEDS = {"vision-language": "a vision-language model", "segmentation": "a promptable segmentation model"}
 
 
@@ -144,6 +143,14 @@ def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True) -> N
     from fairfm.models import check_model, get_model
 
     check_supported(spec)
+    if spec.usage in SEGMENTATION_USAGES:  # the usage's own first check (its dataset has masks), then its family
+        from fairfm.adapt.sam_prompting import mask_columns
+
+        table_path = Path(spec.resolve()["dataset"]) / "samples.parquet"
+        try:
+            mask_columns(pd.read_parquet(table_path))
+        except InputError as exc:
+            raise InputError(f"{table_path}: {exc}") from None
     card = get_model(spec.model)
     if spec.usage in _USAGE_FAMILY:
         needs = _USAGE_FAMILY[spec.usage]
