@@ -85,6 +85,7 @@ def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_repo
     from fairfm.data.cache import resolve_dataset
 
     check_supported(spec)
+    check_store_before_preparing(spec, store)
     spec, _ = resolve_dataset(spec, store.path, progress=progress)  # a dataset name + raw root: prepared once
     key = store.key(spec)
     found = store.find(spec)
@@ -93,6 +94,7 @@ def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_repo
     if found is not None:
         report = stored_report(found, spec) if want_report else None
         return RunResult(found, computed=False, report=report, stale=found.stale)
+    preflight(spec, store)
     kept: dict[str, Any] = {}
     run_id = key.run_id
 
@@ -104,7 +106,12 @@ def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_repo
         kept["report"] = report
         return RunOutput(predictions, report, meta)
 
-    record = store.run(spec, compute)
+    try:
+        record = store.run(spec, compute)
+    except BaseException:
+        if not store.exists(run_id):  # a run that is not stored leaves none of its files behind
+            remove_run_files(store.path, run_id)
+        raise
     report = kept.get("report")
     if report is None and want_report:  # another process computed it while this one waited for the run's lock
         report = stored_report(record, spec)
@@ -120,6 +127,107 @@ def stored_report(record: "RunRecord", spec: "RunSpec") -> "Report":
     from fairfm.metrics.stored import report_from_metric_table
 
     return report_from_metric_table(record.metrics, extras)
+
+
+def check_store_before_preparing(spec: "RunSpec", store: "Store") -> None:
+    """A dataset given by name is prepared into ``STORE/datasets`` first: the store must take it (checked by a real
+    write) before the raw release is read."""
+    from fairfm.data.cache import is_prepared, resolve_dataset
+
+    _, prepared = resolve_dataset(spec, store.path, prepare=False)
+    if prepared is not None and not is_prepared(prepared.folder):
+        store.check_writable()
+
+
+def remove_run_files(store_path: Path, run_id: str) -> list[Path]:
+    """Remove the per-run files a usage writes beside the store (``heads/<run_id>.safetensors``, ``masks/<run_id>.npz``)
+    of a run that failed: a head without its run is an orphan nothing refers to. (Feature caches are shared by runs
+    and kept: a partly filled entry resumes.)"""
+    removed = []
+    store_path = Path(store_path)
+    for path in (store_path / HEADS_DIR / f"{run_id}.safetensors", store_path / MASKS_DIR / f"{run_id}.npz"):
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+#: The model family a usage needs (``None``: any image encoder, i.e. not a promptable segmenter).
+_USAGE_FAMILY = {"zero_shot": "vision-language", "prototype": "vision-language", "clip_adapter": "vision-language",
+                 "sam_prompt": "segmentation", "linear_probe": None}  # fmt: skip
+_FAMILY_NEEDS = {"vision-language": "a vision-language model", "segmentation": "a promptable segmentation model"}
+
+
+def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True) -> None:
+    """Everything a run can be refused for that is known before any work (model building, feature extraction,
+    training): an unimplemented usage, an unknown model or one of the wrong family for the usage, a missing
+    checkpoint or one that does not fit the model card (checked without loading it, see
+    :func:`fairfm.models.check_model`), a split without both classes in val/test, and a store that could not take
+    the result. A sweep calls it for every cell before the first runs."""
+    from fairfm.models import check_model, get_model
+
+    check_supported(spec)
+    if spec.usage in SEGMENTATION_USAGES:  # the usage's own first check (its dataset has masks), then its family
+        from fairfm.adapt.sam_prompting import mask_columns
+
+        table_path = Path(spec.resolve()["dataset"]) / "samples.parquet"
+        try:
+            mask_columns(pd.read_parquet(table_path))
+        except InputError as exc:
+            raise InputError(f"{table_path}: {exc}") from None
+    card = get_model(spec.model)
+    if spec.usage in _USAGE_FAMILY:
+        needs = _USAGE_FAMILY[spec.usage]
+        if needs is not None and card.family != needs:
+            raise InputError(f"model {card.name!r} is a {card.family} model: {spec.usage} needs {_FAMILY_NEEDS[needs]} "
+                             "(see 'fairfm models list')")  # fmt: skip
+        if needs is None and card.family == "segmentation":
+            raise InputError(f"model {card.name!r} is a promptable segmentation model: {spec.usage} needs an image "
+                             "encoder (family vision or vision-language; see 'fairfm models list')")  # fmt: skip
+    check_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
+    check_split_classes(spec)
+    if check_store:
+        store.check_writable()
+
+
+_LABELS_MEMO: dict[tuple[str, int, int], pd.DataFrame] = {}
+
+
+def check_split_classes(spec: "RunSpec") -> None:
+    """Every task needs both classes among the known labels of its test split (AUC), and of its val split when the
+    threshold is chosen there or a model is selected there (trained usages)."""
+    if spec.usage in SEGMENTATION_USAGES:
+        return
+    resolved = spec.resolve()
+    table_path = Path(resolved["dataset"]) / "samples.parquet"
+    tasks = list(resolved["tasks"])
+    try:
+        stat = table_path.stat()
+        memo_key = (str(table_path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if memo_key not in _LABELS_MEMO:
+            _LABELS_MEMO[memo_key] = pd.read_parquet(table_path)
+        table = _LABELS_MEMO[memo_key]
+    except (OSError, ValueError):
+        return  # an unreadable table is reported, named, by the run itself
+    if "split" not in table.columns:
+        return
+    splits = ["test"]
+    if str(spec.threshold).endswith("@val") or spec.usage in TRAINED_USAGES:
+        splits.insert(0, "val")
+    split_of = table["split"].astype(str)
+    for task in tasks:
+        if f"label_{task}" not in table.columns:
+            continue
+        labels = pd.to_numeric(table[f"label_{task}"], errors="coerce")
+        for split in splits:
+            known = labels[(split_of == split).to_numpy()].dropna()
+            classes = sorted(int(v) for v in known.unique())
+            if len(known) and len(classes) < 2:
+                why = ("AUC and the validation threshold/model selection need both" if split == "val"
+                       else "AUC needs both")  # fmt: skip
+                raise InputError(f"{table_path}: task {task!r} has only class {classes[0]} in split {split!r} "
+                                 f"({len(known)} labelled samples): {why} classes — prepare the dataset with another "
+                                 "split or split seed")  # fmt: skip
 
 
 def check_supported(spec: "RunSpec") -> None:

@@ -708,7 +708,8 @@ def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 
 class SweepSpec(_Strict):
     """A grid of runs: the Cartesian product of the ``grid`` values (in field order, seeds varying fastest) on top of
-    the ``base`` fields, once per seed in ``seeds``.
+    the ``base`` fields, once per seed in ``seeds``. A checkpoint belongs to its model: when both ``model`` and
+    ``checkpoint`` are swept they are paired (the i-th model with the i-th checkpoint, one axis), not crossed.
 
     The flat form is also accepted: RunSpec fields at the top level, a list meaning "sweep over these values"
     (``model: [a, b]``, ``hparams: {lr: [1e-3, 1e-4]}``), except for fields whose value is itself a list
@@ -771,8 +772,24 @@ class SweepSpec(_Strict):
         except ValidationError as exc:
             raise spec_error(exc, source) from None
         sweep._source = source
-        list(sweep.expand())  # validate every cell now, not halfway through a sweep
+        sweep._validate_cells()  # every cell now, not halfway through a sweep
         return sweep
+
+    def _validate_cells(self) -> None:
+        """Every cell's spec is valid; otherwise one InputError listing every invalid cell, one line each."""
+        cells_of: dict[str, list[int]] = {}  # error message -> the cells that have it
+        for index, cell in enumerate(self._cells()):
+            try:
+                RunSpec.from_dict(cell, source=self._source)
+            except InputError as exc:
+                cells_of.setdefault(str(exc).removeprefix(f"{self._source}: "), []).append(index)
+        if len(cells_of) == 1:  # one problem (in one cell or in every seed of one): the plain one-line message
+            raise InputError(f"{self._source}: {next(iter(cells_of))}")
+        if cells_of:
+            lines = "\n  ".join(f"sweep cell{'s' if len(cells) > 1 else ''} {', '.join(map(str, cells))}: {message}"
+                                for message, cells in cells_of.items())  # fmt: skip
+            count = sum(len(cells) for cells in cells_of.values())
+            raise InputError(f"{self._source}: {count} of {len(self)} sweep cell(s) are invalid:\n  {lines}")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "SweepSpec":
@@ -782,22 +799,48 @@ class SweepSpec(_Strict):
             raise InputError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
         return cls.from_dict(_relative_to(data, path.parent), source=str(path))
 
+    @model_validator(mode="after")
+    def _paired_model_checkpoint(self) -> "SweepSpec":
+        models, checkpoints = self.grid.get("model"), self.grid.get("checkpoint")
+        if models is not None and checkpoints is not None and len(models) != len(checkpoints):
+            raise ValueError(f"model has {len(models)} values and checkpoint {len(checkpoints)}: a sweep pairs each "
+                             "model with its own checkpoint (in step, not crossed), so give one checkpoint per model")
+        return self
+
+    def _axes(self) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+        """The grid's axes: (field names, their values per step); model and checkpoint share one axis."""
+        paired = "model" in self.grid and "checkpoint" in self.grid
+        axes = []
+        for key in self.grid:
+            if paired and key == "checkpoint":
+                continue
+            if paired and key == "model":
+                axes.append((("model", "checkpoint"), list(zip(self.grid["model"], self.grid["checkpoint"]))))
+            else:
+                axes.append(((key,), [(value,) for value in self.grid[key]]))
+        return axes
+
     def __len__(self) -> int:
-        return math.prod(len(v) for v in self.grid.values()) * len(self.seeds)
+        return math.prod(len(values) for _, values in self._axes()) * len(self.seeds)
 
     def expand(self) -> Iterator[RunSpec]:
         """Every cell of the grid as a validated :class:`RunSpec`."""
-        source = self._source
-        keys = list(self.grid)
-        for values in itertools.product(*(self.grid[k] for k in keys)):
+        for cell in self._cells():
+            yield RunSpec.from_dict(cell, source=self._source)
+
+    def _cells(self) -> Iterator[dict[str, Any]]:
+        """Every cell of the grid as plain fields (seed included), in grid order, seeds varying fastest."""
+        axes = self._axes()
+        for steps in itertools.product(*(values for _, values in axes)):
             cell: dict[str, Any] = json.loads(json.dumps(self.base, default=str))
-            for key, value in zip(keys, values):
-                if key.startswith("hparams."):
-                    cell.setdefault("hparams", {})[key.split(".", 1)[1]] = value
-                else:
-                    cell[key] = value
+            for (keys, _), values in zip(axes, steps):
+                for key, value in zip(keys, values):
+                    if key.startswith("hparams."):
+                        cell.setdefault("hparams", {})[key.split(".", 1)[1]] = value
+                    else:
+                        cell[key] = value
             for seed in self.seeds:
-                yield RunSpec.from_dict({**cell, "seed": seed}, source=source)
+                yield {**cell, "seed": seed}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ outcomes = run_sweep(SweepSpec.from_yaml("sweep.yaml"), Store("fairfm_runs"), ex
 
 Every cell is an ordinary run (:func:`fairfm.runner.execute`), so a sweep resumes for free: the runs already in the
 store are found in the parent process before anything is dispatched, and only the others are sent to the executor.
-A run that fails is reported with its one-line error and the sweep goes on (``keep_going``); cells whose resolved
-spec is the same run (e.g. they differ only in ``device``) are run once. A cell whose run is stored only under older
-results versions (:mod:`fairfm.results.versions`) is served as ``stale``, or computed again with
+Every cell is checked before the first runs (unknown model or dataset, a checkpoint missing or not fitting its
+model, a split without both classes, an unwritable store): all problems are reported together and nothing runs. A
+run that still fails is reported with its one-line error and the sweep goes on (``keep_going``); cells whose
+resolved spec is the same run (e.g. they differ only in ``device``) are run once. A cell whose run is stored only
+under older results versions (:mod:`fairfm.results.versions`) is served as ``stale``, or computed again with
 ``recompute_stale``.
 
 Executors are registered by name (:func:`register_executor`); each receives the pending runs and yields one
@@ -81,12 +83,18 @@ def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
          recompute_stale: bool = False) -> tuple[list[SweepOutcome], list[PendingRun]]:  # fmt: skip
     """(cells already in the store, cells still to run) — duplicates of one run id are kept once. Datasets named
     by a registered name and a raw ``root`` are prepared into the store first (``prepare=False``: never write).
-    A cell stored only under older results versions is "stale" and counted as found, unless ``recompute_stale``."""
+    A cell stored only under older results versions is "stale" and counted as found, unless ``recompute_stale``.
+
+    Every cell still to run is checked before any runs (:func:`fairfm.runner.preflight`: unknown model or dataset,
+    a missing checkpoint or one that does not fit its model, a split without both classes, …) and the store's
+    writability once; every problem is reported together, one line per cell, in one InputError."""
     from fairfm.data.cache import resolve_dataset
+    from fairfm.runner import preflight
 
     found: list[SweepOutcome] = []
     pending: list[PendingRun] = []
     seen: set[str] = set()
+    problems: list[str] = []
     stale_index = None  # spec key -> stored runs, read once for every cell not found as it is
     for index, spec in enumerate(sweep.expand()):
         try:
@@ -94,22 +102,33 @@ def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
             spec, _ = resolve_dataset(spec, store.path, prepare=prepare)
             key = store.key(spec)  # fails fast, before any work, for a missing dataset or checkpoint
             run_id = key.run_id
+            if run_id in seen:
+                continue
+            stale = None
+            if not store.exists(run_id) and not recompute_stale:
+                stale_index = store.spec_index() if stale_index is None else stale_index
+                stale = store.find_stale(spec, _key=key, _index=stale_index)
+            if not store.exists(run_id) and stale is None:
+                preflight(spec, store, check_store=False)
         except InputError as exc:
-            raise InputError(f"sweep cell {index} ({spec.model} · {spec.usage} · seed {spec.seed}): {exc}") from None
-        if run_id in seen:
+            problems.append(f"sweep cell {index} ({spec.model} · {spec.usage} · seed {spec.seed}): {exc}")
             continue
         seen.add(run_id)
         data = spec.model_dump(mode="json")
-        stale = None
-        if not store.exists(run_id) and not recompute_stale:
-            stale_index = store.spec_index() if stale_index is None else stale_index
-            stale = store.find_stale(spec, _key=key, _index=stale_index)
         if store.exists(run_id):
             found.append(SweepOutcome(index, run_id, "found", data))
         elif stale is not None:
             found.append(SweepOutcome(index, stale.run_id, "stale", data))
         else:
             pending.append(PendingRun(index, run_id, data))
+    if pending and prepare:
+        try:
+            store.check_writable()
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        lines = "\n  ".join(problems)
+        raise InputError(f"sweep: {len(problems)} problem(s) found before running, so nothing was run:\n  {lines}")
     return found, pending
 
 

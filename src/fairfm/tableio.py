@@ -69,6 +69,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def probe_writable(folder: str | os.PathLike, label: str) -> None:
+    """Fail now, in one line starting with ``label``, when files cannot be created in ``folder`` (or, if it does
+    not exist yet, in the folder that would hold it) — before any work whose result would then be lost.
+
+    A real write probe (create and delete a temporary file), not ``os.access``: root passes every permission check
+    of ``os.access``, and read-only mounts or full disks only show when writing."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == folder:
+            raise InputError(f"{label}: {folder} is a file, not a folder")
+        raise InputError(f"{label}: {folder} cannot be created: {existing} is a file")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".fairfm-write-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise InputError(f"{label}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Before any work: ``path`` can be written as a file. An existing *file* is replaced (atomically, as every
+    output is written) — that is what an output option means; an existing *folder* is refused, never written into."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder; give the name of the file to write")
+    probe_writable(path.parent, f"{flag} {path}")
+
+
 def host_tag() -> str:
     """This host's name, usable inside a dotted temporary-folder name (no dots): temporary folders are named
     ``<what>.<host>.<pid>.<random>`` so a later process can tell its own host's abandoned ones."""

@@ -101,7 +101,7 @@ def test_features_extract_with_a_checkpoint_then_cached(tmp_path, capsys, open_c
         "--data",
         str(data),
         "--model",
-        "biomedclip",
+        "clip",  # a plain open_clip CLIP folder (a ViT tower): BiomedCLIP's card needs a timm trunk
         "--checkpoint",
         str(folder),
         "--out",

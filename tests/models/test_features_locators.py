@@ -201,7 +201,7 @@ def test_cli_extracts_the_oct_view_of_a_prepared_dataset(fairvision, tmp_path, c
     prepared = tmp_path / "prepared"
     prepare("fairvision_amd", root, prepared, split="official")
     folder, _ = open_clip_dir
-    argv = ["features", "extract", "--data", str(prepared), "--model", "biomedclip", "--checkpoint", str(folder),
+    argv = ["features", "extract", "--data", str(prepared), "--model", "clip", "--checkpoint", str(folder),
             "--out", str(tmp_path / "cache"), "--workers", "0", "--column", "path_oct"]  # fmt: skip
     with pytest.raises(SystemExit) as info:
         main(argv)

@@ -16,7 +16,7 @@ from tests.models.model_fixtures import TINY_OPEN_CLIP
 
 def test_local_dir_round_trip_with_zero_shot(open_clip_dir):
     folder, reference = open_clip_dir
-    encoder = create_model("biomedclip", checkpoint=folder)
+    encoder = create_model("clip", checkpoint=folder)  # the folder's config (a tiny ViT CLIP) is what is built
     assert isinstance(encoder, VisionLanguageEncoder)
     assert encoder.preprocess.size == 64  # read from the checkpoint's own config, not a dataset-wide setting
     assert encoder.preprocess.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
@@ -59,8 +59,8 @@ def test_pickled_open_clip_weights_are_refused(open_clip_dir):
         folder / "open_clip_pytorch_model.bin",
     )
     with pytest.raises(InputError, match="refused to load this checkpoint.*--trust-checkpoint"):
-        create_model("biomedclip", checkpoint=folder)
-    encoder = create_model("biomedclip", checkpoint=folder, trust_checkpoint=True)
+        create_model("clip", checkpoint=folder)
+    encoder = create_model("clip", checkpoint=folder, trust_checkpoint=True)
     assert encoder.embed_dim == 64
 
 
@@ -75,7 +75,7 @@ def test_missing_hf_text_tower_is_explained(open_clip_dir):
     }
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="absent-bert"):
-        create_model("biomedclip", checkpoint=folder)
+        create_model("clip", checkpoint=folder)
 
 
 def test_biomedclip_needs_a_config_folder(tmp_path):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -431,15 +432,18 @@ def extract_features(
     if meta is not None and meta.get("complete"):
         return _open(folder, key, meta, computed=0)
 
+    if encoder is None:
+        # Built before the entry's folder exists: a checkpoint that cannot be loaded leaves no folder behind.
+        from fairfm.models import create_model
+
+        encoder = create_model(model, checkpoint, trust_checkpoint=trust_checkpoint, **options)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    with _exclusive(folder / ".lock"):  # a second process on the same entry waits, then finds it complete
+    # a second process on the same entry waits, then finds it complete
+    with _removed_unless_started(folder, created), _exclusive(folder / ".lock"):
         meta = _read_meta(meta_path)
         if meta is not None and meta.get("complete"):
             return _open(folder, key, meta, computed=0)
-        if encoder is None:
-            from fairfm.models import create_model
-
-            encoder = create_model(model, checkpoint, trust_checkpoint=trust_checkpoint, **options)
         slice_counts = _slice_counts(sources, column, progress=progress)
         offsets = np.concatenate([[0], np.cumsum(slice_counts)])
         n_rows = int(offsets[-1])
@@ -497,6 +501,19 @@ def _slice_counts(sources: Sequence[ImageSource], column: str, *, progress: bool
                 raise InputError(f"{exc} (SampleTable row {row}, column {column!r})") from None
             bar.advance(task)
     return counts
+
+
+@contextmanager
+def _removed_unless_started(folder: Path, created: bool) -> Iterator[None]:
+    """On failure, remove an entry folder this call created that never got its meta.json (it holds nothing but the
+    lock file). A partly filled entry (meta.json, features.npy, done.npy) is kept on purpose: the next call resumes
+    it."""
+    try:
+        yield
+    except BaseException:
+        if created and not (folder / "meta.json").exists() and {p.name for p in folder.iterdir()} <= {".lock"}:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 @contextmanager

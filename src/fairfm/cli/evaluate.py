@@ -55,6 +55,10 @@ def evaluate_command(
     """Per-group utility and fairness metrics with bootstrap intervals for a file of predictions."""
     from fairfm.metrics import evaluate_frame  # imported here: the CLI starts without the metric engine
     from fairfm.metrics.report import FairnessWarning
+    from fairfm.tableio import check_output_file
+
+    if out is not None:
+        check_output_file(out)  # before the bootstrap: an unwritable --out must not cost the computation
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FairnessWarning)

@@ -145,6 +145,10 @@ def _run(spec: "RunSpec", store_dir: Path | None, *, print_spec: bool, quiet: bo
 
     store = Store(store_dir)
     console = make_console(highlight=False)
+    if not print_spec:
+        from fairfm.runner import check_store_before_preparing
+
+        check_store_before_preparing(spec, store)
     spec, prepared = resolve_dataset(spec, store.path, prepare=not print_spec, progress=not quiet)
     spec = _absolute_paths(spec)
     if print_spec:

@@ -63,8 +63,13 @@ def list_command(
     Runs stored by a fairfm whose results versions were older (their numbers may differ) are marked stale."""
     from fairfm.results.summary import key_metrics
 
+    from fairfm.cli import err_console
+
     results = _store(store)
     records = results.list()
+    for folder, reason in results.damaged():  # on stderr: --json output stays parseable
+        err_console.print(f"warning: damaged run folder {folder} ({reason}): not listed; it is recomputed the next "
+                          "time its run is asked for, or delete that folder", markup=False)  # fmt: skip
     rows = []
     for record in records:
         row = results.runs_frame([record]).iloc[0]

@@ -11,7 +11,8 @@ ensure_offline()
 
 from fairfm.models.base import Encoder, PromptableSegmenter, VisionLanguageEncoder  # noqa: E402
 from fairfm.models.preprocess import Preprocess  # noqa: E402
-from fairfm.models.registry import ModelCard, create_model, get_model, list_models, register_model  # noqa: E402
+from fairfm.models.registry import (ModelCard, check_model, create_model, get_model, list_models,  # noqa: E402
+                                    register_model)
 
 __all__ = [
     "Encoder",
@@ -19,6 +20,7 @@ __all__ = [
     "Preprocess",
     "PromptableSegmenter",
     "VisionLanguageEncoder",
+    "check_model",
     "create_model",
     "ensure_offline",
     "get_model",

@@ -13,7 +13,8 @@ import hashlib
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from fairfm.errors import InputError
 
@@ -172,14 +173,31 @@ def load_weights_file(path: Path, *, trust_checkpoint: bool = False) -> Any:
             raise InputError(f"{path}: cannot be read as safetensors ({exc})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError / RuntimeError for non-weights content
+    except Exception as exc:  # torch raises UnpicklingError / RuntimeError / EOFError for non-weights content
         if not is_pickle_refusal(str(exc)):
             raise InputError(
-                f"{path}: cannot be read as a PyTorch checkpoint ({str(exc).splitlines()[0]})"
+                f"{path}: cannot be read as a weights file (safetensors or PyTorch checkpoint): {load_failure(exc)}"
             ) from None
         if not trust_checkpoint:
             raise InputError(f"{path}: refused to load this checkpoint: {TRUST_HINT}") from None
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_failure(exc: BaseException) -> str:
+    """What torch.load (or a library calling it) found wrong with a file, in one line — without torch's advice to
+    retry with ``weights_only=False``: that runs the file's pickle code, the unsafe path; ``--trust-checkpoint``
+    is fairfm's explicit opt-in for a trusted file."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line]
+    if not lines:
+        return type(exc).__name__ + (" (the file is empty or cut short)" if isinstance(exc, EOFError) else "")
+    reason = lines[0]
+    if "PytorchStreamReader failed" in reason:
+        reason = reason.split(". This is an internal", 1)[0] + " (the file is damaged or cut short)"
+    return f"{type(exc).__name__}: {reason}" if type(exc).__name__ not in reason else reason
 
 
 def is_pickle_refusal(message: str) -> bool:
@@ -230,12 +248,151 @@ def _is_tensor_dict(obj: dict) -> bool:
     return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def check_load(result: Any, *, path: Path, model_name: str, allowed_missing: tuple[str, ...] = ()) -> None:
-    """After ``load_state_dict(strict=False)``: refuse checkpoints that leave real weights uninitialised."""
-    missing = [k for k in result.missing_keys if not any(k.startswith(p) for p in allowed_missing)]
-    if missing:
-        shown = ", ".join(missing[:5])
+def check_state_dict(
+    module: Any,
+    state: dict[str, Any],
+    *,
+    card: "ModelCard",
+    path: Path,
+    allowed_missing: tuple[str, ...] = (),
+    ignored_unexpected: tuple[str, ...] = (),
+) -> None:
+    """Load ``state`` into ``module`` strictly: every weight of the model must be in the checkpoint with the model's
+    shape, and the checkpoint must hold nothing the model lacks. Otherwise one InputError line names the card, the
+    file and the first mismatched (else missing, else unexpected) key with its shapes.
+
+    The comparison is done here rather than by parsing ``load_state_dict(strict=True)``'s multi-line RuntimeError:
+    it is the same rule, with three tolerances torch's loader also applies or that library versions need —
+    ``num_batches_tracked`` counters absent from old checkpoints (BatchNorm fills them in), keys the model holds as
+    non-persistent buffers (``position_ids`` saved by older transformers), and the card's own ``allowed_missing`` /
+    ``ignored_unexpected`` prefixes.
+    """
+    problem = state_dict_problem(module, state, allowed_missing=allowed_missing,
+                                 ignored_unexpected=ignored_unexpected)  # fmt: skip
+    if problem:
+        raise InputError(f"model {card.name!r} ({card.architecture}): checkpoint {path} {problem}")
+    expected = module.state_dict()
+    try:
+        module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied; the shapes were checked above
+        raise InputError(f"model {card.name!r}: checkpoint {path} cannot be loaded ({load_failure(exc)})") from None
+
+
+def state_dict_problem(module: Any, state: dict[str, Any], *, allowed_missing: tuple[str, ...] = (),
+                       ignored_unexpected: tuple[str, ...] = ()) -> str | None:  # fmt: skip
+    """What keeps ``state`` from loading strictly into ``module`` (rules of :func:`check_state_dict`), or None.
+    Compares shapes only, so ``module`` may live on the meta device and ``state`` hold meta tensors."""
+    expected = module.state_dict()
+    buffers = {name for name, _ in module.named_buffers()}
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")
+               and not k.startswith(allowed_missing)]  # fmt: skip
+    unexpected = [k for k in state if k not in expected and k not in buffers and not k.startswith(ignored_unexpected)]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or mismatched):
+        return None
+    if mismatched:
+        key = mismatched[0]
+        first = f"{key!r} is {_shape(state[key])} in the checkpoint but {_shape(expected[key])} in the model"
+    elif missing:
+        first = f"{missing[0]!r} {_shape(expected[missing[0]])} is missing from the checkpoint"
+    else:
+        first = f"{unexpected[0]!r} {_shape(state[unexpected[0]])} is in the checkpoint but not in the model"
+    return (f"does not fit this architecture: {first} ({len(mismatched)} key(s) of another shape, {len(missing)} "
+            f"missing, {len(unexpected)} unexpected); is it the checkpoint of another model? ('fairfm models list' "
+            "shows each card's architecture)")
+
+
+def weights_shapes(path: Path, *, trust_checkpoint: bool = False) -> Any:
+    """What a weights file holds, with tensors that cost no read of their data: meta tensors from a safetensors
+    header, memory-mapped ones from a zip-format PyTorch file (torch.load(mmap=True), still weights-only). For the
+    up-front checks of a sweep: a checkpoint is compared with its card without loading gigabytes per cell."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                  "BOOL": torch.bool}  # fmt: skip
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: torch.empty(handle.get_slice(key).get_shape(),
+                                         dtype=dtypes.get(handle.get_slice(key).get_dtype(), torch.float32),
+                                         device="meta") for key in handle.keys()}  # fmt: skip
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"{path}: cannot be read as safetensors ({exc})") from None
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # legacy torch.save format: no memory map; read it (small, old files)
+        return load_weights_file(path, trust_checkpoint=trust_checkpoint)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # as in load_weights_file
+        if not is_pickle_refusal(str(exc)):
+            raise InputError(
+                f"{path}: cannot be read as a weights file (safetensors or PyTorch checkpoint): {load_failure(exc)}"
+            ) from None
+        if not trust_checkpoint:
+            raise InputError(f"{path}: refused to load this checkpoint: {TRUST_HINT}") from None
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+
+
+def _shape(tensor: Any) -> str:
+    return "(" + ", ".join(str(int(n)) for n in getattr(tensor, "shape", tensor)) + ")"
+
+
+def check_hf_config(folder: Path, cls: Any, card: "ModelCard") -> None:
+    """A Hugging Face folder's ``config.json`` must describe the card's kind of model: transformers would
+    otherwise build the card's class from another model's config and initialise most weights at random."""
+    import json
+
+    expected = getattr(getattr(cls, "config_class", None), "model_type", None)
+    try:
+        found = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(f"{folder / 'config.json'}: not a valid JSON config ({exc})") from None
+    if expected and found != expected:
         raise InputError(
-            f"{path}: does not fit model {model_name!r}: {len(missing)} weight(s) missing from the checkpoint "
-            f"(e.g. {shown})"
+            f"model {card.name!r} ({card.architecture}): checkpoint {folder} is a {found!r} model (its "
+            f"config.json model_type), not {expected!r}; is it the checkpoint of another model? ('fairfm models "
+            "list' shows each card's architecture)"
         )
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers prints a multi-line load report for every missing or surplus key; fairfm checks the loading
+    info itself (:func:`check_loading_info`) and reports one line."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def check_loading_info(info: dict[str, Any], *, card: "ModelCard", path: Path) -> None:
+    """After a library's own loader (transformers ``from_pretrained(output_loading_info=True)``): refuse weights it
+    left uninitialised, found surplus or could not fit — transformers only logs them and initialises the rest at
+    random, which would silently score a random model."""
+    missing = sorted(info.get("missing_keys") or [])  # sets in transformers 5: sorted, for a stable message
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if not (missing or unexpected or mismatched):
+        return
+    if mismatched:
+        key, *shapes = mismatched[0] if isinstance(mismatched[0], (tuple, list)) else (mismatched[0],)
+        shown = (f" is {_shape(shapes[0])} in the checkpoint but {_shape(shapes[1])} in the model"
+                 if len(shapes) == 2 else " has another shape in the checkpoint")  # fmt: skip
+        first = f"{key!r}{shown}"
+    elif missing:
+        first = f"{missing[0]!r} is missing from the checkpoint"
+    else:
+        first = f"{unexpected[0]!r} is in the checkpoint but not in the model"
+    raise InputError(
+        f"model {card.name!r} ({card.architecture}): checkpoint {path} does not fit this architecture: {first} "
+        f"({len(mismatched)} key(s) of another shape, {len(missing)} missing, {len(unexpected)} unexpected); "
+        "is it the checkpoint of another model? ('fairfm models list' shows each card's architecture)"
+    )

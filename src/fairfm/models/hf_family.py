@@ -15,9 +15,10 @@ from typing import Any
 
 from fairfm.errors import InputError
 from fairfm.models.base import Encoder, VisionLanguageEncoder
-from fairfm.models.checkpoints import TRUST_HINT, is_pickle_refusal
+from fairfm.models.checkpoints import (TRUST_HINT, check_hf_config, check_loading_info, is_pickle_refusal,
+                                       load_failure, quiet_transformers)  # fmt: skip
 from fairfm.models.preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, OPENAI_MEAN, OPENAI_STD, Preprocess
-from fairfm.models.registry import ModelCard, register_model
+from fairfm.models.registry import ModelCard, register_checker, register_model
 
 _HF_FILES = ("config.json", "model.safetensors")
 
@@ -166,6 +167,23 @@ CARDS = (
 )
 
 
+def _check_folder(card: ModelCard, weights: Path) -> None:
+    if not weights.is_dir() or not (weights / "config.json").is_file():
+        raise InputError(
+            f"model {card.name!r}: checkpoint {weights} must be a Hugging Face model folder with "
+            "config.json and model.safetensors (save_pretrained / snapshot_download layout)"
+        )
+
+
+@register_checker(*CARDS)
+def check_transformers(card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any) -> None:
+    """The folder's layout and its config's model type (the key-by-key check needs the load itself)."""
+    import transformers
+
+    _check_folder(card, weights)
+    check_hf_config(weights, getattr(transformers, card.spec["cls"]), card)
+
+
 @register_model(*CARDS)
 def build_transformers(
     card: ModelCard,
@@ -179,24 +197,20 @@ def build_transformers(
     import torch.nn.functional as F
     import transformers
 
-    if not weights.is_dir() or not (weights / "config.json").is_file():
-        raise InputError(
-            f"model {card.name!r}: checkpoint {weights} must be a Hugging Face model folder with "
-            "config.json and model.safetensors (save_pretrained / snapshot_download layout)"
-        )
+    _check_folder(card, weights)
     cls = getattr(transformers, card.spec["cls"])
+    check_hf_config(weights, cls, card)
     try:
-        model = cls.from_pretrained(
-            str(weights), local_files_only=True, weights_only=not trust_checkpoint, **overrides
-        )
+        with quiet_transformers():
+            model, info = cls.from_pretrained(
+                str(weights), local_files_only=True, weights_only=not trust_checkpoint, output_loading_info=True,
+                ignore_mismatched_sizes=True, **overrides,
+            )  # fmt: skip
     except Exception as exc:  # transformers raises OSError / ValueError / UnpicklingError for bad folders
-        text = str(exc)
-        if is_pickle_refusal(text):
+        if is_pickle_refusal(str(exc)):
             raise InputError(f"{weights}: refused to load this checkpoint: {TRUST_HINT}") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise InputError(
-            f"{weights}: cannot load {card.spec['cls']} ({type(exc).__name__}: {first})"
-        ) from None
+        raise InputError(f"{weights}: cannot load {card.spec['cls']} ({load_failure(exc)})") from None
+    check_loading_info(info, card=card, path=weights)
     model.eval()
     preprocess = _processor_preprocess(weights, card.preprocess)
     extra = repr(sorted(overrides.items())) + f"|{features}"

@@ -20,9 +20,10 @@ from typing import Any
 
 from fairfm.errors import InputError
 from fairfm.models.base import VisionLanguageEncoder
-from fairfm.models.checkpoints import check_load, extract_state_dict, hf_snapshot, load_weights_file
+from fairfm.models.checkpoints import (check_state_dict, extract_state_dict, hf_snapshot, load_weights_file,
+                                       weights_shapes)  # fmt: skip
 from fairfm.models.preprocess import Preprocess
-from fairfm.models.registry import ModelCard, register_model
+from fairfm.models.registry import ModelCard, register_checker, register_model
 
 SWIN_REPO = "microsoft/swin-tiny-patch4-window7-224"
 BERT_REPO = "emilyalsentzer/Bio_ClinicalBERT"
@@ -66,6 +67,27 @@ def _tower_folder(weights: Path, sub: str, repo: str) -> Path:
     )
 
 
+def _weights_file(weights: Path) -> Path:
+    if not weights.is_dir():
+        raise InputError(
+            f"model 'medclip': checkpoint {weights} must be the unzipped MedCLIP folder "
+            "(pytorch_model.bin, optionally swin/ and bert/ sub-folders)"
+        )
+    file = weights / "pytorch_model.bin"
+    if not file.is_file():
+        raise InputError(f"model 'medclip': {file} not found")
+    return file
+
+
+@register_checker(CARD)
+def check_medclip(card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any) -> None:
+    """The folder's layout, the towers' configs and a readable weights file (without reading the weights)."""
+    file = _weights_file(weights)
+    _tower_folder(weights, "swin", SWIN_REPO)
+    _tower_folder(weights, "bert", BERT_REPO)
+    weights_shapes(file, trust_checkpoint=trust_checkpoint)
+
+
 @register_model(CARD)
 def build_medclip(
     card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any
@@ -75,14 +97,7 @@ def build_medclip(
 
     if overrides:
         raise InputError(f"model 'medclip' takes no build options (got {', '.join(sorted(overrides))})")
-    if not weights.is_dir():
-        raise InputError(
-            f"model 'medclip': checkpoint {weights} must be the unzipped MedCLIP folder "
-            "(pytorch_model.bin, optionally swin/ and bert/ sub-folders)"
-        )
-    file = weights / "pytorch_model.bin"
-    if not file.is_file():
-        raise InputError(f"model 'medclip': {file} not found")
+    file = _weights_file(weights)
     swin_dir, bert_dir = _tower_folder(weights, "swin", SWIN_REPO), _tower_folder(weights, "bert", BERT_REPO)
     module = torch.nn.Module()
     module.vision_model = torch.nn.Module()
@@ -97,7 +112,7 @@ def build_medclip(
     )
     module.logit_scale = torch.nn.Parameter(torch.zeros(()))
     state = extract_state_dict(load_weights_file(file, trust_checkpoint=trust_checkpoint), path=file)
-    check_load(module.load_state_dict(state, strict=False), path=file, model_name=card.name)
+    check_state_dict(module, state, card=card, path=file)
     module.eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(bert_dir), local_files_only=True)

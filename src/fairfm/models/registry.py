@@ -70,6 +70,7 @@ Builder = Callable[..., Any]
 _B = TypeVar("_B", bound=Builder)
 _CARDS: dict[str, ModelCard] = {}
 _BUILDERS: dict[str, Builder] = {}
+_CHECKERS: dict[str, Builder] = {}
 _DISCOVERED = False
 
 
@@ -85,6 +86,19 @@ def register_model(*cards: ModelCard) -> Callable[[_B], _B]:
                 )
             _CARDS[card.name] = card
             _BUILDERS[card.name] = fn
+        return fn
+
+    return decorate
+
+
+def register_checker(*cards: ModelCard) -> Callable[[_B], _B]:
+    """Register a cheap ``fn(card, weights, *, trust_checkpoint, **overrides)`` that refuses a checkpoint which does
+    not fit ``cards`` (InputError) without loading its weights: a config file's model type, or the shapes in the
+    file against the architecture built on torch's meta device. :func:`check_model` calls it."""
+
+    def decorate(fn: _B) -> _B:
+        for card in cards:
+            _CHECKERS[card.name] = fn
         return fn
 
     return decorate
@@ -142,3 +156,23 @@ def create_model(
     ensure_offline()
     weights = resolve_checkpoint(card, checkpoint)  # fails fast, before any heavy import
     return _BUILDERS[card.name](card, weights, trust_checkpoint=trust_checkpoint, **overrides)
+
+
+def check_model(
+    name: str,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    trust_checkpoint: bool = False,
+    **overrides: Any,
+) -> None:
+    """Refuse, cheaply and before any work, what :func:`create_model` would refuse: an unknown model, a missing
+    checkpoint and — where the card's family registered a checker — a checkpoint that does not fit the card.
+    Builds nothing and reads no weights (a sweep checks every cell with it up front)."""
+    from fairfm.models.checkpoints import ensure_offline, resolve_checkpoint
+
+    card = get_model(name)
+    ensure_offline()
+    weights = resolve_checkpoint(card, checkpoint)
+    checker = _CHECKERS.get(card.name)
+    if weights is not None and checker is not None:
+        checker(card, weights, trust_checkpoint=trust_checkpoint, **overrides)

@@ -16,9 +16,10 @@ import numpy as np
 
 from fairfm.errors import InputError
 from fairfm.models.base import LastImageCache, PromptableSegmenter
-from fairfm.models.checkpoints import TRUST_HINT, is_pickle_refusal
+from fairfm.models.checkpoints import (TRUST_HINT, check_hf_config, check_loading_info, is_pickle_refusal,
+                                       load_failure, quiet_transformers)  # fmt: skip
 from fairfm.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from fairfm.models.registry import ModelCard, register_model
+from fairfm.models.registry import ModelCard, register_checker, register_model
 
 _SAM2_PAPER = "Ravi et al., SAM 2: Segment Anything in Images and Videos, ICLR 2025"
 _SAM2_1024 = Preprocess(1024, IMAGENET_MEAN, IMAGENET_STD, resize="squash", interpolation="bilinear")
@@ -82,30 +83,49 @@ def build_medsam2(card: ModelCard, weights: Path, *, trust_checkpoint: bool = Fa
     )
 
 
-@register_model(*CARDS)
-def build_sam2(
-    card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any
-) -> PromptableSegmenter:
-    from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
-
+def _check_folder(card: ModelCard, weights: Path) -> None:
     if weights.is_file() or not (weights / "config.json").is_file():
         raise InputError(
             f"model {card.name!r}: {weights} is not a transformers folder (config.json + "
             "model.safetensors); original sam2 .pt checkpoints need the sam2 package — download "
             f"{card.hf_repos[0]} instead"
         )
+
+
+@register_checker(*CARDS)
+def check_sam2(card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any) -> None:
+    """The folder's layout and its config's model type (the key-by-key check needs the load itself)."""
+    from transformers import Sam2Model
+
+    _check_folder(card, weights)
+    check_hf_config(weights, Sam2Model, card)
+
+
+@register_checker(MEDSAM2)
+def check_medsam2(card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any) -> None:
+    build_medsam2(card, weights)
+
+
+@register_model(*CARDS)
+def build_sam2(
+    card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any
+) -> PromptableSegmenter:
+    from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    _check_folder(card, weights)
+    check_hf_config(weights, Sam2Model, card)
     try:
-        model = Sam2Model.from_pretrained(
-            str(weights), local_files_only=True, weights_only=not trust_checkpoint, **overrides
-        ).eval()
+        with quiet_transformers():
+            model, info = Sam2Model.from_pretrained(
+                str(weights), local_files_only=True, weights_only=not trust_checkpoint, output_loading_info=True,
+                ignore_mismatched_sizes=True, **overrides,
+            )  # fmt: skip
     except Exception as exc:  # transformers raises OSError / ValueError / UnpicklingError for bad folders
-        text = str(exc)
-        if is_pickle_refusal(text):
+        if is_pickle_refusal(str(exc)):
             raise InputError(f"{weights}: refused to load this checkpoint: {TRUST_HINT}") from None
-        raise InputError(
-            f"{weights}: cannot load Sam2Model ({type(exc).__name__}: "
-            f"{text.strip().splitlines()[0] if text.strip() else ''})"
-        ) from None
+        raise InputError(f"{weights}: cannot load Sam2Model ({load_failure(exc)})") from None
+    check_loading_info(info, card=card, path=weights)
+    model.eval()
     if (weights / "processor_config.json").is_file() or (weights / "preprocessor_config.json").is_file():
         processor = Sam2Processor.from_pretrained(str(weights), local_files_only=True)
     else:

@@ -24,9 +24,10 @@ import numpy as np
 
 from fairfm.errors import InputError
 from fairfm.models.base import Encoder, LastImageCache, PromptableSegmenter
-from fairfm.models.checkpoints import check_load, extract_state_dict, load_weights_file
+from fairfm.models.checkpoints import (check_state_dict, extract_state_dict, load_weights_file, state_dict_problem,
+                                       weights_shapes)  # fmt: skip
 from fairfm.models.preprocess import SAM_MEAN_255, SAM_STD_255, Preprocess
-from fairfm.models.registry import ModelCard, register_model
+from fairfm.models.registry import ModelCard, register_checker, register_model
 
 _SAM_1024 = Preprocess(
     1024, SAM_MEAN_255, SAM_STD_255, resize="longest-pad", interpolation="bilinear", scale="raw255"
@@ -195,6 +196,8 @@ LVM_MED_VIT = ModelCard(
         "encoder_only": True,
         "use_abs_pos": False,
         "strip": ("module.", "model.", "image_encoder."),
+        # a whole SAM-style checkpoint may be given: only its image encoder is this model
+        "ignored_unexpected": ("prompt_encoder.", "mask_decoder."),
     },
     notes=(
         "256-d features (average-pooled neck output; FairMedFM declared 768)",
@@ -268,21 +271,48 @@ def build_sam_modules(
     )
 
 
-def _load(module: Any, card: ModelCard, weights: Path, trust_checkpoint: bool) -> None:
-    file = weights
+def _file(card: ModelCard, weights: Path) -> Path:
     if weights.is_dir():
         found = [weights / n for n in card.checkpoint_files if (weights / n).is_file()]
         if not found:
             raise InputError(
                 f"model {card.name!r}: folder {weights} has no {' / '.join(card.checkpoint_files)}"
             )
-        file = found[0]
+        return found[0]
+    return weights
+
+
+@register_checker(*SEGMENTATION_CARDS, LVM_MED_VIT)
+def check_sam(card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any) -> None:
+    """The checkpoint's shapes against the modules built on the meta device: no memory, no weights read."""
+    import torch
+
+    if "unavailable" in card.spec:
+        raise InputError(f"model {card.name!r} cannot be built: {card.spec['unavailable']}")
+    file = _file(card, weights)
+    options = dict(variant=card.spec["variant"], **overrides)
+    if card.spec.get("encoder_only"):
+        options.update(encoder_only=True, use_abs_pos=card.spec["use_abs_pos"])
+    else:
+        options.setdefault("image_size", card.spec.get("image_size", 1024))
+    with torch.device("meta"):
+        module = build_sam_modules(**options)
+    state = extract_state_dict(weights_shapes(file, trust_checkpoint=trust_checkpoint), path=file,
+                               strip_prefixes=tuple(card.spec.get("strip", ("module.",))))  # fmt: skip
+    problem = state_dict_problem(module, state, ignored_unexpected=tuple(card.spec.get("ignored_unexpected", ())))
+    if problem:
+        raise InputError(f"model {card.name!r} ({card.architecture}): checkpoint {file} {problem}")
+
+
+def _load(module: Any, card: ModelCard, weights: Path, trust_checkpoint: bool) -> None:
+    file = _file(card, weights)
     state = extract_state_dict(
         load_weights_file(file, trust_checkpoint=trust_checkpoint),
         path=file,
         strip_prefixes=tuple(card.spec.get("strip", ("module.",))),
     )
-    check_load(module.load_state_dict(state, strict=False), path=file, model_name=card.name)
+    check_state_dict(module, state, card=card, path=file,
+                     ignored_unexpected=tuple(card.spec.get("ignored_unexpected", ())))  # fmt: skip
 
 
 @register_model(*SEGMENTATION_CARDS)

@@ -4,7 +4,8 @@ LVM-Med ResNet-50 and the ImageNet / from-scratch baselines.
 Every checkpoint goes through :func:`~fairfm.models.checkpoints.load_weights_file` (safetensors or weights-only
 torch.load), is unwrapped/renamed as its authors saved it (``{"model": …}``, ``module.base_encoder.``), passed
 through timm's own ViT checkpoint filter (position-embedding resampling, DINOv2/MAE key conversion) and loaded
-into the timm architecture; a checkpoint that leaves backbone weights uninitialised is refused.
+into the timm architecture strictly (every weight present with the model's shape, nothing left over): a checkpoint
+of another architecture is refused with one line naming the first key that differs.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 
 from fairfm.errors import InputError
 from fairfm.models.base import Encoder
-from fairfm.models.checkpoints import check_load, extract_state_dict, load_weights_file
+from fairfm.models.checkpoints import (check_state_dict, extract_state_dict, load_weights_file, state_dict_problem,
+                                       weights_shapes)  # fmt: skip
 from fairfm.models.preprocess import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from fairfm.models.registry import ModelCard, register_model
+from fairfm.models.registry import ModelCard, register_checker, register_model
 
 _IMAGENET_224 = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.875, interpolation="bilinear")
 _IMAGENET_224_BICUBIC = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.9)
@@ -143,6 +145,7 @@ CARDS = (
         download="vit-b_CXR_0.5M_mae.pth from the lambert-x/medical_mae README (Google Drive)",
         global_pool="avg",
         allowed_missing=("fc_norm.",),
+        ignored_unexpected=("norm.",),  # mean pooling replaces the pre-training norm by a fresh fc_norm
         notes=(
             "mean-pooled patch tokens + fc_norm as in Medical MAE fine-tuning (FairMedFM used the CLS token; "
             "pass global_pool='token' to get that)",
@@ -162,6 +165,7 @@ CARDS = (
         download="vit-s_CXR_0.3M_mae.pth from the lambert-x/medical_mae README (Google Drive)",
         global_pool="avg",
         allowed_missing=("fc_norm.",),
+        ignored_unexpected=("norm.",),  # mean pooling replaces the pre-training norm by a fresh fc_norm
     ),
     _card(
         "mocov3",
@@ -398,6 +402,41 @@ def _weights_file(weights: Path, card: ModelCard) -> Path:
     )
 
 
+def _timm_state(card: ModelCard, file: Path, model: Any, raw: Any) -> dict[str, Any]:
+    """The checkpoint's tensors renamed as the card says (prefixes, classifier dropped, timm's ViT filter)."""
+    from timm.models import vision_transformer
+
+    spec = card.spec
+    state = extract_state_dict(raw, path=file, strip_prefixes=tuple(spec.get("strip", ())),
+                               drop_prefixes=tuple(spec.get("drop", ())) + _CLASSIFIER_PREFIXES)  # fmt: skip
+    if isinstance(model, vision_transformer.VisionTransformer):
+        state = vision_transformer.checkpoint_filter_fn(state, model)  # timm's own key/pos-embed conversion
+    return state
+
+
+def _timm_kwargs(card: ModelCard, overrides: dict[str, Any]) -> dict[str, Any]:
+    kwargs = {key: card.spec[key] for key in ("img_size", "global_pool") if key in card.spec}
+    kwargs.update({k: v for k, v in overrides.items() if k != "seed"})
+    kwargs["num_classes"] = 0  # an embedding model: drop the classifier, keep pooled features
+    return kwargs
+
+
+@register_checker(*CARDS)
+def check_timm(card: ModelCard, weights: Path, *, trust_checkpoint: bool = False, **overrides: Any) -> None:
+    """The checkpoint's shapes against the architecture built on the meta device: no memory, no weights read."""
+    import timm
+    import torch
+
+    file = _weights_file(weights, card)
+    with torch.device("meta"):
+        model = timm.create_model(card.spec["arch"].split(".")[0], pretrained=False, **_timm_kwargs(card, overrides))
+    state = _timm_state(card, file, model, weights_shapes(file, trust_checkpoint=trust_checkpoint))
+    problem = state_dict_problem(model, state, allowed_missing=tuple(card.spec.get("allowed_missing", ())),
+                                 ignored_unexpected=tuple(card.spec.get("ignored_unexpected", ())))  # fmt: skip
+    if problem:
+        raise InputError(f"model {card.name!r} ({card.architecture}): checkpoint {file} {problem}")
+
+
 @register_model(*CARDS)
 def build_timm(
     card: ModelCard, weights: Path | None, *, trust_checkpoint: bool = False, **overrides: Any
@@ -408,28 +447,15 @@ def build_timm(
 
     spec = card.spec
     arch = spec["arch"].split(".")[0]
-    kwargs = {key: spec[key] for key in ("img_size", "global_pool") if key in spec}
-    kwargs.update({k: v for k, v in overrides.items() if k != "seed"})
-    kwargs["num_classes"] = 0  # an embedding model: drop the classifier, keep pooled features
+    kwargs = _timm_kwargs(card, overrides)
     if weights is None:
         torch.manual_seed(int(overrides.get("seed", spec.get("seed", 0))))
     model = timm.create_model(arch, pretrained=False, **kwargs)
     if weights is not None:
         file = _weights_file(weights, card)
-        state = extract_state_dict(
-            load_weights_file(file, trust_checkpoint=trust_checkpoint),
-            path=file,
-            strip_prefixes=tuple(spec.get("strip", ())),
-            drop_prefixes=tuple(spec.get("drop", ())) + _CLASSIFIER_PREFIXES,
-        )
-        if isinstance(model, vision_transformer.VisionTransformer):
-            state = vision_transformer.checkpoint_filter_fn(
-                state, model
-            )  # timm's own key/pos-embed conversion
-        result = model.load_state_dict(state, strict=False)
-        check_load(
-            result, path=file, model_name=card.name, allowed_missing=tuple(spec.get("allowed_missing", ()))
-        )
+        state = _timm_state(card, file, model, load_weights_file(file, trust_checkpoint=trust_checkpoint))
+        check_state_dict(model, state, card=card, path=file, allowed_missing=tuple(spec.get("allowed_missing", ())),
+                         ignored_unexpected=tuple(spec.get("ignored_unexpected", ())))  # fmt: skip
     channels_last = not isinstance(model, vision_transformer.VisionTransformer)
     extra = repr(sorted(kwargs.items())) + (
         f"|seed={overrides.get('seed', spec.get('seed', 0))}" if weights is None else ""

@@ -11,7 +11,9 @@ Layout::
 
 A run folder is built in ``STORE/tmp`` and renamed into ``STORE/runs`` with one ``os.replace`` once every file is
 complete, so a run killed at any point leaves no half-written result under ``runs/``; the orphaned temporary
-folder is removed (and the run redone) the next time that run is asked for.
+folder is removed (and the run redone) the next time that run is asked for. A run folder damaged afterwards (a file
+deleted or truncated by hand, a disk error) is not a run: it is listed as damaged by ``fairfm runs list``, and the
+next time its run is asked for it is recomputed, the damaged folder moved aside to ``STORE/damaged/``.
 
 Two processes asked for the same run (two sweeps on one store, a sweep and a ``fairfm run``) compute it once: the
 first takes the run's lock file (created with ``O_EXCL``), the second waits for it and then finds the stored run. A
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import pandas as pd
 
 from fairfm.errors import InputError
-from fairfm.tableio import default_mode, host_tag, pid_alive
+from fairfm.tableio import default_mode, host_tag, pid_alive, probe_writable
 from fairfm.results.runid import (code_version, compute_run_id, config_id, data_version, results_version,
                                   samples_checksum, spec_key, split_config_id, weights_version)  # fmt: skip
 
@@ -99,13 +101,13 @@ class RunRecord:
     @property
     def predictions(self) -> pd.DataFrame:
         if self._predictions is None:
-            self._predictions = pd.read_parquet(self.path / PREDICTIONS_FILE)
+            self._predictions = _read_parquet(self.path / PREDICTIONS_FILE)
         return self._predictions
 
     @property
     def metrics(self) -> pd.DataFrame:
         if self._metrics is None:
-            self._metrics = pd.read_parquet(self.path / METRICS_FILE)
+            self._metrics = _read_parquet(self.path / METRICS_FILE)
         return self._metrics
 
     @property
@@ -173,7 +175,60 @@ class Store:
 
     # -- finding and reading ---------------------------------------------------------------------------------
     def exists(self, run_id: str) -> bool:
-        return (self.runs_dir / run_id / META_FILE).is_file()
+        """Whether ``run_id`` is stored and complete (a damaged folder is not a run: it is recomputed)."""
+        return (self.runs_dir / run_id / META_FILE).is_file() and self.damage(run_id) is None
+
+    def damage(self, run_id: str) -> str | None:
+        """Why ``runs/<run_id>`` is not a readable run (a file missing, not valid JSON or Parquet), or None when
+        it is complete — or absent. Cheap: JSON files are parsed, Parquet files only have their footer read."""
+        import pyarrow.parquet as pq
+
+        folder = self.runs_dir / run_id
+        if not folder.exists():
+            return None
+        if not folder.is_dir():
+            return "not a folder"
+        for name in RUN_FILES:
+            if not (folder / name).is_file():
+                return f"no {name}"
+        for name in (SPEC_FILE, META_FILE):
+            try:
+                json.loads((folder / name).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                return f"{name} cannot be read ({exc})"
+        for name in (PREDICTIONS_FILE, METRICS_FILE):
+            try:
+                pq.read_metadata(folder / name)
+            except Exception as exc:  # noqa: BLE001 — pyarrow raises ArrowInvalid / OSError for a damaged file
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                return f"{name} is not a readable Parquet file ({first})"
+        return None
+
+    def damaged(self) -> list[tuple[Path, str]]:
+        """Every damaged run folder and why (``fairfm runs list`` reports them with their path)."""
+        self._check_is_folder()
+        if not self.runs_dir.is_dir():
+            return []
+        found = []
+        for folder in sorted(p for p in self.runs_dir.iterdir() if not p.name.startswith(".")):
+            reason = self.damage(folder.name)
+            if reason is not None:
+                found.append((folder, reason))
+        return found
+
+    def check_writable(self) -> None:
+        """Fail before any work when a finished run could not be stored: the store is a file, or it (or a folder
+        a run writes to: runs/, tmp/, heads/, features/, masks/) is not writable — probed by a real write."""
+        self._check_is_folder()
+        probe_writable(self.path, f"store {self.path}")
+        for sub in ("runs", "tmp", "heads", "features", "masks", "datasets"):
+            if (self.path / sub).exists():
+                probe_writable(self.path / sub, f"store {self.path}")
+
+    def _check_is_folder(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"store {self.path}: is a file, not a folder (--store / $FAIRFM_STORE names the "
+                             "results folder)")  # fmt: skip
 
     def find(self, spec: "RunSpec | Mapping[str, Any]") -> RunRecord | None:
         """The stored run of ``spec`` (same spec, data, weights and results versions), or None."""
@@ -207,6 +262,9 @@ class Store:
         run_id = str(run_id).strip()
         if run_id and self.exists(run_id):
             return self._read(run_id)
+        reason = self.damage(run_id) if run_id else None
+        if reason is not None:
+            raise InputError(_damaged_message(self.runs_dir / run_id, reason))
         matches = [p.name for p in self._run_dirs() if run_id and p.name.startswith(run_id)]
         if len(matches) == 1:
             return self._read(matches[0])
@@ -224,9 +282,11 @@ class Store:
         return len(self._run_dirs())
 
     def _run_dirs(self) -> list[Path]:
+        self._check_is_folder()
         if not self.runs_dir.is_dir():
             return []
-        return sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and (p / META_FILE).is_file())
+        return sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and (p / META_FILE).is_file()
+                      and self.damage(p.name) is None)  # fmt: skip
 
     def _read(self, run_id: str) -> RunRecord:
         folder = self.runs_dir / run_id
@@ -268,6 +328,7 @@ class Store:
             for name in RUN_FILES:
                 _fsync(tmp / name)
             os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it private; a run is shared like any folder
+            self._move_damaged_aside(key.run_id)
             try:
                 os.replace(tmp, self.runs_dir / key.run_id)
             except OSError:
@@ -344,6 +405,15 @@ class Store:
                     path.unlink()
             except OSError:
                 pass
+
+    def _move_damaged_aside(self, run_id: str) -> None:
+        """A damaged folder in the way of a run is moved to ``STORE/damaged/<run_id>.<time>`` (kept for a look,
+        never served), so the recomputed run can take its place — instead of failing on every rerun."""
+        folder = self.runs_dir / run_id
+        if folder.exists() and self.damage(run_id) is not None:
+            aside = self.path / "damaged" / f"{run_id}.{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(folder, aside)
 
     def clean(self) -> list[Path]:
         """Remove every stale temporary folder (from runs killed while being written); return what was removed."""
@@ -666,6 +736,19 @@ def _recover_abandoned_lock(path: Path) -> bool:
     finally:
         aside.unlink(missing_ok=True)
     return True
+
+
+def _damaged_message(folder: Path, reason: str) -> str:
+    return (f"run folder {folder} is damaged ({reason}): it is recomputed the next time its run is asked for "
+            "(fairfm run / fairfm sweep; the damaged folder is moved to STORE/damaged/), or delete that folder")
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 — pyarrow raises ArrowInvalid / OSError for a damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(_damaged_message(path.parent, f"{path.name}: {first}")) from None
 
 
 def _dumps(document: Any) -> str:
