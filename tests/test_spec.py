@@ -289,7 +289,7 @@ def test_sweep_explicit_form_and_list_valued_fields(dataset):
 def test_sweep_errors_name_the_file_and_field(tmp_path, dataset):
     path = write_yaml(tmp_path / "sweep.yaml", {"dataset": str(dataset), "model": "m", "usage": "lora",
                                                 "hparams": {"rank": [4, 0]}, "seeds": [0, 1]})  # fmt: skip
-    with pytest.raises(InputError, match=rf"^{path}: hparams\.rank: Input should be greater than or equal to 1$"):
+    with pytest.raises(InputError, match=rf"^{path}: sweep cells 2, 3: hparams\.rank: Input should be greater than or equal to 1$"):
         SweepSpec.from_yaml(path)
     with pytest.raises(InputError, match=r"^sweep: seeds: a seed is listed twice$"):
         SweepSpec.from_dict({"dataset": str(dataset), "model": "m", "usage": "lora", "seeds": [1, 1]})

@@ -144,10 +144,9 @@ def test_a_failing_cell_is_reported_and_the_others_are_stored(synth_dir, clip_di
 def test_a_model_of_the_wrong_family_fails_the_sweep_before_any_run(synth_dir, clip_dir, tmp_path):
     store = Store(tmp_path / "store")
     # bit_m_r50x1 is a vision-only model: its zero-shot cell is refused up front, so the CLIP cell does not run
-    sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "checkpoint": str(clip_dir), "usage": "zero_shot",
-                                 "bootstrap": 10, "model": ["bit_m_r50x1", "clip"]})  # fmt: skip
-    with pytest.raises(InputError, match=r"sweep cell 0 \(bit_m_r50x1 · zero_shot · seed 0\): .*zero_shot needs a "
-                       "vision-language model"):  # fmt: skip
+    with pytest.raises(InputError, match=r"sweep cell 0: .*zero_shot needs a vision-language model"):
+        sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "checkpoint": str(clip_dir), "usage": "zero_shot",
+                                     "bootstrap": 10, "model": ["bit_m_r50x1", "clip"]})  # fmt: skip
         run_sweep(sweep, store, progress=False)
     assert len(store) == 0
 

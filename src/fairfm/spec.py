@@ -783,8 +783,11 @@ class SweepSpec(_Strict):
                 RunSpec.from_dict(cell, source=self._source)
             except InputError as exc:
                 cells_of.setdefault(str(exc).removeprefix(f"{self._source}: "), []).append(index)
-        if len(cells_of) == 1:  # one problem (in one cell or in every seed of one): the plain one-line message
-            raise InputError(f"{self._source}: {next(iter(cells_of))}")
+        if len(cells_of) == 1:  # one problem: one line, naming the cells unless every cell has it
+            (message, cells), = cells_of.items()
+            plural = "s" if len(cells) > 1 else ""
+            where = "" if len(cells) == len(self) else f"sweep cell{plural} {', '.join(map(str, cells))}: "
+            raise InputError(f"{self._source}: {where}{message}")
         if cells_of:
             lines = "\n  ".join(f"sweep cell{'s' if len(cells) > 1 else ''} {', '.join(map(str, cells))}: {message}"
                                 for message, cells in cells_of.items())  # fmt: skip
