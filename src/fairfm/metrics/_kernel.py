@@ -1,0 +1,510 @@
+"""The bootstrap as one compiled pass per resample (numba), exact like the numpy kernels of :mod:`_layout`.
+
+Samples are laid out once by score over the whole attribute (not by group): cells of identical (score, group,
+label) in ascending score order. In that order every threshold rule and every calibration bin on [0, 1] is the
+same prefix or run for all groups at once, so one sequential pass that keeps a few running sums per group yields
+every group's and the overall statistics: draw counts, positives, twice the Mann–Whitney numerator (ties count ½,
+handled per block of equal scores), count-weighted sums of p, BCE and Brier terms, and snapshots of the running
+sums at the threshold and bin edges. Integers stay integers, so each resample's AUC equals sklearn's on the same
+resampled indices.
+
+A resample is drawn as in :mod:`_resample` — Poisson(1) counts per sample by inverse CDF from one random byte
+(refined when the byte straddles a CDF step), conditioned exactly on each resampling stratum's size by removing a
+uniformly random subset of the surplus draws or adding the missing draws uniformly over the stratum's samples —
+but inside the kernel, from an SFC64 stream that continues numpy's ``SFC64(seed)`` state (so resample b depends on
+its seed only, not on threads or chunking). The removals and additions are applied during the statistics pass.
+
+Hand-written because no maintained library computes weighted, tie-exact per-group AUCs for a thousand resamples;
+compiled because the numpy version of this pass (:mod:`_layout`) needs ~20 array passes per resample and cannot
+be fused, and this pass is the whole cost of ``evaluate(..., bootstrap=1000)`` on large data.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import numba
+import numpy as np
+
+from fairfm.metrics import _resample as R
+
+
+def _jit(func):
+    """``njit`` with an on-disk cache (compiling takes seconds, loading milliseconds). numba writes the cache to
+    ``__pycache__`` next to this file, else to ``$NUMBA_CACHE_DIR`` or the user cache directory; where no location
+    is writable it refuses ``cache=True``, and the kernel is then compiled once per process instead."""
+    try:
+        return numba.njit(cache=True, nogil=True)(func)
+    except RuntimeError:
+        return numba.njit(cache=False, nogil=True)(func)
+
+
+_U1 = np.uint64(1)
+_U3 = np.uint64(3)
+_U8 = np.uint64(8)
+_U11 = np.uint64(11)
+_U24 = np.uint64(24)
+_U32 = np.uint64(32)
+_U40 = np.uint64(40)
+_U255 = np.uint64(255)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_TWO32 = np.uint64(1 << 32)
+_MAX_STRATUM = 1 << 28  # draws per stratum (≤ 13 per sample) must stay below 2^32 for the 32-bit uniforms
+_BYTE_COUNT = R._BYTE_TABLE.astype(np.int64)  # Poisson(1) count per leading byte, 255 where ambiguous
+_STEPS = R._T.astype(np.uint64)  # u ≥ T_k ⇔ count ≥ k, on 32-bit uniforms
+
+
+@_jit
+def _next(state):
+    """One output of SFC64 (numpy's ``SFC64`` algorithm, state a, b, c, counter)."""
+    a, b, c, w = state[0], state[1], state[2], state[3]
+    out = a + b + w
+    state[3] = w + _U1
+    state[0] = b ^ (b >> _U11)
+    state[1] = c + (c << _U3)
+    state[2] = ((c << _U24) | (c >> _U40)) + out
+    return out
+
+
+@_jit
+def _below(state, n):
+    """A uniform integer in [0, n), n < 2^32, without bias (Lemire's multiply-and-reject)."""
+    bound = np.uint64(n)
+    m = (_next(state) >> _U32) * bound
+    if (m & _LOW32) < bound:
+        reject = (_TWO32 - bound) % bound
+        while (m & _LOW32) < reject:
+            m = (_next(state) >> _U32) * bound
+    return np.int64(m >> _U32)
+
+
+@_jit
+def _distinct_sorted(state, k, total, out):
+    """``out[:k]`` = k distinct uniform integers of [0, total), sorted: i.i.d. draws with repeats dropped and
+    topped up. The procedure commutes with every relabelling of [0, total), so the set is uniform."""
+    filled = 0
+    while filled < k:
+        for i in range(filled, k):
+            out[i] = _below(state, total)
+        out[:k].sort()
+        filled = 1
+        for i in range(1, k):
+            if out[i] != out[filled - 1]:
+                out[filled] = out[i]
+                filled += 1
+
+
+@_jit
+def _refine(state, byte, steps):
+    """The Poisson(1) count of a byte that straddles a CDF step, from 24 more random bits."""
+    u = (byte << _U24) | (_next(state) >> _U40)
+    v = 0
+    while v < steps.size and u >= steps[v]:
+        v += 1
+    return v
+
+
+@_jit
+def _fill(state, out, lo, hi, byte_count, steps, checkpoints):
+    """``out[lo:hi]`` = i.i.d. Poisson(1) counts, one random byte each, eight per random word; returns their sum.
+    ``checkpoints[t]`` (when not empty) receives the sum of ``out[lo:lo + 64 t]``."""
+    total = 0
+    i = lo
+    record = checkpoints.size > 0
+    while i + 8 <= hi:
+        if record and ((i - lo) & 63) == 0:
+            checkpoints[(i - lo) >> 6] = total
+        word = _next(state)
+        for j in range(8):
+            byte = (word >> np.uint64(8 * j)) & _U255
+            v = byte_count[byte]
+            if v == 255:
+                v = _refine(state, byte, steps)
+            out[i + j] = v
+            total += v
+        i += 8
+    if record and i < hi and ((i - lo) & 63) == 0:
+        checkpoints[(i - lo) >> 6] = total
+    if i < hi:
+        word = _next(state)
+        for j in range(hi - i):
+            byte = (word >> np.uint64(8 * j)) & _U255
+            v = byte_count[byte]
+            if v == 255:
+                v = _refine(state, byte, steps)
+            out[i + j] = v
+            total += v
+    return total
+
+
+@_jit
+def _condition_run(state, counts, lo, hi, total, checkpoints):
+    """Condition the counts of one contiguous stratum of single samples on hi − lo draws: the surplus draws'
+    slots are found through the running sums every 64 samples (no pass over the stratum); a missing draw goes
+    to a uniform sample."""
+    m = hi - lo
+    surplus = total - m
+    if surplus > 0:
+        slots = np.empty(surplus, dtype=np.int64)
+        _distinct_sorted(state, surplus, total, slots)
+        n_checks = (m + 63) >> 6
+        where = np.empty(surplus, dtype=np.int64)
+        for j in range(surplus):  # locate every slot first: removals must not shift the later slots
+            a, b = 0, n_checks - 1  # the last checkpoint t with checkpoints[t] <= slot
+            while a < b:
+                mid = (a + b + 1) >> 1
+                if checkpoints[mid] <= slots[j]:
+                    a = mid
+                else:
+                    b = mid - 1
+            i = lo + (a << 6)
+            run = checkpoints[a] + counts[i]
+            while run <= slots[j]:
+                i += 1
+                run += counts[i]
+            where[j] = i
+        for j in range(surplus):
+            counts[where[j]] -= 1
+    elif surplus < 0:
+        for _ in range(-surplus):
+            i = lo + _below(state, m)
+            if counts[i] == 255:  # uint8 counts: ≥ 243 extra draws on one sample, never seen in practice
+                raise OverflowError("resample count exceeds 255")
+            counts[i] += 1
+
+
+@_jit
+def _draw(state, sizes, unit, cell_starts, members, member_off, contiguous, counts, scratch, checkpoints,
+          byte_count, steps):  # fmt: skip
+    """One resample's counts per cell: Poisson(1) per sample (summed per cell through ``scratch``, one entry
+    per sample), then each resampling stratum (``members[member_off[r]:member_off[r+1]]``, cells in layout
+    order) conditioned on its number of samples: a uniformly random subset of the surplus draws is removed, or
+    the missing draws are added to uniformly drawn samples of the stratum (a cell receives one with
+    probability proportional to its size)."""
+    n_strata = member_off.size - 1
+    totals = np.zeros(n_strata, dtype=np.int64)
+    if unit and contiguous:  # members[i] == i: draw and condition stratum by stratum
+        for r in range(n_strata):
+            lo, hi = member_off[r], member_off[r + 1]
+            total = _fill(state, counts, lo, hi, byte_count, steps, checkpoints)
+            _condition_run(state, counts, lo, hi, total, checkpoints)
+        return
+    no_checkpoints = checkpoints[:0]
+    if unit:
+        _fill(state, counts, 0, counts.size, byte_count, steps, no_checkpoints)
+    else:
+        _fill(state, scratch, 0, scratch.size, byte_count, steps, no_checkpoints)
+        for k in range(counts.size):
+            c = 0
+            for i in range(cell_starts[k], cell_starts[k + 1]):
+                c += scratch[i]
+            counts[k] = c
+    for r in range(n_strata):
+        for i in range(member_off[r], member_off[r + 1]):
+            totals[r] += counts[members[i]]
+    for r in range(n_strata):
+        lo, hi = member_off[r], member_off[r + 1]
+        total = totals[r]
+        if unit:
+            size = hi - lo
+        else:
+            size = 0
+            for i in range(lo, hi):
+                size += sizes[members[i]]
+        surplus = total - size
+        if surplus > 0:
+            slots = np.empty(surplus, dtype=np.int64)
+            _distinct_sorted(state, surplus, total, slots)
+            j = 0
+            run = 0
+            for i in range(lo, hi):  # the draw with slot s lies in the cell where the running total passes s
+                k = members[i]
+                run += counts[k]
+                while j < surplus and slots[j] < run:
+                    counts[k] -= 1
+                    j += 1
+                if j == surplus:
+                    break
+        elif surplus < 0:
+            need = -surplus
+            targets = np.empty(need, dtype=np.int64)
+            for j in range(need):
+                targets[j] = _below(state, size)
+            targets.sort()
+            j = 0
+            run = 0
+            for i in range(lo, hi):
+                k = members[i]
+                run += 1 if unit else sizes[k]
+                while j < need and targets[j] < run:
+                    if unit and counts[k] == 255:
+                        raise OverflowError("resample count exceeds 255")
+                    counts[k] += 1
+                    j += 1
+                if j == need:
+                    break
+
+
+def _jit_fastmath(func):
+    """:func:`_jit` allowing floating-point reassociation, so that sums vectorise (their rounding then depends
+    on the summation order, which is fixed: results still do not depend on threads)."""
+    try:
+        return numba.njit(cache=True, nogil=True, fastmath=True)(func)
+    except RuntimeError:
+        return numba.njit(cache=False, nogil=True, fastmath=True)(func)
+
+
+@_jit_fastmath
+def _weighted_sums(counts, yflag, p32, bce32, lo, hi):
+    """Σ c·p, Σ c·BCE term and Σ c·(p − y)² over cells [lo, hi): branch-free, so that it vectorises."""
+    cp = 0.0
+    bce = 0.0
+    brier = 0.0
+    for k in range(lo, hi):
+        c = np.float64(counts[k])
+        pv = np.float64(p32[k])
+        d = pv - np.float64(yflag[k] & 1)
+        cp += c * pv
+        bce += c * bce32[k]
+        brier += c * d * d
+    return cp, bce, brier
+
+
+@_jit
+def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous, stratum_bounds, yflag, p32, bce32, snap_at,
+               overall_source, overall_flag, out_int, out_sums, out_snap_int, out_snap_cp, out_overall,
+               emit, counts, scratch, checkpoints):  # fmt: skip
+    """Every statistic of resamples ``states[b]`` into ``out_*[b]``; ``emit`` (K,) receives the final counts
+    when it is not empty (for resample indices). Work buffers: ``counts`` (K,) — uint8 when cells are single
+    samples (a quarter of the memory traffic), else int32 —, ``scratch`` (samples,) uint8 when cells are not
+    single samples, ``checkpoints`` (K/64 + 2,) int64.
+
+    Cells are ordered by (stratum, score), so each stratum is one run with running sums in registers;
+    ``snap_at[s]`` lists the cell positions (ascending, inside stratum s's run) where the running sums are
+    recorded. ``yflag`` = label + 2 × (the next cell has the same score and stratum): a block of equal scores
+    is evaluated in two steps so that tied pairs count ½ (twice the numerator: 1). The overall AUC walks all
+    cells in score order: ``overall_source[i]`` is the layout position of the i-th (a merge of the strata's
+    sorted runs, so counts are read as S ascending streams); ``overall_flag``: label + 2 × next ties.
+    """
+    K = yflag.size
+    S = stratum_bounds.size - 1
+    Q = snap_at.shape[1]
+    for b in range(states.shape[0]):
+        state = states[b].copy()
+        _draw(state, sizes, unit, cell_starts, members, member_off, contiguous, counts, scratch, checkpoints,
+              _BYTE_COUNT, _STEPS)  # fmt: skip
+        if emit.size:
+            emit[:] = counts
+        for s in range(S):
+            k = stratum_bounds[s]
+            pos = 0
+            neg = 0
+            mw2 = 0
+            cp = 0.0
+            bce = 0.0
+            brier = 0.0
+            for q in range(Q + 1):
+                end = snap_at[s, q] if q < Q else stratum_bounds[s + 1]
+                seg_cp, seg_bce, seg_brier = _weighted_sums(counts, yflag, p32, bce32, k, end)
+                cp += seg_cp
+                bce += seg_bce
+                brier += seg_brier
+                while k < end:
+                    flag = yflag[k]
+                    if flag & 2:  # a block of equal scores: positives see half of the tied negatives
+                        block_pos = 0
+                        block_neg = 0
+                        while True:
+                            c = np.int64(counts[k])
+                            flag = yflag[k]
+                            cy = c * (flag & 1)
+                            block_pos += cy
+                            block_neg += c - cy
+                            k += 1
+                            if not flag & 2:
+                                break
+                        mw2 += block_pos * (2 * neg + block_neg)
+                        pos += block_pos
+                        neg += block_neg
+                    else:  # branch-free: labels and zero counts are unpredictable
+                        c = np.int64(counts[k])
+                        cy = c * (flag & 1)
+                        mw2 += 2 * cy * neg
+                        pos += cy
+                        neg += c - cy
+                        k += 1
+                if q < Q:
+                    out_snap_int[b, q, s, 0] = neg
+                    out_snap_int[b, q, s, 1] = pos
+                    out_snap_cp[b, q, s] = cp
+            out_int[b, s, 0] = pos + neg
+            out_int[b, s, 1] = pos
+            out_int[b, s, 2] = mw2
+            out_sums[b, s, 0] = cp
+            out_sums[b, s, 1] = bce
+            out_sums[b, s, 2] = brier
+        neg = 0
+        mw2 = 0
+        i = 0
+        while i < K:
+            flag = overall_flag[i]
+            if flag & 2:
+                block_pos = 0
+                block_neg = 0
+                while True:
+                    flag = overall_flag[i]
+                    c = np.int64(counts[overall_source[i]])
+                    cy = c * (flag & 1)
+                    block_pos += cy
+                    block_neg += c - cy
+                    i += 1
+                    if not flag & 2:
+                        break
+                mw2 += block_pos * (2 * neg + block_neg)
+                neg += block_neg
+            else:
+                c = np.int64(counts[overall_source[i]])
+                cy = c * (flag & 1)
+                mw2 += 2 * cy * neg
+                neg += c - cy
+                i += 1
+        out_overall[b] = mw2
+
+
+@dataclass
+class ScoreCells:
+    """One attribute's samples as cells of identical (stratum, score, label), ordered by (stratum, score)."""
+
+    order: np.ndarray  # sample indices sorted so that cells are contiguous runs
+    cell_starts: np.ndarray  # (K+1,) cell boundaries in ``order``
+    stratum_bounds: np.ndarray  # (S+1,) cell boundaries of strata
+    y: np.ndarray  # (K,) uint8 label
+    yflag: np.ndarray  # (K,) uint8 label + 2 × (next cell ties in stratum and score)
+    p: np.ndarray  # (K,) float64 score
+    p32: np.ndarray  # (K,) float32 score (resample sums)
+    bce32: np.ndarray  # (K,) float32 BCE term
+    sizes: np.ndarray  # (K,) int64 samples per cell
+    unit: bool  # every cell is one sample
+    overall_source: np.ndarray  # (K,) int32: layout position of each cell in ascending score order
+    overall_flag: np.ndarray  # (K,) label + 2 × (next cell in that order has the same score)
+
+    @classmethod
+    def build(cls, y: np.ndarray, p: np.ndarray, strata: np.ndarray, n_strata: int, layout_order: np.ndarray,
+              bce_of: Callable[[np.ndarray, np.ndarray], np.ndarray], by_score: np.ndarray | None = None,
+              max_fraction: float = 0.6) -> "ScoreCells":  # fmt: skip
+        """``layout_order``: sample indices sorted by (stratum, score); ``bce_of(y, p)``: BCE terms;
+        ``by_score``: ``argsort(p)`` when known."""
+        order = layout_order
+        ps, ss = p[order], strata[order]
+        n = ps.size
+        new_block = np.ones(n, dtype=bool)
+        new_block[1:] = (ps[1:] != ps[:-1]) | (ss[1:] != ss[:-1])
+        cell_start = np.ones(n, dtype=bool)
+        if not new_block.all():
+            # Within a tie block, positives after negatives, so that identical samples form one cell; cells pay
+            # off when they are much fewer than samples (scores with few decimals), else each sample is a cell.
+            perm = np.argsort(np.cumsum(new_block, dtype=np.int64) * 2 + y[order], kind="stable")
+            ys = y[order[perm]]
+            merged = new_block.copy()  # blocks keep their positions under ``perm``
+            merged[1:] |= ys[1:] != ys[:-1]
+            if np.count_nonzero(merged) < max_fraction * n:
+                order, cell_start = order[perm], merged
+        ys = y[order]
+        starts = np.flatnonzero(cell_start)
+        first = order[starts]
+        cy = ys[starts].astype(np.uint8)
+        cp = p[first].astype(np.float64)
+        cs = strata[first]
+        K = starts.size
+        ties_next = np.zeros(K, dtype=np.uint8)
+        ties_next[:-1] = ~new_block[starts[1:]]
+        if K == n and by_score is not None:  # cells are samples: reuse the engine's sort
+            layout_position = np.empty(n, dtype=np.int64)
+            layout_position[order] = np.arange(n)
+            by_score = layout_position[by_score]
+        else:
+            by_score = np.argsort(cp, kind="stable")
+        o_ties = np.zeros(K, dtype=np.uint8)
+        o_ties[:-1] = cp[by_score][1:] == cp[by_score][:-1]
+        return cls(order=order, cell_starts=np.append(starts, n).astype(np.int64),
+                   stratum_bounds=np.searchsorted(cs, np.arange(n_strata + 1)).astype(np.int64), y=cy,
+                   yflag=cy + 2 * ties_next, p=cp, p32=cp.astype(np.float32),
+                   bce32=bce_of(cy.astype(np.float64), cp).astype(np.float32),
+                   sizes=np.diff(np.append(starts, n)).astype(np.int64), unit=bool(K == n),
+                   overall_source=by_score.astype(np.int32), overall_flag=cy[by_score] + 2 * o_ties)  # fmt: skip
+
+    def positions(self, edges: np.ndarray, strict: bool) -> np.ndarray:
+        """(S, len(edges)): per stratum, the first cell with p ≥ edge (p > edge when ``strict``)."""
+        side = "right" if strict else "left"
+        bounds = self.stratum_bounds
+        return np.array([bounds[s] + np.searchsorted(self.p[bounds[s]:bounds[s + 1]], edges, side=side)
+                         for s in range(bounds.size - 1)], dtype=np.int64).reshape(bounds.size - 1, edges.size)  # fmt: skip
+
+    def resampling_strata(self, stratify: str) -> tuple[np.ndarray, np.ndarray]:
+        """(members, offsets): the cells of each resampling stratum, in layout order."""
+        S = self.stratum_bounds.size - 1
+        if stratify == "group":
+            return np.arange(self.y.size, dtype=np.int64), self.stratum_bounds
+        if stratify == "group_class":
+            parts = []
+            for s in range(S):
+                idx = np.arange(self.stratum_bounds[s], self.stratum_bounds[s + 1])
+                parts += [idx[self.y[idx] == 1], idx[self.y[idx] == 0]]
+        elif stratify == "class":
+            parts = [np.flatnonzero(self.y == 1), np.flatnonzero(self.y == 0)]
+        else:
+            raise ValueError(f"unknown stratification {stratify!r}")
+        offsets = np.concatenate([[0], np.cumsum([part.size for part in parts])]).astype(np.int64)
+        return np.concatenate(parts).astype(np.int64), offsets
+
+
+def generator_states(seeds: list[np.random.SeedSequence]) -> np.ndarray:
+    """(B, 4) SFC64 states, as numpy's ``SFC64(seed)`` initialises them."""
+    return np.array([np.random.SFC64(s).state["state"]["state"] for s in seeds], dtype=np.uint64).reshape(-1, 4)
+
+
+@dataclass
+class RawResamples:
+    """What the kernel returns for B resamples; :mod:`fairfm.metrics._engine` turns it into statistics."""
+
+    ints: np.ndarray  # (B, S, 3) draws, positives, twice the Mann–Whitney numerator
+    sums: np.ndarray  # (B, S, 3) Σ c·p, Σ c·BCE term, Σ c·Brier term
+    snap_ints: np.ndarray  # (B, Q, S, 2) negatives and positives drawn below each snapshot point
+    snap_cp: np.ndarray  # (B, Q, S) Σ c·p below each snapshot point
+    overall_mw2: np.ndarray  # (B,) the overall AUC numerator (×2)
+
+
+def run(cells: ScoreCells, states: np.ndarray, stratify: str, snap_at: np.ndarray, n_jobs: int = 1,
+        emit: np.ndarray | None = None) -> RawResamples:  # fmt: skip
+    """The kernel over all resamples, split into ``n_jobs`` threads (the kernel releases the GIL).
+
+    ``snap_at`` (S, Q): per stratum, ascending cell positions where running sums are recorded."""
+    members, member_off = cells.resampling_strata(stratify)
+    if np.diff(member_off).max(initial=0) * cells.sizes.max(initial=1) >= _MAX_STRATUM:
+        raise ValueError("a resampling stratum is too large for the compiled kernel")
+    B, S, Q = states.shape[0], cells.stratum_bounds.size - 1, snap_at.shape[1]
+    raw = RawResamples(np.zeros((B, S, 3), np.int64), np.zeros((B, S, 3)), np.zeros((B, Q, S, 2), np.int64),
+                       np.zeros((B, Q, S)), np.zeros(B, np.int64))  # fmt: skip
+    emit = np.empty(0, dtype=np.int64) if emit is None else emit
+    snap_at = np.ascontiguousarray(snap_at, dtype=np.int64)
+
+    def chunk(lo: int, hi: int) -> None:
+        K = cells.y.size
+        counts = np.empty(K, dtype=np.uint8 if cells.unit else np.int32)
+        scratch = np.empty(0 if cells.unit else int(cells.cell_starts[-1]), dtype=np.uint8)
+        checkpoints = np.empty((K >> 6) + 2, dtype=np.int64)
+        _resamples(states[lo:hi], cells.sizes, cells.unit, cells.cell_starts, members, member_off, stratify == "group",
+                   cells.stratum_bounds, cells.yflag,
+                   cells.p32, cells.bce32, snap_at, cells.overall_source, cells.overall_flag, raw.ints[lo:hi],
+                   raw.sums[lo:hi], raw.snap_ints[lo:hi], raw.snap_cp[lo:hi], raw.overall_mw2[lo:hi], emit, counts, scratch,
+                   checkpoints)  # fmt: skip
+
+    bounds = np.linspace(0, B, max(1, min(n_jobs, B)) + 1).astype(int)
+    if bounds.size == 2:
+        chunk(0, B)
+    else:
+        with ThreadPoolExecutor(bounds.size - 1) as pool:
+            list(pool.map(chunk, bounds[:-1], bounds[1:]))
+    return raw
