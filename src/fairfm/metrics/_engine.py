@@ -89,9 +89,16 @@ class _View:
     layout: L.Layout
     overall: L.Layout
     values: np.ndarray  # (K, 3): p, BCE term, Brier term per position, float64 (point estimates)
-    values32: np.ndarray  # the same in float32 (resamples)
     unit_edges: np.ndarray | None
     to_overall: Callable[[np.ndarray], np.ndarray]  # counts in this layout -> counts in the overall layout
+    _values32: np.ndarray | None = None
+
+    @property
+    def values32(self) -> np.ndarray:
+        """``values`` in float32 (resamples of the numpy kernels), made on first use."""
+        if self._values32 is None:
+            self._values32 = self.values.astype(np.float32)
+        return self._values32
 
 
 class AttributeEngine:
@@ -148,7 +155,7 @@ class AttributeEngine:
             unit_edges = np.concatenate([layout.starts[:-1, None], inner, layout.starts[1:, None]], 1)
         # Resample sums use float32: half the memory traffic of this memory-bound step, relative error ~1e-6, far
         # inside any interval. AUCs and rates stay exact integers; point estimates use float64.
-        return _View(layout, overall, values, values.astype(np.float32), unit_edges, to_overall)
+        return _View(layout, overall, values, unit_edges, to_overall)
 
     def _range_edges(self, layout: L.Layout, counts: np.ndarray | None) -> np.ndarray:
         """pandas-cut edges over each stratum's own [min p, max p] of the samples present (FairMedFM's ECE)."""
@@ -315,6 +322,7 @@ class AttributeEngine:
         points.sort(key=lambda point: (point[0], point[1]))
         snap_at = np.concatenate([cells.positions(np.array([v]), strict) for v, strict, _ in points], axis=1)
         raw = kernel.run(cells, kernel.generator_states(seeds), stratify, snap_at, n_jobs)
+        self._score_cells = None  # ~40 bytes per sample; rebuilt if needed again (resample_indices)
         where = {name: q for q, (_, _, name) in enumerate(points) if isinstance(name, str)}
         at_edges = np.array([q for q, (_, _, name) in enumerate(points) if not isinstance(name, str)], dtype=np.int64)
 
@@ -379,9 +387,10 @@ class AttributeEngine:
             counts = np.zeros(cells.y.size, dtype=np.int64)
             states = kernel.generator_states(seed_sequence.spawn(n_resamples)[b:b + 1])
             kernel.run(cells, states, stratify, np.empty((cells.stratum_bounds.size - 1, 0), np.int64), emit=counts)
-            spread = np.random.default_rng(b)
             picked = np.repeat(np.arange(counts.size), counts)
-            offsets = spread.integers(0, cells.sizes[picked])
+            if cells.unit:
+                return cells.order[picked]
+            offsets = np.random.default_rng(b).integers(0, cells.sizes[picked])
             return cells.order[cells.cell_starts[picked] + offsets]
         self.cells  # noqa: B018  (the layout the resample refers to is the one with cells, when there are cells)
         view, counts = self._draw(seed_sequence.spawn(n_resamples)[b], stratify)

@@ -181,7 +181,7 @@ def _draw(state, sizes, unit, cell_starts, members, member_off, contiguous, coun
           byte_count, steps):  # fmt: skip
     """One resample's counts per cell: Poisson(1) per sample (summed per cell through ``scratch``, one entry
     per sample), then each resampling stratum (``members[member_off[r]:member_off[r+1]]``, cells in layout
-    order) conditioned on its number of samples: a uniformly random subset of the surplus draws is removed, or
+    order; cells ``member_off[r]:member_off[r+1]`` when ``contiguous``) conditioned on its number of samples: a uniformly random subset of the surplus draws is removed, or
     the missing draws are added to uniformly drawn samples of the stratum (a cell receives one with
     probability proportional to its size)."""
     n_strata = member_off.size - 1
@@ -204,7 +204,7 @@ def _draw(state, sizes, unit, cell_starts, members, member_off, contiguous, coun
             counts[k] = c
     for r in range(n_strata):
         for i in range(member_off[r], member_off[r + 1]):
-            totals[r] += counts[members[i]]
+            totals[r] += counts[i if contiguous else members[i]]
     for r in range(n_strata):
         lo, hi = member_off[r], member_off[r + 1]
         total = totals[r]
@@ -213,7 +213,7 @@ def _draw(state, sizes, unit, cell_starts, members, member_off, contiguous, coun
         else:
             size = 0
             for i in range(lo, hi):
-                size += sizes[members[i]]
+                size += sizes[i if contiguous else members[i]]
         surplus = total - size
         if surplus > 0:
             slots = np.empty(surplus, dtype=np.int64)
@@ -221,7 +221,7 @@ def _draw(state, sizes, unit, cell_starts, members, member_off, contiguous, coun
             j = 0
             run = 0
             for i in range(lo, hi):  # the draw with slot s lies in the cell where the running total passes s
-                k = members[i]
+                k = i if contiguous else members[i]
                 run += counts[k]
                 while j < surplus and slots[j] < run:
                     counts[k] -= 1
@@ -237,7 +237,7 @@ def _draw(state, sizes, unit, cell_starts, members, member_off, contiguous, coun
             j = 0
             run = 0
             for i in range(lo, hi):
-                k = members[i]
+                k = i if contiguous else members[i]
                 run += 1 if unit else sizes[k]
                 while j < need and targets[j] < run:
                     if unit and counts[k] == 255:
@@ -526,14 +526,14 @@ class ScoreCells:
     """One attribute's samples as cells of identical (stratum, score, label), ordered by (stratum, score)."""
 
     order: np.ndarray  # sample indices sorted so that cells are contiguous runs
-    cell_starts: np.ndarray  # (K+1,) cell boundaries in ``order``
+    cell_starts: np.ndarray  # (K+1,) cell boundaries in ``order`` (empty when cells are samples)
     stratum_bounds: np.ndarray  # (S+1,) cell boundaries of strata
     y: np.ndarray  # (K,) uint8 label
     yflag: np.ndarray  # (K,) uint8 label + 2 × (next cell ties in stratum and score)
     p: np.ndarray  # (K,) float64 score
     p32: np.ndarray  # (K,) float32 score (resample sums)
     bce32: np.ndarray  # (K,) float32 BCE term
-    sizes: np.ndarray  # (K,) int64 samples per cell
+    sizes: np.ndarray  # (K,) int64 samples per cell (empty when cells are samples)
     unit: bool  # every cell is one sample
     overall_source: np.ndarray  # (K,) int32: layout position of each cell in ascending score order
     overall_flag: np.ndarray  # (K,) label + 2 × (next cell in that order has the same score)
@@ -550,37 +550,47 @@ class ScoreCells:
         new_block = np.ones(n, dtype=bool)
         new_block[1:] = (ps[1:] != ps[:-1]) | (ss[1:] != ss[:-1])
         cell_start = np.ones(n, dtype=bool)
-        if not new_block.all():
-            # Within a tie block, positives after negatives, so that identical samples form one cell; cells pay
-            # off when they are much fewer than samples (scores with few decimals), else each sample is a cell.
-            perm = np.argsort(np.cumsum(new_block, dtype=np.int64) * 2 + y[order], kind="stable")
-            ys = y[order[perm]]
-            merged = new_block.copy()  # blocks keep their positions under ``perm``
-            merged[1:] |= ys[1:] != ys[:-1]
-            if np.count_nonzero(merged) < max_fraction * n:
-                order, cell_start = order[perm], merged
+        block_starts = np.flatnonzero(new_block)
+        if block_starts.size < n:
+            # Cells pay off when they are much fewer than samples (scores with few decimals), else each sample is
+            # a cell. A tie block holds two cells when it holds both labels.
+            block_pos = np.add.reduceat(y[order], block_starts, dtype=np.int64)
+            block_size = np.diff(np.append(block_starts, n))
+            n_cells = block_starts.size + np.count_nonzero((block_pos > 0) & (block_pos < block_size))
+            if n_cells < max_fraction * n:
+                # Within a tie block, positives after negatives, so that identical samples form one cell.
+                perm = np.argsort(np.cumsum(new_block, dtype=np.int64) * 2 + y[order], kind="stable")
+                order = order[perm]
+                cell_start = new_block.copy()  # blocks keep their positions under ``perm``
+                ys = y[order]
+                cell_start[1:] |= ys[1:] != ys[:-1]
         ys = y[order]
         starts = np.flatnonzero(cell_start)
-        first = order[starts]
-        cy = ys[starts].astype(np.uint8)
-        cp = p[first].astype(np.float64)
-        cs = strata[first]
+        if starts.size == n:  # cells are samples: no copies
+            first, cy, cp, cs = order, ys.astype(np.uint8, copy=False), ps.astype(np.float64, copy=False), ss
+        else:
+            first = order[starts]
+            cy = ys[starts].astype(np.uint8)
+            cp = p[first].astype(np.float64)
+            cs = strata[first]
         K = starts.size
         ties_next = np.zeros(K, dtype=np.uint8)
         ties_next[:-1] = ~new_block[starts[1:]]
         if K == n and by_score is not None:  # cells are samples: reuse the engine's sort
-            layout_position = np.empty(n, dtype=np.int64)
-            layout_position[order] = np.arange(n)
+            layout_position = np.empty(n, dtype=np.int32)
+            layout_position[order] = np.arange(n, dtype=np.int32)
             by_score = layout_position[by_score]
+            del layout_position
         else:
             by_score = np.argsort(cp, kind="stable")
         o_ties = np.zeros(K, dtype=np.uint8)
         o_ties[:-1] = cp[by_score][1:] == cp[by_score][:-1]
-        return cls(order=order, cell_starts=np.append(starts, n).astype(np.int64),
+        unit = bool(K == n)
+        return cls(order=order, cell_starts=np.empty(0, np.int64) if unit else np.append(starts, n).astype(np.int64),
                    stratum_bounds=np.searchsorted(cs, np.arange(n_strata + 1)).astype(np.int64), y=cy,
                    yflag=cy + 2 * ties_next, p=cp, p32=cp.astype(np.float32),
-                   bce32=bce_of(cy.astype(np.float64), cp).astype(np.float32),
-                   sizes=np.diff(np.append(starts, n)).astype(np.int64), unit=bool(K == n),
+                   bce32=_chunked(lambda lo, hi: bce_of(cy[lo:hi].astype(np.float64), cp[lo:hi]), K),
+                   sizes=np.empty(0, np.int64) if unit else np.diff(np.append(starts, n)).astype(np.int64), unit=unit,
                    overall_source=by_score.astype(np.int32), overall_flag=cy[by_score] + 2 * o_ties)  # fmt: skip
 
     def positions(self, edges: np.ndarray, strict: bool) -> np.ndarray:
@@ -591,10 +601,11 @@ class ScoreCells:
                          for s in range(bounds.size - 1)], dtype=np.int64).reshape(bounds.size - 1, edges.size)  # fmt: skip
 
     def resampling_strata(self, stratify: str) -> tuple[np.ndarray, np.ndarray]:
-        """(members, offsets): the cells of each resampling stratum, in layout order."""
+        """(members, offsets): the cells of each resampling stratum, in layout order (no members when the
+        strata are the contiguous groups)."""
         S = self.stratum_bounds.size - 1
-        if stratify == "group":
-            return np.arange(self.y.size, dtype=np.int64), self.stratum_bounds
+        if stratify == "group":  # contiguous: the kernel reads no members
+            return np.empty(0, dtype=np.int64), self.stratum_bounds
         if stratify == "group_class":
             parts = []
             for s in range(S):
@@ -606,6 +617,14 @@ class ScoreCells:
             raise ValueError(f"unknown stratification {stratify!r}")
         offsets = np.concatenate([[0], np.cumsum([part.size for part in parts])]).astype(np.int64)
         return np.concatenate(parts).astype(np.int64), offsets
+
+
+def _chunked(compute: Callable[[int, int], np.ndarray], n: int, chunk: int = 1 << 20) -> np.ndarray:
+    """``compute(lo, hi)`` for consecutive chunks, into one float32 array: bounds the float64 temporaries."""
+    out = np.empty(n, dtype=np.float32)
+    for lo in range(0, n, chunk):
+        out[lo:lo + chunk] = compute(lo, min(lo + chunk, n))
+    return out
 
 
 def generator_states(seeds: list[np.random.SeedSequence]) -> np.ndarray:
@@ -630,7 +649,7 @@ def run(cells: ScoreCells, states: np.ndarray, stratify: str, snap_at: np.ndarra
 
     ``snap_at`` (S, Q): per stratum, ascending cell positions where running sums are recorded."""
     members, member_off = cells.resampling_strata(stratify)
-    if np.diff(member_off).max(initial=0) * cells.sizes.max(initial=1) >= _MAX_STRATUM:
+    if np.diff(member_off).max(initial=0) * max(cells.sizes.max(initial=1), 1) >= _MAX_STRATUM:
         raise ValueError("a resampling stratum is too large for the compiled kernel")
     B, S, Q = states.shape[0], cells.stratum_bounds.size - 1, snap_at.shape[1]
     padded = -(-B // _LANES) * _LANES  # the kernel takes _LANES resamples at a time; padding is computed, dropped
