@@ -112,8 +112,10 @@ class AttributeEngine:
         self._y, self._p = y, p
         self._strata = np.where(codes < 0, n_groups, codes).astype(np.int64)
         by_score = np.argsort(p, kind="quicksort")  # one sort serves every layout
-        self.layout = L.build_layout(y, p, codes, n_groups, by_score)
-        self._overall = L.overall_layout(y, p, by_score)
+        by_score_yp = (y[by_score], p[by_score])  # the one random gather of each; the layouts stream from here
+        self.layout = L.build_layout(y, p, codes, n_groups, by_score, by_score_yp)
+        self._overall = L.overall_layout(y, p, by_score, by_score_yp)
+        del by_score_yp
         self.samples = self._samples_view()
         self._cells: _View | None | bool = False  # built on first use: only resamples need them
         self._score_cells = None  # the compiled kernel's layout, built on first use

@@ -141,6 +141,34 @@ def _fill(state, out, lo, hi, byte_count, steps, checkpoints):
 
 
 @_jit
+def _fill_lanes(states, counts, lo, hi, byte_count, steps, checkpoints, totals):
+    """:func:`_fill` for every lane ``r`` of ``counts[lo:hi, r]`` from generator ``states[r]`` at once, so that
+    each cache line of the interleaved counts is written once (lane by lane, large data would stream the
+    counts through memory once per lane); each lane consumes its stream exactly as :func:`_fill` would."""
+    lanes = counts.shape[1]
+    totals[:] = 0
+    i = lo
+    while i < hi:
+        if ((i - lo) & 63) == 0:
+            for r in range(lanes):
+                checkpoints[r, (i - lo) >> 6] = totals[r]
+        width = min(8, hi - i)
+        for r in range(lanes):
+            state = states[r]
+            word = _next(state)
+            total = 0
+            for j in range(width):
+                byte = (word >> np.uint64(8 * j)) & _U255
+                v = byte_count[byte]
+                if v == 255:
+                    v = _refine(state, byte, steps)
+                counts[i + j, r] = v
+                total += v
+            totals[r] += total
+        i += 8
+
+
+@_jit
 def _condition_run(state, counts, lo, hi, total, checkpoints):
     """Condition the counts of one contiguous stratum of single samples on hi − lo draws: the surplus draws'
     slots are found through the running sums every 64 samples (no pass over the stratum); a missing draw goes
@@ -318,7 +346,7 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
     4 independent resamples per pass share every load of the cells' data and interleave 4 chains of
     running sums, which the CPU overlaps (one resample alone is bound by the latency of its running sums).
     Work buffers: ``counts`` (K, 4) — uint8 when cells are single samples (a quarter of the memory traffic),
-    else int32 —, ``scratch`` (samples,) uint8 when cells are not single samples, ``checkpoints`` (K/64 + 2,).
+    else int32 —, ``scratch`` (samples,) uint8 when cells are not single samples, ``checkpoints`` (4, K/64 + 2).
 
     Cells are ordered by (stratum, score), so each stratum is one run with running sums in registers;
     ``snap_at[s]`` lists the cell positions (ascending, inside stratum s's run) where the running sums are
@@ -331,11 +359,19 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
     S = stratum_bounds.size - 1
     Q = snap_at.shape[1]
     sums = np.zeros((4, 3))
+    lane_totals = np.zeros(4, dtype=np.int64)
     for b0 in range(0, states.shape[0], 4):
-        for r in range(4):
-            state = states[b0 + r].copy()
-            _draw(state, sizes, unit, cell_starts, members, member_off, contiguous, counts[:, r], scratch,
-                  checkpoints, _BYTE_COUNT, _STEPS)  # fmt: skip
+        lane_states = states[b0:b0 + 4].copy()
+        if unit and contiguous:  # the usual case, all lanes at once (see _fill_lanes); the same counts as _draw
+            for t in range(member_off.size - 1):
+                lo, hi = member_off[t], member_off[t + 1]
+                _fill_lanes(lane_states, counts, lo, hi, _BYTE_COUNT, _STEPS, checkpoints, lane_totals)
+                for r in range(4):
+                    _condition_run(lane_states[r], counts[:, r], lo, hi, lane_totals[r], checkpoints[r])
+        else:
+            for r in range(4):
+                _draw(lane_states[r], sizes, unit, cell_starts, members, member_off, contiguous, counts[:, r],
+                      scratch, checkpoints[r], _BYTE_COUNT, _STEPS)  # fmt: skip
         if emit.size:
             emit[:] = counts[:, 0]
         for s in range(S):
@@ -663,7 +699,7 @@ def run(cells: ScoreCells, states: np.ndarray, stratify: str, snap_at: np.ndarra
         K = cells.y.size
         counts = np.empty((K, _LANES), dtype=np.uint8 if cells.unit else np.int32)
         scratch = np.empty(0 if cells.unit else int(cells.cell_starts[-1]), dtype=np.uint8)
-        checkpoints = np.empty((K >> 6) + 2, dtype=np.int64)
+        checkpoints = np.empty((_LANES, (K >> 6) + 2), dtype=np.int64)
         _resamples(states[lo:hi], cells.sizes, cells.unit, cells.cell_starts, members, member_off, stratify == "group",
                    cells.stratum_bounds, cells.yflag, cells.p32, cells.bce32, snap_at, cells.overall_source,
                    cells.overall_flag, raw.ints[lo:hi], raw.sums[lo:hi], raw.snap_ints[lo:hi], raw.snap_cp[lo:hi],
