@@ -36,7 +36,8 @@ def _check(y, p, codes, n_groups, stratify, rules=None, extra=None, B=9):
         idx = engine.resample_indices(b, B, np.random.SeedSequence(5), stratify)
         assert idx.size == y.size
         if stratify == "group":
-            assert np.array_equal(np.bincount(strata[idx], minlength=n_groups + 1), np.bincount(strata, minlength=n_groups + 1))
+            sizes = np.bincount(strata, minlength=n_groups + 1)
+            assert np.array_equal(np.bincount(strata[idx], minlength=n_groups + 1), sizes)
         elif stratify == "class":
             assert y[idx].sum() == y.sum()
         else:

@@ -118,7 +118,8 @@ class AttributeEngine:
         del by_score_yp
         self.samples = self._samples_view()
         self._cells: _View | None | bool = False  # built on first use: only resamples need them
-        self._score_cells = None  # the compiled kernel's layout, built on first use
+        self._score_cells = None  # the compiled kernel's layout, built on first use ...
+        self._kernel_order = self.layout.order  # ... from this order (``cells`` may reorder ``layout`` later)
 
     def _samples_view(self) -> _View:
         position = np.empty(self.layout.n, dtype=np.int64)
@@ -306,7 +307,7 @@ class AttributeEngine:
     def _kernel_cells(self, kernel):
         if self._score_cells is None:
             self._score_cells = kernel.ScoreCells.build(self._y, self._p, self._strata, self.n_groups + 1,
-                                                        self.layout.order, lambda y, p: item_bce(y, p, self.rules.bce),
+                                                        self._kernel_order, lambda y, p: item_bce(y, p, self.rules.bce),
                                                         self._overall.order)  # fmt: skip
         return self._score_cells
 

@@ -209,9 +209,9 @@ def _draw(state, sizes, unit, cell_starts, members, member_off, contiguous, coun
           byte_count, steps):  # fmt: skip
     """One resample's counts per cell: Poisson(1) per sample (summed per cell through ``scratch``, one entry
     per sample), then each resampling stratum (``members[member_off[r]:member_off[r+1]]``, cells in layout
-    order; cells ``member_off[r]:member_off[r+1]`` when ``contiguous``) conditioned on its number of samples: a uniformly random subset of the surplus draws is removed, or
-    the missing draws are added to uniformly drawn samples of the stratum (a cell receives one with
-    probability proportional to its size)."""
+    order; cells ``member_off[r]:member_off[r+1]`` when ``contiguous``) conditioned on its number of samples:
+    a uniformly random subset of the surplus draws is removed, or the missing draws are added to uniformly
+    drawn samples of the stratum (a cell receives one with probability proportional to its size)."""
     n_strata = member_off.size - 1
     totals = np.zeros(n_strata, dtype=np.int64)
     if unit and contiguous:  # members[i] == i: draw and condition stratum by stratum
@@ -633,8 +633,9 @@ class ScoreCells:
         """(S, len(edges)): per stratum, the first cell with p ≥ edge (p > edge when ``strict``)."""
         side = "right" if strict else "left"
         bounds = self.stratum_bounds
-        return np.array([bounds[s] + np.searchsorted(self.p[bounds[s]:bounds[s + 1]], edges, side=side)
-                         for s in range(bounds.size - 1)], dtype=np.int64).reshape(bounds.size - 1, edges.size)  # fmt: skip
+        rows = [bounds[s] + np.searchsorted(self.p[bounds[s]:bounds[s + 1]], edges, side=side)
+                for s in range(bounds.size - 1)]  # fmt: skip
+        return np.array(rows, dtype=np.int64).reshape(bounds.size - 1, edges.size)
 
     def resampling_strata(self, stratify: str) -> tuple[np.ndarray, np.ndarray]:
         """(members, offsets): the cells of each resampling stratum, in layout order (no members when the
@@ -691,7 +692,8 @@ def run(cells: ScoreCells, states: np.ndarray, stratify: str, snap_at: np.ndarra
     padded = -(-B // _LANES) * _LANES  # the kernel takes _LANES resamples at a time; padding is computed, dropped
     states = np.concatenate([states, np.repeat(states[-1:], padded - B, axis=0)])
     raw = RawResamples(np.zeros((padded, S, 3), np.int64), np.zeros((padded, S, 3)),
-                       np.zeros((padded, Q, S, 2), np.int64), np.zeros((padded, Q, S)), np.zeros(padded, np.int64))  # fmt: skip
+                       np.zeros((padded, Q, S, 2), np.int64), np.zeros((padded, Q, S)),
+                       np.zeros(padded, np.int64))  # fmt: skip
     emit = np.empty(0, dtype=np.int64) if emit is None else emit
     snap_at = np.ascontiguousarray(snap_at, dtype=np.int64)
 
