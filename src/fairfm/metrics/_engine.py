@@ -88,10 +88,18 @@ class _View:
 
     layout: L.Layout
     overall: L.Layout
-    values: np.ndarray  # (K, 3): p, BCE term, Brier term per position, float64 (point estimates)
+    make_values: Callable[[], np.ndarray]  # (K, 3): p, BCE term, Brier term per position, float64
     unit_edges: np.ndarray | None
     to_overall: Callable[[np.ndarray], np.ndarray]  # counts in this layout -> counts in the overall layout
+    _values: np.ndarray | None = None
     _values32: np.ndarray | None = None
+
+    @property
+    def values(self) -> np.ndarray:
+        """Per-position values (point estimates), made on first use: 24 bytes per sample."""
+        if self._values is None:
+            self._values = self.make_values()
+        return self._values
 
     @property
     def values32(self) -> np.ndarray:
@@ -99,6 +107,10 @@ class _View:
         if self._values32 is None:
             self._values32 = self.values.astype(np.float32)
         return self._values32
+
+    def release(self) -> None:
+        """Drop the per-position values (remade when needed): the compiled kernel does not use them."""
+        self._values = self._values32 = None
 
 
 class AttributeEngine:
@@ -119,13 +131,20 @@ class AttributeEngine:
         self.samples = self._samples_view()
         self._cells: _View | None | bool = False  # built on first use: only resamples need them
         self._score_cells = None  # the compiled kernel's layout, built on first use ...
-        self._kernel_order = self.layout.order  # ... from this order (``cells`` may reorder ``layout`` later)
+        # ... from this layout (``cells`` may reorder ``self.layout`` later): references, not copies
+        self._kernel_layout = (self.layout.order, (self.layout.y, self.layout.p, self.layout.starts))
 
     def _samples_view(self) -> _View:
-        position = np.empty(self.layout.n, dtype=np.int64)
-        position[self.layout.order] = np.arange(self.layout.n)
-        gather = position[self._overall.order]  # overall position -> sample-layout position
-        return self._view(self.layout, self._overall, lambda counts: counts[gather])
+        layout, overall, gather = self.layout, self._overall, []
+
+        def to_overall(counts: np.ndarray) -> np.ndarray:
+            if not gather:  # made on first use: only the numpy resampling kernels need it
+                position = np.empty(layout.n, dtype=np.int64)
+                position[layout.order] = np.arange(layout.n)
+                gather.append(position[overall.order])  # overall position -> sample-layout position
+            return counts[gather[0]]
+
+        return self._view(layout, overall, to_overall)
 
     @property
     def cells(self) -> _View | None:
@@ -148,9 +167,11 @@ class AttributeEngine:
         return self._cells
 
     def _view(self, layout: L.Layout, overall: L.Layout, to_overall) -> _View:
-        ly, lp = layout.y.astype(np.float64), layout.p
-        # Per-position values whose count-weighted sums give calibration metrics: p, BCE term, Brier term.
-        values = np.column_stack([lp, item_bce(ly, lp, self.rules.bce), (lp - ly) ** 2])
+        def make_values() -> np.ndarray:
+            ly, lp = layout.y.astype(np.float64), layout.p
+            # Per-position values whose count-weighted sums give calibration metrics: p, BCE term, Brier term.
+            return np.column_stack([lp, item_bce(ly, lp, self.rules.bce), (lp - ly) ** 2])
+
         unit_edges = None
         if self.rules.ece == "unit":
             edges = np.linspace(0.0, 1.0, self.rules.ece_bins + 1)[1:-1]
@@ -158,7 +179,7 @@ class AttributeEngine:
             unit_edges = np.concatenate([layout.starts[:-1, None], inner, layout.starts[1:, None]], 1)
         # Resample sums use float32: half the memory traffic of this memory-bound step, relative error ~1e-6, far
         # inside any interval. AUCs and rates stay exact integers; point estimates use float64.
-        return _View(layout, overall, values, unit_edges, to_overall)
+        return _View(layout, overall, make_values, unit_edges, to_overall)
 
     def _range_edges(self, layout: L.Layout, counts: np.ndarray | None) -> np.ndarray:
         """pandas-cut edges over each stratum's own [min p, max p] of the samples present (FairMedFM's ECE)."""
@@ -250,7 +271,9 @@ class AttributeEngine:
 
     def point_stats(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Per stratum (G groups, then the unknown stratum) and overall statistics of the data as observed."""
-        return self._all_stats(self.samples, None, None)
+        stats = self._all_stats(self.samples, None, None)
+        self.samples.release()
+        return stats
 
     def strata(self, stratify: str) -> R.Strata:
         lay = self.layout
@@ -306,9 +329,10 @@ class AttributeEngine:
 
     def _kernel_cells(self, kernel):
         if self._score_cells is None:
-            self._score_cells = kernel.ScoreCells.build(self._y, self._p, self._strata, self.n_groups + 1,
-                                                        self._kernel_order, lambda y, p: item_bce(y, p, self.rules.bce),
-                                                        self._overall.order)  # fmt: skip
+            order, in_order = self._kernel_layout
+            self._score_cells = kernel.ScoreCells.build(self._y, self._p, self._strata, self.n_groups + 1, order,
+                                                        lambda y, p: item_bce(y, p, self.rules.bce),
+                                                        self._overall.order, in_order)  # fmt: skip
         return self._score_cells
 
     def _compiled_bootstrap(self, seeds, stratify: str, n_jobs: int):

@@ -577,42 +577,51 @@ class ScoreCells:
     @classmethod
     def build(cls, y: np.ndarray, p: np.ndarray, strata: np.ndarray, n_strata: int, layout_order: np.ndarray,
               bce_of: Callable[[np.ndarray, np.ndarray], np.ndarray], by_score: np.ndarray | None = None,
-              max_fraction: float = 0.6) -> "ScoreCells":  # fmt: skip
+              in_order: tuple | None = None, max_fraction: float = 0.6) -> "ScoreCells":  # fmt: skip
         """``layout_order``: sample indices sorted by (stratum, score); ``bce_of(y, p)``: BCE terms;
-        ``by_score``: ``argsort(p)`` when known."""
+        ``by_score``: ``argsort(p)`` when known; ``in_order``: (y, p, stratum starts) in ``layout_order``
+        when known (shared, not copied)."""
         order = layout_order
-        ps, ss = p[order], strata[order]
+        if in_order is not None:
+            ys, ps, bounds = in_order
+        else:
+            ys, ps = y[order], p[order]
+            bounds = np.searchsorted(strata[order], np.arange(n_strata + 1))
         n = ps.size
-        new_block = np.ones(n, dtype=bool)
-        new_block[1:] = (ps[1:] != ps[:-1]) | (ss[1:] != ss[:-1])
-        cell_start = np.ones(n, dtype=bool)
-        block_starts = np.flatnonzero(new_block)
-        if block_starts.size < n:
+        new_block = np.ones(n, dtype=bool)  # a new (stratum, score) block starts here
+        new_block[1:] = ps[1:] != ps[:-1]
+        inner = bounds[1:-1]
+        new_block[inner[inner < n]] = True
+        cell_start = None
+        if np.count_nonzero(new_block) < max_fraction * n:
             # Cells pay off when they are much fewer than samples (scores with few decimals), else each sample is
             # a cell. A tie block holds two cells when it holds both labels.
-            block_pos = np.add.reduceat(y[order], block_starts, dtype=np.int64)
+            block_starts = np.flatnonzero(new_block)
+            block_pos = np.add.reduceat(ys, block_starts, dtype=np.int64)
             block_size = np.diff(np.append(block_starts, n))
             n_cells = block_starts.size + np.count_nonzero((block_pos > 0) & (block_pos < block_size))
             if n_cells < max_fraction * n:
                 # Within a tie block, positives after negatives, so that identical samples form one cell.
-                perm = np.argsort(np.cumsum(new_block, dtype=np.int64) * 2 + y[order], kind="stable")
+                perm = np.argsort(np.cumsum(new_block, dtype=np.int64) * 2 + ys, kind="stable")
                 order = order[perm]
                 cell_start = new_block.copy()  # blocks keep their positions under ``perm``
                 ys = y[order]
                 cell_start[1:] |= ys[1:] != ys[:-1]
-        ys = y[order]
-        starts = np.flatnonzero(cell_start)
-        if starts.size == n:  # cells are samples: no copies
-            first, cy, cp, cs = order, ys.astype(np.uint8, copy=False), ps.astype(np.float64, copy=False), ss
+        if cell_start is None:  # cells are samples: no copies
+            starts = None
+            first, cy, cp, stratum_bounds = order, ys.astype(np.uint8, copy=False), ps, bounds
+            K = n
         else:
+            starts = np.flatnonzero(cell_start)
             first = order[starts]
             cy = ys[starts].astype(np.uint8)
             cp = p[first].astype(np.float64)
-            cs = strata[first]
-        K = starts.size
+            stratum_bounds = np.searchsorted(strata[first], np.arange(n_strata + 1))
+            K = starts.size
+        cp = cp.astype(np.float64, copy=False)
         ties_next = np.zeros(K, dtype=np.uint8)
-        ties_next[:-1] = ~new_block[starts[1:]]
-        if K == n and by_score is not None:  # cells are samples: reuse the engine's sort
+        ties_next[:-1] = ~(new_block[1:] if starts is None else new_block[starts[1:]])
+        if starts is None and by_score is not None:  # cells are samples: reuse the engine's sort
             layout_position = np.empty(n, dtype=np.int32)
             layout_position[order] = np.arange(n, dtype=np.int32)
             by_score = layout_position[by_score]
@@ -621,9 +630,9 @@ class ScoreCells:
             by_score = np.argsort(cp, kind="stable")
         o_ties = np.zeros(K, dtype=np.uint8)
         o_ties[:-1] = cp[by_score][1:] == cp[by_score][:-1]
-        unit = bool(K == n)
+        unit = starts is None
         return cls(order=order, cell_starts=np.empty(0, np.int64) if unit else np.append(starts, n).astype(np.int64),
-                   stratum_bounds=np.searchsorted(cs, np.arange(n_strata + 1)).astype(np.int64), y=cy,
+                   stratum_bounds=np.asarray(stratum_bounds, dtype=np.int64), y=cy,
                    yflag=cy + 2 * ties_next, p=cp, p32=cp.astype(np.float32),
                    bce32=_chunked(lambda lo, hi: bce_of(cy[lo:hi].astype(np.float64), cp[lo:hi]), K),
                    sizes=np.empty(0, np.int64) if unit else np.diff(np.append(starts, n)).astype(np.int64), unit=unit,
