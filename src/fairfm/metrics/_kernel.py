@@ -1,22 +1,24 @@
-"""The bootstrap as one compiled pass per resample (numba), exact like the numpy kernels of :mod:`_layout`.
+"""The stratified bootstrap in compiled passes (numba), exact like the numpy kernels of :mod:`_layout`.
 
-Samples are laid out once by score over the whole attribute (not by group): cells of identical (score, group,
-label) in ascending score order. In that order every threshold rule and every calibration bin on [0, 1] is the
-same prefix or run for all groups at once, so one sequential pass that keeps a few running sums per group yields
-every group's and the overall statistics: draw counts, positives, twice the Mann–Whitney numerator (ties count ½,
-handled per block of equal scores), count-weighted sums of p, BCE and Brier terms, and snapshots of the running
-sums at the threshold and bin edges. Integers stay integers, so each resample's AUC equals sklearn's on the same
-resampled indices.
+Cells are samples — or, when scores tie a lot, runs of identical (stratum, score, label) — ordered by (stratum,
+score). Four resamples at a time, per resample and pass:
 
-A resample is drawn as in :mod:`_resample` — Poisson(1) counts per sample by inverse CDF from one random byte
-(refined when the byte straddles a CDF step), conditioned exactly on each resampling stratum's size by removing a
-uniformly random subset of the surplus draws or adding the missing draws uniformly over the stratum's samples —
-but inside the kernel, from an SFC64 stream that continues numpy's ``SFC64(seed)`` state (so resample b depends on
-its seed only, not on threads or chunking). The removals and additions are applied during the statistics pass.
+1. **Draw.** Poisson(1) counts per sample by inverse CDF from one random byte (refined when the byte straddles a
+   CDF step), conditioned exactly on each resampling stratum's size: a uniformly random subset of the surplus
+   draws is removed (found through running sums every 64 samples) or the missing draws are added to uniform
+   samples — the multinomial of resampling with replacement, as in :mod:`_resample`. The random stream is SFC64,
+   continuing numpy's ``SFC64(seed)`` state, so resample b depends on its seed only, not on threads or chunking.
+2. **Groups.** One run per stratum with running sums in registers: draws, positives, twice the Mann–Whitney
+   numerator (ties count ½, per block of equal scores) and count-weighted sums of p, BCE and Brier terms,
+   recorded at the threshold and calibration-bin edges (each a position in the run, as scores are sorted).
+3. **Overall AUC.** The cells in overall score order (a merge of the strata's runs).
+
+Four resamples share every load of the cells' data and interleave four chains of running sums, which the CPU
+overlaps. Integers stay integers, so each resample's AUC equals sklearn's on the same resampled indices.
 
 Hand-written because no maintained library computes weighted, tie-exact per-group AUCs for a thousand resamples;
-compiled because the numpy version of this pass (:mod:`_layout`) needs ~20 array passes per resample and cannot
-be fused, and this pass is the whole cost of ``evaluate(..., bootstrap=1000)`` on large data.
+compiled because the numpy version (:mod:`_layout`, :mod:`_resample`) needs ~20 array passes per resample and
+cannot be fused, and these passes are the whole cost of ``evaluate(..., bootstrap=1000)`` on large data.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from fairfm.metrics import _resample as R
 
 
 def _jit(func):
-    """``njit`` with an on-disk cache (compiling takes seconds, loading milliseconds). numba writes the cache to
-    ``__pycache__`` next to this file, else to ``$NUMBA_CACHE_DIR`` or the user cache directory; where no location
-    is writable it refuses ``cache=True``, and the kernel is then compiled once per process instead."""
+    """``njit`` with an on-disk cache (compiling takes seconds, loading a fraction of one). numba writes the cache
+    to ``$NUMBA_CACHE_DIR`` when set, else to ``__pycache__`` next to this file, else to the user cache directory;
+    where no location is writable it refuses ``cache=True``, and the kernel is then compiled once per process."""
     try:
         return numba.njit(cache=True, nogil=True)(func)
     except RuntimeError:
