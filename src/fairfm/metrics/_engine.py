@@ -319,7 +319,7 @@ class AttributeEngine:
     def _compiled_kernel(self):
         """The compiled kernel module when it applies (numba importable, ECE on [0, 1] bins), else None: the
         numpy kernels below then compute the same statistics, slower."""
-        if self.rules.ece != "unit" or self.layout.n >= _KERNEL_MAX_SAMPLES or self.n_groups >= 65535:
+        if self.rules.ece != "unit" or self.layout.n >= _KERNEL_MAX_SAMPLES:
             return None
         try:
             from fairfm.metrics import _kernel

@@ -697,8 +697,8 @@ def run(cells: ScoreCells, states: np.ndarray, stratify: str, snap_at: np.ndarra
 
     ``snap_at`` (S, Q): per stratum, ascending cell positions where running sums are recorded."""
     members, member_off = cells.resampling_strata(stratify)
-    if np.diff(member_off).max(initial=0) * max(cells.sizes.max(initial=1), 1) >= _MAX_STRATUM:
-        raise ValueError("a resampling stratum is too large for the compiled kernel")
+    if cells.order.size >= _MAX_STRATUM:  # a stratum holds at most every sample
+        raise OverflowError("too many samples for the compiled kernel's 32-bit uniforms")
     B, S, Q = states.shape[0], cells.stratum_bounds.size - 1, snap_at.shape[1]
     padded = -(-B // _LANES) * _LANES  # the kernel takes _LANES resamples at a time; padding is computed, dropped
     states = np.concatenate([states, np.repeat(states[-1:], padded - B, axis=0)])
