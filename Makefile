@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_metrics.py --write BENCHMARKS.md
+	$(PY) benchmarks/bench_bootstrap.py --write BENCHMARKS.md
 	$(PY) benchmarks/bench_prepare_chexpert.py --write BENCHMARKS.md
 	$(PY) benchmarks/bench_features.py --write BENCHMARKS.md
 	$(PY) benchmarks/bench_runs.py --write BENCHMARKS.md

@@ -1,4 +1,5 @@
-"""Fairness and utility metrics for medical-imaging models (METRICS.md), on numpy/scipy/pandas only.
+"""Fairness and utility metrics for medical-imaging models (METRICS.md), on numpy/scipy/pandas and numba (the
+bootstrap kernel), never torch.
 
 ``evaluate`` computes everything at once with paired, stratified bootstrap intervals and returns a
 :class:`Report`; the sklearn-style functions (``auc_gap(y_true, y_score, *, groups)``, …) give single numbers.

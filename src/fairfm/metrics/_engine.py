@@ -88,10 +88,29 @@ class _View:
 
     layout: L.Layout
     overall: L.Layout
-    values: np.ndarray  # (K, 3): p, BCE term, Brier term per position, float64 (point estimates)
-    values32: np.ndarray  # the same in float32 (resamples)
+    make_values: Callable[[], np.ndarray]  # (K, 3): p, BCE term, Brier term per position, float64
     unit_edges: np.ndarray | None
     to_overall: Callable[[np.ndarray], np.ndarray]  # counts in this layout -> counts in the overall layout
+    _values: np.ndarray | None = None
+    _values32: np.ndarray | None = None
+
+    @property
+    def values(self) -> np.ndarray:
+        """Per-position values (point estimates), made on first use: 24 bytes per sample."""
+        if self._values is None:
+            self._values = self.make_values()
+        return self._values
+
+    @property
+    def values32(self) -> np.ndarray:
+        """``values`` in float32 (resamples of the numpy kernels), made on first use."""
+        if self._values32 is None:
+            self._values32 = self.values.astype(np.float32)
+        return self._values32
+
+    def release(self) -> None:
+        """Drop the per-position values (remade when needed): the compiled kernel does not use them."""
+        self._values = self._values32 = None
 
 
 class AttributeEngine:
@@ -104,17 +123,28 @@ class AttributeEngine:
         self.extra_thresholds = dict(extra_thresholds or {})
         self._y, self._p = y, p
         self._strata = np.where(codes < 0, n_groups, codes).astype(np.int64)
-        by_score = np.argsort(p, kind="quicksort")  # one sort serves both layouts
-        self.layout = L.build_layout(y, p, codes, n_groups, by_score)
-        self._overall = L.overall_layout(y, p, by_score)
+        by_score = np.argsort(p, kind="quicksort")  # one sort serves every layout
+        by_score_yp = (y[by_score], p[by_score])  # the one random gather of each; the layouts stream from here
+        self.layout = L.build_layout(y, p, codes, n_groups, by_score, by_score_yp)
+        self._overall = L.overall_layout(y, p, by_score, by_score_yp)
+        del by_score_yp
         self.samples = self._samples_view()
         self._cells: _View | None | bool = False  # built on first use: only resamples need them
+        self._score_cells = None  # the compiled kernel's layout, built on first use ...
+        # ... from this layout (``cells`` may reorder ``self.layout`` later): references, not copies
+        self._kernel_layout = (self.layout.order, (self.layout.y, self.layout.p, self.layout.starts))
 
     def _samples_view(self) -> _View:
-        position = np.empty(self.layout.n, dtype=np.int64)
-        position[self.layout.order] = np.arange(self.layout.n)
-        gather = position[self._overall.order]  # overall position -> sample-layout position
-        return self._view(self.layout, self._overall, lambda counts: counts[gather])
+        layout, overall, gather = self.layout, self._overall, []
+
+        def to_overall(counts: np.ndarray) -> np.ndarray:
+            if not gather:  # made on first use: only the numpy resampling kernels need it
+                position = np.empty(layout.n, dtype=np.int64)
+                position[layout.order] = np.arange(layout.n)
+                gather.append(position[overall.order])  # overall position -> sample-layout position
+            return counts[gather[0]]
+
+        return self._view(layout, overall, to_overall)
 
     @property
     def cells(self) -> _View | None:
@@ -137,9 +167,11 @@ class AttributeEngine:
         return self._cells
 
     def _view(self, layout: L.Layout, overall: L.Layout, to_overall) -> _View:
-        ly, lp = layout.y.astype(np.float64), layout.p
-        # Per-position values whose count-weighted sums give calibration metrics: p, BCE term, Brier term.
-        values = np.column_stack([lp, item_bce(ly, lp, self.rules.bce), (lp - ly) ** 2])
+        def make_values() -> np.ndarray:
+            ly, lp = layout.y.astype(np.float64), layout.p
+            # Per-position values whose count-weighted sums give calibration metrics: p, BCE term, Brier term.
+            return np.column_stack([lp, item_bce(ly, lp, self.rules.bce), (lp - ly) ** 2])
+
         unit_edges = None
         if self.rules.ece == "unit":
             edges = np.linspace(0.0, 1.0, self.rules.ece_bins + 1)[1:-1]
@@ -147,7 +179,7 @@ class AttributeEngine:
             unit_edges = np.concatenate([layout.starts[:-1, None], inner, layout.starts[1:, None]], 1)
         # Resample sums use float32: half the memory traffic of this memory-bound step, relative error ~1e-6, far
         # inside any interval. AUCs and rates stay exact integers; point estimates use float64.
-        return _View(layout, overall, values, values.astype(np.float32), unit_edges, to_overall)
+        return _View(layout, overall, make_values, unit_edges, to_overall)
 
     def _range_edges(self, layout: L.Layout, counts: np.ndarray | None) -> np.ndarray:
         """pandas-cut edges over each stratum's own [min p, max p] of the samples present (FairMedFM's ECE)."""
@@ -239,7 +271,9 @@ class AttributeEngine:
 
     def point_stats(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Per stratum (G groups, then the unknown stratum) and overall statistics of the data as observed."""
-        return self._all_stats(self.samples, None, None)
+        stats = self._all_stats(self.samples, None, None)
+        self.samples.release()
+        return stats
 
     def strata(self, stratify: str) -> R.Strata:
         lay = self.layout
@@ -266,6 +300,11 @@ class AttributeEngine:
         seeds = seed_sequence.spawn(n_resamples)
         if n_resamples == 0:
             return {}, {}
+        if self._compiled_kernel() is not None:
+            try:
+                return self._compiled_bootstrap(seeds, stratify, n_jobs)
+            except OverflowError:  # a sample drawn > 255 times: never in practice; the numpy kernels have no limit
+                pass
         self.cells  # noqa: B018  (built now: it reorders the layout, and forked workers should inherit it)
         big_enough = n_resamples >= _MIN_PARALLEL_RESAMPLES and n_resamples * self.layout.n >= _MIN_PARALLEL_WORK
         if n_jobs > 1 and big_enough and _can_fork():
@@ -275,6 +314,74 @@ class AttributeEngine:
             parts = [self._bootstrap_chunk(seeds, stratify)]
         groups = {k: np.concatenate([part[0][k] for part in parts]) for k in parts[0][0]}
         overall = {k: np.concatenate([part[1][k] for part in parts]) for k in parts[0][1]}
+        return groups, overall
+
+    def _compiled_kernel(self):
+        """The compiled kernel module when it applies (numba importable, ECE on [0, 1] bins), else None: the
+        numpy kernels below then compute the same statistics, slower."""
+        if self.rules.ece != "unit" or self.layout.n >= _KERNEL_MAX_SAMPLES:
+            return None
+        try:
+            from fairfm.metrics import _kernel
+        except ImportError:  # numba missing or incompatible with this numpy
+            return None
+        return _kernel
+
+    def _kernel_cells(self, kernel):
+        if self._score_cells is None:
+            order, in_order = self._kernel_layout
+            self._score_cells = kernel.ScoreCells.build(self._y, self._p, self._strata, self.n_groups + 1, order,
+                                                        lambda y, p: item_bce(y, p, self.rules.bce),
+                                                        self._overall.order, in_order)  # fmt: skip
+        return self._score_cells
+
+    def _compiled_bootstrap(self, seeds, stratify: str, n_jobs: int):
+        """:meth:`bootstrap` with the fused kernel of :mod:`fairfm.metrics._kernel`: one pass per resample
+        yields running sums per group and their snapshots at the threshold and bin edges; the rates, AUCs and
+        calibration metrics follow here, vectorised over resamples, with the formulas of :meth:`_all_stats`."""
+        kernel = self._compiled_kernel()
+        cells = self._kernel_cells(kernel)
+        rules = self.rules
+        thresholds = {"": rules.threshold} | {f"@{k}": t for k, t in self.extra_thresholds.items()}
+        # Snapshot points in ascending (value, side) order, so that every stratum's positions ascend too.
+        points = [(t, rules.strict, name) for name, t in thresholds.items()]
+        points += [(float(e), False, k) for k, e in enumerate(np.linspace(0.0, 1.0, rules.ece_bins + 1)[1:-1])]
+        points.sort(key=lambda point: (point[0], point[1]))
+        snap_at = np.concatenate([cells.positions(np.array([v]), strict) for v, strict, _ in points], axis=1)
+        raw = kernel.run(cells, kernel.generator_states(seeds), stratify, snap_at, n_jobs)
+        self._score_cells = None  # ~40 bytes per sample; rebuilt if needed again (resample_indices)
+        where = {name: q for q, (_, _, name) in enumerate(points) if isinstance(name, str)}
+        at_edges = np.array([q for q, (_, _, name) in enumerate(points) if not isinstance(name, str)], dtype=np.int64)
+
+        n, n_pos, mw2 = (raw.ints[..., i].astype(np.float64) for i in range(3))
+        n_neg = n - n_pos
+        groups: dict[str, np.ndarray] = {"n": n, "n_pos": n_pos}
+        total, total_pos = n.sum(axis=1), n_pos.sum(axis=1)
+        overall: dict[str, np.ndarray] = {"n": total, "n_pos": total_pos}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            denom = 2.0 * n_pos * n_neg
+            groups["auc"] = np.where(denom > 0, mw2 / np.where(denom > 0, denom, 1), np.nan)
+            o_denom = 2.0 * total_pos * (total - total_pos)
+            overall["auc"] = np.where(o_denom > 0, raw.overall_mw2 / np.where(o_denom > 0, o_denom, 1), np.nan)
+            for name, q in where.items():
+                tn, fn = raw.snap_ints[:, q, :, 0].astype(np.float64), raw.snap_ints[:, q, :, 1].astype(np.float64)
+                conf = {"tp": n_pos - fn, "fn": fn, "tn": tn, "fp": n_neg - tn}
+                groups.update({f"{k}{name}": v for k, v in _rates(conf, n).items()})
+                summed = {k: v.sum(axis=1) for k, v in conf.items()}
+                overall.update({f"{k}{name}": v for k, v in _rates(summed, total).items()})
+            groups["bce"] = raw.sums[..., 1] / n
+            groups["brier"] = raw.sums[..., 2] / n
+            zeros = np.zeros_like(n[:, None, :])
+            cum_p = np.concatenate([zeros, raw.snap_cp[:, at_edges, :], raw.sums[:, None, :, 0]], axis=1)
+            cum_pos = np.concatenate([zeros, raw.snap_ints[..., 1][:, at_edges, :], n_pos[:, None, :]], axis=1)
+            bin_p, bin_pos = np.diff(cum_p, axis=1), np.diff(cum_pos, axis=1)  # (B, bins, S)
+            groups["ece"] = np.abs(bin_p - bin_pos).sum(axis=1) / n
+            overall["bce"] = raw.sums[..., 1].sum(axis=1) / total
+            overall["brier"] = raw.sums[..., 2].sum(axis=1) / total
+            overall["ece"] = np.abs(bin_p.sum(axis=2) - bin_pos.sum(axis=2)).sum(axis=1) / total
+        order = ["n", "n_pos", "auc"] + [f"{k}{name}" for name in thresholds for k in _RATE_NAMES]
+        groups = {k: groups[k] for k in order + ["bce", "brier", "ece"]}
+        overall = {k: overall[k] for k in order + ["bce", "brier", "ece"]}
         return groups, overall
 
     def _bootstrap_chunk(self, seeds: list[np.random.SeedSequence], stratify: str):
@@ -301,6 +408,17 @@ class AttributeEngine:
         A cell's draws are spread over its samples uniformly at random (with a separate generator); every metric
         is the same whichever of a cell's identical samples were drawn.
         """
+        kernel = self._compiled_kernel()
+        if kernel is not None:
+            cells = self._kernel_cells(kernel)
+            counts = np.zeros(cells.y.size, dtype=np.int64)
+            states = kernel.generator_states(seed_sequence.spawn(n_resamples)[b:b + 1])
+            kernel.run(cells, states, stratify, np.empty((cells.stratum_bounds.size - 1, 0), np.int64), emit=counts)
+            picked = np.repeat(np.arange(counts.size), counts)
+            if cells.unit:
+                return cells.order[picked]
+            offsets = np.random.default_rng(b).integers(0, cells.sizes[picked])
+            return cells.order[cells.cell_starts[picked] + offsets]
         self.cells  # noqa: B018  (the layout the resample refers to is the one with cells, when there are cells)
         view, counts = self._draw(seed_sequence.spawn(n_resamples)[b], stratify)
         if view is self.samples:
@@ -311,6 +429,8 @@ class AttributeEngine:
         return self.layout.order[starts[cells] + spread.integers(0, sizes[cells])]
 
 
+_KERNEL_MAX_SAMPLES = 1 << 28  # the compiled kernel's 32-bit uniforms; larger data use the numpy kernels
+_RATE_NAMES = ("acc", "tpr", "tnr", "fpr", "fnr", "ppv", "f1", "pos_rate", "youden")
 _MIN_PARALLEL_RESAMPLES = 50
 _MIN_PARALLEL_WORK = 20_000_000  # samples × resamples below which forking costs more than it saves
 _FORKED_ENGINE: "AttributeEngine | None" = None  # read by forked workers; set only around a pool's lifetime

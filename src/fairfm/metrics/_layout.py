@@ -62,20 +62,32 @@ class Layout:
 
 
 def build_layout(y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_groups: int,
-                 by_score: np.ndarray | None = None) -> Layout:  # fmt: skip
-    """``codes`` in ``0..G-1`` for known groups and ``-1`` for unknown; ``by_score`` may pass ``argsort(p)``."""
+                 by_score: np.ndarray | None = None, by_score_yp: tuple | None = None) -> Layout:  # fmt: skip
+    """``codes`` in ``0..G-1`` for known groups and ``-1`` for unknown; ``by_score`` may pass ``argsort(p)``
+    and ``by_score_yp`` the labels and scores in that order (``y[by_score]``, ``p[by_score]``)."""
     strata = np.where(codes < 0, n_groups, codes).astype(np.int64)
     if by_score is None:
         by_score = np.argsort(p, kind="quicksort")
-    # Stable radix-like sort on the small integer strata keeps score order inside each stratum.
-    order = by_score[np.argsort(strata[by_score], kind="stable")]
-    return _layout_from_order(order, y, p, strata, n_groups)
+    # A stable sort on the small integer strata keeps score order inside each stratum; numpy radix-sorts
+    # integers of ≤ 16 bits (linear time), so the strata are narrowed first. Gathers through ``perm`` read
+    # the score-sorted arrays as one ascending stream per stratum, which large data need (random gathers of
+    # the original arrays miss the caches).
+    narrow = np.uint8 if n_groups < 255 else np.uint16 if n_groups < 65535 else np.int64
+    strata_by_score = strata.astype(narrow)[by_score]
+    perm = np.argsort(strata_by_score, kind="stable")
+    ys, ps = by_score_yp if by_score_yp is not None else (y[by_score], p[by_score])
+    return _layout_from_order(by_score[perm], y, p, strata, n_groups,
+                              gathered=(ys[perm], ps[perm], strata_by_score[perm].astype(np.int64)))  # fmt: skip
 
 
-def _layout_from_order(order, y, p, strata, n_groups) -> Layout:
-    ys = y[order].astype(np.uint8)
-    ps = p[order].astype(np.float64)
-    ss = strata[order]
+def _layout_from_order(order, y, p, strata, n_groups, gathered=None) -> Layout:
+    """``gathered``: ``(y[order], p[order], strata[order])`` when the caller has them."""
+    if gathered is None:
+        ys, ps, ss = y[order], p[order], strata[order]
+    else:
+        ys, ps, ss = gathered
+    ys = ys.astype(np.uint8, copy=False)
+    ps = ps.astype(np.float64, copy=False)
     sizes = np.bincount(ss, minlength=n_groups + 1)
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     n = order.size
@@ -141,11 +153,14 @@ def cells_of(layout: Layout, y: np.ndarray, p: np.ndarray, strata: np.ndarray,
     return samples, cells, np.append(starts, n)
 
 
-def overall_layout(y: np.ndarray, p: np.ndarray, by_score: np.ndarray | None = None) -> Layout:
+def overall_layout(y: np.ndarray, p: np.ndarray, by_score: np.ndarray | None = None,
+                   by_score_yp: tuple | None = None) -> Layout:  # fmt: skip
     """All samples as one stratum (used for overall metrics)."""
     if by_score is None:
         by_score = np.argsort(p, kind="quicksort")
-    return _layout_from_order(by_score, y, p, np.zeros(y.size, dtype=np.int64), 1)
+    ys, ps = by_score_yp if by_score_yp is not None else (y[by_score], p[by_score])
+    zeros = np.zeros(y.size, dtype=np.int64)
+    return _layout_from_order(by_score, y, p, zeros, 1, gathered=(ys, ps, zeros))
 
 
 def _segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
