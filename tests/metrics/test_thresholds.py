@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import f1_score, precision_recall_curve, roc_curve
+from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score, roc_curve
 
 import fairfm.metrics as M
 from fairfm.errors import InputError
@@ -106,6 +106,19 @@ def test_validation_tasks_are_matched_by_name_not_position():
         expected = _sklearn_best_f1(yv[task].to_numpy(), pv[task].to_numpy())
         assert report.tasks[task].threshold == expected, task
     assert len({report.tasks[t].threshold for t in tasks}) == 3  # the oracle thresholds differ between tasks
+
+
+def test_score_columns_are_matched_to_their_label_columns_by_name():
+    tasks = ["atelectasis", "edema", "effusion"]
+    y, p = _multi_task(0, 300, tasks)
+    yv, pv = _multi_task(1, 200, tasks)
+    # Labels and scores of each split list the tasks in different orders (a review found val_score taken by position).
+    report = M.evaluate(y, p[["edema", "effusion", "atelectasis"]], groups={"g": np.arange(300) % 2},
+                        val_true=yv[["effusion", "atelectasis", "edema"]], val_score=pv[["edema", "atelectasis",
+                        "effusion"]], bootstrap=0)  # fmt: skip
+    for task in tasks:
+        assert report.tasks[task].threshold == _sklearn_best_f1(yv[task].to_numpy(), pv[task].to_numpy()), task
+        assert report.tasks[task].overall["auc"].value == pytest.approx(roc_auc_score(y[task], p[task])), task
 
 
 def test_a_task_missing_from_validation_is_named():

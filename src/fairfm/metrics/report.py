@@ -376,7 +376,8 @@ def evaluate(
     judged against a guessed ground truth), ``"ones"`` or ``"zeros"`` (CheXpert's U-Ones / U-Zeros).
     ``groups``: a DataFrame (one column per sensitive attribute), a mapping, or one array. ``val_true`` /
     ``val_score``: validation predictions for thresholds chosen on validation (the default policy when given);
-    when both ``y_true`` and ``val_true`` are DataFrames their tasks are matched by column name.
+    when both ``y_true`` and ``val_true`` are DataFrames their tasks are matched by column name, and score columns
+    that name the same tasks as their label columns are matched to them by name (otherwise by position).
     ``bins``: ``{"age": [60]}`` bins a continuous column; ``intersect``: ``[["sex", "race"]]`` adds ``sex×race``.
     ``stratify``: resample within each ``group`` (default), ``group_class`` or ``class``. ``bootstrap=0`` skips
     intervals. ``sites``: one site (client) per sample; with a profile that averages over clients
@@ -400,13 +401,15 @@ def evaluate(
         raise InputError(f"unknown uncertain-label policy {uncertain!r}; choose one of: {choices}")
     Y, task_names = I.as_task_matrix(y_true, "y_true")
     P, score_names = I.as_task_matrix(y_score, "y_score")
+    P, score_names = _scores_by_name(P, score_names, task_names)
     if Y.shape != P.shape:
         raise InputError(f"y_true has shape {Y.shape} but y_score has shape {P.shape} (length mismatch)")
     has_val = val_true is not None and val_score is not None
     val_index: list[int] = []
     if has_val:
         YV, val_names = I.as_task_matrix(val_true, "val_true")
-        PV, _ = I.as_task_matrix(val_score, "val_score")
+        PV, val_score_names = I.as_task_matrix(val_score, "val_score")
+        PV, _ = _scores_by_name(PV, val_score_names, val_names)
         if YV.shape != PV.shape:
             raise InputError(f"validation labels {YV.shape} and scores {PV.shape} do not match")
         if isinstance(val_true, pd.DataFrame) and isinstance(y_true, pd.DataFrame):
@@ -512,6 +515,15 @@ def merge_reports(reports: Sequence[Report]) -> Report:
     if len(merged.tasks) > 1:
         merged.macro = _macro(merged.tasks)
     return merged
+
+
+def _scores_by_name(scores: np.ndarray, score_names: list[str], label_names: list[str]):
+    """Score columns in the order of the label columns when both name the same tasks (DataFrames listing them in
+    different orders); otherwise the columns pair by position (e.g. ``label_a`` with ``score_a``)."""
+    if len(score_names) > 1 and score_names != label_names and sorted(score_names) == sorted(label_names):
+        order = [score_names.index(name) for name in label_names]
+        return scores[:, order], list(label_names)
+    return scores, score_names
 
 
 def _match_tasks(task_names: list[str], val_names: list[str]) -> list[int]:
