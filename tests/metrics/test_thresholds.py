@@ -162,8 +162,14 @@ def test_the_label_leak_flag_is_kept_and_written_everywhere(threshold, profile, 
     table = report.to_metric_table("r")
     assert table["threshold_leaks_labels"].dtype == bool
     at_fixed_extra = table.metric.str.endswith("@0.5")  # fairmedfm also reports every rate at 0.5: no leak there
-    assert (table.loc[~at_fixed_extra, "threshold_leaks_labels"] == leaks).all()
-    assert not table.loc[at_fixed_extra, "threshold_leaks_labels"].any()
+    # Only metrics computed at the threshold carry the flag: AUC, BCE, ECE, Brier and counts never saw a threshold.
+    base = table.metric.str.split("@").str[0].str.removesuffix("_p").str.removesuffix("_q")
+    thresholded = base.isin(["acc", "tpr", "tnr", "fpr", "fnr", "ppv", "f1", "pos_rate", "youden", "acc_gap",
+                             "es_acc", "tpr_gap", "fpr_gap", "tnr_gap", "ppv_gap", "eqodds_score", "eod",
+                             "eopp_score", "dpd", "dp_score", "dpr", "eor"])  # fmt: skip
+    assert thresholded.any() and (~thresholded).any()
+    assert (table.loc[thresholded & ~at_fixed_extra, "threshold_leaks_labels"] == leaks).all()
+    assert not table.loc[at_fixed_extra | ~thresholded, "threshold_leaks_labels"].any()
     console = Console(width=200, record=True, color_system=None)
     console.print(rich_tables(report))
     for text in (console.export_text(), markdown(report)):
@@ -175,6 +181,7 @@ def test_the_store_keeps_the_leak_column():
 
     y, p, g = make_data(8, n=200)
     stored = _metric_table(M.evaluate(y, p, groups={"g": g}, threshold="best_f1@self", bootstrap=0), "r1")
-    assert stored["threshold_leaks_labels"].all()
+    assert stored.loc[stored.metric.isin(["acc", "tpr_gap", "eod"]), "threshold_leaks_labels"].all()
+    assert not stored.loc[stored.metric.isin(["auc", "auc_gap", "bce", "n_pos"]), "threshold_leaks_labels"].any()
     stored = _metric_table(M.evaluate(y, p, groups={"g": g}, bootstrap=0), "r1")
     assert not stored["threshold_leaks_labels"].any()

@@ -73,11 +73,13 @@ class TaskResult:
     n_uncertain_label: int = 0  # rows labelled uncertain (−1), handled by Report.uncertain
 
     def leaks_labels(self, metric: str) -> bool:
-        """Whether ``metric`` of this task was computed at a threshold that saw the evaluated set's labels."""
-        for name, leaks in self.extra_threshold_leaks.items():
-            if metric.endswith(f"@{name}"):
-                return leaks
-        return self.threshold_leaks_labels
+        """Whether ``metric`` of this task was computed at a threshold that saw the evaluated set's labels
+        (a threshold-free metric — AUC, BCE, ECE, Brier, counts — never did)."""
+        name = metric[:-2] if metric.endswith(("_p", "_q")) else metric
+        base, _, at = name.partition("@")
+        if base not in E.THRESHOLDED and base not in _THRESHOLDED_SUMMARIES:
+            return False
+        return self.extra_threshold_leaks.get(at, self.threshold_leaks_labels) if at else self.threshold_leaks_labels
 
 
 def _clean(value: Any) -> Any:
