@@ -214,6 +214,8 @@ def test_fairfedmed_averages_every_metric_over_sites():
 def test_sites_need_a_client_averaging_profile():
     with pytest.raises(InputError, match="client averages \\(fairfedmed\\)"):
         M.evaluate(Y, P, groups={"sex": G}, sites=G, bootstrap=0)
+    with pytest.raises(InputError, match="client averages over sites have percentile intervals only"):
+        M.evaluate(Y, P, groups={"sex": G}, sites=G, profile="fairfedmed", ci_method="simultaneous", bootstrap=10)
     with pytest.raises(InputError, match="sites: row 1 has no site"):
         M.evaluate(Y, P, groups={"sex": G}, sites=["x", None] + ["x"] * (len(Y) - 2), profile="fairfedmed",
                    bootstrap=0)  # fmt: skip

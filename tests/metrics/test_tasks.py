@@ -87,3 +87,10 @@ def test_merged_per_task_reports_get_macro_metrics_and_bh_across_tasks():
     assert "macro" in merged.to_dict() and not math.isnan(merged.macro["sex"]["macro_auc_gap"])
     with pytest.raises(InputError, match="task 'a' is in more than one"):
         merge_reports([parts[0], parts[0]])
+    # Parts with other interval methods or profiles cannot share one bootstrap record.
+    percentile = M.evaluate(y[["b"]], p[["b"]], groups={"sex": sex}, bootstrap=100, ci_method="percentile")
+    with pytest.raises(InputError, match="same kind, profile and bootstrap design"):
+        merge_reports([parts[0], percentile])
+    khan = M.evaluate(y[["b"]], p[["b"]], groups={"sex": sex}, bootstrap=100, profile="khan", ci_method="simultaneous")
+    with pytest.raises(InputError, match="same kind, profile and bootstrap design"):
+        merge_reports([parts[0], khan])

@@ -71,3 +71,32 @@ def test_without_extras_the_table_alone_gives_every_value_and_interval():
     expected = report.by_group.drop(columns="n_pos")
     pd.testing.assert_frame_equal(restored.by_group.drop(columns="n_pos"), expected)
     assert restored.by_group.loc[("site", "tiny"), "note"] != ""  # the excluded group keeps its reason
+
+
+def test_a_report_with_unknown_and_uncertain_labels_round_trips_without_duplicate_rows():
+    rng = np.random.default_rng(4)
+    y = pd.DataFrame({"a": rng.integers(0, 2, 200).astype(float), "b": rng.integers(0, 2, 200).astype(float)})
+    y.loc[:9, "a"] = np.nan  # unknown labels of task a
+    y.loc[10:14, "b"] = -1  # uncertain labels of task b
+    p = pd.DataFrame({c: rng.uniform(0, 1, 200) for c in y})
+    report = fm.evaluate(y, p, groups={"sex": rng.choice(["F", "M"], 200)}, bootstrap=30, seed=1)
+    table = report.to_metric_table("r1")
+    restored = _round_trip(report)[0]
+    pd.testing.assert_frame_equal(restored.to_metric_table("r1"), table)  # the label counts once, not twice
+    assert restored.to_json() == report.to_json()
+    alone = report_from_metric_table(table)  # without extras: the counts still come back once, as task fields
+    assert alone.tasks["a"].n_unknown_label == 10 and alone.tasks["b"].n_uncertain_label == 5
+    again = alone.to_metric_table("r1")
+    assert len(again) == len(table) and (again["metric"] == "n_unknown_label").sum() == 2  # one row per task
+    pd.testing.assert_series_equal(again["value"], table["value"])
+
+
+def test_without_extras_notes_come_from_missing_values_not_interval_notes():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 120)
+    groups = {"g": np.where(np.arange(120) < 117, "big", "tiny")}  # one valid group: the gaps are NaN with a note
+    y[117:] = 0
+    report = fm.evaluate(y, rng.uniform(0, 1, 120), groups=groups, bootstrap=20, seed=1)
+    restored = report_from_metric_table(report.to_metric_table("r1"))
+    assert restored.tasks["task"].attributes["g"].notes
+    assert all("interval" not in note for note in restored.tasks["task"].attributes["g"].notes)

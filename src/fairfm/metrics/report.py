@@ -426,8 +426,10 @@ def evaluate(
     frame = I.as_group_frame(groups, Y.shape[0])
     attributes = I.attribute_codes(frame, bins, intersect)
     site_codes, site_names = _site_codes(sites, Y.shape[0], prof)
-    if site_codes is not None:
-        ci_method = "percentile"  # a client average is a mean of per-site values: its intervals are percentile ones
+    if site_codes is not None and ci_method != "percentile":
+        # A client average is a mean of per-site values: its intervals are the percentile ones of that mean.
+        raise InputError("client averages over sites have percentile intervals only: drop ci_method='simultaneous' "
+                         "(--ci-method) or the sites (--site-column)")  # fmt: skip
     rules_base = dict(strict=prof.strict, bce=prof.bce, ece=prof.ece) if prof is not None else {}
     root_seed = np.random.SeedSequence(seed)
     task_seeds = root_seed.spawn(len(task_names))
@@ -502,9 +504,12 @@ def merge_reports(reports: Sequence[Report]) -> Report:
     merged = Report(kind=first.kind, tasks={}, bootstrap=dict(first.bootstrap), profile=first.profile, warnings=[],
                     shown_metrics=first.shown_metrics, uncertain=first.uncertain, clients=first.clients)  # fmt: skip
     for report in reports:
-        design = ("B", "stratify", "ci", "method")  # seeds may differ: each part resampled independently
-        if report.kind != first.kind or any(report.bootstrap.get(k) != first.bootstrap.get(k) for k in design):
-            raise InputError("reports to merge must have the same kind and bootstrap design (B, stratify, ci)")
+        design = ("B", "stratify", "ci", "method", "ci_method")  # seeds may differ: parts resampled independently
+        profile = report.profile.name if report.profile is not None else None
+        if (report.kind != first.kind or any(report.bootstrap.get(k) != first.bootstrap.get(k) for k in design)
+                or profile != (first.profile.name if first.profile is not None else None)):
+            raise InputError("reports to merge must have the same kind, profile and bootstrap design (B, stratify, "
+                             "ci, interval method)")  # fmt: skip
         for name, task in report.tasks.items():
             if name in merged.tasks:
                 raise InputError(f"task {name!r} is in more than one of the reports to merge")

@@ -16,11 +16,12 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from fairfm.metrics.report import METRIC_LEAK_COLUMN as LEAK_COLUMN
 from fairfm.metrics.report import AttributeResult, Estimate, Report, TaskResult
 
 ALL, SUMMARY = "__all__", "__summary__"
-#: The optional boolean column of the MetricTable saying a task's threshold was chosen on the evaluated labels.
-LEAK_COLUMN = "threshold_leaks_labels"
+#: Overall rows of the MetricTable that are TaskResult fields, not overall metrics.
+LABEL_COUNTS = ("n_unknown_label", "n_uncertain_label")
 
 
 def report_extras(report: Report) -> dict[str, Any]:
@@ -70,6 +71,8 @@ def report_from_metric_table(table: pd.DataFrame, extras: Mapping[str, Any] | No
         info = task_extras.get(task_name) or {}
         overall_rows = rows[rows["attribute"] == ALL]
         overall = {str(r.metric): _estimate(r) for r in overall_rows.itertuples(index=False)}
+        # Label counts are rows of the table but fields of the task (to_metric_table writes them from the fields).
+        label_counts = {name: overall.pop(name).value for name in LABEL_COUNTS if name in overall}
         n = int(overall_rows["n"].iloc[0]) if not overall_rows.empty else int(rows["n"].max())
         policy = str(rows["threshold_policy"].iloc[0])
         attributes = {}
@@ -86,8 +89,8 @@ def report_from_metric_table(table: pd.DataFrame, extras: Mapping[str, Any] | No
             threshold=threshold, attributes=attributes,
             extra_thresholds={k: _float(v) for k, v in (info.get("extra_thresholds") or {}).items()},
             threshold_leaks_labels=leaks, extra_threshold_leaks=dict(info.get("extra_threshold_leaks") or {}),
-            n_unknown_label=int(info.get("n_unknown_label") or 0),
-            n_uncertain_label=int(info.get("n_uncertain_label") or 0))
+            n_unknown_label=int(info.get("n_unknown_label") or label_counts.get("n_unknown_label") or 0),
+            n_uncertain_label=int(info.get("n_uncertain_label") or label_counts.get("n_uncertain_label") or 0))
     bootstrap = dict(extras.get("bootstrap") or {})
     if not bootstrap:
         has_ci = table["ci_low"].notna().any()
@@ -141,9 +144,10 @@ def _attribute(name: str, rows: pd.DataFrame, info: Mapping[str, Any]) -> Attrib
 
 
 def _notes_from_rows(rows: pd.DataFrame) -> list[str]:
-    # Without extras: the attribute's notes are on its NaN summary rows, joined with "; ".
-    for note in rows["note"].astype(str):
-        if note:
+    # Without extras: the attribute's notes are on its NaN summary rows, joined with "; " (finite rows carry the
+    # interval method's note instead).
+    for note, value in zip(rows["note"].astype(str), rows["value"]):
+        if note and not math.isfinite(float(value)):
             return note.split("; ")
     return []
 
