@@ -101,6 +101,7 @@ def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_repo
     def compute(resolved_spec: "RunSpec"):
         from fairfm.results import RunOutput
 
+        kept["started"] = True  # this process holds the run's lock: the run's files are its own
         predictions, report, meta = compute_run(resolved_spec, store_path=store.path, run_id=run_id,
                                                 progress=progress)  # fmt: skip
         kept["report"] = report
@@ -109,7 +110,10 @@ def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_repo
     try:
         record = store.run(spec, compute)
     except BaseException:
-        if not store.exists(run_id):  # a run that is not stored leaves none of its files behind
+        # A run this process started and did not store leaves none of its files behind. A process that was only
+        # waiting for the run's lock (interrupted, or the lock could not be taken) owns no files: the heads it
+        # sees are the lock holder's, being written.
+        if kept.get("started") and not store.exists(run_id):
             remove_run_files(store.path, run_id)
         raise
     report = kept.get("report")
