@@ -15,6 +15,7 @@ from fairfm import runner
 from fairfm.results import Store
 from fairfm.spec import RunSpec
 from tests.adapt.helpers import make_synth, make_tiny_clip
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +76,91 @@ def test_a_process_interrupted_while_waiting_for_the_lock_keeps_the_holders_head
     finally:
         release.set()
         thread.join()
+
+
+# ----------------------------------------------------------------------------------------- B.5/B.6 a sweep checks first
+
+
+@pytest.fixture(scope="module")
+def chexpert_raw(tmp_path_factory) -> Path:
+    from tests.data.chest_releases import write_chexpert
+
+    return write_chexpert(tmp_path_factory.mktemp("raw"), n_patients=80, demo="csv")
+
+
+def _sweep_file(folder: Path, **fields) -> Path:
+    import yaml
+
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"usage": "zero_shot", "bootstrap": 5, **fields}))
+    return path
+
+
+def _never_prepare(monkeypatch) -> list:
+    import fairfm.data.cache as cache
+
+    prepared: list = []
+    monkeypatch.setattr(cache, "ensure_prepared", lambda *a, **k: prepared.append(a) or (_ for _ in ()).throw(
+        AssertionError("prepared")))  # fmt: skip
+    return prepared
+
+
+@pytest.mark.parametrize("where", ["file", "inside_file"])
+def test_a_sweep_on_a_dataset_name_with_a_store_that_is_a_file_is_one_line(where, chexpert_raw, clip_dir, tmp_path,
+                                                                            capsys, monkeypatch):  # fmt: skip
+    prepared = _never_prepare(monkeypatch)
+    as_file = tmp_path / "store.txt"
+    as_file.write_text("not a store")
+    store = as_file if where == "file" else as_file / "store"
+    sweep = _sweep_file(tmp_path, dataset="chexpert", root=str(chexpert_raw), model="clip", checkpoint=str(clip_dir))
+    code, out, err = run_cli(capsys, "sweep", sweep, "--store", store, "--quiet")
+    assert code == 2 and "Traceback" not in err and err.count("\n") <= 2, err
+    expected = "is a file, not a folder" if where == "file" else f"{store} cannot be created: {as_file} is a file"
+    assert f"store {store}: " in err and expected in err
+    assert prepared == [] and as_file.read_text() == "not a store"
+
+
+def test_a_sweep_on_a_dataset_name_with_a_read_only_store_prepares_nothing(chexpert_raw, clip_dir, tmp_path, capsys,
+                                                                           monkeypatch):  # fmt: skip
+    from tests.test_fail_early import _unwritable
+
+    prepared = _never_prepare(monkeypatch)
+    store = tmp_path / "store"
+    _unwritable(store, monkeypatch)
+    sweep = _sweep_file(tmp_path, dataset="chexpert", root=str(chexpert_raw), model="clip", checkpoint=str(clip_dir))
+    try:
+        code, _, err = run_cli(capsys, "sweep", sweep, "--store", store, "--quiet")
+    finally:
+        store.chmod(0o755)
+    assert code == 2 and "Traceback" not in err and f"store {store}: cannot write in {store}" in err
+    assert prepared == []
+
+
+def test_a_bad_cell_later_in_the_grid_is_reported_before_any_dataset_is_prepared(chexpert_raw, clip_dir, tmp_path,
+                                                                                 capsys):  # fmt: skip
+    store = tmp_path / "store"
+    missing = tmp_path / "no_such_checkpoint"
+    sweep = _sweep_file(tmp_path, dataset="chexpert", root=str(chexpert_raw),
+                        grid={"model": ["clip", "nosuchmodel", "clip"],
+                              "checkpoint": [str(clip_dir), str(clip_dir), str(missing)]})  # fmt: skip
+    code, _, err = run_cli(capsys, "sweep", sweep, "--store", store, "--quiet")
+    assert code == 2 and "Traceback" not in err
+    assert "sweep: 2 problem(s) found before running" in err
+    assert "sweep cell 1 (nosuchmodel · zero_shot · seed 0): unknown model 'nosuchmodel'" in err
+    assert "sweep cell 2 (clip · zero_shot · seed 0): " in err and f"{missing} not found" in err
+    assert not (store / "datasets").exists() and not (store / "runs").exists()
+
+
+def test_a_sweep_on_a_dataset_name_still_prepares_it_once_and_runs(chexpert_raw, clip_dir, tmp_path):
+    from fairfm.spec import SweepSpec
+    from fairfm.sweep import plan, run_sweep
+
+    store = Store(tmp_path / "store")
+    sweep = SweepSpec.from_dict({"usage": "zero_shot", "bootstrap": 5, "dataset": "chexpert",
+                                 "root": str(chexpert_raw), "model": "clip", "checkpoint": str(clip_dir),
+                                 "tasks": ["no_finding"], "attributes": ["sex"], "seeds": [0, 1]})  # fmt: skip
+    found, pending = plan(sweep, store, prepare=False)  # writes nothing: the run ids are not known yet
+    assert found == [] and [p.run_id for p in pending] == ["", ""] and not store.path.exists()
+    outcomes = run_sweep(sweep, store, progress=False)
+    assert [o.status for o in outcomes] == ["computed", "computed"], [o.error for o in outcomes]
+    assert len(list((store.path / "datasets").iterdir())) == 1

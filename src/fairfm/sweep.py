@@ -33,7 +33,7 @@ from fairfm.errors import InputError
 
 if TYPE_CHECKING:
     from fairfm.results import Store
-    from fairfm.spec import SweepSpec
+    from fairfm.spec import RunSpec, SweepSpec
 
 
 @dataclass
@@ -82,13 +82,42 @@ def list_executors() -> list[str]:
 def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
          recompute_stale: bool = False) -> tuple[list[SweepOutcome], list[PendingRun]]:  # fmt: skip
     """(cells already in the store, cells still to run) — duplicates of one run id are kept once. Datasets named
-    by a registered name and a raw ``root`` are prepared into the store first (``prepare=False``: never write).
-    A cell stored only under older results versions is "stale" and counted as found, unless ``recompute_stale``.
+    by a registered name and a raw ``root`` are prepared into the store first (``prepare=False``: never write; a
+    cell whose dataset is not prepared yet is pending with an empty run id). A cell stored only under older results
+    versions is "stale" and counted as found, unless ``recompute_stale``.
 
     Every cell still to run is checked before any runs (:func:`fairfm.runner.preflight`: unknown model or dataset,
     a missing checkpoint or one that does not fit its model, a split without both classes, …) and the store's
-    writability once; every problem is reported together, one line per cell, in one InputError."""
-    from fairfm.data.cache import resolve_dataset
+    writability once; every problem is reported together, one line per cell, in one InputError. Preparing a dataset
+    takes minutes, so when one is to be prepared a first pass that writes nothing checks every cell (those whose
+    dataset is not prepared yet without their data) and the store, before anything is prepared."""
+    if store.path.exists() and not store.path.is_dir():
+        store.check_writable()  # a store that is a file: said once, not once per cell
+    cells = list(sweep.expand())
+    found, pending, problems = _plan_cells(cells, store, prepare=False, recompute_stale=recompute_stale)
+    to_prepare = any(not run.run_id for run in pending)
+    if pending and prepare:
+        try:
+            store.check_writable()
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        lines = "\n  ".join(problems)
+        raise InputError(f"sweep: {len(problems)} problem(s) found before running, so nothing was run:\n  {lines}")
+    if prepare and to_prepare:  # every cell passed its checks: prepare, then check what needed the data
+        found, pending, problems = _plan_cells(cells, store, prepare=True, recompute_stale=recompute_stale)
+        if problems:
+            lines = "\n  ".join(problems)
+            raise InputError(f"sweep: {len(problems)} problem(s) found before running, so nothing was run:\n  "
+                             f"{lines}")  # fmt: skip
+    return found, pending
+
+
+def _plan_cells(cells: list["RunSpec"], store: "Store", *, prepare: bool,
+                recompute_stale: bool) -> tuple[list[SweepOutcome], list[PendingRun], list[str]]:  # fmt: skip
+    """(found, pending, problems) of :func:`plan`; with ``prepare=False`` a cell whose dataset is not prepared yet
+    has only the checks that need no data and is pending with an empty run id."""
+    from fairfm.data.cache import is_prepared, resolve_dataset
     from fairfm.runner import preflight
 
     found: list[SweepOutcome] = []
@@ -96,10 +125,14 @@ def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
     seen: set[str] = set()
     problems: list[str] = []
     stale_index = None  # spec key -> stored runs, read once for every cell not found as it is
-    for index, spec in enumerate(sweep.expand()):
+    for index, spec in enumerate(cells):
         try:
             # A dataset given by name is prepared here, once, before any worker could race to prepare it.
-            spec, _ = resolve_dataset(spec, store.path, prepare=prepare)
+            spec, prepared = resolve_dataset(spec, store.path, prepare=prepare)
+            if prepared is not None and not is_prepared(prepared.folder):  # only with prepare=False
+                preflight(spec, store, check_store=False, check_data=False)
+                pending.append(PendingRun(index, "", spec.model_dump(mode="json")))
+                continue
             key = store.key(spec)  # fails fast, before any work, for a missing dataset or checkpoint
             run_id = key.run_id
             if run_id in seen:
@@ -121,15 +154,7 @@ def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
             found.append(SweepOutcome(index, stale.run_id, "stale", data))
         else:
             pending.append(PendingRun(index, run_id, data))
-    if pending and prepare:
-        try:
-            store.check_writable()
-        except InputError as exc:
-            problems.append(str(exc))
-    if problems:
-        lines = "\n  ".join(problems)
-        raise InputError(f"sweep: {len(problems)} problem(s) found before running, so nothing was run:\n  {lines}")
-    return found, pending
+    return found, pending, problems
 
 
 def run_sweep(
