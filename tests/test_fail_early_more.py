@@ -164,3 +164,58 @@ def test_a_sweep_on_a_dataset_name_still_prepares_it_once_and_runs(chexpert_raw,
     outcomes = run_sweep(sweep, store, progress=False)
     assert [o.status for o in outcomes] == ["computed", "computed"], [o.error for o in outcomes]
     assert len(list((store.path / "datasets").iterdir())) == 1
+
+
+# ----------------------------------------------------------------------------------------- B.5 a folder --out
+
+
+def _folder_out_commands(synth_dir: Path, clip_dir: Path, raw: Path) -> dict[str, list]:
+    """Every command whose --out names a folder, with the arguments that would otherwise make it do its work."""
+    return {
+        "datasets synth": ["datasets", "synth", "--n", "40", "--size", "16"],
+        "datasets prepare": ["datasets", "prepare", "chexpert", "--root", raw],
+        "demo": ["demo", "--n", "200", "--bootstrap", "5", "--quiet"],
+        "features extract": ["features", "extract", "--data", synth_dir, "--model", "clip", "--checkpoint", clip_dir],
+    }
+
+
+COMMANDS = ["datasets synth", "datasets prepare", "demo", "features extract"]
+
+
+def _files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_folder_out_that_is_an_existing_file_is_one_line(command, synth_dir, clip_dir, chexpert_raw, tmp_path,
+                                                           capsys):  # fmt: skip
+    args = _folder_out_commands(synth_dir, clip_dir, chexpert_raw)[command]
+    work = tmp_path / "work"
+    work.mkdir()
+    as_file = work / "out.txt"
+    as_file.write_text("keep me")
+    code, out, err = run_cli(capsys, *args, "--out", as_file)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert err == f"error: --out {as_file}: is a file; give the folder to write into\n"
+    inside = as_file / "sub"
+    code, out, err = run_cli(capsys, *args, "--out", inside)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert f"--out {inside}: {inside} cannot be created: {as_file} is a file" in err
+    assert _files_under(work) == {"out.txt": b"keep me"}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_folder_out_that_cannot_be_written_is_refused_before_work(command, synth_dir, clip_dir, chexpert_raw,
+                                                                    tmp_path, capsys, monkeypatch):  # fmt: skip
+    from tests.test_fail_early import _unwritable
+
+    args = _folder_out_commands(synth_dir, clip_dir, chexpert_raw)[command]
+    read_only = tmp_path / "read_only"
+    _unwritable(read_only, monkeypatch)
+    try:
+        code, _, err = run_cli(capsys, *args, "--out", read_only / "out")
+    finally:
+        read_only.chmod(0o755)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert f"--out {read_only / 'out'}: cannot write in {read_only}" in err
+    assert list(read_only.iterdir()) == []
