@@ -219,3 +219,36 @@ def test_a_folder_out_that_cannot_be_written_is_refused_before_work(command, syn
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
     assert f"--out {read_only / 'out'}: cannot write in {read_only}" in err
     assert list(read_only.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------- B.10 a local sweep's bars
+
+
+def test_a_local_sweep_with_progress_shows_each_runs_bootstrap_bar(synth_dir, clip_dir, tmp_path, monkeypatch):
+    import fairfm.metrics
+    import fairfm.sweep as sweep_module
+    from fairfm.spec import SweepSpec
+
+    seen: list[bool] = []
+    original = fairfm.metrics.evaluate_frame
+    monkeypatch.setattr(fairfm.metrics, "evaluate_frame",
+                        lambda *a, **k: seen.append(k.get("progress")) or original(*a, **k))  # fmt: skip
+    base = {"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir), "usage": "zero_shot",
+            "bootstrap": 5}  # fmt: skip
+    outcomes = sweep_module.run_sweep(SweepSpec.from_dict({**base, "seeds": [0, 1]}), Store(tmp_path / "a"),
+                                      progress=True)  # fmt: skip
+    assert [o.status for o in outcomes] == ["computed", "computed"] and seen == [True, True]
+    seen.clear()
+    outcomes = sweep_module.run_sweep(SweepSpec.from_dict(base), Store(tmp_path / "b"), progress=False)
+    assert [o.status for o in outcomes] == ["computed"] and seen == [False]
+
+    # pool and Ray workers have no terminal: they are not asked for bars (their line per cell says it)
+    asked: list[dict] = []
+
+    def fake_pool(pending, store_path, **options):
+        asked.append(options)
+        return iter([sweep_module.run_one(run.spec, str(store_path), run.index) for run in pending])
+
+    monkeypatch.setitem(sweep_module._EXECUTORS, "pool", fake_pool)
+    sweep_module.run_sweep(SweepSpec.from_dict(base), Store(tmp_path / "c"), executor="pool", progress=True)
+    assert asked == [{"workers": None, "address": None}]

@@ -175,7 +175,8 @@ def run_sweep(
     ``ray``); ``address``: a Ray cluster (``ray://host:10001`` or ``auto``), default a local one. Without
     ``keep_going`` the first failure stops the sweep (runs already finished stay stored). ``recompute_stale``:
     cells stored only under older results versions are computed again (otherwise served as ``stale``). With
-    ``progress``, a line per finished run (its state and time) above the sweep's bar.
+    ``progress``, a line per finished run (its state and time) above the sweep's bar; the local executor's runs
+    also show their own bars (training, bootstrap), the sweep's bar stepping aside while a cell is computed.
     """
     if executor not in _EXECUTORS:
         raise InputError(f"executor {executor!r} is not one of {', '.join(list_executors())}")
@@ -197,9 +198,13 @@ def run_sweep(
                             state=f"{len(found)} found")  # fmt: skip
         failed = 0
         if pending:
-            stream = _EXECUTORS[executor](pending, store.path, workers=workers, address=address)
+            # The local executor computes each cell in this process, so with progress on a run shows its own bars
+            # (features, training, bootstrap); pool and Ray workers have no terminal: their line per cell says it.
+            own_bars = progress and executor == "local"
+            options = {"progress": True} if own_bars else {}
+            stream = _EXECUTORS[executor](pending, store.path, workers=workers, address=address, **options)
             try:
-                for outcome in stream:
+                for outcome in _sweep_bar_aside(stream, bar) if own_bars else stream:
                     outcomes.append(outcome)
                     failed += outcome.status == "failed"
                     bar.update(task, advance=1, state=f"{failed} failed" if failed else "")
@@ -216,6 +221,23 @@ def run_sweep(
     return sorted(outcomes, key=lambda o: o.index)
 
 
+def _sweep_bar_aside(stream: Iterator[SweepOutcome], bar: Any) -> Iterator[SweepOutcome]:
+    """``stream``'s outcomes, with the sweep's bar hidden while each cell is computed: a run's own bars are live
+    displays of other consoles, and two live displays on one terminal overwrite each other's lines."""
+    iterator = iter(stream)
+    while True:
+        bar.live.transient = True
+        bar.live.stop()
+        try:
+            outcome = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            bar.live.transient = False
+            bar.live.start()
+        yield outcome
+
+
 def _cell_line(outcome: SweepOutcome) -> str:
     spec = outcome.spec
     what = f"cell {outcome.index} ({spec.get('model')} · {spec.get('usage')} · seed {spec.get('seed')})"
@@ -226,9 +248,11 @@ def _cell_line(outcome: SweepOutcome) -> str:
 # ----------------------------------------------------------------------------------------------------- one run
 
 
-def run_one(spec_data: dict[str, Any], store_path: str, index: int = -1) -> SweepOutcome:
+def run_one(spec_data: dict[str, Any], store_path: str, index: int = -1, *,
+            progress: bool = False) -> SweepOutcome:  # fmt: skip
     """Execute one run (in whatever process an executor chose) and describe the outcome; never raises for a
-    failed run, so one bad cell cannot take a sweep down."""
+    failed run, so one bad cell cannot take a sweep down. ``progress``: the run's own bars (an executor whose runs
+    share the sweep's terminal)."""
     from fairfm.results import Store
     from fairfm.runner import execute
     from fairfm.spec import RunSpec
@@ -240,7 +264,7 @@ def run_one(spec_data: dict[str, Any], store_path: str, index: int = -1) -> Swee
         store = Store(store_path)
         run_id = store.run_id(spec)
         # A pending cell was planned to be computed (a stale run was only planned so with recompute_stale).
-        result = execute(spec, store, progress=False, recompute_stale=True)
+        result = execute(spec, store, progress=progress, recompute_stale=True)
         status = "computed" if result.computed else "found"
         return SweepOutcome(index, result.record.run_id, status, spec_data, time.perf_counter() - started)
     except InputError as exc:
@@ -268,12 +292,13 @@ def _init_worker(threads: int) -> None:
 
 @register_executor("local")
 def _local(pending: Iterable[PendingRun], store_path: Path, *, workers: int | None = None,
-           address: str | None = None) -> Iterator[SweepOutcome]:  # fmt: skip
-    """One run after the other in this process (the simplest to debug; progress of each run is not shown)."""
+           address: str | None = None, progress: bool = False) -> Iterator[SweepOutcome]:  # fmt: skip
+    """One run after the other in this process (the simplest to debug); with ``progress`` each run shows its own
+    bars (feature extraction, training, bootstrap)."""
     if workers not in (None, 1):
         raise InputError(f"workers: {workers} — the local executor runs one run at a time (use --executor pool)")
     for run in pending:
-        yield run_one(run.spec, str(store_path), run.index)
+        yield run_one(run.spec, str(store_path), run.index, progress=progress)
 
 
 @register_executor("pool")
