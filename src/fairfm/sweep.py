@@ -101,16 +101,17 @@ def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
             store.check_writable()
         except InputError as exc:
             problems.append(str(exc))
+    _refuse(problems)
+    if prepare and to_prepare:  # every cell passed its checks: prepare, then check what needed the data
+        found, pending, problems = _plan_cells(cells, store, prepare=True, recompute_stale=recompute_stale)
+        _refuse(problems)
+    return found, pending
+
+
+def _refuse(problems: list[str]) -> None:
     if problems:
         lines = "\n  ".join(problems)
         raise InputError(f"sweep: {len(problems)} problem(s) found before running, so nothing was run:\n  {lines}")
-    if prepare and to_prepare:  # every cell passed its checks: prepare, then check what needed the data
-        found, pending, problems = _plan_cells(cells, store, prepare=True, recompute_stale=recompute_stale)
-        if problems:
-            lines = "\n  ".join(problems)
-            raise InputError(f"sweep: {len(problems)} problem(s) found before running, so nothing was run:\n  "
-                             f"{lines}")  # fmt: skip
-    return found, pending
 
 
 def _plan_cells(cells: list["RunSpec"], store: "Store", *, prepare: bool,
