@@ -101,6 +101,7 @@ def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_repo
     def compute(resolved_spec: "RunSpec"):
         from fairfm.results import RunOutput
 
+        kept["started"] = True  # this process holds the run's lock: the run's files are its own
         predictions, report, meta = compute_run(resolved_spec, store_path=store.path, run_id=run_id,
                                                 progress=progress)  # fmt: skip
         kept["report"] = report
@@ -109,7 +110,10 @@ def execute(spec: "RunSpec", store: "Store", *, progress: bool = True, want_repo
     try:
         record = store.run(spec, compute)
     except BaseException:
-        if not store.exists(run_id):  # a run that is not stored leaves none of its files behind
+        # A run this process started and did not store leaves none of its files behind. A process that was only
+        # waiting for the run's lock (interrupted, or the lock could not be taken) owns no files: the heads it
+        # sees are the lock holder's, being written.
+        if kept.get("started") and not store.exists(run_id):
             remove_run_files(store.path, run_id)
         raise
     report = kept.get("report")
@@ -158,16 +162,17 @@ _USAGE_FAMILY = {"zero_shot": "vision-language", "prototype": "vision-language",
 _FAMILY_NEEDS = {"vision-language": "a vision-language model", "segmentation": "a promptable segmentation model"}
 
 
-def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True) -> None:
+def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True, check_data: bool = True) -> None:
     """Everything a run can be refused for that is known before any work (model building, feature extraction,
     training): an unimplemented usage, an unknown model or one of the wrong family for the usage, a missing
     checkpoint or one that does not fit the model card (checked without loading it, see
     :func:`fairfm.models.check_model`), a split without both classes in val/test, and a store that could not take
-    the result. A sweep calls it for every cell before the first runs."""
+    the result. A sweep calls it for every cell before the first runs (``check_data=False``: only the checks that
+    need no prepared dataset, for a dataset given by name before it is prepared)."""
     from fairfm.models import check_model, get_model
 
     check_supported(spec)
-    if spec.usage in SEGMENTATION_USAGES:  # the usage's own first check (its dataset has masks), then its family
+    if check_data and spec.usage in SEGMENTATION_USAGES:  # the usage's own check (masks) before the family
         from fairfm.adapt.sam_prompting import mask_columns
 
         table_path = Path(spec.resolve()["dataset"]) / "samples.parquet"
@@ -185,7 +190,8 @@ def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True) -> N
             raise InputError(f"model {card.name!r} is a promptable segmentation model: {spec.usage} needs an image "
                              "encoder (family vision or vision-language; see 'fairfm models list')")  # fmt: skip
     check_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
-    check_split_classes(spec)
+    if check_data:
+        check_split_classes(spec)
     if check_store:
         store.check_writable()
 

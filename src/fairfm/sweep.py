@@ -33,7 +33,7 @@ from fairfm.errors import InputError
 
 if TYPE_CHECKING:
     from fairfm.results import Store
-    from fairfm.spec import SweepSpec
+    from fairfm.spec import RunSpec, SweepSpec
 
 
 @dataclass
@@ -82,13 +82,43 @@ def list_executors() -> list[str]:
 def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
          recompute_stale: bool = False) -> tuple[list[SweepOutcome], list[PendingRun]]:  # fmt: skip
     """(cells already in the store, cells still to run) — duplicates of one run id are kept once. Datasets named
-    by a registered name and a raw ``root`` are prepared into the store first (``prepare=False``: never write).
-    A cell stored only under older results versions is "stale" and counted as found, unless ``recompute_stale``.
+    by a registered name and a raw ``root`` are prepared into the store first (``prepare=False``: never write; a
+    cell whose dataset is not prepared yet is pending with an empty run id). A cell stored only under older results
+    versions is "stale" and counted as found, unless ``recompute_stale``.
 
     Every cell still to run is checked before any runs (:func:`fairfm.runner.preflight`: unknown model or dataset,
     a missing checkpoint or one that does not fit its model, a split without both classes, …) and the store's
-    writability once; every problem is reported together, one line per cell, in one InputError."""
-    from fairfm.data.cache import resolve_dataset
+    writability once; every problem is reported together, one line per cell, in one InputError. Preparing a dataset
+    takes minutes, so when one is to be prepared a first pass that writes nothing checks every cell (those whose
+    dataset is not prepared yet without their data) and the store, before anything is prepared."""
+    if store.path.exists() and not store.path.is_dir():
+        store.check_writable()  # a store that is a file: said once, not once per cell
+    cells = list(sweep.expand())
+    found, pending, problems = _plan_cells(cells, store, prepare=False, recompute_stale=recompute_stale)
+    to_prepare = any(not run.run_id for run in pending)
+    if pending and prepare:
+        try:
+            store.check_writable()
+        except InputError as exc:
+            problems.append(str(exc))
+    _refuse(problems)
+    if prepare and to_prepare:  # every cell passed its checks: prepare, then check what needed the data
+        found, pending, problems = _plan_cells(cells, store, prepare=True, recompute_stale=recompute_stale)
+        _refuse(problems)
+    return found, pending
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        lines = "\n  ".join(problems)
+        raise InputError(f"sweep: {len(problems)} problem(s) found before running, so nothing was run:\n  {lines}")
+
+
+def _plan_cells(cells: list["RunSpec"], store: "Store", *, prepare: bool,
+                recompute_stale: bool) -> tuple[list[SweepOutcome], list[PendingRun], list[str]]:  # fmt: skip
+    """(found, pending, problems) of :func:`plan`; with ``prepare=False`` a cell whose dataset is not prepared yet
+    has only the checks that need no data and is pending with an empty run id."""
+    from fairfm.data.cache import is_prepared, resolve_dataset
     from fairfm.runner import preflight
 
     found: list[SweepOutcome] = []
@@ -96,10 +126,14 @@ def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
     seen: set[str] = set()
     problems: list[str] = []
     stale_index = None  # spec key -> stored runs, read once for every cell not found as it is
-    for index, spec in enumerate(sweep.expand()):
+    for index, spec in enumerate(cells):
         try:
             # A dataset given by name is prepared here, once, before any worker could race to prepare it.
-            spec, _ = resolve_dataset(spec, store.path, prepare=prepare)
+            spec, prepared = resolve_dataset(spec, store.path, prepare=prepare)
+            if prepared is not None and not is_prepared(prepared.folder):  # only with prepare=False
+                preflight(spec, store, check_store=False, check_data=False)
+                pending.append(PendingRun(index, "", spec.model_dump(mode="json")))
+                continue
             key = store.key(spec)  # fails fast, before any work, for a missing dataset or checkpoint
             run_id = key.run_id
             if run_id in seen:
@@ -121,15 +155,7 @@ def plan(sweep: "SweepSpec", store: "Store", *, prepare: bool = True,
             found.append(SweepOutcome(index, stale.run_id, "stale", data))
         else:
             pending.append(PendingRun(index, run_id, data))
-    if pending and prepare:
-        try:
-            store.check_writable()
-        except InputError as exc:
-            problems.append(str(exc))
-    if problems:
-        lines = "\n  ".join(problems)
-        raise InputError(f"sweep: {len(problems)} problem(s) found before running, so nothing was run:\n  {lines}")
-    return found, pending
+    return found, pending, problems
 
 
 def run_sweep(
@@ -150,7 +176,8 @@ def run_sweep(
     ``ray``); ``address``: a Ray cluster (``ray://host:10001`` or ``auto``), default a local one. Without
     ``keep_going`` the first failure stops the sweep (runs already finished stay stored). ``recompute_stale``:
     cells stored only under older results versions are computed again (otherwise served as ``stale``). With
-    ``progress``, a line per finished run (its state and time) above the sweep's bar.
+    ``progress``, a line per finished run (its state and time) above the sweep's bar; the local executor's runs
+    also show their own bars (training, bootstrap), the sweep's bar stepping aside while a cell is computed.
     """
     if executor not in _EXECUTORS:
         raise InputError(f"executor {executor!r} is not one of {', '.join(list_executors())}")
@@ -172,9 +199,13 @@ def run_sweep(
                             state=f"{len(found)} found")  # fmt: skip
         failed = 0
         if pending:
-            stream = _EXECUTORS[executor](pending, store.path, workers=workers, address=address)
+            # The local executor computes each cell in this process, so with progress on a run shows its own bars
+            # (features, training, bootstrap); pool and Ray workers have no terminal: their line per cell says it.
+            own_bars = progress and executor == "local"
+            options = {"progress": True} if own_bars else {}
+            stream = _EXECUTORS[executor](pending, store.path, workers=workers, address=address, **options)
             try:
-                for outcome in stream:
+                for outcome in _sweep_bar_aside(stream, bar) if own_bars else stream:
                     outcomes.append(outcome)
                     failed += outcome.status == "failed"
                     bar.update(task, advance=1, state=f"{failed} failed" if failed else "")
@@ -191,6 +222,23 @@ def run_sweep(
     return sorted(outcomes, key=lambda o: o.index)
 
 
+def _sweep_bar_aside(stream: Iterator[SweepOutcome], bar: Any) -> Iterator[SweepOutcome]:
+    """``stream``'s outcomes, with the sweep's bar hidden while each cell is computed: a run's own bars are live
+    displays of other consoles, and two live displays on one terminal overwrite each other's lines."""
+    iterator = iter(stream)
+    while True:
+        bar.live.transient = True
+        bar.live.stop()
+        try:
+            outcome = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            bar.live.transient = False
+            bar.live.start()
+        yield outcome
+
+
 def _cell_line(outcome: SweepOutcome) -> str:
     spec = outcome.spec
     what = f"cell {outcome.index} ({spec.get('model')} · {spec.get('usage')} · seed {spec.get('seed')})"
@@ -201,9 +249,11 @@ def _cell_line(outcome: SweepOutcome) -> str:
 # ----------------------------------------------------------------------------------------------------- one run
 
 
-def run_one(spec_data: dict[str, Any], store_path: str, index: int = -1) -> SweepOutcome:
+def run_one(spec_data: dict[str, Any], store_path: str, index: int = -1, *,
+            progress: bool = False) -> SweepOutcome:  # fmt: skip
     """Execute one run (in whatever process an executor chose) and describe the outcome; never raises for a
-    failed run, so one bad cell cannot take a sweep down."""
+    failed run, so one bad cell cannot take a sweep down. ``progress``: the run's own bars (an executor whose runs
+    share the sweep's terminal)."""
     from fairfm.results import Store
     from fairfm.runner import execute
     from fairfm.spec import RunSpec
@@ -215,7 +265,7 @@ def run_one(spec_data: dict[str, Any], store_path: str, index: int = -1) -> Swee
         store = Store(store_path)
         run_id = store.run_id(spec)
         # A pending cell was planned to be computed (a stale run was only planned so with recompute_stale).
-        result = execute(spec, store, progress=False, recompute_stale=True)
+        result = execute(spec, store, progress=progress, recompute_stale=True)
         status = "computed" if result.computed else "found"
         return SweepOutcome(index, result.record.run_id, status, spec_data, time.perf_counter() - started)
     except InputError as exc:
@@ -243,12 +293,13 @@ def _init_worker(threads: int) -> None:
 
 @register_executor("local")
 def _local(pending: Iterable[PendingRun], store_path: Path, *, workers: int | None = None,
-           address: str | None = None) -> Iterator[SweepOutcome]:  # fmt: skip
-    """One run after the other in this process (the simplest to debug; progress of each run is not shown)."""
+           address: str | None = None, progress: bool = False) -> Iterator[SweepOutcome]:  # fmt: skip
+    """One run after the other in this process (the simplest to debug); with ``progress`` each run shows its own
+    bars (feature extraction, training, bootstrap)."""
     if workers not in (None, 1):
         raise InputError(f"workers: {workers} — the local executor runs one run at a time (use --executor pool)")
     for run in pending:
-        yield run_one(run.spec, str(store_path), run.index)
+        yield run_one(run.spec, str(store_path), run.index, progress=progress)
 
 
 @register_executor("pool")

@@ -100,6 +100,15 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out") -> None:
     probe_writable(path.parent, f"{flag} {path}")
 
 
+def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Before any work: ``path`` can be written as a folder (created if missing). An existing *file* is refused,
+    never replaced: the option names a folder that will hold several files."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path}: is a file; give the folder to write into")
+    probe_writable(path, f"{flag} {path}")
+
+
 def host_tag() -> str:
     """This host's name, usable inside a dotted temporary-folder name (no dots): temporary folders are named
     ``<what>.<host>.<pid>.<random>`` so a later process can tell its own host's abandoned ones."""

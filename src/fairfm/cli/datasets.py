@@ -73,6 +73,9 @@ def prepare_command(
 ) -> None:
     """Load a raw release, split it and write DIR/samples.parquet + DIR/dataset.json."""
     from fairfm.data.prepare import prepare
+    from fairfm.tableio import check_output_folder
+
+    check_output_folder(out)  # before reading the raw release
 
     params: dict[str, object] = {}
     parsed_fractions = _parse_floats(fractions, "--fractions")
@@ -169,6 +172,9 @@ def synth_command(
 ) -> None:
     """Generate a planted-bias dataset whose biases are known exactly (truth.json)."""
     from fairfm.data.synth import generate
+    from fairfm.tableio import check_output_folder
+
+    check_output_folder(out)
 
     truth = generate(out, n=n, size=size, mechanisms=mechanism, seed=seed, progress=True)
     console.print(f"synthetic dataset: {truth['n_samples']} images, mechanisms "

@@ -27,8 +27,11 @@ def demo_command(
     from fairfm.demo import run_demo
     from fairfm.errors import InputError
 
+    from fairfm.tableio import check_output_folder
+
     if n < 200:
         raise InputError(f"--n {n}: the demo needs at least 200 images for a meaningful test split")
+    check_output_folder(out)
     console = make_console(highlight=False)
     console.print("[bold]fairfm demo[/bold] — planted-bias data, tiny models with RANDOM weights, no download")
     run_demo(out, n=n, seed=seed, bootstrap=bootstrap, progress=not quiet, console=console)

@@ -38,7 +38,9 @@ def extract_command(
 ) -> None:
     """Embed every sample once; a repeated call returns the cached features, an interrupted one resumes."""
     from fairfm.adapt.features import extract_features
+    from fairfm.tableio import check_output_folder
 
+    check_output_folder(out)  # before the model is built
     result = extract_features(
         data,
         model,
