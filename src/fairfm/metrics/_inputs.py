@@ -107,6 +107,13 @@ UNCERTAIN_LABEL = -1
 def read_labels(values: np.ndarray, column: str, pos_label: Any = 1, line_offset: int | None = None) -> np.ndarray:
     """Labels as float64 in {0, 1}, NaN where unknown (blank) and −1 where uncertain (numeric labels only; with an
     explicit text ``pos_label`` every non-blank value is a class). Anything else is an error naming the row."""
+    array = np.asarray(values)
+    if (pos_label == 1 or pos_label is None) and array.dtype.kind in "biuf":
+        # Numeric labels (the usual case, millions of rows): one vectorised check; the general path below only
+        # runs to name the first bad row.
+        out = array.astype(np.float64)
+        if (np.isnan(out) | (out == 0) | (out == 1) | (out == UNCERTAIN_LABEL)).all():
+            return out
     series = pd.Series(values)
     unknown = series.isna().to_numpy()
     out = np.full(series.size, np.nan)
