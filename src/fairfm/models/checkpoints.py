@@ -161,8 +161,6 @@ def _file_sha256(path: Path) -> str:
 
 def load_weights_file(path: Path, *, trust_checkpoint: bool = False) -> Any:
     """Read a weights file without executing pickle code unless trusted. Returns what the file holds."""
-    import torch
-
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -171,16 +169,7 @@ def load_weights_file(path: Path, *, trust_checkpoint: bool = False) -> Any:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as exc:
             raise InputError(f"{path}: cannot be read as safetensors ({exc})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError / RuntimeError / EOFError for non-weights content
-        if not is_pickle_refusal(str(exc)):
-            raise InputError(
-                f"{path}: cannot be read as a weights file (safetensors or PyTorch checkpoint): {load_failure(exc)}"
-            ) from None
-        if not trust_checkpoint:
-            raise InputError(f"{path}: refused to load this checkpoint: {TRUST_HINT}") from None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return _torch_load(path, trust_checkpoint)
 
 
 def load_failure(exc: BaseException) -> str:
@@ -325,16 +314,24 @@ def weights_shapes(path: Path, *, trust_checkpoint: bool = False) -> Any:
 
     if not zipfile.is_zipfile(path):  # legacy torch.save format: no memory map; read it (small, old files)
         return load_weights_file(path, trust_checkpoint=trust_checkpoint)
+    return _torch_load(path, trust_checkpoint, mmap=True)
+
+
+def _torch_load(path: Path, trust_checkpoint: bool, mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True``; pickle only when trusted, and never torch's advice to drop
+    ``weights_only`` (that is the unsafe path)."""
+    import torch
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # as in load_weights_file
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:  # torch raises UnpicklingError / RuntimeError / EOFError for non-weights content
         if not is_pickle_refusal(str(exc)):
             raise InputError(
                 f"{path}: cannot be read as a weights file (safetensors or PyTorch checkpoint): {load_failure(exc)}"
             ) from None
         if not trust_checkpoint:
             raise InputError(f"{path}: refused to load this checkpoint: {TRUST_HINT}") from None
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
 
 
 def _shape(tensor: Any) -> str:

@@ -200,8 +200,7 @@ class Store:
             try:
                 pq.read_metadata(folder / name)
             except Exception as exc:  # noqa: BLE001 — pyarrow raises ArrowInvalid / OSError for a damaged file
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                return f"{name} is not a readable Parquet file ({first})"
+                return f"{name} is not a readable Parquet file ({_first_line(exc)})"
         return None
 
     def damaged(self) -> list[tuple[Path, str]]:
@@ -747,8 +746,12 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 — pyarrow raises ArrowInvalid / OSError for a damaged file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(_damaged_message(path.parent, f"{path.name}: {first}")) from None
+        raise InputError(_damaged_message(path.parent, f"{path.name}: {_first_line(exc)}")) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _dumps(document: Any) -> str:
