@@ -138,18 +138,19 @@ def _plan_cells(cells: list["RunSpec"], store: "Store", *, prepare: bool,
             run_id = key.run_id
             if run_id in seen:
                 continue
+            stored = store.exists(run_id)  # reads the run's files: once per cell
             stale = None
-            if not store.exists(run_id) and not recompute_stale:
+            if not stored and not recompute_stale:
                 stale_index = store.spec_index() if stale_index is None else stale_index
                 stale = store.find_stale(spec, _key=key, _index=stale_index)
-            if not store.exists(run_id) and stale is None:
+            if not stored and stale is None:
                 preflight(spec, store, check_store=False)
         except InputError as exc:
             problems.append(f"sweep cell {index} ({spec.model} · {spec.usage} · seed {spec.seed}): {exc}")
             continue
         seen.add(run_id)
         data = spec.model_dump(mode="json")
-        if store.exists(run_id):
+        if stored:
             found.append(SweepOutcome(index, run_id, "found", data))
         elif stale is not None:
             found.append(SweepOutcome(index, stale.run_id, "stale", data))
