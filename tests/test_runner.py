@@ -164,7 +164,7 @@ def test_unimplemented_usages_and_methods_say_so(synth_dir, clip_dir, tmp_path):
     with pytest.raises(InputError, match=r"samples\.parquet: SampleTable has no path_mask column: sam_prompt needs a "
                                          "segmentation dataset"):  # fmt: skip
         runner.run(_spec(synth_dir, clip_dir, "sam_prompt", model="medsam"), store, progress=False)
-    with pytest.raises(InputError, match="method 'group_dro': mitigation methods are not implemented yet"):
+    with pytest.raises(InputError, match="method 'group_dro' does not serve usage 'zero_shot'"):
         runner.run(_spec(synth_dir, clip_dir, "zero_shot", method="group_dro"), store, progress=False)
     with pytest.raises(InputError, match="'resnet50_scratch' is a vision model: zero_shot needs a vision-language"):
         runner.run(RunSpec.from_dict({"dataset": str(synth_dir), "model": "resnet50_scratch", "usage": "zero_shot",

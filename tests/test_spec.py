@@ -171,7 +171,7 @@ def test_a_new_usage_is_one_registered_model(monkeypatch, dataset):
 def test_yaml_round_trip(tmp_path, dataset):
     spec = RunSpec.from_dict({"dataset": str(dataset), "model": "m", "usage": "lora", "seed": 3,
                               "hparams": {"rank": 4, "lr": 3e-4}, "attributes": ["sex"], "method": "group_dro",
-                              "method_params": {"eta": 0.01}, "threshold": 0.3})  # fmt: skip
+                              "method_params": {"step_size": 0.01}, "threshold": 0.3})  # fmt: skip
     path = tmp_path / "out" / "spec.yaml"
     spec.to_yaml(path)
     again = RunSpec.from_yaml(path)

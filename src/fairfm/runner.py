@@ -242,8 +242,12 @@ def check_supported(spec: "RunSpec") -> None:
         raise InputError(f"usage {spec.usage!r} is not implemented yet in fairfm run (implemented: "
                          f"{', '.join(IMPLEMENTED_USAGES)}); its hyper-parameters are validated but no code trains it")
     if spec.method is not None:
-        raise InputError(f"method {spec.method!r}: mitigation methods are not implemented yet in fairfm run "
-                         "(leave method out)")
+        from fairfm.mitigate.runs import run_method
+
+        method = run_method(spec)
+        why = method.refusal(usage_loop(spec.usage), spec.usage)
+        if why is not None:
+            raise InputError(why)
 
 
 # ----------------------------------------------------------------------------------------------------- compute
@@ -277,10 +281,21 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
     device = resolve_device(spec.device)
     timings["load_s"] = time.perf_counter() - started
 
+    method = None
+    if spec.method is not None:  # refused here, before any work, when it cannot run on this data
+        from fairfm.mitigate.runs import check_method, run_method
+
+        method = run_method(spec)
+        check_method(method, usage_loop(spec.usage), spec.usage, table, attributes)
     usage = _USAGES[spec.usage]
     output = usage(spec, table, tasks, root=root, features_dir=Path(store_path) / FEATURES_DIR, device=device,
                    progress=progress, heads_path=Path(store_path) / HEADS_DIR / f"{run_id}.safetensors" if run_id
                    else None, timings=timings)  # fmt: skip
+    if method is not None and method.post_processes and output.predictions is None:
+        from fairfm.mitigate.runs import method_attribute, method_meta, post_process
+
+        output.probabilities = post_process(method, spec, table, tasks, output.probabilities)
+        output.meta["method"] = method_meta(method, method_attribute(method, attributes))
 
     started = time.perf_counter()
     split_of = table["split"].astype(str).to_numpy()
@@ -503,6 +518,11 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
     from fairfm.adapt.linear_probe import train_linear_probe
 
     hp = spec.typed_hparams()
+    method = None
+    if spec.method is not None:
+        from fairfm.mitigate.runs import run_method
+
+        method = run_method(spec)
     model: Any = spec.model
     if spec.model_options:
         from fairfm.models import create_model
@@ -515,11 +535,22 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
     labels = _labels(table, tasks)
     part = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
     started = time.perf_counter()
+    hooks, groups = None, None
+    if method is not None and not method.post_processes:
+        from fairfm.mitigate.runs import method_meta, training_setup
+
+        if method.replaces_probe:  # e.g. fairlearn reductions: the method trains its own head on the features
+            return _method_on_features(method, spec, table, tasks, features, labels, part, meta, timings, started)
+        hooks, groups, attribute = training_setup(method, spec, table, tasks, "features", hp, device=device,
+                                                  feature_dim=int(features.shape[1]) if hasattr(features, "shape")
+                                                  else None)  # fmt: skip
     result = train_linear_probe(features[part["train"]], labels[part["train"]], features[part["val"]],
                                 labels[part["val"]], hparams=hp, seed=spec.seed,
                                 predict={"test": features[part["test"]]}, tasks=tasks, device=device,
-                                progress=progress)  # fmt: skip
+                                progress=progress, hooks=hooks, groups=groups)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
+    if hooks is not None:
+        meta["method"] = method_meta(method, attribute, hooks)
     if heads_path is not None:
         result.save(heads_path)
         meta["head"] = str(heads_path)
@@ -528,6 +559,37 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
                         "best_score": None if math.isnan(result.best_score) else result.best_score,
                         "optimizer": hp.optimizer, "history": result.history}  # fmt: skip
     return UsageOutput({"val": result.predictions["val"], "test": result.predictions["test"]}, meta)
+
+
+def _method_on_features(method: Any, spec: "RunSpec", table: pd.DataFrame, tasks: list[str], features: Any,
+                        labels: np.ndarray, part: dict[str, np.ndarray], meta: dict[str, Any],
+                        timings: dict[str, float], started: float) -> UsageOutput:  # fmt: skip
+    """A method that trains its own head on the cached features (fairlearn reductions) instead of the probe."""
+    from fairfm.mitigate.base import group_codes
+    from fairfm.mitigate.runs import group_names, method_attribute, method_meta
+
+    if not isinstance(features, np.ndarray):
+        raise InputError(f"method {method.name!r} trains on one feature vector per sample; this dataset's samples "
+                         "are volumes (slice bags)")  # fmt: skip
+    attribute = method_attribute(method, list(spec.resolve()["attributes"]))
+    codes = group_codes(table[f"group_{attribute}"].astype(str).to_numpy(), group_names(table, attribute))
+    probabilities = method.fit_features({s: features[rows] for s, rows in part.items()},
+                                        {s: labels[part[s]] for s in ("train", "val")},
+                                        {s: codes[rows] for s, rows in part.items()}, seed=spec.seed)  # fmt: skip
+    timings["train_s"] = time.perf_counter() - started
+    meta["method"] = method_meta(method, attribute)
+    return UsageOutput({"val": probabilities["val"], "test": probabilities["test"]}, meta)
+
+
+def usage_loop(usage: str) -> str | None:
+    """The training loop a usage runs (what a method's ``needs.loops`` is matched against)."""
+    if usage == "linear_probe":
+        return "features"
+    if usage in ("prototype", "clip_adapter"):
+        return "clip_head"
+    if usage in ("lora", "bitfit", "vpt", "adapter", "full_finetune"):
+        return "images"
+    return None
 
 
 def _vision_language_inputs(spec: "RunSpec", table: pd.DataFrame, *, root: Path, features_dir: Path,
@@ -612,10 +674,22 @@ def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: P
     timings["model_s"] = time.perf_counter() - started
     started = time.perf_counter()
     modality = (spec.manifest().get("card") or {}).get("modality")  # CT slices are windowed, others min-max'd
+    method_hooks: dict[str, Any] = {}
+    if spec.method is not None:
+        from fairfm.mitigate.runs import run_method, training_setup
+
+        method = run_method(spec)
+        if not method.post_processes:
+            hooks, _, attribute = training_setup(method, spec, table, tasks, "images", hp, device=device)
+            method_hooks = {"hooks": hooks, "group_column": f"group_{attribute}"}
     out = finetune(spec.usage, hp, encoder, table, tasks, root=root, seed=spec.seed, device=device,
-                   column=spec.image_column(), progress=progress, modality=modality)  # fmt: skip
+                   column=spec.image_column(), progress=progress, modality=modality, **method_hooks)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
     meta = dict(out.meta)
+    if method_hooks:
+        from fairfm.mitigate.runs import method_meta
+
+        meta["method"] = method_meta(method, attribute, method_hooks["hooks"])
     if heads_path is not None:
         out.save(heads_path)
         meta["trained_state"] = str(heads_path)

@@ -482,6 +482,8 @@ class RunSpec(_Strict):
             raise ValidationError.from_exception_data(cls.__name__, [InitErrorDetails(
                 type="value_error", loc=("method_params",), input=spec.method_params,
                 ctx={"error": "method_params given without a method"})])  # fmt: skip
+        if spec.method is not None:
+            spec.method_params = _validated_method_params(cls.__name__, spec)
         return spec
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -619,6 +621,31 @@ class RunSpec(_Strict):
             split_seed=self.split_seed if self.split_seed is not None else recorded_seed,
         )
         return canonical(resolved)
+
+
+def _validated_method_params(title: str, spec: "RunSpec") -> dict[str, Any]:
+    """The method's fully-defaulted parameters (they are part of the run id); an unknown method, a bad parameter or
+    a usage the method does not serve is a validation error under ``method`` / ``method_params.<field>``."""
+    from fairfm.mitigate.base import get_method_class
+
+    def error(loc: tuple[str, ...], value: Any, message: str) -> ValidationError:
+        return ValidationError.from_exception_data(title, [InitErrorDetails(type="value_error", loc=loc,
+                                                                            input=value, ctx={"error": message})])
+
+    try:
+        method_class = get_method_class(spec.method)
+    except InputError as exc:
+        raise error(("method",), spec.method, str(exc)) from None
+    try:
+        params = method_class.params_model.model_validate(spec.method_params)
+    except ValidationError as exc:
+        raise _prefixed(exc, ("method_params",), title) from None
+    from fairfm.runner import usage_loop
+
+    why = method_class(params).refusal(usage_loop(spec.usage), spec.usage, model_family=_model_family(spec.model))
+    if why is not None:
+        raise error(("method",), spec.method, why)
+    return params.model_dump(mode="json")
 
 
 def spec_error(exc: ValidationError, source: str) -> InputError:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from fairfm.errors import InputError
 if TYPE_CHECKING:
     import torch
 
+    from fairfm.mitigate.base import TrainHooks
     from fairfm.spec import LinearProbeHParams, TrainHParams
 
 
@@ -185,12 +186,18 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
              loss_of: Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"],
              probabilities: Callable[["torch.Tensor"], np.ndarray], *, train_x: Any, train_targets: "torch.Tensor",
              val_x: Any, y_val: np.ndarray, hparams: "TrainHParams", seed: int, label: str,
-             empty: tuple[int, ...], progress: bool = False,
+             empty: tuple[int, ...], progress: bool = False, hooks: "TrainHooks | None" = None,
+             train_groups: np.ndarray | None = None, val_groups: np.ndarray | None = None,
+             per_element_loss: Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"] | None = None,
              ) -> tuple[ModelSelection, list[dict[str, float]]]:  # fmt: skip
     """The epoch loop of a head trained on in-memory inputs (the linear probe, CLIP adaptation): shuffled
-    mini-batches (``forward(inputs, index)`` → logits), the hyper-parameters' optimiser with warm-up + cosine per
-    epoch or iteration, validation AUC / loss after each epoch and :class:`ModelSelection` with early stopping.
-    The head is left holding the selected state; returns the selection and the per-epoch history."""
+    mini-batches (``forward(inputs, index)`` → logits, or (logits, features)), the hyper-parameters' optimiser with
+    warm-up + cosine per epoch or iteration, validation AUC / loss after each epoch and :class:`ModelSelection` with
+    early stopping. The head is left holding the selected state; returns the selection and the per-epoch history.
+
+    ``hooks`` (a mitigation method's :class:`~fairfm.mitigate.TrainHooks`; the head given is already wrapped) act as
+    in :func:`fairfm.adapt.train.fit`; they read ``train_groups`` / ``val_groups`` (group codes per row) and the
+    method's loss sees ``per_element_loss(logits, targets)`` (the default loss per sample and task)."""
     import torch
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -213,6 +220,45 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
         for group in optimizer.param_groups:
             group["lr"] = lr
 
+    from fairfm.mitigate.base import LossInputs, TrainHooks
+
+    hooks = hooks if hooks is not None else TrainHooks()
+    context = hooks.group_context
+    regularizer = hooks.regularizer
+    if regularizer is not None:
+        regularizer.to(dev)
+        optimizer.add_param_group({"params": list(regularizer.parameters()), "weight_decay": 0.0})
+    train_codes = torch.as_tensor(train_groups if train_groups is not None else np.zeros(n_train, np.int64))
+    val_codes = torch.as_tensor(val_groups) if val_groups is not None else None
+
+    def logits_and_features(inputs: Any, index: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+        out = forward(inputs, index)
+        return out if isinstance(out, tuple) else (out, None)
+
+    def val_forward(inputs: Any, index: np.ndarray) -> "torch.Tensor":
+        if context is not None:  # validation predicts as the test set will: with groups only when attribute-aware
+            aware = hooks.attribute_aware_inference and val_codes is not None
+            context.codes = val_codes[index].to(dev) if aware else None
+        return logits_and_features(inputs, index)[0]
+
+    def batch_loss(index: np.ndarray, epoch: int) -> "torch.Tensor":
+        codes = train_codes[index].to(dev)
+        if context is not None:
+            context.codes = codes
+        logits, features = logits_and_features(train_x, index)
+        targets = train_targets[index].to(dev)
+        if hooks.loss is None and regularizer is None:
+            return loss_of(logits, targets)
+        known = ~torch.isnan(targets)
+        per_element = per_element_loss(logits, targets) if per_element_loss is not None else None
+        if per_element is None:
+            raise ValueError(f"{label}: a method's loss needs the per-element loss of this head")
+        features = features if features is not None else torch.zeros((len(index), 0), device=dev)
+        inputs = LossInputs(logits, targets, codes, features, per_element, known, epoch,
+                            torch.as_tensor(index))  # fmt: skip
+        loss = hooks.loss(inputs) if hooks.loss is not None else inputs.default
+        return loss + regularizer(inputs) if regularizer is not None else loss
+
     selection = ModelSelection(hp.select_by, hp.early_stopping_patience)
     history: list[dict[str, float]] = []
     columns = [TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
@@ -222,32 +268,59 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
         step = 0
         for epoch in range(hp.epochs):
             head.train()
+            if regularizer is not None:
+                regularizer.train()
             if not per_iteration:
                 set_lr(lr_at(epoch, total, warmup, base_lr, min_lr, hp.schedule))
-            order = torch.randperm(n_train, generator=generator).numpy()
+            order = torch.randperm(n_train, generator=generator).numpy()  # drawn always: the same stream with rows
+            if hooks.rows is not None:
+                order = np.asarray(hooks.rows(epoch), dtype=np.int64)
             running, seen = 0.0, 0
-            for start in range(0, n_train, hp.batch_size):
+            for start in range(0, len(order), hp.batch_size):
                 index = order[start:start + hp.batch_size]
                 if per_iteration:
                     set_lr(lr_at(step, total, warmup, base_lr, min_lr, hp.schedule))
-                loss = loss_of(forward(train_x, index), train_targets[index].to(dev))
                 optimizer.zero_grad(set_to_none=True)
+                loss = batch_loss(index, epoch)
                 loss.backward()
-                optimizer.step()
+                if hooks.step is not None:  # e.g. SAM: a second pass at perturbed weights, then the step
+
+                    def closure(index: np.ndarray = index) -> "torch.Tensor":
+                        optimizer.zero_grad(set_to_none=True)
+                        again = batch_loss(index, epoch)
+                        again.backward()
+                        return again
+
+                    hooks.step(optimizer, closure)
+                else:
+                    optimizer.step()
+                for after in hooks.after_step:
+                    after(head)
                 running += loss.item() * len(index)
                 seen += len(index)
                 step += 1
-            val_logits = batched_logits(head, forward, val_x, hp.batch_size, empty)
-            val_auc = macro_auc(y_val, probabilities(val_logits))
+            val_logits = batched_logits(head, val_forward, val_x, hp.batch_size, empty)
+            val_probabilities = probabilities(val_logits)
+            val_auc = macro_auc(y_val, val_probabilities)
             with torch.no_grad():
                 val_loss = float(loss_of(val_logits, val_targets))
             history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "val_loss": val_loss,
                             "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
             stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head))
+            if hooks.on_epoch_end:
+                from fairfm.adapt.train import EpochInfo
+
+                info = EpochInfo(epoch + 1, history[-1], history, head, val_probabilities, lambda: cpu_state(head))
+                for callback in hooks.on_epoch_end:
+                    stop = bool(callback(info)) or stop
             bar.update(task_bar, advance=1, loss=f"{history[-1]['loss']:.4f}", auc=f"{val_auc:.3f}")
             if stop:
                 break
     assert selection.best_state is not None
+    if hooks.final_state is not None:  # e.g. SWAD: averaged weights replace the selected ones
+        replaced = hooks.final_state(selection.best_state, head)
+        if replaced is not None:
+            selection.best_state = {**selection.best_state, **replaced}
     head.load_state_dict(selection.best_state)
     return selection, history
 
@@ -265,6 +338,8 @@ def train_linear_probe(
     tasks: Sequence[str] | None = None,
     device: str = "cpu",
     progress: bool = False,
+    hooks: "TrainHooks | None" = None,
+    groups: Mapping[str, np.ndarray] | None = None,
 ) -> LinearProbeResult:
     """Train a linear head and return the validation-selected weights with their predictions.
 
@@ -273,6 +348,8 @@ def train_linear_probe(
     encoder run inside the loop) — or :class:`~fairfm.adapt.volumes.SliceBags` of either (one bag of slices per
     sample, max-pooled over slices). ``train_y``/``val_y``: (N,) or (N, T) with 0/1 and NaN for unknown labels.
     ``predictions`` holds ``"val"`` and every ``predict`` set as (N, T) probabilities of the selected head.
+    ``hooks``: a mitigation method's :class:`~fairfm.mitigate.TrainHooks`, with ``groups`` the group codes of
+    ``"train"``, ``"val"`` and every ``predict`` set (read by the method's loss, rows and group-aware modules).
     """
     import torch
     from torch import nn
@@ -299,11 +376,13 @@ def train_linear_probe(
         # A frozen encoder returns inference-mode tensors, which autograd refuses to save: copy them out.
         return features.clone() if features.is_inference() else features
 
-    def head_logits(inputs: Any, index: np.ndarray) -> "torch.Tensor":
+    def head_logits(inputs: Any, index: np.ndarray) -> "torch.Tensor | tuple[torch.Tensor, torch.Tensor]":
         if isinstance(inputs, SliceBags):  # every slice scored; per task the top slice's logit is the volume's
             rows, segments = inputs.take(index)
             return max_over_slices(head(embedded(rows)), segments, len(index))[0]
-        return head(embedded(inputs[index]))
+        features = embedded(inputs[index])
+        logits = head(features)
+        return (logits, features) if hooks is not None else logits
 
     # Dimension from one sample (cheap for features; one encoder call otherwise).
     first = train_x.take(np.arange(1))[0][:1] if isinstance(train_x, SliceBags) else train_x[np.arange(1)]
@@ -311,6 +390,8 @@ def train_linear_probe(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = nn.Linear(dim, n_tasks).to(dev)
+        if hooks is not None and hooks.wrap_head is not None:  # e.g. FIN in front of the head, per-group heads
+            head = hooks.wrap_head(head).to(dev)
     pos_weight = torch.as_tensor(negatives / positives if hp.class_balanced else np.ones(n_tasks),
                                  dtype=torch.float32, device=dev)  # fmt: skip
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
@@ -327,18 +408,38 @@ def train_linear_probe(
     def probabilities(logits: "torch.Tensor") -> np.ndarray:
         return torch.sigmoid(logits).cpu().double().numpy()
 
+    def per_element_loss(logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
+        known = ~torch.isnan(targets)
+        clean = torch.where(known, targets, torch.zeros_like(targets))
+        if smoothing:
+            clean = clean * (1 - smoothing) + 0.5 * smoothing
+        return criterion(logits, clean) * known
+
+    groups = dict(groups or {})
+
     selection, history = fit_head(head, head_logits, loss_of, probabilities, train_x=train_x,
                                   train_targets=torch.as_tensor(y_train, dtype=torch.float32), val_x=val_x,
                                   y_val=y_val, hparams=hp, seed=seed, label="linear probe", empty=(0, n_tasks),
-                                  progress=progress)  # fmt: skip
+                                  progress=progress, hooks=hooks, train_groups=groups.get("train"),
+                                  val_groups=groups.get("val"), per_element_loss=per_element_loss)  # fmt: skip
     best_state = selection.best_state
+    context = hooks.group_context if hooks is not None else None
 
-    def predict_set(inputs: Any) -> np.ndarray:
-        return probabilities(batched_logits(head, head_logits, inputs, hp.batch_size, (0, n_tasks)))
+    def predict_set(inputs: Any, name: str) -> np.ndarray:
+        codes = groups.get(name)
 
-    predictions = {"val": predict_set(val_x)}
+        def forward(x: Any, index: np.ndarray) -> "torch.Tensor":
+            if context is not None:  # attribute-aware inference reads each row's group; blind inference none
+                aware = hooks.attribute_aware_inference and codes is not None
+                context.codes = torch.as_tensor(codes[index]).to(dev) if aware else None
+            out = head_logits(x, index)
+            return out[0] if isinstance(out, tuple) else out
+
+        return probabilities(batched_logits(head, forward, inputs, hp.batch_size, (0, n_tasks)))
+
+    predictions = {"val": predict_set(val_x, "val")}
     for name, inputs in (predict or {}).items():
-        predictions[name] = predict_set(inputs)
+        predictions[name] = predict_set(inputs, name)
     return LinearProbeResult(state_dict=best_state, best_epoch=selection.best_epoch,
                              best_score=selection.reported_score,
                              history=history, predictions=predictions, tasks=task_names)  # fmt: skip

@@ -566,6 +566,7 @@ def _finetune_seeded(usage: str, hparams: "TrainHParams", encoder: "Encoder", ta
             device=device,
             num_workers=hparams.num_workers,
             amp=hparams.amp,
+            hooks=hooks.get("hooks"),  # a method's attribute-aware inference reads each row's group
         )
     total = sum(p.numel() for p in model.parameters())
     meta.update(

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from fairfm.mitigate.base import TrainHooks
     from fairfm.spec import TrainHParams
 
 
@@ -689,16 +690,20 @@ def predict(
     device: str = "cpu",
     num_workers: int = 0,
     amp: bool = False,
+    hooks: "TrainHooks | None" = None,
 ) -> np.ndarray:
-    """(N, T) sigmoid probabilities of ``model`` on ``data`` (no augmentation), in row order."""
+    """(N, T) sigmoid probabilities of ``model`` on ``data`` (no augmentation), in row order. With a method's
+    ``hooks``, the model reads each row's group when the method's inference is attribute-aware."""
     import torch
 
-    logits = _logits(model, data, batch_size=batch_size, device=device, num_workers=num_workers, amp=amp)
+    logits = _logits(model, data, batch_size=batch_size, device=device, num_workers=num_workers, amp=amp,
+                     hooks=hooks)  # fmt: skip
     return torch.sigmoid(logits).double().numpy()
 
 
 def _logits(
-    model: "nn.Module", data: ImageTable, *, batch_size: int, device: str, num_workers: int, amp: bool
+    model: "nn.Module", data: ImageTable, *, batch_size: int, device: str, num_workers: int, amp: bool,
+    hooks: "TrainHooks | None" = None,
 ) -> "torch.Tensor":
     import torch
 
@@ -708,8 +713,12 @@ def _logits(
     )
     model.eval()
     out = []
+    context = hooks.group_context if hooks is not None else None
+    aware = hooks is not None and hooks.attribute_aware_inference
     with torch.no_grad(), _autocast(device, amp):
-        for images, _, _, _ in _batches(loader):
+        for images, _, group_codes, _ in _batches(loader):
+            if context is not None:
+                context.codes = group_codes.to(device) if aware else None
             logits, _ = model(images.to(device))
             out.append(logits.float().cpu())
     return torch.cat(out) if out else torch.zeros((0, len(data.tasks)))
@@ -743,6 +752,53 @@ def _batches(loader: Any):
         yield batch
 
 
+def _no_hooks() -> "TrainHooks":
+    from fairfm.mitigate.base import TrainHooks
+
+    return TrainHooks()
+
+
+def _apply_model_hooks(model: "nn.Module", hooks: "TrainHooks", trainable: Any) -> Any:
+    """Apply a method's backbone and head wrappers to a Classifier; the trainable names grow by the parameters
+    they add (a wrapped head trains whole)."""
+    if hooks.wrap_backbone is None and hooks.wrap_head is None:
+        return trainable
+    names = _trainable_names(model, trainable)
+    if hooks.wrap_backbone is not None:
+        names += [f"backbone.{n}" for n in hooks.wrap_backbone(model.backbone)]
+    if hooks.wrap_head is not None:
+        model.head = hooks.wrap_head(model.head)
+        names = [n for n in names if not n.startswith("head.")]
+        names += [f"head.{n}" for n, _ in model.head.named_parameters()]
+    return list(dict.fromkeys(names))
+
+
+class _RowsSampler:
+    """A method's rows for one epoch, as a DataLoader sampler (drawn and seeded by the method)."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __iter__(self):
+        return iter(self.rows.tolist())
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+
+def _loss_inputs(logits: "torch.Tensor", targets: "torch.Tensor", groups: "torch.Tensor", features: "torch.Tensor",
+                 pos_weight: "torch.Tensor | None", smoothing: float, epoch: int, rows: Any = None):  # fmt: skip
+    """The :class:`~fairfm.mitigate.LossInputs` of a batch: the default per-element loss and what a method's loss
+    reads."""
+    import torch
+
+    from fairfm.mitigate.base import LossInputs
+
+    per_element = masked_bce(logits, targets, pos_weight, smoothing)
+    rows = torch.as_tensor(rows) if rows is not None else None
+    return LossInputs(logits, targets, groups, features, per_element, ~torch.isnan(targets), epoch, rows)
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
@@ -765,6 +821,7 @@ def fit(
     extra_parameters: Any = None,
     adversary: "nn.Module | None" = None,
     on_epoch_end: Sequence[Callable[[EpochInfo], bool | None]] = (),
+    hooks: "TrainHooks | None" = None,
     device: str = "cpu",
     progress: bool = False,
     description: str = "training",
@@ -777,7 +834,9 @@ def fit(
     ``trainable``: parameter names or a predicate ``(name, parameter) -> bool`` — exactly those train, every
     other parameter is frozen; None keeps the model's ``requires_grad`` flags. ``initial_state``: weights
     loaded (non-strictly: a trainable-state subset is fine) before training. ``resume``: a previous
-    ``FitResult.checkpoint`` to continue from.
+    ``FitResult.checkpoint`` to continue from. ``hooks``: a mitigation method's :class:`~fairfm.mitigate.TrainHooks`
+    (its rows, loss, regulariser, head/backbone wrappers, group context, optimiser step, callbacks); the model is
+    changed in place by its wrappers before training.
     """
     import torch
 
@@ -807,6 +866,8 @@ def fit(
                 )
     use_amp = bool(hp.amp) and str(device).startswith("cuda")  # mixed precision only on CUDA
 
+    hooks = hooks if hooks is not None else _no_hooks()
+    trainable = _apply_model_hooks(model, hooks, trainable)
     names = _trainable_names(model, trainable)
     chosen = set(names)
     if trainable is not None:
@@ -820,10 +881,15 @@ def fit(
         extras = list(extra_parameters.to(device).parameters())
     else:
         extras = list(extra_parameters)
+    regularizer = hooks.regularizer
     adversary_params = list(adversary.parameters()) if adversary is not None else []
+    if regularizer is not None:
+        adversary_params += list(regularizer.parameters())
     model.to(device)
     if adversary is not None:
         adversary.to(device)
+    if regularizer is not None:
+        regularizer.to(device)
 
     trainable_ids = {id(p) for p in model.parameters() if p.requires_grad}
 
@@ -835,12 +901,16 @@ def fit(
             out.update(
                 {f"adversary.{n}": v.detach().cpu().clone() for n, v in adversary.state_dict().items()}
             )
+        if regularizer is not None:
+            out.update(
+                {f"regularizer.{n}": v.detach().cpu().clone() for n, v in regularizer.state_dict().items()}
+            )
         return out
 
     def load(saved: Mapping[str, torch.Tensor]) -> None:
         params = dict(model.named_parameters())
         buffers = dict(model.named_buffers())
-        adv = {}
+        adv, reg = {}, {}
         with torch.no_grad():
             for key, value in saved.items():
                 if key.startswith("buffer.") and key[7:] in buffers:
@@ -849,12 +919,16 @@ def fit(
                     extras[int(key[6:])].copy_(value)
                 elif key.startswith("adversary."):
                     adv[key[10:]] = value
+                elif key.startswith("regularizer."):
+                    reg[key[12:]] = value
                 elif key in params:
                     params[key].copy_(value)
                 else:
                     raise InputError(f"initial state: {key!r} is not a parameter of this model")
         if adv and adversary is not None:
             adversary.load_state_dict(adv)
+        if reg and regularizer is not None:
+            regularizer.load_state_dict(reg)
 
     if initial_state is not None:
         load(initial_state)
@@ -883,7 +957,12 @@ def fit(
         return mean_known(masked_bce(logits, targets, pos_weight, hp.label_smoothing), targets)
 
     loss_fn = loss_wrapper or default_loss
-    n_draws = len(sampler) if sampler is not None else len(train)
+    if hooks.rows is not None:
+        if sampler is not None:
+            raise ValueError("fit: give a sampler or a method's rows, not both")
+        n_draws = len(hooks.rows(start_epoch))
+    else:
+        n_draws = len(sampler) if sampler is not None else len(train)
     # A last batch of one sample is dropped: BatchNorm cannot train on it, and it would be a one-sample step.
     drop_last = n_draws > 1 and n_draws % hp.batch_size == 1
     steps_per_epoch = n_draws // hp.batch_size + (1 if n_draws % hp.batch_size > 1 else 0)
@@ -902,7 +981,7 @@ def fit(
         # model selection and the patience counter continue where the interrupted run left them
         for key, value in resume["selection"].items():
             setattr(selection, key, value)
-    callbacks = [selection, *on_epoch_end]
+    callbacks = [selection, *on_epoch_end, *hooks.on_epoch_end]
     history: list[dict[str, float]] = list(resume.get("history", [])) if resume is not None else []
     y_val = val.labels
     settings = {
@@ -937,12 +1016,13 @@ def fit(
         for epoch in range(start_epoch, n_epochs):
             epoch_seed = _epoch_seed(seed, epoch)
             generator = torch.Generator().manual_seed(epoch_seed)
+            epoch_sampler = sampler if hooks.rows is None else _RowsSampler(hooks.rows(epoch))
             loader = torch.utils.data.DataLoader(
                 train,
                 batch_size=hp.batch_size,
-                sampler=sampler,
-                shuffle=sampler is None,
-                generator=generator if sampler is None else None,
+                sampler=epoch_sampler,
+                shuffle=epoch_sampler is None,
+                generator=generator if epoch_sampler is None else None,
                 num_workers=hp.num_workers,
                 worker_init_fn=_seed_worker,
                 drop_last=drop_last,
@@ -958,37 +1038,67 @@ def fit(
                 np_state, py_state = np.random.get_state(), random.getstate()
                 np.random.seed(epoch_seed % (2**32))  # timm's RandAugment draws from numpy and random
                 random.seed(epoch_seed)
-                for step_in_epoch, (images, targets, group_codes, _) in enumerate(_batches(loader)):
+                for step_in_epoch, (images, targets, group_codes, rows) in enumerate(_batches(loader)):
                     if per_iteration:
                         lr = set_lr(epoch * unit + step_in_epoch)
                     images, targets = images.to(device), targets.to(device)
                     group_codes = group_codes.to(device)
-                    with _autocast(device, use_amp):
-                        logits, features = model(images)
-                    loss = loss_fn(logits.float(), targets, group_codes)
-                    if adversary is not None:
-                        loss = loss + adversary(features.float(), logits.float(), targets, group_codes)
+                    if hooks.group_context is not None:
+                        hooks.group_context.codes = group_codes
+
+                    def batch_loss() -> torch.Tensor:
+                        with _autocast(device, use_amp):
+                            logits, features = model(images)
+                        logits, features = logits.float(), features.float()
+                        if hooks.loss is None and hooks.regularizer is None:
+                            loss = loss_fn(logits, targets, group_codes)
+                        else:
+                            inputs = _loss_inputs(logits, targets, group_codes, features, pos_weight,
+                                                  hp.label_smoothing, epoch, rows)  # fmt: skip
+                            loss = hooks.loss(inputs) if hooks.loss is not None else inputs.default
+                            if hooks.regularizer is not None:
+                                loss = loss + hooks.regularizer(inputs)
+                        if adversary is not None:
+                            loss = loss + adversary(features, logits, targets, group_codes)
+                        return loss
+
+                    def backward(loss: torch.Tensor) -> None:
+                        if scaler is not None and scaler.is_enabled():
+                            scaler.scale(loss).backward()
+                            scaler.unscale_(optimizer)
+                        else:
+                            loss.backward()
+                        if clip_grad_norm:
+                            torch.nn.utils.clip_grad_norm_(
+                                [p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm
+                            )
+
                     optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None and scaler.is_enabled():
-                        scaler.scale(loss).backward()
-                        scaler.unscale_(optimizer)
-                    else:
-                        loss.backward()
-                    if clip_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(
-                            [p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm
-                        )
-                    if scaler is not None and scaler.is_enabled():
+                    loss = batch_loss()
+                    backward(loss)
+                    if hooks.step is not None:  # e.g. SAM: a second pass at perturbed weights, then the step
+
+                        def closure() -> torch.Tensor:
+                            optimizer.zero_grad(set_to_none=True)
+                            again = batch_loss()
+                            backward(again)
+                            return again
+
+                        hooks.step(optimizer, closure)
+                    elif scaler is not None and scaler.is_enabled():
                         scaler.step(optimizer)
                         scaler.update()
                     else:
                         optimizer.step()
+                    for after in hooks.after_step:
+                        after(model)
                     running += float(loss.detach()) * len(targets)
                     seen += len(targets)
                 np.random.set_state(np_state)
                 random.setstate(py_state)
             val_logits = _logits(
-                model, val, batch_size=hp.batch_size, device=device, num_workers=hp.num_workers, amp=use_amp
+                model, val, batch_size=hp.batch_size, device=device, num_workers=hp.num_workers, amp=use_amp,
+                hooks=hooks,
             )
             val_probs = torch.sigmoid(val_logits).double().numpy()
             with torch.no_grad():
@@ -1017,6 +1127,10 @@ def fit(
 
     last = state()
     best = selection.best_state if selection.best_state is not None else last
+    if hooks.final_state is not None:  # e.g. SWAD: the averaged weights replace the selected ones
+        replaced = hooks.final_state(best, model)
+        if replaced is not None:
+            best = {**best, **replaced}
     checkpoint = {
         "model": last,
         "optimizer": optimizer.state_dict(),
