@@ -192,11 +192,27 @@ def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True, chec
     check_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
     if check_data:
         check_split_classes(spec)
+        if spec.method is not None:  # its attribute and group count, on the prepared table
+            from fairfm.mitigate.runs import check_method, run_method
+
+            resolved = spec.resolve()
+            check_method(run_method(spec), usage_loop(spec.usage), spec.usage,
+                         _samples(Path(resolved["dataset"]) / "samples.parquet"), list(resolved["attributes"]),
+                         card.family)  # fmt: skip
     if check_store:
         store.check_writable()
 
 
 _LABELS_MEMO: dict[tuple[str, int, int], pd.DataFrame] = {}
+
+
+def _samples(table_path: Path) -> pd.DataFrame:
+    """A prepared SampleTable, read once per file version (a sweep's pre-flight checks read it for every cell)."""
+    stat = table_path.stat()
+    memo_key = (str(table_path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo_key not in _LABELS_MEMO:
+        _LABELS_MEMO[memo_key] = pd.read_parquet(table_path)
+    return _LABELS_MEMO[memo_key]
 
 
 def check_split_classes(spec: "RunSpec") -> None:
@@ -208,11 +224,7 @@ def check_split_classes(spec: "RunSpec") -> None:
     table_path = Path(resolved["dataset"]) / "samples.parquet"
     tasks = list(resolved["tasks"])
     try:
-        stat = table_path.stat()
-        memo_key = (str(table_path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if memo_key not in _LABELS_MEMO:
-            _LABELS_MEMO[memo_key] = pd.read_parquet(table_path)
-        table = _LABELS_MEMO[memo_key]
+        table = _samples(table_path)
     except (OSError, ValueError):
         return  # an unreadable table is reported, named, by the run itself
     if "split" not in table.columns:

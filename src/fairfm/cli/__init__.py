@@ -47,6 +47,10 @@ def _register_commands() -> None:
     app.add_typer(models_cli.app, name="models")
     app.add_typer(features_cli.app, name="features")
 
+    from fairfm.cli import methods as methods_cli
+
+    app.add_typer(methods_cli.app, name="methods")
+
     from fairfm.cli import runs as runs_cli
 
     app.add_typer(runs_cli.app, name="runs")
