@@ -67,8 +67,8 @@ EXAMPLES = {
     "checkpoint": (["--checkpoint", "{tmp}/weights.safetensors"], "{tmp}/weights.safetensors"),
     "trust_checkpoint": (["--trust-checkpoint"], True),
     "usage": (["--usage", "lora"], "lora"),
-    "method": (["--method", "groupdro"], "groupdro"),
-    "method_params": (["--method", "groupdro", "--method-param", "eta=0.01"], {"eta": 0.01}),
+    "method": (["--method", "group_dro"], "group_dro"),
+    "method_params": (["--method", "group_dro", "--method-param", "step_size=0.02"], {"attribute": None, "step_size": 0.02, "balanced_sampler": True}),
     "hparams": (["--usage", "lora", "--hp", "rank=4", "--hp", "targets=qkv,proj"], None),
     "seed": (["--seed", "7"], 7),
     "split_seed": (["--split-seed", "0"], 0),
@@ -112,7 +112,7 @@ def test_flags_give_the_same_spec_as_the_yaml_route(run, toy, tmp_path, monkeypa
     document = {
         "dataset": str(toy), "root": "images", "tasks": ["disease"], "attributes": ["sex", "age"],
         "split": "patient", "model": "clip", "model_options": {"width": 64}, "checkpoint": "w.bin",
-        "trust_checkpoint": True, "usage": "lora", "method": "groupdro", "method_params": {"eta": 0.1},
+        "trust_checkpoint": True, "usage": "lora", "method": "group_dro", "method_params": {"step_size": 0.1},
         "hparams": {"rank": 4, "lr": 1e-3, "targets": ["qkv"]}, "seed": 3, "threshold": "best_f1@val",
         "bootstrap": 50, "device": "cpu",
     }  # fmt: skip
@@ -123,7 +123,7 @@ def test_flags_give_the_same_spec_as_the_yaml_route(run, toy, tmp_path, monkeypa
     from_flags = run(
         "run", "--dataset", toy, "--root", "images", "--tasks", "disease", "--attr", "sex,age", "--split", "patient",
         "--model", "clip", "--model-option", "width=64", "--checkpoint", "w.bin", "--trust-checkpoint",
-        "--usage", "lora", "--method", "groupdro", "--method-param", "eta=0.1", "--hp", "rank=4", "--hp", "lr=1e-3",
+        "--usage", "lora", "--method", "group_dro", "--method-param", "step_size=0.1", "--hp", "rank=4", "--hp", "lr=1e-3",
         "--hp", "targets=qkv", "--seed", "3", "--threshold", "best_f1@val", "--bootstrap", "50", "--device", "cpu",
         "--print-spec",
     )  # fmt: skip
@@ -142,7 +142,7 @@ def test_flags_override_set_which_overrides_the_yaml(run, toy, tmp_path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump({
         "dataset": str(toy), "model": "clip", "usage": "linear_probe", "seed": 1, "trust_checkpoint": True,
-        "hparams": {"lr": 0.1, "epochs": 5}, "model_options": {"a": 1}, "method": "groupdro",
+        "hparams": {"lr": 0.1, "epochs": 5}, "model_options": {"a": 1}, "method": "group_dro",
         "attributes": ["sex"],
     }))  # fmt: skip
     spec = printed_spec(run, spec_file)

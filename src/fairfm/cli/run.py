@@ -172,8 +172,13 @@ def _run(spec: "RunSpec", store_dir: Path | None, *, print_spec: bool, quiet: bo
     if result.stale:
         state = ("[yellow]found in the store, STALE[/yellow]: computed by a fairfm whose results versions were "
                  "older, so its numbers may differ from this version's (--recompute-stale recomputes it)")
-    console.print(f"run [bold]{record.run_id}[/bold]: {state} — {spec.model} · {spec.usage} · seed {spec.seed}",
-                  markup=True)  # fmt: skip
+    method = ""
+    if spec.method is not None:
+        about = record.meta.get("method") or {}
+        aware = f", attribute-aware: reads {about.get('attribute')} at test time" if about.get("attribute_at_test") else ""
+        method = f" · {spec.method}{aware}"
+    console.print(f"run [bold]{record.run_id}[/bold]: {state} — {spec.model} · {spec.usage}{method} · seed "
+                  f"{spec.seed}", markup=True)  # fmt: skip
     console.print(f"[dim]stored in {record.path}[/dim]", soft_wrap=True)
     report = result.report
     if report is not None:
