@@ -92,7 +92,7 @@ class LossInputs:
     """What a method's loss sees for one training batch. ``per_element`` is the default loss per (sample, task):
     class-weighted BCE, 0 where a label is unknown (``known``); ``default`` is its mean over known labels."""
 
-    logits: "torch.Tensor"  # (B, T)
+    logits: "torch.Tensor"  # (B, T); (B, T, 2) class logits in the clip_head loop
     targets: "torch.Tensor"  # (B, T), NaN = unknown
     groups: "torch.Tensor"  # (B,) long group codes
     features: "torch.Tensor"  # (B, D) what the head reads
