@@ -407,6 +407,13 @@ def test_clip_head_loop_honours_a_data_method(capsys, synth_dir, clip_dir, tmp_p
     assert (predictions["y_score"] - plain["y_score"]).abs().max() > 1e-6
 
 
+def test_fis_runs_on_prototype_tuning(capsys, synth_dir, clip_dir, tmp_path):
+    code, _, err = _run(capsys, synth_dir, clip_dir, tmp_path / "s", "prototype", "fis")
+    assert code == 0, err
+    meta, predictions = _stored(tmp_path / "s")
+    assert meta["method"]["name"] == "fis" and predictions["y_score"].between(0, 1).all()
+
+
 def test_swad_averages_a_clip_adapter_in_the_clip_head_loop(capsys, synth_dir, clip_dir, tmp_path):
     code, _, err = _run(capsys, synth_dir, clip_dir, tmp_path / "s", "clip_adapter", "swad", "n_converge=1",
                         "n_tolerance=1", "tolerance_ratio=10")  # fmt: skip

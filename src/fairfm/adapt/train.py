@@ -946,6 +946,9 @@ def fit(
         if use_amp
         else None
     )
+    if hooks.step is not None and scaler is not None and scaler.is_enabled():
+        raise InputError("hparams.amp: fp16 mixed precision (this GPU has no bf16) cannot scale a method's two-pass "
+                         "optimiser step (SAM); set amp: false")  # fmt: skip
 
     pos_weight = torch.as_tensor(
         negatives / positives if hp.class_balanced else np.ones(len(train.tasks)),
