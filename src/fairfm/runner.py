@@ -652,6 +652,7 @@ def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, 
                      timings: dict[str, float]) -> UsageOutput:  # fmt: skip
     """Prototype tuning or CLIP-Adapter on the cached image features of a vision-language model."""
     from fairfm.adapt.clip_adaptation import clip_adapter, prototype_tuning
+    from fairfm.mitigate.runs import method_meta, run_method, training_setup
 
     hp = spec.typed_hparams()
     encoder, features, prompt_set, meta = _vision_language_inputs(spec, table, root=root, features_dir=features_dir,
@@ -661,14 +662,20 @@ def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, 
     part = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
     train = {"prototype": prototype_tuning, "clip_adapter": clip_adapter}[spec.usage]
     started = time.perf_counter()
+    hooks, groups, method = None, None, run_method(spec) if spec.method is not None else None
+    if method is not None and not method.post_processes:
+        hooks, groups, attribute = training_setup(method, spec, table, tasks, "clip_head", hp, device=device)
     result = train({name: features[rows] for name, rows in part.items()},
                    {name: labels[part[name]] for name in ("train", "val")}, encoder, tasks, prompt_set,
-                   hparams=hp, seed=spec.seed, device=device, progress=progress)  # fmt: skip
+                   hparams=hp, seed=spec.seed, device=device, progress=progress, hooks=hooks,
+                   groups=groups)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
     if heads_path is not None:
         result.save(heads_path)
         meta["head"] = str(heads_path)
     meta.update(result.meta)
+    if hooks is not None:
+        meta["method"] = method_meta(method, attribute, hooks)
     return UsageOutput({"val": result.probabilities["val"], "test": result.probabilities["test"]}, meta)
 
 

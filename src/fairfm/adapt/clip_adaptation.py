@@ -38,6 +38,7 @@ from fairfm.errors import InputError
 if TYPE_CHECKING:
     import torch
 
+    from fairfm.mitigate.base import TrainHooks
     from fairfm.models.base import VisionLanguageEncoder
     from fairfm.spec import ClipAdapterHParams, PrototypeHParams, TrainHParams
 
@@ -205,7 +206,8 @@ class _Trained:
 
 def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping[str, Any],
            tasks: Sequence[str], *, feature_dim: int, hparams: "TrainHParams", seed: int, device: str,
-           progress: bool, usage: str) -> _Trained:  # fmt: skip
+           progress: bool, usage: str, encoder: "VisionLanguageEncoder", hooks: "TrainHooks | None" = None,
+           groups: Mapping[str, np.ndarray] | None = None) -> _Trained:  # fmt: skip
     import torch
     import torch.nn.functional as F
 
@@ -229,7 +231,13 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
             rows, segments = x.take(index)
             logits = head(rows.to(dev))
             return max_over_slices(logits, segments, len(index), scores=logits[..., 1] - logits[..., 0])[0]
-        return head(x[index].to(dev))
+        rows = x[index].to(dev)
+        logits = head(rows)
+        return (logits, rows) if hooks is not None else logits  # a method's loss also sees the features
+
+    def predict(x: Any, index: Any) -> "torch.Tensor":
+        out = forward(x, index)
+        return out[0] if isinstance(out, tuple) else out
 
     def loss_of(logits: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
         total, count = logits.new_zeros(()), 0
@@ -243,6 +251,18 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
             count += int(known.sum())
         return total / max(count, 1)
 
+    def per_element_loss(logits: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
+        """(B, T) the class-weighted CE of each sample and task, 0 where the label is unknown (a method's loss)."""
+        known = ~torch.isnan(target)
+        clean = torch.where(known, target, torch.zeros_like(target)).long()
+        return torch.stack([F.cross_entropy(logits[:, j], clean[:, j], weight=class_weight[j], reduction="none",
+                                            label_smoothing=hp.label_smoothing) for j in range(n_tasks)],
+                           dim=1) * known  # fmt: skip
+
+    def similarity(logits: "torch.Tensor") -> "torch.Tensor":
+        # the cosines behind the logits (logit_scale · cos + logit_bias, the scale positive): FairCLIP reads them
+        return (logits - float(getattr(encoder, "logit_bias", 0.0))) / float(encoder.logit_scale)
+
     def probabilities_of(logits: "torch.Tensor") -> np.ndarray:
         return torch.softmax(logits.double(), dim=-1)[..., 1].cpu().numpy()
 
@@ -250,9 +270,11 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
     selection, history = fit_head(head, forward, loss_of, probabilities_of, train_x=inputs["train"],
                                   train_targets=torch.as_tensor(y_train, dtype=torch.float32), val_x=inputs["val"],
                                   y_val=y_val, hparams=hp, seed=seed, label=usage, empty=empty,
-                                  progress=progress)  # fmt: skip
+                                  progress=progress, hooks=hooks, train_groups=(groups or {}).get("train"),
+                                  val_groups=(groups or {}).get("val"), per_element_loss=per_element_loss,
+                                  similarity=similarity)  # fmt: skip
     best_state = selection.best_state
-    probabilities = {name: probabilities_of(batched_logits(head, forward, x, hp.batch_size, empty))
+    probabilities = {name: probabilities_of(batched_logits(head, predict, x, hp.batch_size, empty))
                      for name, x in inputs.items()}  # fmt: skip
     trained = {name for name, p in head.named_parameters() if p.requires_grad}
     state = {k: v for k, v in best_state.items() if k in trained}
@@ -296,6 +318,8 @@ def prototype_tuning(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    hooks: "TrainHooks | None" = None,
+    groups: Mapping[str, np.ndarray] | None = None,
 ) -> ClipAdaptationResult:
     """FairMedFM's CLIP-Adapt: tune the (T, 2, D) class prototypes initialised from the prompts' text embeddings
     (the ensemble of every template, or the first template alone with ``hparams.ensemble`` false).
@@ -303,12 +327,16 @@ def prototype_tuning(
     ``features``: split -> cached image features (N, D) of ``encoder`` (``train`` and ``val`` required; every
     split given gets probabilities). ``labels``: ``train`` and ``val`` -> (N,) or (N, T) with 0/1 and NaN for
     unknown. Only the prototypes are trained; ``encoder`` is used for its text embeddings and its similarity.
+    ``hooks``: a mitigation method's :class:`~fairfm.mitigate.TrainHooks` (rows, loss, regularizer, step, after_step,
+    on_epoch_end, final_state, as :func:`~fairfm.adapt.linear_probe.fit_head` honours them), with ``groups`` the
+    group codes of ``"train"`` and ``"val"``.
     """
     class_text, prompts = task_class_embeddings(encoder, tasks, prompt_set, ensemble=hparams.ensemble)
     head = _prototype_head(encoder, class_text)
     dim = _feature_dim(class_text, encoder)
     trained = _train(head, features, labels, tasks, feature_dim=dim, hparams=hparams, seed=seed,
-                     device=device, progress=progress, usage="prototype")
+                     device=device, progress=progress, usage="prototype", encoder=encoder, hooks=hooks,
+                     groups=groups)
     return _result("prototype", trained, tasks, prompts, encoder, hparams, seed, {})
 
 
@@ -323,6 +351,8 @@ def clip_adapter(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    hooks: "TrainHooks | None" = None,
+    groups: Mapping[str, np.ndarray] | None = None,
 ) -> ClipAdaptationResult:
     """Gao et al.'s CLIP-Adapter on cached features (inputs as :func:`prototype_tuning`).
 
@@ -340,7 +370,8 @@ def clip_adapter(
                                   ratio=hparams.residual_ratio, text_adapter=hparams.text_adapter)
     dim = _feature_dim(class_text, encoder)
     trained = _train(head, features, labels, tasks, feature_dim=dim, hparams=hparams, seed=seed,
-                     device=device, progress=progress, usage="clip_adapter")
+                     device=device, progress=progress, usage="clip_adapter", encoder=encoder, hooks=hooks,
+                     groups=groups)
     extra = {"adapter": {"residual_ratio": hparams.residual_ratio, "reduction": hparams.reduction,
                          "hidden": max(int(class_text.shape[-1]) // hparams.reduction, 1),
                          "text_adapter": hparams.text_adapter}}  # fmt: skip

@@ -189,6 +189,7 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
              empty: tuple[int, ...], progress: bool = False, hooks: "TrainHooks | None" = None,
              train_groups: np.ndarray | None = None, val_groups: np.ndarray | None = None,
              per_element_loss: Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"] | None = None,
+             similarity: Callable[["torch.Tensor"], "torch.Tensor"] | None = None,
              ) -> tuple[ModelSelection, list[dict[str, float]]]:  # fmt: skip
     """The epoch loop of a head trained on in-memory inputs (the linear probe, CLIP adaptation): shuffled
     mini-batches (``forward(inputs, index)`` → logits, or (logits, features)), the hyper-parameters' optimiser with
@@ -197,7 +198,8 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
 
     ``hooks`` (a mitigation method's :class:`~fairfm.mitigate.TrainHooks`; the head given is already wrapped) act as
     in :func:`fairfm.adapt.train.fit`; they read ``train_groups`` / ``val_groups`` (group codes per row) and the
-    method's loss sees ``per_element_loss(logits, targets)`` (the default loss per sample and task)."""
+    method's loss sees ``per_element_loss(logits, targets)`` (the default loss per sample and task) and, for a CLIP
+    head, ``similarity(logits)`` (the cosines behind the logits, :attr:`~fairfm.mitigate.LossInputs.similarity`)."""
     import torch
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -254,8 +256,8 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
         if per_element is None:
             raise ValueError(f"{label}: a method's loss needs the per-element loss of this head")
         features = features if features is not None else torch.zeros((len(index), 0), device=dev)
-        inputs = LossInputs(logits, targets, codes, features, per_element, known, epoch,
-                            torch.as_tensor(index))  # fmt: skip
+        inputs = LossInputs(logits, targets, codes, features, per_element, known, epoch, torch.as_tensor(index),
+                            similarity(logits) if similarity is not None else None)  # fmt: skip
         loss = hooks.loss(inputs) if hooks.loss is not None else inputs.default
         return loss + regularizer(inputs) if regularizer is not None else loss
 

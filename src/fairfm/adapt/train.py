@@ -946,6 +946,9 @@ def fit(
         if use_amp
         else None
     )
+    if hooks.step is not None and scaler is not None and scaler.is_enabled():
+        raise InputError("hparams.amp: fp16 mixed precision (this GPU has no bf16) cannot scale a method's two-pass "
+                         "optimiser step (SAM); set amp: false")  # fmt: skip
 
     pos_weight = torch.as_tensor(
         negatives / positives if hp.class_balanced else np.ones(len(train.tasks)),
@@ -1131,6 +1134,16 @@ def fit(
         replaced = hooks.final_state(best, model)
         if replaced is not None:
             best = {**best, **replaced}
+            if hooks.update_bn and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+                # averaged weights need BatchNorm statistics of their own: one pass over the training rows
+                from torch.optim.swa_utils import update_bn
+
+                load(best)
+                loader = torch.utils.data.DataLoader(train.without_augmentation(), batch_size=hp.batch_size,
+                                                     shuffle=False, num_workers=hp.num_workers,
+                                                     collate_fn=getattr(train, "collate_fn", None))  # fmt: skip
+                update_bn((images.to(device) for images, *_ in _batches(loader)), model)
+                best = {**best, **state()}
     checkpoint = {
         "model": last,
         "optimizer": optimizer.state_dict(),

@@ -92,7 +92,7 @@ class LossInputs:
     """What a method's loss sees for one training batch. ``per_element`` is the default loss per (sample, task):
     class-weighted BCE, 0 where a label is unknown (``known``); ``default`` is its mean over known labels."""
 
-    logits: "torch.Tensor"  # (B, T)
+    logits: "torch.Tensor"  # (B, T); (B, T, 2) class logits in the clip_head loop
     targets: "torch.Tensor"  # (B, T), NaN = unknown
     groups: "torch.Tensor"  # (B,) long group codes
     features: "torch.Tensor"  # (B, D) what the head reads
@@ -100,6 +100,8 @@ class LossInputs:
     known: "torch.Tensor"  # (B, T) bool
     epoch: int  # 0-based
     rows: "torch.Tensor | None" = None  # (B,) training-row indices, when the loop knows them
+    # (B, T, 2) cosine similarity of each image with task t's [negative, positive] class texts (clip_head loop)
+    similarity: "torch.Tensor | None" = None
 
     @property
     def default(self) -> "torch.Tensor":
@@ -139,6 +141,9 @@ class TrainHooks:
         called after each optimiser step (dense weight averaging) / each validation.
     ``final_state(selected_state, model) -> state``
         the state to predict with instead of the selected one (SWAD's averaged weights), or None to keep it.
+    ``update_bn``
+        re-estimate the BatchNorm running statistics of a replaced final state on the training rows (image loop;
+        the heads of the other loops have no BatchNorm).
     """
 
     rows: Callable[[int], np.ndarray] | None = None
@@ -152,6 +157,7 @@ class TrainHooks:
     after_step: Sequence[Callable[[Any], None]] = ()
     on_epoch_end: Sequence[Callable[[Any], bool | None]] = ()
     final_state: Callable[[Mapping[str, "torch.Tensor"], Any], Mapping[str, "torch.Tensor"] | None] | None = None
+    update_bn: bool = False
     meta: dict[str, Any] = field(default_factory=dict)  # recorded in the run's meta.json under "method"
 
 

@@ -23,7 +23,7 @@ class GroupDROParams(MethodParams):
 @register_method("group_dro")
 class GroupDRO(Method):
     params_model = GroupDROParams
-    needs = Needs(loops=("features", "images"))
+    needs = Needs(loops=("features", "images", "clip_head"))
     summary = "minimise the worst group's loss with online exponentiated group weights"
     reference = "Sagawa et al. ICLR 2020; MEDFAIR models/GroupDRO (METHODS.md §3.3)"
 

@@ -49,7 +49,7 @@ class Resampling(Method):
     cell is drawn equally often in expectation."""
 
     params_model = _CellParams
-    needs = Needs(loops=("features", "images"))
+    needs = Needs(loops=("features", "images", "clip_head"))
     summary = "draw training rows with probability 1/|cell| (group, group × class or class), with replacement"
     reference = "MEDFAIR datasets/utils.py get_weights + WeightedRandomSampler (METHODS.md §3.1)"
 
@@ -71,7 +71,7 @@ class Reweighting(Method):
     without its draws."""
 
     params_model = _CellParams
-    needs = Needs(loops=("features", "images"))
+    needs = Needs(loops=("features", "images", "clip_head"))
     summary = "weight each sample's loss by 1/|cell| (group, group × class or class), mean weight 1"
     reference = "METHODS.md §3.2 (in-expectation equivalent of MEDFAIR's resampling)"
 
@@ -101,7 +101,7 @@ class Balanced(Method):
     smallest cell's), kept for every epoch and shuffled per epoch."""
 
     params_model = _BalancedParams
-    needs = Needs(loops=("features", "images"))
+    needs = Needs(loops=("features", "images", "clip_head"))
     summary = "undersample the training set once to equal group (or cell) sizes"
     reference = "Khan et al. ML4H 2023 balanced fine-tuning (METHODS.md §3.1, DATASETS.md §5.4)"
 
