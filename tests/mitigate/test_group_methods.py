@@ -35,7 +35,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def test_domain_ind_uses_each_rows_own_head_and_sums_logits_when_blind():
     method = build_method("domain_ind", {"inference": "blind"})
-    assert not method.uses_attribute_at_test() and build_method("domain_ind", {"inference": "aware"}).uses_attribute_at_test()
+    assert not method.uses_attribute_at_test()
+    assert build_method("domain_ind", {"inference": "aware"}).uses_attribute_at_test()
     hooks = method.training_hooks(_context(np.array([0, 1, 2]), 3))
     torch.manual_seed(0)
     heads = hooks.wrap_head(torch.nn.Linear(4, 2))  # D = 4 features, T = 2 tasks, G = 3 groups
@@ -241,7 +242,8 @@ def test_group_conditioned_heads_close_the_under_representation_auc_gap():
         for name, method, params in (("domain_ind aware", "domain_ind", {"inference": "aware"}),
                                      ("domain_ind blind", "domain_ind", {"inference": "blind"}),
                                      ("fin aware", "fin", {})):  # fmt: skip
-            gap = group_auc_gap(splits["test"], train_probe(splits, method, seed=seed, method_params=params)[0]["test"])[2]
+            predictions = train_probe(splits, method, seed=seed, method_params=params)[0]
+            gap = group_auc_gap(splits["test"], predictions["test"])[2]
             gains.setdefault(name, []).append(erm - gap)
     for name, values in gains.items():
         assert min(values) > 0 and np.mean(values) > 2 * np.std(values), (name, values)
@@ -314,7 +316,8 @@ def test_fairfm_run_fair_lora_on_bitfit_and_lora_and_refusals(synth_dir, clip_di
     meta = json.loads((store / "runs" / record.run_id / "meta.json").read_text())
     assert meta["method"]["attribute_at_test"] is True and meta["method"]["details"]["fair_lora_parameters"] == 15456
     # trainable: FairLoRA's tensors and BitFit's biases (the adapted layers' biases keep their names) + head
-    biases = sum(p.numel() for n, p in _tiny_clip().named_parameters() if n.startswith("visual.") and n.endswith(".bias"))
+    biases = sum(p.numel() for n, p in _tiny_clip().named_parameters()
+                 if n.startswith("visual.") and n.endswith(".bias"))  # fmt: skip
     assert meta["trainable_parameters"] == 15456 + biases + 64 + 1  # head: Linear(64, 1)
     first = pd.read_parquet(store / "runs" / record.run_id / "predictions.parquet")
 

@@ -57,7 +57,8 @@ class FairLoRA(Method):
     params_model = FairLoRAParams
     needs = Needs(loops=("images",), attribute_at_test=True)
     summary = "per-group singular values in an SVD-form LoRA update of the image tower's MLP linears"
-    reference = "FairFedMed (Harvard-AI-and-Robotics-Lab/FairFedMed) trainers/GLP_OT_SVLoRA.py FairLoRALinear (METHODS.md §3.16)"
+    reference = ("FairFedMed (Harvard-AI-and-Robotics-Lab/FairFedMed) trainers/GLP_OT_SVLoRA.py FairLoRALinear "
+                 "(METHODS.md §3.16)")
 
     def uses_attribute_at_test(self) -> bool:
         return self.params.inference == "aware"
