@@ -64,6 +64,55 @@ def test_domain_ind_trains_a_group_head_only_on_its_own_rows():
     assert grad[0].abs().sum() > 0 and torch.count_nonzero(grad[1]) == 0
 
 
+def test_domain_ind_on_volumes_scores_every_slice_with_its_volumes_group_head():
+    from fairfm.adapt.linear_probe import train_linear_probe
+    from fairfm.adapt.volumes import SliceBags
+    from fairfm.spec import LinearProbeHParams
+
+    rng = np.random.default_rng(0)
+
+    def bags(n: int):
+        sizes = rng.integers(1, 5, size=n)
+        rows = rng.normal(size=(int(sizes.sum()), 4)).astype(np.float32)
+        return SliceBags(rows, sizes), (np.arange(n) % 2).astype(np.float64), rng.integers(0, 2, size=n)
+
+    (train, y_train, g_train), (val, y_val, g_val) = bags(40), bags(20)
+    hooks = build_method("domain_ind", {"inference": "aware"}).training_hooks(_context(g_train, 2))
+    hp = LinearProbeHParams(epochs=2, batch_size=8, lr=0.05, warmup_epochs=0, select_by="last")
+    result = train_linear_probe(train, y_train, val, y_val, hparams=hp, seed=0, hooks=hooks,
+                                groups={"train": g_train, "val": g_val})  # fmt: skip
+    weight, bias = result.state_dict["heads.weight"].numpy(), result.state_dict["heads.bias"].numpy()
+    expected = []
+    for start, size, g in zip(val.starts, val.sizes, g_val):  # oracle: the volume's group head, top slice
+        expected.append((val.rows[start:start + size] @ weight[g] + bias[g]).max())
+    np.testing.assert_allclose(result.predictions["val"][:, 0], _sigmoid(np.array(expected)), rtol=1e-5)
+
+
+def test_group_heads_on_volumes_in_the_image_loop_score_each_slice_with_its_volumes_group():
+    """Max-slice volumes: the wrapped head is the one scoring the slices (each slice carrying its volume's group),
+    and OCT chunks (k consecutive rows per volume) give every chunk its volume's group."""
+    from fairfm.adapt.train import _apply_model_hooks, _codes_per_input, make_classifier
+    from fairfm.adapt.volumes import PackedSlices, max_slice_classifier
+
+    flatten = torch.nn.Flatten()  # the "backbone": features are the 4 pixels of a 2 × 2 slice
+    model = max_slice_classifier(make_classifier(flatten, flatten, 4, 1))
+    hooks = build_method("domain_ind", {"inference": "aware"}).training_hooks(_context(np.array([0, 1]), 2, loop="images"))
+    _apply_model_hooks(model, hooks, None)
+    slices = torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    batch = PackedSlices(slices, [2, 3])
+    hooks.group_context.codes = _codes_per_input(batch, torch.tensor([1, 0]))
+    logits = model(batch)[0].detach().numpy()[:, 0]
+    weight, bias = model.head.heads.weight.detach().numpy(), model.head.heads.bias.detach().numpy()
+    rows = slices.reshape(5, 4).numpy()
+    expected = [(rows[0:2] @ weight[1] + bias[1]).max(), (rows[2:5] @ weight[0] + bias[0]).max()]
+    np.testing.assert_allclose(logits, expected, rtol=1e-5)
+
+    hooks.group_context.codes = torch.tensor([1, 0])  # 2 volumes × 2 chunks, volume-major
+    chunks = model.head(torch.as_tensor(rows[:4])).detach().numpy()[:, 0]
+    np.testing.assert_allclose(chunks, [rows[i] @ weight[g] + bias[g] for i, g in enumerate([1, 1, 0, 0])],
+                               rtol=1e-5)  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ FIN
 
 

@@ -19,14 +19,15 @@ from fairfm.mitigate.base import GroupContext
 
 
 def batch_codes(context: GroupContext, batch: int, method: str) -> torch.Tensor | None:
-    """The context's codes for a batch of ``batch`` rows (None: attribute-blind); one code per row is required."""
+    """The context's codes for a batch of ``batch`` rows (None: attribute-blind). A batch k times as long as the
+    codes holds k rows per sample, sample-major (OCT chunks of each volume): each row gets its sample's code."""
     codes = context.codes
     if codes is None:
         return None
-    if codes.ndim != 1 or codes.shape[0] != batch:
-        raise InputError(f"method {method!r}: {tuple(codes.shape)} group codes for a batch of {batch} rows (one group "
-                         "per row is needed; volumes scored slice by slice are not supported)")  # fmt: skip
-    return codes.long()
+    if codes.ndim != 1 or codes.shape[0] == 0 or batch % codes.shape[0]:
+        raise InputError(f"method {method!r}: {tuple(codes.shape)} group codes for a batch of {batch} rows (one "
+                         "group per row, or per sample of consecutive rows, is needed)")  # fmt: skip
+    return codes.long().repeat_interleave(batch // codes.shape[0])
 
 
 class GroupHeads(nn.Module):
@@ -127,8 +128,7 @@ class FairLoRAUpdate(nn.Module):
     Hand-written because peft's LoRA has one (B A) pair per layer and no per-sample, group-indexed singular values.
     ``lora_S`` keeps one row per group under its own name, so a federated server can average it row-wise (by group
     counts) and the rest by client sizes (FEDERATED.md §3). ``batch_dim`` is where the layer's input keeps the batch
-    (1 for a sequence-first transformer); a batch that is a multiple of the codes (slices of a volume, sample-major)
-    repeats each sample's values."""
+    (1 for a sequence-first transformer)."""
 
     def __init__(self, in_features: int, out_features: int, context: GroupContext, *, rank: int, alpha: float,
                  own_weight: float, init: str, generator: torch.Generator, batch_dim: int = 0) -> None:  # fmt: skip
@@ -142,19 +142,13 @@ class FairLoRAUpdate(nn.Module):
 
     def singular_values(self, batch: int) -> torch.Tensor:
         """(batch, r) s(a) of each row of the batch (π from the context's codes)."""
-        codes = batch_codes(self.context, batch, "fair_lora") if self.context.codes is not None else None
+        codes = batch_codes(self.context, batch, "fair_lora")
         pi = group_mixing(codes, self.lora_S.shape[0], self.own_weight, batch).to(self.lora_S)
         return pi @ self.lora_S
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[self.batch_dim] if x.ndim > 1 else 1
-        codes = self.context.codes
-        rows = int(codes.shape[0]) if codes is not None else batch
-        if codes is not None and (rows == 0 or batch % rows):
-            raise InputError(f"method 'fair_lora': a batch of {batch} inputs for {rows} group codes")
-        s = self.singular_values(rows)
-        if batch != rows:  # slices of each volume, sample-major
-            s = s.repeat_interleave(batch // rows, dim=0)
+        s = self.singular_values(batch)
         shape = [1] * x.ndim
         shape[self.batch_dim if x.ndim > 1 else 0], shape[-1] = batch, self.rank
         projected = x @ self.lora_A.to(x.dtype)
