@@ -355,6 +355,9 @@ def test_fairfm_run_records_the_method_and_whether_it_reads_the_attribute(synth_
     assert f"attribute at test time: {'yes' if aware else 'no'}" in out
     code, out, _ = run_cli(capsys, "runs", "list", "--store", store, "--json")
     assert json.loads(out)[0]["attribute_at_test"] is aware
+    code, out, _ = run_cli(capsys, "runs", "aggregate", "--store", store)
+    rows = [line for line in out.splitlines() if " auc " in f" {line} "]
+    assert rows and all((f"{method} (attr@test)" in line) is aware for line in rows)
 
 
 def test_fairfm_run_fair_lora_on_bitfit_and_lora_and_refusals(synth_dir, clip_dir, tmp_path, capsys):

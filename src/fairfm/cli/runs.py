@@ -229,8 +229,14 @@ def aggregate_command(
         console.print(f"no matching runs in {results.path}")
         return
     over_what = "split seeds" if over == "split_seed" else "seeds"
-    caption = ("STALE: runs stored by a fairfm whose results versions were older (their numbers may differ); "
-               "--recompute-stale on fairfm run / sweep computes them again") if frame["stale"].any() else None
+    key = "split_config_id" if over == "split_seed" else "config_id"
+    aware = {(r.meta or {}).get(key) or (r.meta or {}).get("config_id")
+             for r in results.list() if _attribute_at_test(r)}  # fmt: skip
+    notes = ["STALE: runs stored by a fairfm whose results versions were older (their numbers may differ); "
+             "--recompute-stale on fairfm run / sweep computes them again"] if frame["stale"].any() else []
+    if aware & set(frame["config_id"]):
+        notes.append("(attr@test): the method reads the sensitive attribute to predict (attribute-aware)")
+    caption = "; ".join(notes) or None
     table = Table(title=f"mean ± std over {over_what} ({results.path})", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True, caption=caption)  # fmt: skip
     for column in ("dataset", "model", "usage", "method", "task", "attribute"):
@@ -241,7 +247,8 @@ def aggregate_command(
         attr = "–" if row["attribute"] == "__all__" else str(row["attribute"])
         spread = "" if row["n_seeds"] < 2 else f" ± {_fmt(row['std'])}"
         table.add_row(str(row["dataset"]), str(row["model"]), str(row["usage"]),
-                      "–" if row["method"] is None or row["method"] != row["method"] else str(row["method"]),
+                      "–" if row["method"] is None or row["method"] != row["method"] else
+                      str(row["method"]) + (" (attr@test)" if row["config_id"] in aware else ""),
                       str(row["task"]), attr, str(row["metric"]), _fmt(row["mean"]) + spread,
                       str(int(row["n_seeds"])) + (" STALE" if row.get("stale") else ""))  # fmt: skip
     console.print(table)
