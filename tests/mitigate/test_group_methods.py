@@ -113,6 +113,14 @@ def test_group_heads_on_volumes_in_the_image_loop_score_each_slice_with_its_volu
                                rtol=1e-5)  # fmt: skip
 
 
+def test_a_group_without_training_rows_is_refused_by_the_per_group_heads_and_normaliser():
+    from fairfm.errors import InputError
+
+    for method, part in (("domain_ind", "head"), ("fin", "mean and scale")):
+        with pytest.raises(InputError, match=f"group 'g2' of 'group' has no training rows, so its {part} would never"):
+            build_method(method, {}).training_hooks(_context(np.array([0, 1, 0]), 3))
+
+
 # ------------------------------------------------------------------------------------------------ FIN
 
 
@@ -386,6 +394,10 @@ def test_fairfm_run_fair_lora_on_bitfit_and_lora_and_refusals(synth_dir, clip_di
     code, out, err = _run(capsys, synth_dir, clip_dir, store, "lora", "fair_lora")  # peft LoRA on attn + FairLoRA
     assert code == 0, err
     n_runs = len(Store(store))
+    for method in ("domain_ind", "fin"):  # no training loop to give a head to
+        code, out, err = run_cli(capsys, "run", "--dataset", synth_dir, "--model", "clip", "--checkpoint", clip_dir,
+                                 "--usage", "zero_shot", "--method", method, "--store", store, "-q")  # fmt: skip
+        assert code == 2 and f"method {method!r} does not serve usage 'zero_shot'" in err, err
     for usage, extra, expected in (
         ("linear_probe", [], "method 'fair_lora' does not serve usage 'linear_probe'"),
         ("full_finetune", [], "usage 'full_finetune' trains those weights itself"),

@@ -16,9 +16,20 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
+from fairfm.errors import InputError
 from fairfm.mitigate.base import GroupContext, Method, MethodParams, Needs, TrainContext, TrainHooks, register_method
+
+
+def require_training_rows(context: TrainContext, method: str, part: str) -> None:
+    """Refuse a group without training rows: its own ``part`` (a head, a normaliser) would never train."""
+    counts = np.bincount(context.train_groups, minlength=context.n_groups)
+    if (counts == 0).any():
+        missing = context.group_names[int(np.argmax(counts == 0))]
+        raise InputError(f"method {method!r}: group {missing!r} of {context.attribute!r} has no training rows, so its "
+                         f"{part} would never train (choose another attribute, or merge its groups)")  # fmt: skip
 
 
 class DomainIndParams(MethodParams):
@@ -39,6 +50,7 @@ class DomainInd(Method):
         return self.params.inference == "aware"
 
     def training_hooks(self, context: TrainContext) -> TrainHooks:
+        require_training_rows(context, self.name, "head")
         group_context = GroupContext(context.n_groups)
 
         def wrap_head(head):

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from fairfm.adapt.seeding import derive_seed
 from fairfm.mitigate.base import GroupContext, Method, MethodParams, Needs, TrainContext, TrainHooks, register_method
+from fairfm.mitigate.domain_ind import require_training_rows
 
 
 class FINParams(MethodParams):
@@ -41,6 +42,7 @@ class FIN(Method):
         return self.params.inference == "aware"
 
     def training_hooks(self, context: TrainContext) -> TrainHooks:
+        require_training_rows(context, self.name, "mean and scale")
         group_context = GroupContext(context.n_groups)
         counts = np.bincount(context.train_groups, minlength=context.n_groups).astype(np.float64)
         proportions = counts / counts.sum()
