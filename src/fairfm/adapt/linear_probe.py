@@ -381,7 +381,15 @@ def train_linear_probe(
     def head_logits(inputs: Any, index: np.ndarray) -> "torch.Tensor | tuple[torch.Tensor, torch.Tensor]":
         if isinstance(inputs, SliceBags):  # every slice scored; per task the top slice's logit is the volume's
             rows, segments = inputs.take(index)
-            return max_over_slices(head(embedded(rows)), segments, len(index))[0]
+            context = hooks.group_context if hooks is not None else None
+            codes = context.codes if context is not None else None
+            if codes is None:
+                return max_over_slices(head(embedded(rows)), segments, len(index))[0]
+            context.codes = codes[torch.as_tensor(segments, device=codes.device)]  # a slice has its volume's group
+            try:
+                return max_over_slices(head(embedded(rows)), segments, len(index))[0]
+            finally:
+                context.codes = codes
         features = embedded(inputs[index])
         logits = head(features)
         return (logits, features) if hooks is not None else logits

@@ -70,11 +70,16 @@ _IMAGE_TOWERS = ("visual", "vision_model")
 def image_tower(encoder: "Encoder") -> tuple["nn.Module", str]:
     """The sub-module that encodes images and its name prefix in ``encoder.module`` ('' for a pure image
     model)."""
+    return module_image_tower(encoder.module)
+
+
+def module_image_tower(module: "nn.Module") -> tuple["nn.Module", str]:
+    """:func:`image_tower` of a model's module (e.g. a Classifier's backbone)."""
     for name in _IMAGE_TOWERS:
-        tower = getattr(encoder.module, name, None)
+        tower = getattr(module, name, None)
         if tower is not None and hasattr(tower, "parameters"):
             return tower, f"{name}."
-    return encoder.module, ""
+    return module, ""
 
 
 def image_path_parameters(encoder: "Encoder") -> list[str]:

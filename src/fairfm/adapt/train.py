@@ -718,7 +718,7 @@ def _logits(
     with torch.no_grad(), _autocast(device, amp):
         for images, _, group_codes, _ in _batches(loader):
             if context is not None:
-                context.codes = group_codes.to(device) if aware else None
+                context.codes = _codes_per_input(images, group_codes.to(device)) if aware else None
             logits, _ = model(images.to(device))
             out.append(logits.float().cpu())
     return torch.cat(out) if out else torch.zeros((0, len(data.tasks)))
@@ -750,6 +750,18 @@ def _batches(loader: Any):
                 raise
             raise InputError(str(exc).rsplit(marker, 1)[1].strip().splitlines()[0]) from None
         yield batch
+
+
+def _codes_per_input(images: Any, codes: "torch.Tensor") -> "torch.Tensor":
+    """The group codes a method's modules see: one per image, or per slice of a batch of volumes (each slice
+    carries its volume's code; the slices are scored one by one before max-pooling)."""
+    from fairfm.adapt.volumes import PackedSlices
+
+    if not isinstance(images, PackedSlices):
+        return codes
+    import torch
+
+    return codes.repeat_interleave(torch.as_tensor(images.sizes, device=codes.device))
 
 
 def _no_hooks() -> "TrainHooks":
@@ -1047,7 +1059,7 @@ def fit(
                     images, targets = images.to(device), targets.to(device)
                     group_codes = group_codes.to(device)
                     if hooks.group_context is not None:
-                        hooks.group_context.codes = group_codes
+                        hooks.group_context.codes = _codes_per_input(images, group_codes)
 
                     def batch_loss() -> torch.Tensor:
                         with _autocast(device, use_amp):

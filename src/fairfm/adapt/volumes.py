@@ -378,12 +378,16 @@ def _modules():
             self.backbone = classifier.backbone
             self.head = classifier.head
             self.__dict__["features_fn"] = classifier.features_fn
-            self.__dict__["classifier"] = classifier  # shares backbone and head; not registered twice
+
+        def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # the Classifier's forward with this module's head: a method's wrapped head replaces ``self.head``
+            features = self.features_fn(x).float().reshape(x.shape[0], -1)
+            return self.head(features), features
 
         def forward(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             if not isinstance(batch, PackedSlices):
-                return self.classifier(batch)
-            logits, features = self.classifier(batch.slices)
+                return self.score(batch)
+            logits, features = self.score(batch.slices)
             segments = np.repeat(np.arange(len(batch)), batch.sizes)
             pooled, _ = max_over_slices(logits, segments, len(batch))
             index = torch.as_tensor(segments, device=features.device)

@@ -76,8 +76,8 @@ def list_command(
         keys = key_metrics(record)
         rows.append({
             "run_id": record.run_id, "dataset": row["dataset"], "model": row["model"], "usage": row["usage"],
-            "method": row["method"], "seed": int(row["seed"]), "created": record.created, "stale": record.stale,
-            **keys,
+            "method": row["method"], "attribute_at_test": _attribute_at_test(record), "seed": int(row["seed"]),
+            "created": record.created, "stale": record.stale, **keys,
         })  # fmt: skip
     if as_json:
         print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
@@ -88,6 +88,8 @@ def list_command(
     # A borderless table: the list must stay readable in an 80-column terminal.
     stale = sum(row["stale"] for row in rows)
     caption = "AUC (Dice for segmentation) of the first task; gap: its gap over the first attribute"
+    if any(row["attribute_at_test"] for row in rows):
+        caption += "; (attr@test): the method reads the sensitive attribute to predict (attribute-aware)"
     if stale:
         caption += (f"; {stale} STALE run(s): stored by a fairfm whose results versions were older, so their numbers "
                     "may differ from this version's (fairfm run / sweep --recompute-stale computes them again)")
@@ -105,10 +107,21 @@ def list_command(
     for row in rows:
         utility = _fmt(row.get("utility")) + (" (dice)" if row.get("utility_metric") == "mean_dice" else "")
         gap = f"{_fmt(row.get('gap'))} {row['attribute']}" if row.get("attribute") else "–"
-        cells = [row["run_id"] + (" STALE" if row["stale"] else ""), str(row["dataset"]), str(row["model"]), str(row["usage"]), str(row["method"] or "–"),
+        cells = [row["run_id"] + (" STALE" if row["stale"] else ""), str(row["dataset"]), str(row["model"]), str(row["usage"]), _method_cell(row),
                  str(row["seed"]), *([_short_time(row["created"])] if with_time else []), utility, gap]  # fmt: skip
         table.add_row(*cells)
     console.print(table)
+
+
+def _attribute_at_test(record: Any) -> bool:
+    """Whether the run's method read the sensitive attribute to predict (meta.json ``method.attribute_at_test``)."""
+    return bool(((record.meta or {}).get("method") or {}).get("attribute_at_test"))
+
+
+def _method_cell(row: dict[str, Any]) -> str:
+    if not row["method"]:
+        return "–"
+    return str(row["method"]) + (" (attr@test)" if row["attribute_at_test"] else "")
 
 
 @app.command("show")
@@ -139,6 +152,11 @@ def show_command(
         spec_table.add_row(name, "–" if value is None else str(value))
     meta = record.meta
     code = meta.get("code") or {}
+    method = meta.get("method") or {}
+    if method:
+        aware = ("yes — predictions read it (attribute-aware)" if method.get("attribute_at_test") else "no")
+        spec_table.add_row("method use", f"{method.get('name')} on {method.get('attribute')}; attribute at test "
+                           f"time: {aware}")  # fmt: skip
     spec_table.add_row("device", str(meta.get("device", "–")))
     spec_table.add_row("created", str(meta.get("created", "")))
     spec_table.add_row("code", f"fairfm {code.get('fairfm')}" + (f" @ {code['git'][:12]}" if code.get("git") else ""))
@@ -211,8 +229,14 @@ def aggregate_command(
         console.print(f"no matching runs in {results.path}")
         return
     over_what = "split seeds" if over == "split_seed" else "seeds"
-    caption = ("STALE: runs stored by a fairfm whose results versions were older (their numbers may differ); "
-               "--recompute-stale on fairfm run / sweep computes them again") if frame["stale"].any() else None
+    key = "split_config_id" if over == "split_seed" else "config_id"
+    aware = {(r.meta or {}).get(key) or (r.meta or {}).get("config_id")
+             for r in results.list() if _attribute_at_test(r)}  # fmt: skip
+    notes = ["STALE: runs stored by a fairfm whose results versions were older (their numbers may differ); "
+             "--recompute-stale on fairfm run / sweep computes them again"] if frame["stale"].any() else []
+    if aware & set(frame["config_id"]):
+        notes.append("(attr@test): the method reads the sensitive attribute to predict (attribute-aware)")
+    caption = "; ".join(notes) or None
     table = Table(title=f"mean ± std over {over_what} ({results.path})", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True, caption=caption)  # fmt: skip
     for column in ("dataset", "model", "usage", "method", "task", "attribute"):
@@ -223,7 +247,8 @@ def aggregate_command(
         attr = "–" if row["attribute"] == "__all__" else str(row["attribute"])
         spread = "" if row["n_seeds"] < 2 else f" ± {_fmt(row['std'])}"
         table.add_row(str(row["dataset"]), str(row["model"]), str(row["usage"]),
-                      "–" if row["method"] is None or row["method"] != row["method"] else str(row["method"]),
+                      "–" if row["method"] is None or row["method"] != row["method"] else
+                      str(row["method"]) + (" (attr@test)" if row["config_id"] in aware else ""),
                       str(row["task"]), attr, str(row["metric"]), _fmt(row["mean"]) + spread,
                       str(int(row["n_seeds"])) + (" STALE" if row.get("stale") else ""))  # fmt: skip
     console.print(table)
