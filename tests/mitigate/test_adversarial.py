@@ -180,7 +180,7 @@ def test_lnl_trains_its_bias_predictor_and_only_z_maximises_the_entropy():
     def bias():
         return F.cross_entropy(predictor(z), a)
 
-    assert float(loss) == pytest.approx(float(0.3 * entropy() + bias()), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float((0.3 * entropy() + bias()).detach()), rel=1e-6)
     got = torch.autograd.grad(loss, [z, *predictor.parameters()])
     want_z = torch.autograd.grad(0.3 * entropy() - 2.0 * bias(), z)[0]
     want_predictor = torch.autograd.grad(bias(), list(predictor.parameters()))  # the entropy term leaves it alone
@@ -263,6 +263,23 @@ def test_odr_kl_is_analytic_and_reaches_the_encoders_and_the_priors_are_orthogon
     assert grad.abs().sum() > 0
     head.eval()  # prediction reads the mean of z_t: no noise
     assert torch.equal(head(features), head(features))
+
+
+def test_methods_import_without_torch_and_refuse_a_batch_without_a_per_sample_representation():
+    import subprocess
+    import sys
+
+    code = ("import sys; from fairfm.mitigate import list_methods, build_method; "
+            "assert {'laftr', 'cfair', 'lnl', 'end', 'odr'} <= set(list_methods()); build_method('odr'); "
+            "print('torch' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # spec validation stays torch-free
+
+    from fairfm.errors import InputError
+
+    hooks, _ = _hooks("lnl", {}, _context([0, 1], [0, 1], loop="images"))
+    with pytest.raises(InputError, match="^method 'lnl': no per-sample representation for this batch"):
+        hooks.regularizer(_inputs(torch.zeros((2, 0)), [0, 1], [0, 1]))
 
 
 # ------------------------------------------------------------------------------------------ seeds, end to end
@@ -348,18 +365,39 @@ def _tpr_gap(split, probabilities: np.ndarray) -> float:
     return abs(predicted[positives & (split.groups == 0)].mean() - predicted[positives & (split.groups == 1)].mean())
 
 
-def test_lnl_and_cfair_shrink_the_shortcut_tpr_gap_against_erm_with_the_same_encoder():
+def _group_probe_auc(splits, hooks) -> float:
+    """Test AUC of a logistic regression fitted on validation to read the group from the encoder's z."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    encoder = hooks.regularizer.source.encoder
+    with torch.no_grad():
+        z_val, z_test = (encoder(torch.as_tensor(splits[s].features)).numpy() for s in ("val", "test"))
+    probe = LogisticRegression(max_iter=2000).fit(z_val, splits["val"].groups)
+    return roc_auc_score(splits["test"].groups, probe.predict_proba(z_test)[:, 1])
+
+
+def test_adversarial_methods_shrink_the_shortcut_tpr_gap_against_erm_with_the_same_encoder():
     """The shortcut marker (group ↔ label in training only) makes ERM miss the minority's positives at test time.
     Against ERM with the same trainable encoder (LAFTR with fair_coeff 0: the adversary's gradient never reaches
-    z), LNL (defaults) and CFair (μ = 1; the default 0.1 barely moves it) shrink the test TPR gap on every seed and
-    by more than twice the spread of the improvement. LAFTR, EnD and ODR did not (docs/methods.md)."""
-    settings = {"baseline": ("laftr", {"fair_coeff": 0.0}), "lnl": ("lnl", {}), "cfair": ("cfair", {"mu": 1.0})}
+    z), LNL (defaults), CFair (μ = 1), LAFTR (defaults) and EnD (α = β = 1) shrink the test TPR gap on every seed;
+    for LNL, CFair and EnD by more than twice the spread of the improvement (LAFTR's spread is wider on other
+    seeds), and LNL, CFair and EnD leave less group information in z. CFair's and EnD's defaults (0.1), and ODR, did
+    not help (docs/methods.md)."""
+    settings = {"baseline": ("laftr", {"fair_coeff": 0.0}), "lnl": ("lnl", {}), "cfair": ("cfair", {"mu": 1.0}),
+                "laftr": ("laftr", {}), "end": ("end", {"alpha": 1.0, "beta": 1.0})}  # fmt: skip
     gaps: dict[str, list[float]] = {name: [] for name in settings}
+    probes: dict[str, list[float]] = {name: [] for name in settings}
     for seed in range(3):
-        splits = planted_features("shortcut", seed=seed)
+        splits = planted_features("shortcut", seed=seed, n_train=1000, n_eval=1000)
         for name, (method, params) in settings.items():
-            predictions, _ = train_probe(splits, method, seed=seed, method_params=params, epochs=60, lr=0.01)
+            predictions, hooks = train_probe(splits, method, seed=seed, method_params={**params, "encoder_hidden": 32},
+                                             epochs=40, lr=0.01)  # fmt: skip
             gaps[name].append(_tpr_gap(splits["test"], predictions["test"]))
-    for name in ("lnl", "cfair"):
+            probes[name].append(_group_probe_auc(splits, hooks))
+    for name in ("lnl", "cfair", "laftr", "end"):
         gain = np.array(gaps["baseline"]) - np.array(gaps[name])
-        assert (gain > 0).all() and gain.mean() > 2 * gain.std(), (name, gaps)
+        assert (gain > 0).all(), (name, gaps)
+        if name != "laftr":
+            assert gain.mean() > 2 * gain.std(), (name, gaps)
+            assert (np.array(probes[name]) < np.array(probes["baseline"])).all(), (name, probes)
