@@ -97,7 +97,8 @@ class _RepresentationMethod(Method):
                 regularizer.build(self.parts(context, width, head.in_features), source)
             return wrapped
 
-        where = ("a trainable encoder in front of the head (cached features)" if context.loop == "features"
+        where = (f"a trainable encoder z = ReLU(W f + b) of width {getattr(self.params, 'encoder_hidden', None)} in "
+                 "front of the head (cached features)" if context.loop == "features"
                  else "the backbone's pooled features")  # fmt: skip
         return TrainHooks(regularizer=regularizer, wrap_head=wrap_head,
                           meta={"representation": where, **self.details(context)},
