@@ -17,7 +17,7 @@ reparameterisation noise from a generator of its own, so a run repeats bit for b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, List, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Literal, Optional
 
 import numpy as np
 from pydantic import Field
@@ -375,7 +375,7 @@ class OdrParams(MethodParams):
     step_size: float = Field(20, gt=0, description="epochs over which a coefficient decays by its γ")
     latent_dim: int = Field(128, ge=2, description="dimension of z_t and z_s")
     encoder_width: int = Field(128, ge=1, description="hidden width of each Gaussian encoder")
-    classifier_hidden: List[int] = Field([256, 128], description="hidden widths of the target and sensitive "
+    classifier_hidden: List[Annotated[int, Field(ge=1)]] = Field([256, 128], description="hidden widths of the target and sensitive "
                                          "classifiers")  # fmt: skip
 
 
