@@ -14,8 +14,11 @@ from fairfm.errors import InputError
 from fairfm.results import Store
 from fairfm.spec import SweepSpec
 from fairfm.sweep import run_sweep
+from fairfm.usages import get_usage, list_usages
 from tests.adapt.helpers import make_synth, make_tiny_clip
 from tests.conftest import run_cli
+
+TRAINED_USAGES = [u for u in list_usages() if get_usage(u).trains]
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +321,7 @@ def test_a_seed_sweep_over_a_dataset_name_shares_one_split_and_aggregates(clip_d
 def trained_local_reference(synth_dir, clip_dir, tmp_path_factory):
     """Each trained usage (one tiny epoch) in one in-process sweep: what every executor must reproduce."""
     sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
-                                 "bootstrap": 0, "device": "cpu", "usage": list(runner.TRAINED_USAGES),
+                                 "bootstrap": 0, "device": "cpu", "usage": TRAINED_USAGES,
                                  "hparams": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0}})  # fmt: skip
     store = Store(tmp_path_factory.mktemp("trained_local") / "store")
     # At the workers' thread count: a reduction split over another number of threads may differ in the last bit
@@ -343,7 +346,7 @@ def test_every_trained_usage_stores_the_same_runs_in_parallel_as_in_process(trai
     sweep, local_store, local = trained_local_reference
     parallel_store = Store(tmp_path / executor)
     parallel = run_sweep(sweep, parallel_store, executor=executor, workers=2, progress=False)
-    assert [o.status for o in local] == [o.status for o in parallel] == ["computed"] * len(runner.TRAINED_USAGES), (
+    assert [o.status for o in local] == [o.status for o in parallel] == ["computed"] * len(TRAINED_USAGES), (
         [o.error for o in local + parallel])
     for a, b in zip(local, parallel):
         assert a.run_id == b.run_id
