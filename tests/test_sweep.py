@@ -3,6 +3,7 @@ reported per cell without stopping the others."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from fairfm.errors import InputError
 from fairfm.results import Store
 from fairfm.spec import SweepSpec
 from fairfm.sweep import run_sweep
-from fairfm.usages import get_usage, list_usages
+from fairfm.usages import base as usages_base, get_usage, list_usages
 from tests.adapt.helpers import make_synth, make_tiny_clip
 from tests.conftest import run_cli
 
@@ -241,8 +242,6 @@ def test_a_sweep_over_a_dataset_name_prepares_it_once_in_the_parent(clip_dir, tm
 
 def test_a_sweep_serves_stale_runs_marked_and_recomputes_them_when_asked(synth_dir, clip_dir, tmp_path, capsys,
                                                                          monkeypatch):  # fmt: skip
-    from fairfm.results import versions
-
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
                                           "usage": "zero_shot", "bootstrap": 10,
@@ -251,7 +250,9 @@ def test_a_sweep_serves_stale_runs_marked_and_recomputes_them_when_asked(synth_d
     assert run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")[0] == 0
     old = {r.run_id for r in Store(store).list()}
 
-    monkeypatch.setitem(versions.RESULTS_VERSIONS, "usage.zero_shot", versions.RESULTS_VERSIONS["usage.zero_shot"] + 1)
+    zero_shot = get_usage("zero_shot")  # a usage's results version is declared in its registration
+    monkeypatch.setitem(usages_base._USAGES, "zero_shot",
+                        dataclasses.replace(zero_shot, results_version=zero_shot.results_version + 1))  # fmt: skip
     calls = _count_computations(monkeypatch)
     code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")
     assert code == 0 and calls == [] and "2 stale run(s)" in out

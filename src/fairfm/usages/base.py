@@ -164,6 +164,11 @@ class Usage:
     model_family: Optional[str] = None
     #: scores its own rows with per-sample Dice/IoU instead of probabilities (no threshold, no train split)
     segmentation: bool = False
+    #: starts from the cached frozen-encoder features, so its numbers also depend on results version "features"
+    cached_features: bool = False
+    #: this usage's results version (part of its run ids; :mod:`fairfm.results.versions`): bump it when the same
+    #: spec, data and weights would give other numbers; never lower it
+    results_version: int = 1
 
     def family_refusal(self, model: str, family: str) -> str | None:
         """Why a model of ``family`` cannot serve this usage (the one rule of spec validation and the runner's
@@ -187,9 +192,11 @@ _USAGES: dict[str, Usage] = {}
 
 
 def register_usage(name: str, *, hparams: type[HParams], trains: bool, loop: str | None,
-                   model_family: str | None = None, segmentation: bool = False) -> Callable[[UsageFn], UsageFn]:
+                   model_family: str | None = None, segmentation: bool = False, cached_features: bool = False,
+                   results_version: int = 1) -> Callable[[UsageFn], UsageFn]:  # fmt: skip
     """Function decorator: register the usage ``name`` — its hyper-parameter model, the decorated run function and
-    what it needs. Registering the same name again with other code is an error (two modules claiming a name)."""
+    what it needs (the fields of :class:`Usage`). Registering the same name again with other code is an error (two
+    modules claiming a name)."""
     if loop not in (*LOOPS, None):
         raise ValueError(f"usage {name!r}: loop {loop!r} is not one of {', '.join(LOOPS)} or None")
     if loop is not None and not trains:
@@ -197,6 +204,8 @@ def register_usage(name: str, *, hparams: type[HParams], trains: bool, loop: str
     if model_family not in FAMILY_NEEDS:
         raise ValueError(f"usage {name!r}: model_family {model_family!r} is not one of "
                          f"{', '.join(str(f) for f in FAMILY_NEEDS)}")  # fmt: skip
+    if not (isinstance(results_version, int) and results_version >= 0):
+        raise ValueError(f"usage {name!r}: results_version must be an integer ≥ 0, got {results_version!r}")
     if not (isinstance(hparams, type) and issubclass(hparams, HParams)):
         raise ValueError(f"usage {name!r}: hparams must be a subclass of fairfm.usages.HParams")
 
@@ -205,7 +214,8 @@ def register_usage(name: str, *, hparams: type[HParams], trains: bool, loop: str
         if known is not None and (known.run.__wrapped__ is not fn or known.hparams is not hparams):  # type: ignore[attr-defined]
             raise ValueError(f"usage {name!r} registered twice")
         _USAGES[name] = Usage(name=name, hparams=hparams, run=seeded_run(fn), trains=trains, loop=loop,
-                              model_family=model_family, segmentation=segmentation)  # fmt: skip
+                              model_family=model_family, segmentation=segmentation,
+                              cached_features=cached_features, results_version=results_version)  # fmt: skip
         return fn
 
     return decorate

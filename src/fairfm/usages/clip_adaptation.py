@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from fairfm.usages.base import TrainHParams, UsageOutput, _CachedFeatures, register_usage
-from fairfm.usages.common import _labels
+from fairfm.usages.common import label_matrix as _labels
 from fairfm.usages.zero_shot import _vision_language_inputs, _ZeroShotPrompts
 
 if TYPE_CHECKING:
@@ -34,9 +34,10 @@ class ClipAdapterHParams(_CachedFeatures, TrainHParams, _ZeroShotPrompts):
     text_adapter: bool = False
 
 
-@register_usage("prototype", hparams=PrototypeHParams, trains=True, loop="clip_head", model_family="vision-language")
+@register_usage("prototype", hparams=PrototypeHParams, trains=True, loop="clip_head", model_family="vision-language",
+                cached_features=True)  # fmt: skip
 @register_usage("clip_adapter", hparams=ClipAdapterHParams, trains=True, loop="clip_head",
-                model_family="vision-language")  # fmt: skip
+                model_family="vision-language", cached_features=True)  # fmt: skip
 def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
                      device: str, progress: bool, heads_path: Path | None,
                      timings: dict[str, float]) -> UsageOutput:  # fmt: skip

@@ -1,4 +1,7 @@
-"""What several usages start from: the cached frozen-encoder features of a table, and its labels as a matrix."""
+"""What several usages start from: the cached frozen-encoder features of a table, and its labels as a matrix.
+
+Public for usage modules of your own (docs/usages.md, "Adding a usage"); the built-in usages import them under their
+former private names (``_features``, ``_labels``), so their bodies read as they did in the runner."""
 
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ if TYPE_CHECKING:
     from fairfm.spec import RunSpec
 
 
-def _features(spec: "RunSpec", table: pd.DataFrame, model: Any, *, root: Path, features_dir: Path,
-              progress: bool, timings: dict[str, float]):  # fmt: skip
+def cached_features(spec: "RunSpec", table: pd.DataFrame, model: Any, *, root: Path, features_dir: Path,
+                    progress: bool, timings: dict[str, float]):  # fmt: skip
     """Cached features of ``table``: an (N, D) matrix for 2D images, or — when samples are volumes — the
     :class:`~fairfm.adapt.volumes.SliceBags` of their per-slice rows (max-pooled over slices by the usage).
     Slices of a 3D dataset are prepared as its ``hparams.slice_intensity`` says (CT window, per-slice min–max)
@@ -57,7 +60,8 @@ def _features(spec: "RunSpec", table: pd.DataFrame, model: Any, *, root: Path, f
     return matrix, meta
 
 
-def _labels(table: pd.DataFrame, tasks: list[str]) -> np.ndarray:
+def label_matrix(table: pd.DataFrame, tasks: list[str]) -> np.ndarray:
+    """(N, T) labels of ``table`` for ``tasks``: 0/1, NaN where unknown."""
     import numpy as np
     import pandas as pd
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fairfm.usages.base import TrainHParams, UsageOutput, _CachedFeatures, register_usage
-from fairfm.usages.common import _features, _labels
+from fairfm.usages.common import cached_features as _features, label_matrix as _labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,7 +22,7 @@ class LinearProbeHParams(_CachedFeatures, TrainHParams):
     Always on cached features: a frozen encoder gives the same features inside the loop (tested), only slower."""
 
 
-@register_usage("linear_probe", hparams=LinearProbeHParams, trains=True, loop="features")
+@register_usage("linear_probe", hparams=LinearProbeHParams, trains=True, loop="features", cached_features=True)
 def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
                   device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
     import numpy as np

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from pydantic import Field, field_validator
 
 from fairfm.usages.base import HParams, UsageOutput, register_usage
-from fairfm.usages.common import _features
+from fairfm.usages.common import cached_features as _features
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,7 +65,8 @@ def _vision_language_inputs(spec: "RunSpec", table: pd.DataFrame, *, root: Path,
     return encoder, features, prompt_set, meta
 
 
-@register_usage("zero_shot", hparams=ZeroShotHParams, trains=False, loop=None, model_family="vision-language")
+@register_usage("zero_shot", hparams=ZeroShotHParams, trains=False, loop=None, model_family="vision-language",
+                cached_features=True)  # fmt: skip
 def _zero_shot(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
                device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
     import numpy as np
