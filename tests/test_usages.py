@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -25,37 +24,14 @@ from fairfm.usages import LOOPS, HParams, base as usages_base, get_usage, list_u
 from tests.adapt.helpers import make_synth, make_tiny_clip
 from tests.conftest import run_cli
 
-# A nearest-class-mean usage on cached features, written as a user would: one file, public API only.
-NEAREST_MEAN = '''
-"""Nearest class mean on cached frozen-encoder features."""
-
-import numpy as np
-from pydantic import Field
-
-from fairfm.usages import HParams, UsageOutput, register_usage
-from fairfm.usages.common import cached_features, label_matrix
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "usages.md"
 
 
-class NearestMeanHParams(HParams):
-    temperature: float = Field(1.0, gt=0, description="P(1) = sigmoid((d(x, mean 0)² - d(x, mean 1)²) / T)")
-
-
-@register_usage("nearest_mean", hparams=NearestMeanHParams, trains=True, loop=None, cached_features=True)
-def nearest_mean(spec, table, tasks, *, root, features_dir, device, progress, heads_path, timings):
-    hp = spec.typed_hparams()
-    features, meta = cached_features(spec, table, spec.model, root=root, features_dir=features_dir,
-                                     progress=progress, timings=timings)
-    labels = label_matrix(table, tasks)
-    train = (table["split"] == "train").to_numpy()
-    scores = np.empty(labels.shape)
-    for j in range(len(tasks)):
-        means = [features[train & (labels[:, j] == c)].mean(axis=0) for c in (0, 1)]
-        gap = ((features - means[0]) ** 2).sum(axis=1) - ((features - means[1]) ** 2).sum(axis=1)
-        scores[:, j] = 1 / (1 + np.exp(-gap / hp.temperature))
-    split = table["split"].to_numpy()
-    meta["nearest_mean"] = {"temperature": hp.temperature}
-    return UsageOutput({s: scores[split == s] for s in ("val", "test")}, meta)
-'''
+def _guide_example() -> str:
+    """The one file of docs/usages.md, "Adding a usage" (a nearest-class-mean usage on cached features, written with
+    the public API only): the test runs what the guide shows."""
+    section = GUIDE.read_text(encoding="utf-8").split("## Adding a usage", 1)[1]
+    return re.search(r"```python\n(# nearest_mean_usage\.py\n.*?)```", section, re.S).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +60,7 @@ def plugin(tmp_path, monkeypatch):
     """The one file, written outside the package and imported from sys.path; its registration is undone after."""
     monkeypatch.setattr(usages_base, "_USAGES", dict(usages_base._USAGES))
     (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "nearest_mean_usage.py").write_text(textwrap.dedent(NEAREST_MEAN))
+    (tmp_path / "plugins" / "nearest_mean_usage.py").write_text(_guide_example())
     monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
     module = importlib.import_module("nearest_mean_usage")
     yield module
@@ -110,7 +86,7 @@ def test_a_usage_in_one_file_is_validated_run_and_stored(plugin, synth_dir, clip
     store = Store(tmp_path / "store")
     spec = _spec(synth_dir, clip_dir, "nearest_mean", hparams={"temperature": 5})
     first = runner.execute(spec, store, progress=False)
-    assert first.computed and first.record.meta["nearest_mean"] == {"temperature": 5.0}
+    assert first.computed and first.record.spec["hparams"] == {"temperature": 5.0}
     # On cached features: its run id depends on the features' results version, as the built-in probe's does.
     assert set(first.record.meta["results_versions"]) == {"metrics", "runner", "features", "usage.nearest_mean"}
 
