@@ -140,7 +140,7 @@ def remove_run_files(store_path: Path, run_id: str) -> list[Path]:
 
 def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True, check_data: bool = True) -> None:
     """Everything a run can be refused for that is known before any work (model building, feature extraction,
-    training): an unimplemented usage, an unknown model or one of the wrong family for the usage, a missing
+    training): an unknown model or one of the wrong family for the usage (the family it declares), a missing
     checkpoint or one that does not fit the model card (checked without loading it, see
     :func:`fairfm.models.check_model`), a split without both classes in val/test, and a store that could not take
     the result. A sweep calls it for every cell before the first runs (``check_data=False``: only the checks that

@@ -43,7 +43,7 @@ LOOPS = ("features", "images", "clip_head")
 #: What a usage needing a model family says it needs (``None``: any image encoder, not a promptable segmenter).
 FAMILY_NEEDS = {
     "vision-language": "a vision-language model",
-    "segmentation": "a promptable segmentation model (a promptable segmenter such as SAM)",
+    "segmentation": "a promptable segmentation model such as SAM",
     None: "an image encoder of family vision or vision-language",
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # a name as spec files, flags and run ids allow it
