@@ -39,6 +39,7 @@ MODULE_EXTRAS = [
     ("adapt/", {"models", "data", "results"}),
     ("results/", {"results"}),
     ("spec.py", {"results"}),
+    ("usages/", {"models", "data", "results"}),  # imported by spec.py; the run functions, like runner.py's
     ("runner.py", {"models", "data", "results"}),
     ("demo.py", {"models", "data", "results"}),
     ("sweep.py", {"models", "data", "results", "sweep"}),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from fairfm import runner
 from fairfm.errors import InputError
 from fairfm.spec import RunSpec, TrainHParams, hparams_model, list_usages
+from fairfm.usages import get_usage
 from tests.conftest import run_cli
 
 TRAINED = [u for u in list_usages() if issubclass(hparams_model(u), TrainHParams)]
@@ -19,7 +19,7 @@ def _spec(usage: str, model: str = "clip", **hparams) -> RunSpec:
 
 
 def test_the_trained_usages_are_the_runners():
-    assert set(TRAINED) == set(runner.TRAINED_USAGES)
+    assert set(TRAINED) == {u for u in list_usages() if get_usage(u).trains}
 
 
 @pytest.mark.parametrize("usage", TRAINED)

@@ -3,6 +3,7 @@ reported per cell without stopping the others."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -14,8 +15,11 @@ from fairfm.errors import InputError
 from fairfm.results import Store
 from fairfm.spec import SweepSpec
 from fairfm.sweep import run_sweep
+from fairfm.usages import base as usages_base, get_usage, list_usages
 from tests.adapt.helpers import make_synth, make_tiny_clip
 from tests.conftest import run_cli
+
+TRAINED_USAGES = [u for u in list_usages() if get_usage(u).trains]
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +242,6 @@ def test_a_sweep_over_a_dataset_name_prepares_it_once_in_the_parent(clip_dir, tm
 
 def test_a_sweep_serves_stale_runs_marked_and_recomputes_them_when_asked(synth_dir, clip_dir, tmp_path, capsys,
                                                                          monkeypatch):  # fmt: skip
-    from fairfm.results import versions
-
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
                                           "usage": "zero_shot", "bootstrap": 10,
@@ -248,7 +250,9 @@ def test_a_sweep_serves_stale_runs_marked_and_recomputes_them_when_asked(synth_d
     assert run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")[0] == 0
     old = {r.run_id for r in Store(store).list()}
 
-    monkeypatch.setitem(versions.RESULTS_VERSIONS, "usage.zero_shot", versions.RESULTS_VERSIONS["usage.zero_shot"] + 1)
+    zero_shot = get_usage("zero_shot")  # a usage's results version is declared in its registration
+    monkeypatch.setitem(usages_base._USAGES, "zero_shot",
+                        dataclasses.replace(zero_shot, results_version=zero_shot.results_version + 1))  # fmt: skip
     calls = _count_computations(monkeypatch)
     code, out, _ = run_cli(capsys, "sweep", sweep_file, "--store", store, "--quiet")
     assert code == 0 and calls == [] and "2 stale run(s)" in out
@@ -318,7 +322,7 @@ def test_a_seed_sweep_over_a_dataset_name_shares_one_split_and_aggregates(clip_d
 def trained_local_reference(synth_dir, clip_dir, tmp_path_factory):
     """Each trained usage (one tiny epoch) in one in-process sweep: what every executor must reproduce."""
     sweep = SweepSpec.from_dict({"dataset": str(synth_dir), "model": "clip", "checkpoint": str(clip_dir),
-                                 "bootstrap": 0, "device": "cpu", "usage": list(runner.TRAINED_USAGES),
+                                 "bootstrap": 0, "device": "cpu", "usage": TRAINED_USAGES,
                                  "hparams": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0}})  # fmt: skip
     store = Store(tmp_path_factory.mktemp("trained_local") / "store")
     # At the workers' thread count: a reduction split over another number of threads may differ in the last bit
@@ -343,7 +347,7 @@ def test_every_trained_usage_stores_the_same_runs_in_parallel_as_in_process(trai
     sweep, local_store, local = trained_local_reference
     parallel_store = Store(tmp_path / executor)
     parallel = run_sweep(sweep, parallel_store, executor=executor, workers=2, progress=False)
-    assert [o.status for o in local] == [o.status for o in parallel] == ["computed"] * len(runner.TRAINED_USAGES), (
+    assert [o.status for o in local] == [o.status for o in parallel] == ["computed"] * len(TRAINED_USAGES), (
         [o.error for o in local + parallel])
     for a, b in zip(local, parallel):
         assert a.run_id == b.run_id

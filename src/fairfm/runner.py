@@ -16,29 +16,22 @@ features are cached under ``STORE/features`` and shared by every run of the same
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from fairfm.errors import InputError
+from fairfm.usages import UsageOutput, get_usage  # noqa: F401 - UsageOutput: what a usage returns, re-exported
 
 if TYPE_CHECKING:
     from fairfm.metrics import Report
     from fairfm.results import RunRecord, Store
     from fairfm.spec import RunSpec
 
-#: Usages the runner can execute today (the others have validated hyper-parameters but no implementation yet).
-IMPLEMENTED_USAGES = ("linear_probe", "zero_shot", "prototype", "clip_adapter", "lora", "bitfit", "vpt", "adapter",
-                      "full_finetune", "sam_prompt")  # fmt: skip
-#: Usages that score their own rows with per-sample Dice/IoU (segmentation) instead of probabilities.
-SEGMENTATION_USAGES = ("sam_prompt",)
-#: Usages that train on the train split (and so need one).
-TRAINED_USAGES = ("linear_probe", "prototype", "clip_adapter", "lora", "bitfit", "vpt", "adapter", "full_finetune")
 FEATURES_DIR = "features"
 HEADS_DIR = "heads"
 MASKS_DIR = "masks"
@@ -53,17 +46,6 @@ class RunResult:
     computed: bool
     report: "Report | None" = None
     stale: bool = False
-
-
-@dataclass
-class UsageOutput:
-    """What a usage returns: (N, T) probabilities per split, and what to record in meta.json — or, for a usage
-    that scores its own rows (segmentation: per-sample ``dice``/``iou``), the ready ``predictions`` rows (with
-    ``sample_id``, ``task``, ``split`` and the sample's ``group_*`` columns) and empty ``probabilities``."""
-
-    probabilities: dict[str, np.ndarray]
-    meta: dict[str, Any]
-    predictions: pd.DataFrame | None = None
 
 
 # ----------------------------------------------------------------------------------------------------- public
@@ -156,23 +138,18 @@ def remove_run_files(store_path: Path, run_id: str) -> list[Path]:
     return removed
 
 
-#: The model family a usage needs (``None``: any image encoder, i.e. not a promptable segmenter).
-_USAGE_FAMILY = {"zero_shot": "vision-language", "prototype": "vision-language", "clip_adapter": "vision-language",
-                 "sam_prompt": "segmentation", "linear_probe": None}  # fmt: skip
-_FAMILY_NEEDS = {"vision-language": "a vision-language model", "segmentation": "a promptable segmentation model"}
-
-
 def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True, check_data: bool = True) -> None:
     """Everything a run can be refused for that is known before any work (model building, feature extraction,
-    training): an unimplemented usage, an unknown model or one of the wrong family for the usage, a missing
+    training): an unknown model or one of the wrong family for the usage (the family it declares), a missing
     checkpoint or one that does not fit the model card (checked without loading it, see
     :func:`fairfm.models.check_model`), a split without both classes in val/test, and a store that could not take
     the result. A sweep calls it for every cell before the first runs (``check_data=False``: only the checks that
     need no prepared dataset, for a dataset given by name before it is prepared)."""
-    from fairfm.models import check_model, get_model
+    from fairfm.models import check_model
 
     check_supported(spec)
-    if check_data and spec.usage in SEGMENTATION_USAGES:  # the usage's own check (masks) before the family
+    usage = get_usage(spec.usage)
+    if check_data and usage.segmentation:  # the usage's own check (masks) before the family
         from fairfm.adapt.sam_prompting import mask_columns
 
         table_path = Path(spec.resolve()["dataset"]) / "samples.parquet"
@@ -180,15 +157,7 @@ def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True, chec
             mask_columns(pd.read_parquet(table_path))
         except InputError as exc:
             raise InputError(f"{table_path}: {exc}") from None
-    card = get_model(spec.model)
-    if spec.usage in _USAGE_FAMILY:
-        needs = _USAGE_FAMILY[spec.usage]
-        if needs is not None and card.family != needs:
-            raise InputError(f"model {card.name!r} is a {card.family} model: {spec.usage} needs {_FAMILY_NEEDS[needs]} "
-                             "(see 'fairfm models list')")  # fmt: skip
-        if needs is None and card.family == "segmentation":
-            raise InputError(f"model {card.name!r} is a promptable segmentation model: {spec.usage} needs an image "
-                             "encoder (family vision or vision-language; see 'fairfm models list')")  # fmt: skip
+    check_model_family(spec)
     check_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
     if check_data:
         check_split_classes(spec)
@@ -196,7 +165,7 @@ def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True, chec
             from fairfm.mitigate.runs import check_method, run_method
 
             resolved = spec.resolve()
-            check_method(run_method(spec), usage_loop(spec.usage), spec.usage,
+            check_method(run_method(spec), get_usage(spec.usage).loop, spec.usage,
                          _samples(Path(resolved["dataset"]) / "samples.parquet"), list(resolved["attributes"]),
                          card.family)  # fmt: skip
     if check_store:
@@ -215,10 +184,22 @@ def _samples(table_path: Path) -> pd.DataFrame:
     return _LABELS_MEMO[memo_key]
 
 
+def check_model_family(spec: "RunSpec") -> None:
+    """The model must be of the family the usage declares (:meth:`fairfm.usages.Usage.family_refusal`, the rule
+    spec validation applies too)."""
+    from fairfm.models import get_model
+
+    card = get_model(spec.model)
+    refusal = get_usage(spec.usage).family_refusal(card.name, card.family)
+    if refusal is not None:
+        raise InputError(refusal)
+
+
 def check_split_classes(spec: "RunSpec") -> None:
     """Every task needs both classes among the known labels of its test split (AUC), and of its val split when the
     threshold is chosen there or a model is selected there (trained usages)."""
-    if spec.usage in SEGMENTATION_USAGES:
+    usage = get_usage(spec.usage)
+    if usage.segmentation:
         return
     resolved = spec.resolve()
     table_path = Path(resolved["dataset"]) / "samples.parquet"
@@ -230,7 +211,7 @@ def check_split_classes(spec: "RunSpec") -> None:
     if "split" not in table.columns:
         return
     splits = ["test"]
-    if str(spec.threshold).endswith("@val") or spec.usage in TRAINED_USAGES:
+    if str(spec.threshold).endswith("@val") or usage.trains:
         splits.insert(0, "val")
     split_of = table["split"].astype(str)
     for task in tasks:
@@ -250,14 +231,11 @@ def check_split_classes(spec: "RunSpec") -> None:
 
 def check_supported(spec: "RunSpec") -> None:
     """Fail fast, before any work, for what the runner cannot do yet."""
-    if spec.usage not in IMPLEMENTED_USAGES:
-        raise InputError(f"usage {spec.usage!r} is not implemented yet in fairfm run (implemented: "
-                         f"{', '.join(IMPLEMENTED_USAGES)}); its hyper-parameters are validated but no code trains it")
     if spec.method is not None:
         from fairfm.mitigate.runs import run_method
 
         method = run_method(spec)
-        why = method.refusal(usage_loop(spec.usage), spec.usage)
+        why = method.refusal(get_usage(spec.usage).loop, spec.usage)
         if why is not None:
             raise InputError(why)
 
@@ -272,6 +250,7 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
     from fairfm.metrics.stored import report_extras
 
     check_supported(spec)
+    usage = get_usage(spec.usage)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     resolved = spec.resolve()
@@ -281,9 +260,7 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
     if "split" not in table.columns:
         raise InputError(f"{dataset_dir / 'samples.parquet'}: no 'split' column — prepare the dataset with a split")
     splits = table["split"].astype(str)
-    needed = ("train", "val", "test") if spec.usage in TRAINED_USAGES else ("val", "test")
-    if spec.usage in SEGMENTATION_USAGES:  # nothing trained or thresholded: score val when present, test always
-        needed = ("val", "test") if (splits == "val").any() else ("test",)
+    needed = usage.needed_splits(has_val=bool((splits == "val").any()))
     for name in needed:
         if not (splits == name).any():
             raise InputError(f"{dataset_dir / 'samples.parquet'}: the split has no '{name}' samples "
@@ -291,6 +268,7 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
     table = table[splits.isin(needed).to_numpy()].reset_index(drop=True)
     root = Path(resolved["root"]) if resolved.get("root") else dataset_dir
     device = resolve_device(spec.device)
+    check_model_family(spec)  # as preflight does (a direct call of compute_run is checked too)
     timings["load_s"] = time.perf_counter() - started
 
     method = None
@@ -298,9 +276,8 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
         from fairfm.mitigate.runs import check_method, run_method
 
         method = run_method(spec)
-        check_method(method, usage_loop(spec.usage), spec.usage, table, attributes)
-    usage = _USAGES[spec.usage]
-    output = usage(spec, table, tasks, root=root, features_dir=Path(store_path) / FEATURES_DIR, device=device,
+        check_method(method, get_usage(spec.usage).loop, spec.usage, table, attributes)
+    output = usage.run(spec, table, tasks, root=root, features_dir=Path(store_path) / FEATURES_DIR, device=device,
                    progress=progress, heads_path=Path(store_path) / HEADS_DIR / f"{run_id}.safetensors" if run_id
                    else None, timings=timings)  # fmt: skip
     if method is not None and method.post_processes and output.predictions is None:
@@ -433,327 +410,3 @@ def segmentation_report(predictions: pd.DataFrame, spec: "RunSpec") -> "Report":
         merged.warnings.append("per-slice rows (FairMedFM compatibility view): slices of one volume are not "
                                "independent, so the bootstrap intervals are too narrow")  # fmt: skip
     return merged
-
-
-# ----------------------------------------------------------------------------------------------------- usages
-
-UsageFn = Callable[..., UsageOutput]
-_USAGES: dict[str, UsageFn] = {}
-
-
-def register_usage(name: str) -> Callable[[UsageFn], UsageFn]:
-    """Register a usage; it runs with every random generator seeded from ``spec.seed`` (model construction,
-    initialisation, dropout, data order) and the caller's random state restored afterwards, so a run gives the
-    same numbers whatever ran before it in the process (a local or pool sweep)."""
-
-    def decorate(fn: UsageFn) -> UsageFn:
-        _USAGES[name] = _seeded_usage(fn)
-        return fn
-
-    return decorate
-
-
-def _seeded_usage(fn: UsageFn) -> UsageFn:
-    import functools
-
-    @functools.wraps(fn)
-    def run_seeded(spec: "RunSpec", *args: Any, **kwargs: Any) -> UsageOutput:
-        from fairfm.adapt.seeding import derive_seed, seeded
-
-        with seeded(derive_seed(spec.seed, "run")):
-            return fn(spec, *args, **kwargs)
-
-    return run_seeded
-
-
-def _features(spec: "RunSpec", table: pd.DataFrame, model: Any, *, root: Path, features_dir: Path,
-              progress: bool, timings: dict[str, float]):  # fmt: skip
-    """Cached features of ``table``: an (N, D) matrix for 2D images, or — when samples are volumes — the
-    :class:`~fairfm.adapt.volumes.SliceBags` of their per-slice rows (max-pooled over slices by the usage).
-    Slices of a 3D dataset are prepared as its ``hparams.slice_intensity`` says (CT window, per-slice min–max)
-    before the model's preprocessing; the choice is part of the cache key and recorded in meta."""
-    from fairfm.adapt.features import extract_features
-    from fairfm.adapt.volumes import (SliceBags, check_volume_policy, resolve_intensity, volume_meta,
-                                      with_slice_intensity)  # fmt: skip
-
-    hp = spec.typed_hparams()
-    volume = str(getattr(hp, "volume", "max_slice"))
-    check_volume_policy(volume, spec.usage)
-    card = spec.manifest().get("card") or {}
-    intensity = "unit"
-    if card.get("dims") == 3:
-        intensity = resolve_intensity(str(getattr(hp, "slice_intensity", "auto")), card.get("modality"), volume)
-        if intensity != "unit":
-            if isinstance(model, str):
-                from fairfm.models import create_model
-
-                model = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint,
-                                     **spec.model_options)  # fmt: skip
-            model = with_slice_intensity(model, intensity)
-    started = time.perf_counter()
-    features = extract_features(table, model, out=features_dir, checkpoint=spec.checkpoint,
-                                trust_checkpoint=spec.trust_checkpoint, root=root, column=spec.image_column(),
-                                progress=progress)  # fmt: skip
-    timings["features_s"] = time.perf_counter() - started
-    index = features.index
-    meta: dict[str, Any] = {"features": {"key": features.key, "computed": int(features.computed),
-                                         "dim": int(features.features.shape[1])}}  # fmt: skip
-    if len(index) != len(table) or (index["slice_index"] >= 0).any():
-        bags = SliceBags.from_table_rows(features.features, index["table_row"].to_numpy(), len(table))
-        meta["volumes"] = volume_meta(volume, intensity, bags)
-        return bags, meta
-    rows = index["table_row"].to_numpy()
-    matrix = np.empty((len(table), features.features.shape[1]), dtype=np.float32)
-    matrix[rows] = np.asarray(features.features, dtype=np.float32)
-    return matrix, meta
-
-
-def _require_family(spec: "RunSpec", family: str, needs: str) -> Any:
-    """The model card of ``spec.model``, which must be of ``family`` for this usage."""
-    from fairfm.models import get_model
-
-    card = get_model(spec.model)
-    if card.family != family:
-        raise InputError(f"model {card.name!r} is a {card.family} model: {spec.usage} needs {needs} (see 'fairfm "
-                         "models list')")  # fmt: skip
-    return card
-
-
-def _labels(table: pd.DataFrame, tasks: list[str]) -> np.ndarray:
-    return np.stack([pd.to_numeric(table[f"label_{t}"], errors="coerce").to_numpy(dtype=np.float64) for t in tasks],
-                    axis=1)  # fmt: skip
-
-
-@register_usage("linear_probe")
-def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
-                  device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
-    from fairfm.adapt.linear_probe import train_linear_probe
-
-    hp = spec.typed_hparams()
-    method = None
-    if spec.method is not None:
-        from fairfm.mitigate.runs import run_method
-
-        method = run_method(spec)
-    model: Any = spec.model
-    if spec.model_options:
-        from fairfm.models import create_model
-
-        model = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint,
-                             **spec.model_options)  # fmt: skip
-    features, meta = _features(spec, table, model, root=root, features_dir=features_dir, progress=progress,
-                               timings=timings)  # fmt: skip
-    split = table["split"].astype(str).to_numpy()
-    labels = _labels(table, tasks)
-    part = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
-    started = time.perf_counter()
-    hooks, groups = None, None
-    if method is not None and not method.post_processes:
-        from fairfm.mitigate.runs import method_meta, training_setup
-
-        if method.replaces_probe:  # e.g. fairlearn reductions: the method trains its own head on the features
-            return _method_on_features(method, spec, table, tasks, features, labels, part, meta, timings, started)
-        hooks, groups, attribute = training_setup(method, spec, table, tasks, "features", hp, device=device,
-                                                  feature_dim=int(features.shape[1]) if hasattr(features, "shape")
-                                                  else None)  # fmt: skip
-    result = train_linear_probe(features[part["train"]], labels[part["train"]], features[part["val"]],
-                                labels[part["val"]], hparams=hp, seed=spec.seed,
-                                predict={"test": features[part["test"]]}, tasks=tasks, device=device,
-                                progress=progress, hooks=hooks, groups=groups)  # fmt: skip
-    timings["train_s"] = time.perf_counter() - started
-    if hooks is not None:
-        meta["method"] = method_meta(method, attribute, hooks)
-    if heads_path is not None:
-        result.save(heads_path)
-        meta["head"] = str(heads_path)
-    meta["training"] = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                        "selected_by": hp.select_by,
-                        "best_score": None if math.isnan(result.best_score) else result.best_score,
-                        "optimizer": hp.optimizer, "history": result.history}  # fmt: skip
-    return UsageOutput({"val": result.predictions["val"], "test": result.predictions["test"]}, meta)
-
-
-def _method_on_features(method: Any, spec: "RunSpec", table: pd.DataFrame, tasks: list[str], features: Any,
-                        labels: np.ndarray, part: dict[str, np.ndarray], meta: dict[str, Any],
-                        timings: dict[str, float], started: float) -> UsageOutput:  # fmt: skip
-    """A method that trains its own head on the cached features (fairlearn reductions) instead of the probe."""
-    from fairfm.mitigate.base import group_codes
-    from fairfm.mitigate.runs import group_names, method_attribute, method_meta
-
-    if not isinstance(features, np.ndarray):
-        raise InputError(f"method {method.name!r} trains on one feature vector per sample; this dataset's samples "
-                         "are volumes (slice bags)")  # fmt: skip
-    attribute = method_attribute(method, list(spec.resolve()["attributes"]))
-    codes = group_codes(table[f"group_{attribute}"].astype(str).to_numpy(), group_names(table, attribute))
-    probabilities = method.fit_features({s: features[rows] for s, rows in part.items()},
-                                        {s: labels[part[s]] for s in ("train", "val")},
-                                        {s: codes[rows] for s, rows in part.items()}, seed=spec.seed)  # fmt: skip
-    timings["train_s"] = time.perf_counter() - started
-    meta["method"] = method_meta(method, attribute)
-    return UsageOutput({"val": probabilities["val"], "test": probabilities["test"]}, meta)
-
-
-def usage_loop(usage: str) -> str | None:
-    """The training loop a usage runs (what a method's ``needs.loops`` is matched against)."""
-    if usage == "linear_probe":
-        return "features"
-    if usage in ("prototype", "clip_adapter"):
-        return "clip_head"
-    if usage in ("lora", "bitfit", "vpt", "adapter", "full_finetune"):
-        return "images"
-    return None
-
-
-def _vision_language_inputs(spec: "RunSpec", table: pd.DataFrame, *, root: Path, features_dir: Path,
-                            progress: bool, timings: dict[str, float]) -> tuple[Any, Any, Any, dict[str, Any]]:  # fmt: skip
-    """What the prompt-based usages (zero-shot, prototype, CLIP-Adapter) start from: the vision-language encoder,
-    its cached image features, the dataset's prompts with the spec's overrides, and the meta so far."""
-    from fairfm.adapt.prompts import prompts_for
-    from fairfm.models import create_model
-
-    _require_family(spec, "vision-language", "a vision-language model")
-    hp = spec.typed_hparams()
-    started = time.perf_counter()
-    encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
-    timings["model_s"] = time.perf_counter() - started
-    features, meta = _features(spec, table, encoder, root=root, features_dir=features_dir, progress=progress,
-                               timings=timings)  # fmt: skip
-    prompt_set = prompts_for(spec.manifest().get("dataset")).with_overrides(hp.templates, hp.classnames)
-    return encoder, features, prompt_set, meta
-
-
-@register_usage("zero_shot")
-def _zero_shot(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
-               device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
-    from fairfm.adapt.volumes import SliceBags, max_slice_probabilities
-    from fairfm.adapt.zero_shot import zero_shot
-
-    hp = spec.typed_hparams()
-    encoder, features, prompt_set, meta = _vision_language_inputs(spec, table, root=root, features_dir=features_dir,
-                                                                  progress=progress, timings=timings)  # fmt: skip
-    started = time.perf_counter()
-
-    bags = features if isinstance(features, SliceBags) else None
-    rows = np.array(bags.rows, dtype=np.float32) if bags is not None else features  # a copy of the read-only cache
-    result = zero_shot(encoder, rows, tasks, prompt_set, ensemble=hp.ensemble, batch_size=hp.batch_size)
-    # Volumes: per task, the slice with the highest P(positive) (FairMedFM's max-pooling).
-    probabilities = max_slice_probabilities(bags, result.probabilities) if bags is not None else result.probabilities
-    timings["zero_shot_s"] = time.perf_counter() - started
-    split = table["split"].astype(str).to_numpy()
-    meta["prompts"] = {task: {"negative": neg, "positive": pos} for task, (neg, pos) in result.prompts.items()}
-    meta["logit_scale"] = encoder.logit_scale
-    return UsageOutput({s: probabilities[split == s] for s in ("val", "test")}, meta)
-
-
-@register_usage("prototype")
-@register_usage("clip_adapter")
-def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
-                     device: str, progress: bool, heads_path: Path | None,
-                     timings: dict[str, float]) -> UsageOutput:  # fmt: skip
-    """Prototype tuning or CLIP-Adapter on the cached image features of a vision-language model."""
-    from fairfm.adapt.clip_adaptation import clip_adapter, prototype_tuning
-    from fairfm.mitigate.runs import method_meta, run_method, training_setup
-
-    hp = spec.typed_hparams()
-    encoder, features, prompt_set, meta = _vision_language_inputs(spec, table, root=root, features_dir=features_dir,
-                                                                  progress=progress, timings=timings)  # fmt: skip
-    split = table["split"].astype(str).to_numpy()
-    labels = _labels(table, tasks)
-    part = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
-    train = {"prototype": prototype_tuning, "clip_adapter": clip_adapter}[spec.usage]
-    started = time.perf_counter()
-    hooks, groups, method = None, None, run_method(spec) if spec.method is not None else None
-    if method is not None and not method.post_processes:
-        hooks, groups, attribute = training_setup(method, spec, table, tasks, "clip_head", hp, device=device)
-    result = train({name: features[rows] for name, rows in part.items()},
-                   {name: labels[part[name]] for name in ("train", "val")}, encoder, tasks, prompt_set,
-                   hparams=hp, seed=spec.seed, device=device, progress=progress, hooks=hooks,
-                   groups=groups)  # fmt: skip
-    timings["train_s"] = time.perf_counter() - started
-    if heads_path is not None:
-        result.save(heads_path)
-        meta["head"] = str(heads_path)
-    meta.update(result.meta)
-    if hooks is not None:
-        meta["method"] = method_meta(method, attribute, hooks)
-    return UsageOutput({"val": result.probabilities["val"], "test": result.probabilities["test"]}, meta)
-
-
-def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
-              device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
-    """LoRA, BitFit or full fine-tuning on the one training loop (:mod:`fairfm.adapt.train`)."""
-    from fairfm.adapt.peft_usages import finetune, model_overrides
-    from fairfm.models import create_model, get_model
-
-    hp = spec.typed_hparams()
-    started = time.perf_counter()
-    # A fresh encoder per run: fine-tuning changes it in place.
-    options = {**spec.model_options, **model_overrides(spec.usage, hp, get_model(spec.model).library)}
-    encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **options)
-    timings["model_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    modality = (spec.manifest().get("card") or {}).get("modality")  # CT slices are windowed, others min-max'd
-    method_hooks: dict[str, Any] = {}
-    if spec.method is not None:
-        from fairfm.mitigate.runs import run_method, training_setup
-
-        method = run_method(spec)
-        if not method.post_processes:
-            hooks, _, attribute = training_setup(method, spec, table, tasks, "images", hp, device=device)
-            method_hooks = {"hooks": hooks, "group_column": f"group_{attribute}"}
-    out = finetune(spec.usage, hp, encoder, table, tasks, root=root, seed=spec.seed, device=device,
-                   column=spec.image_column(), progress=progress, modality=modality, **method_hooks)  # fmt: skip
-    timings["train_s"] = time.perf_counter() - started
-    meta = dict(out.meta)
-    if method_hooks:
-        from fairfm.mitigate.runs import method_meta
-
-        meta["method"] = method_meta(method, attribute, method_hooks["hooks"])
-    if heads_path is not None:
-        out.save(heads_path)
-        meta["trained_state"] = str(heads_path)
-    return UsageOutput({"val": out.probabilities["val"], "test": out.probabilities["test"]}, meta)
-
-
-for _usage in ("lora", "bitfit", "vpt", "adapter", "full_finetune"):
-    register_usage(_usage)(_finetune)
-
-
-@register_usage("sam_prompt")
-def _sam_prompt(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: Path, features_dir: Path,
-                device: str, progress: bool, heads_path: Path | None, timings: dict[str, float]) -> UsageOutput:
-    """Promptable segmentation with prompts from the ground-truth mask (:mod:`fairfm.adapt.sam_prompting`)."""
-    from fairfm.adapt.sam_prompting import dataset_structures, mask_columns, run_sam_prompting
-    from fairfm.models import create_model
-    from fairfm.models.base import PromptableSegmenter
-
-    try:
-        mask_columns(table)
-    except InputError as exc:
-        raise InputError(f"{Path(spec.dataset) / 'samples.parquet'}: {exc}") from None
-    card = _require_family(spec, "segmentation", "a promptable segmentation model")
-    hp = spec.typed_hparams()
-    manifest = spec.manifest()
-    structures = dataset_structures(manifest.get("dataset"), hp.structures, tasks, where=str(spec.dataset))
-    dims = (manifest.get("card") or {}).get("dims")
-    volumes = None if dims is None else int(dims) == 3  # no card (a hand-made dataset): the masks decide
-    started = time.perf_counter()
-    model = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **spec.model_options)
-    if not isinstance(model, PromptableSegmenter):
-        raise InputError(f"model {card.name!r} did not build a promptable segmenter")
-    model.module.to(device)  # segment() follows the module's device and encodes each image once
-    timings["model_s"] = time.perf_counter() - started
-    # The run's kept masks go beside its other per-run files (STORE/heads/<run_id>… → STORE/masks/<run_id>.npz).
-    masks_out = heads_path.parent.parent / MASKS_DIR / f"{heads_path.stem}.npz" if hp.save_masks and heads_path else None
-    started = time.perf_counter()
-    result = run_sam_prompting(model, table, structures, root=root, prompt=hp.prompt, n_points=hp.n_points,
-                               jitter=hp.jitter, jitter_cap=hp.jitter_cap, multimask=hp.multimask, seed=spec.seed,
-                               volumes=volumes, level=hp.level, masks_out=masks_out, column=spec.image_column(),
-                               progress=progress)  # fmt: skip
-    timings["segment_s"] = time.perf_counter() - started
-    predictions = result.predictions
-    if masks_out is not None:  # named relative to the store folder, so a moved store still finds its masks
-        predictions["pred_mask_file"] = f"{MASKS_DIR}/{masks_out.name}"
-    meta = {"sam_prompt": result.meta, "model_preprocess": model.preprocess.describe(), "segment_device": device,
-            "masks": None if masks_out is None else f"{MASKS_DIR}/{masks_out.name}"}  # fmt: skip
-    return UsageOutput({}, meta, predictions=predictions)

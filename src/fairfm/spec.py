@@ -5,8 +5,8 @@ A :class:`RunSpec` names a prepared dataset folder (``samples.parquet`` + ``data
 mitigation ``method``, the seed, the threshold policy and the bootstrap size. :meth:`RunSpec.resolve` turns it
 into the canonical, fully-defaulted dictionary that the results store hashes into a run id.
 
-Hyper-parameters are validated per usage: each usage registers one pydantic model with
-:func:`register_usage_hparams`, so adding a usage is one new model and no edit elsewhere. Every validation
+Hyper-parameters are validated per usage: each usage's module registers its pydantic model with
+:func:`fairfm.usages.register_usage`, so adding a usage is one new module and no edit elsewhere. Every validation
 error becomes a single-line :class:`fairfm.errors.InputError` naming the file and the field path, e.g.
 ``spec.yaml: hparams.lr: Input should be greater than 0``.
 """
@@ -19,309 +19,38 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Optional, TypeVar
+from typing import Any, ClassVar, Iterator, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
 from fairfm.errors import InputError
+from fairfm.usages import HParams, TrainHParams, get_usage, list_usages
+from fairfm.usages.base import _NAME, _Strict
+# The built-in usages' hyper-parameter models, re-exported where callers have always found them.
+from fairfm.usages.clip_adaptation import ClipAdapterHParams, PrototypeHParams  # noqa: F401
+from fairfm.usages.finetune import (AdapterHParams, BitFitHParams, FullFinetuneHParams, LoraHParams,  # noqa: F401
+                                    VptHParams)  # fmt: skip
+from fairfm.usages.linear_probe import LinearProbeHParams  # noqa: F401
+from fairfm.usages.sam_prompt import SamPromptHParams  # noqa: F401
+from fairfm.usages.zero_shot import ZeroShotHParams  # noqa: F401
 
-#: The built-in usages; each registers its hyper-parameter model below (a new usage registers one more).
-USAGES = (
-    "zero_shot", "linear_probe", "clip_adapter", "prototype", "lora", "bitfit", "vpt", "adapter", "full_finetune",
-    "sam_prompt",
-)  # fmt: skip
 #: Fields that say *where* or *how safely* a run executes, not *what* it computes: recorded in meta.json, left out
 #: of the hash, so a finished CPU run is found again when the same spec is asked for on a GPU machine.
 EXECUTION_FIELDS = ("device", "trust_checkpoint")
 
 _SAMPLES_FILE = "samples.parquet"
 _MANIFEST_FILE = "dataset.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-class _Strict(BaseModel):
-    # Unknown keys are errors (a typo such as ``lerning_rate`` must not be silently ignored); NaN/inf rejected.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Per-usage hyper-parameters (defaults from reference/METHODS.md §2)
-
-class HParams(_Strict):
-    """Base of a usage's hyper-parameter model: typed fields with defaults; unknown keys are errors.
-
-    ``model_family`` names the model family (``fairfm.models.registry.FAMILIES``) the usage needs, None for any;
-    a spec pairing the usage with a model of another family is refused before its hyper-parameters are read."""
-
-    model_family: ClassVar[Optional[str]] = None
-    model_family_needs: ClassVar[str] = ""
-
-    def dataset_tasks(self, dataset: Path, manifest: Mapping[str, Any], labels: list[str],
-                      requested: list[str] | None) -> list[str]:  # fmt: skip
-        """The tasks this usage can run on a prepared dataset: its ``label_*`` columns (``labels``) unless the
-        usage defines its tasks otherwise (segmentation: the mask structures)."""
-        return labels
-
-
-_HPARAMS: dict[str, type[HParams]] = {}
-_H = TypeVar("_H", bound=type[HParams])
-
-
-def register_usage_hparams(usage: str) -> Callable[[_H], _H]:
-    """Class decorator: the hyper-parameter model of ``usage`` (one model per usage)."""
-
-    def decorate(model: _H) -> _H:
-        if usage in _HPARAMS and _HPARAMS[usage] is not model:
-            raise ValueError(f"hyper-parameters of usage {usage!r} registered twice")
-        _HPARAMS[usage] = model
-        return model
-
-    return decorate
+# Per-usage hyper-parameters: each usage's own module in fairfm.usages registers its model (importing the package
+# registers every built-in usage).
 
 
 def hparams_model(usage: str) -> type[HParams]:
-    if usage not in _HPARAMS:
-        raise InputError(f"usage {usage!r} has no hyper-parameter model; known: {', '.join(sorted(_HPARAMS))}")
-    return _HPARAMS[usage]
-
-
-def list_usages() -> list[str]:
-    return sorted(_HPARAMS)
-
-
-class TrainHParams(HParams):
-    """What every trainable usage shares: optimiser, schedule (warm-up + half-cosine), early stopping."""
-
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(2.5e-4, gt=0, description="base learning rate (see lr_scaling)")
-    lr_scaling: Literal["none", "linear"] = Field("none", description="linear: lr = base lr × batch / 256")
-    min_lr: float = Field(1e-5, ge=0)
-    warmup_epochs: float = Field(5, ge=0)
-    # Only what the loops implement (fairfm.adapt.linear_probe.lr_at): a value no code runs is refused here.
-    schedule: Literal["cosine", "constant"] = "cosine"
-    schedule_per: Literal["epoch", "iteration"] = "epoch"
-    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.05, ge=0)
-    class_balanced: bool = Field(True, description="class weights N/(2·N_c) in the loss")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    early_stopping_patience: Optional[int] = Field(10, ge=1, description="epochs without validation gain; null: off")
-    select_by: Literal["val_auc", "val_loss", "last"] = "val_auc"
-    amp: bool = Field(True, description="mixed precision on GPU (ignored on CPU)")
-    num_workers: int = Field(0, ge=0)
-    # 3D samples (METHODS.md §2.8); ignored for 2D images
-    volume: Literal["max_slice", "oct_chunks"] = Field(
-        "max_slice", description="3D samples: max_slice = FairMedFM's slice max-pooling (the slice with the top "
-        "P(class 1) per task); oct_chunks = FairFedMed's OCT chunks through a trainable Conv2d (fine-tuning only)")
-    oct_slice_stride: int = Field(4, ge=1, description="oct_chunks: keep every n-th B-scan (FairFedMed: 4)")
-    oct_chunk_size: int = Field(8, ge=1, description="oct_chunks: B-scans per chunk (FairFedMed: 8)")
-    slice_intensity: Literal["auto", "ct_window", "minmax", "unit"] = Field(
-        "auto", description="3D slices before the model's preprocessing: ct_window = [-1250, 250] HU -> [0, 1], "
-        "minmax = per slice, unit = the model's own scaling; auto = ct_window for CT, unit for oct_chunks, "
-        "minmax otherwise")
-
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in value):
-            raise ValueError("both betas must lie in [0, 1)")
-        return value
-
-    @model_validator(mode="after")
-    def _min_lr_below_lr(self) -> "TrainHParams":
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr ({self.min_lr:g}) is larger than lr ({self.lr:g})")
-        return self
-
-
-class _CachedFeatures(HParams):
-    """Usages trained on cached features: 3D samples are max-pooled over slices (FairMedFM); OCT chunks need a
-    trainable projector in front of the encoder, which only the fine-tuning usages have."""
-
-    @field_validator("volume", check_fields=False)
-    @classmethod
-    def _no_oct_chunks(cls, value: str) -> str:
-        if value == "oct_chunks":
-            raise ValueError("oct_chunks trains a projector in front of the encoder, which a usage on cached "
-                             "features cannot do; use max_slice, or a fine-tuning usage (lora, bitfit, vpt, "
-                             "adapter, full_finetune)")
-        return value
-
-
-class _ZeroShotPrompts(HParams):
-    model_family: ClassVar[Optional[str]] = "vision-language"
-    model_family_needs: ClassVar[str] = "a vision-language model"
-
-    templates: Optional[list[str]] = Field(None, description="prompt templates with '{}' (null: the dataset's)")
-    classnames: Optional[list[str]] = Field(None, description="[negative, positive] class names (null: dataset's)")
-    ensemble: bool = Field(True, description="average the text embeddings of all templates (false: the first "
-                                             "template only, FairMedFM's single prompt)")
-
-    @field_validator("templates")
-    @classmethod
-    def _has_slot(cls, value: list[str] | None) -> list[str] | None:
-        for template in value or []:
-            if "{}" not in template:
-                raise ValueError(f"template {template!r} has no '{{}}' slot for the class name")
-        return value
-
-    @field_validator("classnames")
-    @classmethod
-    def _two_classes(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(value) != 2:
-            raise ValueError(f"expected 2 class names [negative, positive], got {len(value)}")
-        return value
-
-
-@register_usage_hparams("zero_shot")
-class ZeroShotHParams(_ZeroShotPrompts):
-    batch_size: int = Field(128, ge=1)
-    volume: Literal["max_slice"] = Field("max_slice", description="3D samples: the slice with the top P(class 1)")
-    slice_intensity: Literal["auto", "ct_window", "minmax", "unit"] = Field(
-        "auto", description="3D slices: ct_window = [-1250, 250] HU -> [0, 1], minmax = per slice, unit = the "
-        "model's own scaling; auto = ct_window for CT, minmax otherwise")
-
-
-@register_usage_hparams("linear_probe")
-class LinearProbeHParams(_CachedFeatures, TrainHParams):
-    """FairMedFM's linear probe (SGD, blr 2.5e-4, warm-up 5, min_lr 1e-5, wd 0.05), selected on validation.
-
-    Always on cached features: a frozen encoder gives the same features inside the loop (tested), only slower."""
-
-
-
-@register_usage_hparams("prototype")
-class PrototypeHParams(_CachedFeatures, TrainHParams, _ZeroShotPrompts):
-    """FairMedFM 'CLIP-Adapt': tune the per-class text embeddings (50 epochs, blr 2.5e-2)."""
-
-    epochs: int = Field(50, ge=1)
-    lr: float = Field(2.5e-2, gt=0)
-
-
-@register_usage_hparams("clip_adapter")
-class ClipAdapterHParams(_CachedFeatures, TrainHParams, _ZeroShotPrompts):
-    """Gao et al.'s residual bottleneck adapter: f' = r·A(f) + (1 − r)·f."""
-
-    residual_ratio: float = Field(0.2, gt=0, le=1)
-    reduction: int = Field(4, ge=1)
-    text_adapter: bool = False
-
-
-@register_usage_hparams("lora")
-class LoraHParams(TrainHParams):
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(16, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    targets: Optional[list[str]] = Field(None, description="module names (null: the model card's)")
-    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
-    lr: float = Field(1e-4, gt=0)
-
-
-@register_usage_hparams("bitfit")
-class BitFitHParams(TrainHParams):
-    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-
-
-@register_usage_hparams("vpt")
-class VptHParams(TrainHParams):
-    prompt_length: int = Field(10, ge=1)
-    deep: bool = False
-    dropout: float = Field(0.0, ge=0, lt=1)  # on the prompts; they start uniform as in Jia et al. (VPT)
-    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-
-
-@register_usage_hparams("adapter")
-class AdapterHParams(TrainHParams):
-    bottleneck: int = Field(64, ge=1)
-    scale: float = Field(1.0, gt=0)
-    placement: Literal["parallel", "sequential"] = "parallel"  # AdaptFormer beside the MLP, or Houlsby after it
-    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-
-
-@register_usage_hparams("full_finetune")
-class FullFinetuneHParams(TrainHParams):
-    """Khan et al.'s recipe (METHODS.md §2.6): AdamW β2 0.95, blr 2.5e-4 × batch/256, layer decay 0.55, per-step
-    warm-up + cosine, drop path 0.2, RandAugment m6."""
-
-    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
-    betas: tuple[float, float] = (0.9, 0.95)
-    lr_scaling: Literal["none", "linear"] = "linear"
-    schedule_per: Literal["epoch", "iteration"] = "iteration"
-    layer_decay: float = Field(0.55, gt=0, le=1)
-    drop_path: float = Field(0.2, ge=0, lt=1)
-    randaugment: Optional[str] = Field("rand-m6-mstd0.5-inc1", description="timm auto-augment string; null: off")
-
-    @field_validator("randaugment")
-    @classmethod
-    def _timm_randaugment(cls, value: str | None) -> str | None:
-        if value is not None:
-            _check_randaugment(value)
-        return value
-
-
-def _check_randaugment(config: str) -> None:
-    """A string timm's ``rand_augment_transform`` parses (checked when timm is installed: the usage needs it)."""
-    if not config.startswith("rand"):
-        raise ValueError(f"{config!r} is not a timm RandAugment string (e.g. 'rand-m6-mstd0.5-inc1')")
-    try:
-        from timm.data import rand_augment_transform
-    except ImportError:  # the models extra is missing: the run itself says so
-        return
-    try:
-        rand_augment_transform(config, {"translate_const": 0.45, "img_mean": (124, 116, 104)})
-    except Exception as exc:  # noqa: BLE001 - timm raises assorted errors for a malformed string
-        raise ValueError(f"{config!r} is not a timm RandAugment string ({exc})") from None
-
-
-@register_usage_hparams("sam_prompt")
-class SamPromptHParams(HParams):
-    """Prompts from the ground-truth mask (METHODS.md §2.7; see fairfm.adapt.sam_prompting)."""
-
-    model_family: ClassVar[Optional[str]] = "segmentation"
-    model_family_needs: ClassVar[str] = "a promptable segmentation model (a promptable segmenter such as SAM)"
-
-    def dataset_tasks(self, dataset: Path, manifest: Mapping[str, Any], labels: list[str],
-                      requested: list[str] | None) -> list[str]:  # fmt: skip
-        from fairfm.adapt.sam_prompting import segmentation_tasks  # numpy/pandas only
-
-        return segmentation_tasks(dataset, manifest, self.model_dump(mode="json"), requested)
-
-    prompt: Literal["center", "centroid", "rand", "rands", "bbox"] = Field(
-        "center", description="center: bounding-box centre (FairMedFM); centroid: centroid snapped to the mask; "
-                              "rand / rands: 1 / n_points uniform foreground pixels; bbox: tight box")
-    n_points: int = Field(5, ge=1, description="points drawn (with replacement) for 'rands'")
-    jitter: float = Field(0.0, ge=0, description="σ of independent Gaussian noise per coordinate, as a fraction of "
-                                                 "the mean side of the mask's box (0: off, as in FairMedFM)")
-    jitter_cap: int = Field(20, ge=0, description="noise clipped to ± this many pixels of the model's input frame")
-    multimask: bool = Field(True, description="3 candidate masks, the highest predicted IoU kept (FairMedFM)")
-    level: Literal["volume", "slice"] = Field(
-        "volume", description="3D data: one row per volume (Dice over all slices), or per slice with foreground "
-                              "(FairMedFM's compatibility view)")
-    structures: Optional[dict[str, list[float]]] = Field(
-        None, description="label values of each structure, e.g. {cup: [-2], disc: [-1, -2]} (null: the dataset's "
-                          "defaults; binary masks: every non-zero value)")
-    save_masks: bool = Field(False, description="write the kept masks to STORE/masks/<run_id>.npz, named by the "
-                                                "pred_mask_file / pred_mask_key columns")
-
-    @field_validator("structures")
-    @classmethod
-    def _structures(cls, value: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
-        for name, values in (value or {}).items():
-            if not _NAME.match(name):
-                raise ValueError(f"structure name {name!r} is not a valid name (letters, digits, '_', '-', '.')")
-            if not values:
-                raise ValueError(f"structure {name!r}: empty list of label values")
-            if 0 in values:
-                raise ValueError(f"structure {name!r}: 0 is the background, not a structure's label value")
-        if value is not None and not value:
-            raise ValueError("empty mapping (leave structures out to use the dataset's defaults)")
-        return value
+    """The hyper-parameter model of the registered usage ``usage`` (an InputError naming the known usages)."""
+    return get_usage(usage).hparams
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -351,8 +80,9 @@ def canonical_usage(name: str) -> str:
     """
     key = str(name).strip().lower().replace("-", "_")
     key = USAGE_ALIASES.get(key, key)
-    if key not in _HPARAMS:
-        aliases = ", ".join(f"{alias}={usage}" for alias, usage in USAGE_ALIASES.items() if usage in _HPARAMS)
+    known = list_usages()
+    if key not in known:
+        aliases = ", ".join(f"{alias}={usage}" for alias, usage in USAGE_ALIASES.items() if usage in known)
         raise ValueError(f"unknown usage {name!r}; choose one of: {', '.join(list_usages())} (aliases: {aliases})")
     return key
 
@@ -465,16 +195,16 @@ class RunSpec(_Strict):
         # The hyper-parameters depend on ``usage``; validate them with that usage's model and report errors
         # under ``hparams.<field>``, then keep the fully-defaulted dictionary.
         spec = handler(data)
-        model = _HPARAMS[spec.usage]
+        usage = get_usage(spec.usage)
         family = _model_family(spec.model)
-        if model.model_family is not None and family is not None and family != model.model_family:
-            # before the hyper-parameters: another usage's fields would otherwise be reported as unknown
+        refusal = usage.family_refusal(spec.model, family) if family is not None else None
+        if refusal is not None and usage.model_family is not None:
+            # Before the hyper-parameters: another usage's fields would otherwise be reported as unknown. A usage
+            # open to any image encoder is refused a promptable segmenter by the same rule in runner.preflight.
             raise ValidationError.from_exception_data(cls.__name__, [InitErrorDetails(
-                type="value_error", loc=("usage",), input=spec.usage,
-                ctx={"error": f"model {spec.model!r} is a {family} model: {spec.usage} needs "
-                              f"{model.model_family_needs} (see 'fairfm models list')"})])  # fmt: skip
+                type="value_error", loc=("usage",), input=spec.usage, ctx={"error": refusal})])  # fmt: skip
         try:
-            typed = model.model_validate(spec.hparams)
+            typed = usage.hparams.model_validate(spec.hparams)
         except ValidationError as exc:
             raise _prefixed(exc, ("hparams",), cls.__name__) from None
         spec.hparams = typed.model_dump(mode="json")
@@ -561,7 +291,7 @@ class RunSpec(_Strict):
 
     def typed_hparams(self) -> HParams:
         """The hyper-parameters as the usage's pydantic model (attribute access, types)."""
-        return _HPARAMS[self.usage].model_validate(self.hparams)
+        return get_usage(self.usage).hparams.model_validate(self.hparams)
 
     def replace(self, **changes: Any) -> "RunSpec":
         """A copy with ``changes`` applied and validated again (``hparams=`` replaces the whole dictionary)."""
@@ -640,9 +370,7 @@ def _validated_method_params(title: str, spec: "RunSpec") -> dict[str, Any]:
         params = method_class.params_model.model_validate(spec.method_params)
     except ValidationError as exc:
         raise _prefixed(exc, ("method_params",), title) from None
-    from fairfm.runner import usage_loop
-
-    why = method_class(params).refusal(usage_loop(spec.usage), spec.usage, model_family=_model_family(spec.model))
+    why = method_class(params).refusal(get_usage(spec.usage).loop, spec.usage, model_family=_model_family(spec.model))
     if why is not None:
         raise error(("method",), spec.method, why)
     return params.model_dump(mode="json")

@@ -9,7 +9,7 @@ import torch
 import fairfm.adapt.linear_probe as linear_probe
 from fairfm.adapt.clip_adaptation import clip_adapter, prototype_tuning, task_class_embeddings
 from fairfm.adapt.features import extract_features
-from fairfm.adapt.linear_probe import macro_auc
+from fairfm.adapt.selection import macro_auc
 from fairfm.adapt.prompts import PromptSet, prompts_for
 from fairfm.adapt.zero_shot import zero_shot
 from fairfm.data.prepare import load_prepared

@@ -84,13 +84,15 @@ def _oracle_usage(disadvantaged: str | None):
 def test_detected_follows_the_planted_truth(tmp_path, monkeypatch):
     # Independent oracle: predictions whose disparity is planted by construction. The planted direction (truth.json:
     # F disadvantaged) must be detected; no disparity, and a disparity against the other group, must not be.
+    import dataclasses
     import json
 
-    from fairfm import runner
+    from fairfm.usages import base as usages_base, get_usage
 
     planted = {"zero_shot": "F", "linear_probe": None, "lora": "M"}
     for usage, group in planted.items():
-        monkeypatch.setitem(runner._USAGES, usage, _oracle_usage(group))
+        oracle = dataclasses.replace(get_usage(usage), run=_oracle_usage(group))
+        monkeypatch.setitem(usages_base._USAGES, usage, oracle)
     rows = run_demo(tmp_path / "demo", n=400, seed=0, bootstrap=200, progress=False, console=Console(quiet=True))
     truth = json.loads(next((tmp_path / "demo").glob("synthetic_*/truth.json")).read_text())
     assert (truth["attribute"], truth["target_group"]) == ("sex", "F")

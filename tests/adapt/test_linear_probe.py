@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fairfm.adapt.features import extract_features, read_array
-from fairfm.adapt.linear_probe import LinearProbeResult, lr_at, macro_auc, train_linear_probe
+from fairfm.adapt.linear_probe import LinearProbeResult, train_linear_probe
+from fairfm.adapt.selection import lr_at, macro_auc
 from fairfm.data.prepare import load_prepared
 from fairfm.errors import InputError
 from fairfm.spec import LinearProbeHParams

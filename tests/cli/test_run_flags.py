@@ -18,7 +18,7 @@ from fairfm.cli.run import FIELD_FLAGS
 from fairfm.data.cache import ensure_prepared, prepared_folder, resolve_dataset
 from fairfm.errors import InputError
 from fairfm.results import Store
-from fairfm.spec import USAGE_ALIASES, USAGES, RunSpec, SweepSpec
+from fairfm.spec import USAGE_ALIASES, RunSpec, SweepSpec, list_usages
 from tests.adapt.helpers import make_tiny_clip
 from tests.data.chest_releases import write_chexpert
 from tests.results.helpers import make_dataset
@@ -196,7 +196,7 @@ def test_unknown_usage_lists_every_usage_and_alias(run, toy, tmp_path):
     result = run("run", "--dataset", toy, "--model", "clip", "--usage", "probing", "--store", tmp_path / "s")
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1
     assert result.err.startswith("error: --usage probing: unknown usage 'probing'; choose one of: ")
-    for usage in USAGES:
+    for usage in list_usages():
         assert usage in result.err
     for alias in ("lp=linear_probe", "zs=zero_shot", "ft=full_finetune", "sam=sam_prompt"):
         assert alias in result.err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,6 +21,8 @@ from fairfm.results import run_components
 from fairfm.results import runid as runid_module
 from fairfm.results import versions as versions_module
 from fairfm.spec import RunSpec
+from fairfm.usages import base as usages_base
+from fairfm.usages import get_usage
 from tests.results.helpers import compute, make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +82,7 @@ def test_run_id_survives_a_code_upgrade_but_follows_the_results_versions(tmp_pat
     assert bumped.run_id != detected and bumped.spec_key == Store(tmp_path / "s").key(spec).spec_key
     # A component the run does not use changes nothing (a linear probe does not run SAM).
     monkeypatch.undo()
-    monkeypatch.setitem(versions_module.RESULTS_VERSIONS, "usage.sam_prompt", 99)
+    monkeypatch.setitem(usages_base._USAGES, "sam_prompt", dataclasses.replace(get_usage("sam_prompt"), results_version=99))
     assert Store(tmp_path / "s").run_id(spec) == detected
 
 
@@ -95,8 +98,9 @@ def test_a_commit_only_change_still_finds_the_stored_run(store, spec, monkeypatc
 def test_a_bumped_results_version_makes_the_stored_run_stale(store, spec, monkeypatch):
     first = store.run(spec, compute)
     assert not first.stale and first.meta["results_versions"] == run_components("linear_probe")
-    monkeypatch.setitem(versions_module.RESULTS_VERSIONS, "usage.linear_probe",
-                        versions_module.RESULTS_VERSIONS["usage.linear_probe"] + 1)  # fmt: skip
+    probe = get_usage("linear_probe")  # a usage's results version is declared in its registration
+    monkeypatch.setitem(usages_base._USAGES, "linear_probe",
+                        dataclasses.replace(probe, results_version=probe.results_version + 1))  # fmt: skip
     assert store.find(spec) is None
     stale = store.find_stale(spec)
     assert stale is not None and stale.run_id == first.run_id and stale.stale

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from fairfm.adapt.linear_probe import _as_labels, batched_logits, check_labels, fit_head
+from fairfm.adapt.linear_probe import _as_labels, batched_logits, fit_head
+from fairfm.adapt.selection import check_labels
 from fairfm.adapt.prompts import PromptSet
 from fairfm.adapt.volumes import SliceBags, max_over_slices
 from fairfm.adapt.zero_shot import class_embeddings

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fairfm.adapt.linear_probe import ModelSelection, lr_at, macro_auc
+from fairfm.adapt.selection import ModelSelection, lr_at, macro_auc
 from fairfm.errors import InputError
 
 if TYPE_CHECKING:

@@ -459,10 +459,11 @@ def volume_model(classifier: "nn.Module", preprocess: "Preprocess", options: dic
 
 
 def check_volume_policy(volume: str, usage: str) -> None:
-    """Cached-feature usages pool slices; OCT chunking needs a trainable projector before the encoder."""
+    """The volume policy of ``usage``, a usage on cached features (the only caller: their features pool slices);
+    OCT chunking needs a trainable projector before the encoder."""
     if volume not in VOLUME_POLICIES:
         raise InputError(f"hparams.volume: {volume!r} is not one of {', '.join(VOLUME_POLICIES)}")
-    if volume == "oct_chunks" and usage in ("linear_probe", "zero_shot", "prototype", "clip_adapter"):
+    if volume == "oct_chunks":
         raise InputError(f"hparams.volume: oct_chunks trains a projector in front of the encoder, which {usage} "
                          "(on cached features) cannot do; use max_slice, or a fine-tuning usage (lora, bitfit, "
                          "vpt, adapter, full_finetune)")  # fmt: skip

@@ -65,7 +65,6 @@ def show_command(name: str = typer.Argument(..., help="method name ('fairfm meth
 
 
 def _usages_served(loops: list[str]) -> list[str]:
-    from fairfm.runner import usage_loop
-    from fairfm.spec import list_usages
+    from fairfm.usages import get_usage, list_usages
 
-    return [usage for usage in list_usages() if (usage_loop(usage) or "none") in loops]
+    return [usage for usage in list_usages() if (get_usage(usage).loop or "none") in loops]

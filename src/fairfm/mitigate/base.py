@@ -39,15 +39,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fairfm.errors import InputError
+from fairfm.usages.base import LOOPS as USAGE_LOOPS
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-#: The training loops a usage can run (its ``loop``): a head on cached features, the one image loop
-#: (:func:`fairfm.adapt.train.fit`), the CLIP heads on cached features, or none (zero-shot, prompting).
+#: The training loops a usage can run (its registered ``loop``, :data:`fairfm.usages.base.LOOPS`): a head on cached
+#: features, the one image loop (:func:`fairfm.adapt.train.fit`), the CLIP heads on cached features, or None (a usage
+#: that trains nothing: zero-shot, prompting).
 Loop = Optional[Literal["features", "images", "clip_head"]]
-LOOPS: tuple[Loop, ...] = ("features", "images", "clip_head", None)
+LOOPS: tuple[Loop, ...] = (*USAGE_LOOPS, None)
 
 
 class MethodParams(BaseModel):

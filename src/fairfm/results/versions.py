@@ -3,7 +3,8 @@
 A run id hashes the resolved spec, the data and the weights and the results versions of the components the run uses
 — not the git commit or the fairfm version, which change with every typo fix. Whoever changes a component so that
 the *same* spec, data and weights would give *different* numbers (a metric definition, a training loop, feature
-extraction, how predictions are assembled) bumps that component's version here. Runs stored under the older version
+extraction, how predictions are assembled) bumps that component's version here — a usage's own version where the
+usage is registered (``results_version`` in :func:`fairfm.usages.register_usage`). Runs stored under the older version
 are then "stale": still found and served with a mark, recomputed with ``--recompute-stale`` (see docs/usages.md).
 The exact code version (fairfm version, git commit) is still recorded in every run's ``meta.json``.
 """
@@ -15,23 +16,23 @@ RESULTS_VERSIONS: dict[str, int] = {
     "metrics": 1,  # fairfm.metrics: every metric, threshold policy, bootstrap interval and p-value
     "runner": 1,  # fairfm.runner: PredictionTable rows, val/test split handling, how the Report is composed
     "features": 1,  # fairfm.adapt.features: frozen-encoder embeddings (decoding, preprocessing, slices)
-    "usage.zero_shot": 1,
-    "usage.linear_probe": 1,
-    "usage.prototype": 1,
-    "usage.clip_adapter": 1,
-    "usage.lora": 1,
-    "usage.bitfit": 1,
-    "usage.vpt": 1,
-    "usage.adapter": 1,
-    "usage.full_finetune": 1,
-    "usage.sam_prompt": 1,
 }
-
-#: Usages that start from cached frozen-encoder features (so their numbers also depend on "features").
-FEATURE_USAGES = ("zero_shot", "linear_probe", "prototype", "clip_adapter")
+# A usage's own version is declared where the usage is, in its registration (fairfm.usages: ``results_version``,
+# and ``cached_features`` when its numbers also depend on "features").
 
 
 def run_components(usage: str) -> dict[str, int]:
-    """The results versions of the components a run of ``usage`` uses (part of its run id)."""
-    names = ["metrics", "runner", *(["features"] if usage in FEATURE_USAGES else []), f"usage.{usage}"]
-    return {name: RESULTS_VERSIONS.get(name, 0) for name in names}
+    """The results versions of the components a run of ``usage`` uses (part of its run id): ``metrics``, ``runner``,
+    ``features`` for a usage on cached features, and ``usage.<name>``. A usage not registered in this process (a
+    plug-in module not imported) counts as version 0 without features, as every unknown component does."""
+    from fairfm.errors import InputError
+    from fairfm.usages import get_usage
+
+    try:
+        entry = get_usage(usage)
+    except InputError:
+        entry = None
+    names = ["metrics", "runner", *(["features"] if entry is not None and entry.cached_features else [])]
+    versions = {name: RESULTS_VERSIONS.get(name, 0) for name in names}
+    versions[f"usage.{usage}"] = entry.results_version if entry is not None else 0
+    return versions
