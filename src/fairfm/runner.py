@@ -145,7 +145,7 @@ def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True, chec
     :func:`fairfm.models.check_model`), a split without both classes in val/test, and a store that could not take
     the result. A sweep calls it for every cell before the first runs (``check_data=False``: only the checks that
     need no prepared dataset, for a dataset given by name before it is prepared)."""
-    from fairfm.models import check_model
+    from fairfm.models import check_model, get_model
 
     check_supported(spec)
     usage = get_usage(spec.usage)
@@ -167,7 +167,7 @@ def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True, chec
             resolved = spec.resolve()
             check_method(run_method(spec), get_usage(spec.usage).loop, spec.usage,
                          _samples(Path(resolved["dataset"]) / "samples.parquet"), list(resolved["attributes"]),
-                         card.family)  # fmt: skip
+                         get_model(spec.model).family)  # fmt: skip
     if check_store:
         store.check_writable()
 
