@@ -546,6 +546,8 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
         hooks, groups, attribute = training_setup(method, spec, table, tasks, "features", hp, device=device,
                                                   feature_dim=int(features.shape[1]) if hasattr(features, "shape")
                                                   else None)  # fmt: skip
+    if groups is None and hp.select_by == "val_worst_group_auc":
+        groups = selection_groups(spec, table)
     result = train_linear_probe(features[part["train"]], labels[part["train"]], features[part["val"]],
                                 labels[part["val"]], hparams=hp, seed=spec.seed,
                                 predict={"test": features[part["test"]]}, tasks=tasks, device=device,
@@ -561,6 +563,18 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
                         "best_score": None if math.isnan(result.best_score) else result.best_score,
                         "optimizer": hp.optimizer, "history": result.history}  # fmt: skip
     return UsageOutput({"val": result.predictions["val"], "test": result.predictions["test"]}, meta)
+
+
+def selection_groups(spec: "RunSpec", table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Group codes per split of the run's first attribute: what ``select_by: val_worst_group_auc`` reads when no
+    training method gives the groups of its own attribute."""
+    attributes = list(spec.resolve()["attributes"])
+    if not attributes:
+        raise InputError("hparams.select_by: val_worst_group_auc needs a sensitive attribute; the run has none")
+    column = f"group_{attributes[0]}"
+    codes = pd.factorize(table[column].astype(str), sort=True)[0]
+    split = table["split"].astype(str).to_numpy()
+    return {name: codes[split == name] for name in ("train", "val", "test")}
 
 
 def _method_on_features(method: Any, spec: "RunSpec", table: pd.DataFrame, tasks: list[str], features: Any,
@@ -650,10 +664,11 @@ def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, 
     labels = _labels(table, tasks)
     part = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
     train = {"prototype": prototype_tuning, "clip_adapter": clip_adapter}[spec.usage]
+    val_groups = selection_groups(spec, table)["val"] if hp.select_by == "val_worst_group_auc" else None
     started = time.perf_counter()
     result = train({name: features[rows] for name, rows in part.items()},
                    {name: labels[part[name]] for name in ("train", "val")}, encoder, tasks, prompt_set,
-                   hparams=hp, seed=spec.seed, device=device, progress=progress)  # fmt: skip
+                   hparams=hp, seed=spec.seed, device=device, progress=progress, val_groups=val_groups)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
     if heads_path is not None:
         result.save(heads_path)
@@ -684,8 +699,15 @@ def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: P
         if not method.post_processes:
             hooks, _, attribute = training_setup(method, spec, table, tasks, "images", hp, device=device)
             method_hooks = {"hooks": hooks, "group_column": f"group_{attribute}"}
+    group_column = {}
+    if not method_hooks and hp.select_by == "val_worst_group_auc":  # the run's first attribute's groups
+        attributes = list(spec.resolve()["attributes"])
+        if not attributes:
+            raise InputError("hparams.select_by: val_worst_group_auc needs a sensitive attribute; the run has none")
+        group_column = {"group_column": f"group_{attributes[0]}"}
     out = finetune(spec.usage, hp, encoder, table, tasks, root=root, seed=spec.seed, device=device,
-                   column=spec.image_column(), progress=progress, modality=modality, **method_hooks)  # fmt: skip
+                   column=spec.image_column(), progress=progress, modality=modality, **method_hooks,
+                   **group_column)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
     meta = dict(out.meta)
     if method_hooks:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from fairfm.adapt.linear_probe import _as_labels, batched_logits, check_labels, fit_head
+from fairfm.adapt.linear_probe import _as_labels, batched_logits, check_labels, check_worst_group_selection, fit_head
 from fairfm.adapt.prompts import PromptSet
 from fairfm.adapt.volumes import SliceBags, max_over_slices
 from fairfm.adapt.zero_shot import class_embeddings
@@ -205,7 +205,7 @@ class _Trained:
 
 def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping[str, Any],
            tasks: Sequence[str], *, feature_dim: int, hparams: "TrainHParams", seed: int, device: str,
-           progress: bool, usage: str) -> _Trained:  # fmt: skip
+           progress: bool, usage: str, val_groups: np.ndarray | None = None) -> _Trained:  # fmt: skip
     import torch
     import torch.nn.functional as F
 
@@ -214,6 +214,8 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
     y = _check_inputs(features, labels, n_tasks, feature_dim, usage)
     y_train, y_val = y["train"], y["val"]
     positives, negatives = check_labels(y_train, y_val, tasks, hp.select_by, usage)
+    if hp.select_by == "val_worst_group_auc":
+        check_worst_group_selection(y_val, val_groups, tasks)
 
     dev = torch.device(device)
     head = head.to(dev)
@@ -250,7 +252,7 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
     selection, history = fit_head(head, forward, loss_of, probabilities_of, train_x=inputs["train"],
                                   train_targets=torch.as_tensor(y_train, dtype=torch.float32), val_x=inputs["val"],
                                   y_val=y_val, hparams=hp, seed=seed, label=usage, empty=empty,
-                                  progress=progress)  # fmt: skip
+                                  progress=progress, val_groups=val_groups)  # fmt: skip
     best_state = selection.best_state
     probabilities = {name: probabilities_of(batched_logits(head, forward, x, hp.batch_size, empty))
                      for name, x in inputs.items()}  # fmt: skip
@@ -296,6 +298,7 @@ def prototype_tuning(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    val_groups: np.ndarray | None = None,
 ) -> ClipAdaptationResult:
     """FairMedFM's CLIP-Adapt: tune the (T, 2, D) class prototypes initialised from the prompts' text embeddings
     (the ensemble of every template, or the first template alone with ``hparams.ensemble`` false).
@@ -303,12 +306,13 @@ def prototype_tuning(
     ``features``: split -> cached image features (N, D) of ``encoder`` (``train`` and ``val`` required; every
     split given gets probabilities). ``labels``: ``train`` and ``val`` -> (N,) or (N, T) with 0/1 and NaN for
     unknown. Only the prototypes are trained; ``encoder`` is used for its text embeddings and its similarity.
+    ``val_groups``: the validation rows' group codes (for ``hparams.select_by: val_worst_group_auc``).
     """
     class_text, prompts = task_class_embeddings(encoder, tasks, prompt_set, ensemble=hparams.ensemble)
     head = _prototype_head(encoder, class_text)
     dim = _feature_dim(class_text, encoder)
     trained = _train(head, features, labels, tasks, feature_dim=dim, hparams=hparams, seed=seed,
-                     device=device, progress=progress, usage="prototype")
+                     device=device, progress=progress, usage="prototype", val_groups=val_groups)
     return _result("prototype", trained, tasks, prompts, encoder, hparams, seed, {})
 
 
@@ -323,6 +327,7 @@ def clip_adapter(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    val_groups: np.ndarray | None = None,
 ) -> ClipAdaptationResult:
     """Gao et al.'s CLIP-Adapter on cached features (inputs as :func:`prototype_tuning`).
 
@@ -340,7 +345,7 @@ def clip_adapter(
                                   ratio=hparams.residual_ratio, text_adapter=hparams.text_adapter)
     dim = _feature_dim(class_text, encoder)
     trained = _train(head, features, labels, tasks, feature_dim=dim, hparams=hparams, seed=seed,
-                     device=device, progress=progress, usage="clip_adapter")
+                     device=device, progress=progress, usage="clip_adapter", val_groups=val_groups)
     extra = {"adapter": {"residual_ratio": hparams.residual_ratio, "reduction": hparams.reduction,
                          "hidden": max(int(class_text.shape[-1]) // hparams.reduction, 1),
                          "text_adapter": hparams.text_adapter}}  # fmt: skip

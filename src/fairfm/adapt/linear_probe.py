@@ -81,6 +81,42 @@ def macro_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def worst_group_auc(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray) -> float:
+    """Mean over tasks of min_g AUC_g (METRICS.md ``worst_auc``; ``macro_`` over tasks), over the groups whose known
+    labels of that task contain both classes; tasks without any such group are skipped; nan if none."""
+    from sklearn.metrics import roc_auc_score
+
+    groups = np.asarray(groups)
+    values = []
+    for j in range(y_true.shape[1]):
+        known = ~np.isnan(y_true[:, j])
+        aucs = []
+        for g in np.unique(groups[known]):
+            rows = known & (groups == g)
+            y = y_true[rows, j]
+            if 0 < y.sum() < y.size:
+                aucs.append(roc_auc_score(y, y_score[rows, j]))
+        if aucs:
+            values.append(min(aucs))
+    return float(np.mean(values)) if values else math.nan
+
+
+def check_worst_group_selection(y_val: np.ndarray, val_groups: np.ndarray | None, tasks: Sequence[str]) -> None:
+    """``select_by: val_worst_group_auc`` needs the validation rows' groups, and for every task a group with both
+    classes among its validation labels."""
+    if val_groups is None:
+        raise InputError("hparams.select_by: val_worst_group_auc needs the validation rows' groups (a sensitive "
+                         "attribute of the run)")  # fmt: skip
+    groups = np.asarray(val_groups)
+    for j, name in enumerate(tasks):
+        known = ~np.isnan(y_val[:, j])
+        if not any(0 < y_val[known & (groups == g), j].sum() < (known & (groups == g)).sum()
+                   for g in np.unique(groups[known])):  # fmt: skip
+            raise InputError(f"task {name!r}: no group has both classes among its validation labels, so the "
+                             "worst-group AUC cannot select the epoch (set hparams.select_by to val_auc, val_loss or "
+                             "last)")  # fmt: skip
+
+
 def _as_labels(y: Any, name: str) -> np.ndarray:
     array = np.asarray(y, dtype=np.float64)
     if array.ndim == 1:
@@ -112,22 +148,26 @@ def _optimizer(name: str, groups: list[dict[str, Any]], hp: "LinearProbeHParams"
     raise InputError(f"hparams.optimizer: {name!r} is not one of sgd, adamw, adam")
 
 
+SELECT_BY = ("val_auc", "val_loss", "last", "val_worst_group_auc")
+
+
 class ModelSelection:
-    """Keeps the state of the best epoch by ``select_by`` (val AUC, val loss or the last epoch) and asks to stop
-    after ``patience`` epochs without gain. Shared by every trained usage: this probe, CLIP adaptation and
-    :func:`fairfm.adapt.train.fit` (where it is an ``on_epoch_end`` callback)."""
+    """Keeps the state of the best epoch by ``select_by`` (val AUC, val loss, the last epoch, or the validation
+    worst-group AUC) and asks to stop after ``patience`` epochs without gain. Shared by every trained usage: this
+    probe, CLIP adaptation and :func:`fairfm.adapt.train.fit` (where it is an ``on_epoch_end`` callback)."""
 
     def __init__(self, select_by: str = "val_auc", patience: int | None = None) -> None:
-        if select_by not in ("val_auc", "val_loss", "last"):
-            raise InputError(f"hparams.select_by: {select_by!r} is not one of val_auc, val_loss, last")
+        if select_by not in SELECT_BY:
+            raise InputError(f"hparams.select_by: {select_by!r} is not one of {', '.join(SELECT_BY)}")
         self.select_by, self.patience = select_by, patience
         self.best_state: dict[str, "torch.Tensor"] | None = None
         self.best_epoch, self.best_score, self.since_best = 0, -math.inf, 0
 
-    def update(self, epoch: int, val_auc: float, val_loss: float,
-               state: Callable[[], dict[str, "torch.Tensor"]]) -> bool:  # fmt: skip
+    def update(self, epoch: int, val_auc: float, val_loss: float, state: Callable[[], dict[str, "torch.Tensor"]],
+               val_worst_group_auc: float = math.nan) -> bool:  # fmt: skip
         """Record epoch ``epoch`` (1-based); ``state()`` is called only when it is the best so far. True: stop."""
-        score = {"val_auc": val_auc, "val_loss": -val_loss, "last": float(epoch)}[self.select_by]
+        score = {"val_auc": val_auc, "val_loss": -val_loss, "last": float(epoch),
+                 "val_worst_group_auc": val_worst_group_auc}[self.select_by]  # fmt: skip
         if self.best_state is None or score > self.best_score:
             self.best_state, self.best_epoch, self.best_score = state(), epoch, score
             self.since_best = 0
@@ -137,7 +177,8 @@ class ModelSelection:
 
     def __call__(self, info: Any) -> bool:
         """As an ``on_epoch_end`` callback of :func:`fairfm.adapt.train.fit`."""
-        return self.update(info.epoch, info.record["val_auc"], info.record["val_loss"], info.state)
+        return self.update(info.epoch, info.record["val_auc"], info.record["val_loss"], info.state,
+                           info.record.get("val_worst_group_auc", math.nan))  # fmt: skip
 
     @property
     def reported_score(self) -> float:
@@ -230,6 +271,9 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
         optimizer.add_param_group({"params": list(regularizer.parameters()), "weight_decay": 0.0})
     train_codes = torch.as_tensor(train_groups if train_groups is not None else np.zeros(n_train, np.int64))
     val_codes = torch.as_tensor(val_groups) if val_groups is not None else None
+    by_worst_group = hp.select_by == "val_worst_group_auc"
+    if by_worst_group:
+        check_worst_group_selection(y_val, val_groups, [f"task {j}" for j in range(y_val.shape[1])])
 
     def logits_and_features(inputs: Any, index: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor | None"]:
         out = forward(inputs, index)
@@ -306,7 +350,11 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
                 val_loss = float(loss_of(val_logits, val_targets))
             history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "val_loss": val_loss,
                             "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
-            stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head))
+            worst = math.nan
+            if by_worst_group:
+                worst = worst_group_auc(y_val, val_probabilities, val_groups)
+                history[-1]["val_worst_group_auc"] = worst
+            stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head), worst)
             if hooks.on_epoch_end:
                 from fairfm.adapt.train import EpochInfo
 
@@ -366,6 +414,8 @@ def train_linear_probe(
     if len(y_train) == 0 or len(y_val) == 0:
         raise InputError("linear probe: the training and validation splits must both have samples")
     positives, negatives = check_labels(y_train, y_val, task_names, hp.select_by, "a probe")
+    if hp.select_by == "val_worst_group_auc":
+        check_worst_group_selection(y_val, (groups or {}).get("val"), task_names)
 
     dev = torch.device(device)
     to_features = embed or (lambda batch: batch)

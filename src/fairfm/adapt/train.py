@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fairfm.adapt.linear_probe import ModelSelection, lr_at, macro_auc
+from fairfm.adapt.linear_probe import ModelSelection, check_worst_group_selection, lr_at, macro_auc, worst_group_auc
 from fairfm.errors import InputError
 
 if TYPE_CHECKING:
@@ -138,6 +138,7 @@ class ImageTable:
                 "(expected 0, 1 or missing)"
             )
         self.labels = labels
+        self.group_column = group_column
         if group_column is None:
             self.group_names = list(group_names or ["all"])
             self.groups = np.zeros(len(frame), dtype=np.int64)
@@ -864,6 +865,9 @@ def fit(
                     f"task {name!r}: the validation split has only one class, so validation AUC cannot "
                     "select the epoch (set hparams.select_by to val_loss or last)"
                 )
+    if hp.select_by == "val_worst_group_auc":  # the groups of the ImageTable's group column
+        check_worst_group_selection(val.labels, val.groups if getattr(val, "group_column", None) else None,
+                                    val.tasks)  # fmt: skip
     use_amp = bool(hp.amp) and str(device).startswith("cuda")  # mixed precision only on CUDA
 
     hooks = hooks if hooks is not None else _no_hooks()
@@ -1113,6 +1117,8 @@ def fit(
                 "val_auc": macro_auc(y_val, val_probs),
                 "lr": float(lr),
             }
+            if hp.select_by == "val_worst_group_auc":
+                record["val_worst_group_auc"] = worst_group_auc(y_val, val_probs, val.groups)
             history.append(record)
             bar.update(task_bar, advance=1, loss=f"{record['loss']:.4f}", auc=f"{record['val_auc']:.3f}")
             info = EpochInfo(epoch + 1, record, history, model, val_probs, state)

@@ -25,6 +25,7 @@ RESULTS_VERSIONS: dict[str, int] = {
     "usage.adapter": 1,
     "usage.full_finetune": 1,
     "usage.sam_prompt": 1,
+    "usage.ensemble": 1,  # fairfm.ensemble: an ensemble run's predictions from its members'
 }
 
 #: Usages that start from cached frozen-encoder features (so their numbers also depend on "features").
