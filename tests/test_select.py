@@ -98,6 +98,7 @@ def clip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("usage,hparams", [("linear_probe", ("epochs=6", "lr=0.5")),
+                                           ("prototype", ("epochs=3", "batch_size=32", "warmup_epochs=0")),
                                            ("bitfit", ("epochs=2", "batch_size=32", "warmup_epochs=0"))])
 def test_fairfm_run_selects_by_the_first_attributes_worst_group_auc_without_a_method(capsys, synth_dir, clip_dir,
                                                                                       tmp_path, usage, hparams):

@@ -664,11 +664,11 @@ def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, 
     labels = _labels(table, tasks)
     part = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
     train = {"prototype": prototype_tuning, "clip_adapter": clip_adapter}[spec.usage]
-    val_groups = selection_groups(spec, table)["val"] if hp.select_by == "val_worst_group_auc" else None
+    groups = selection_groups(spec, table) if hp.select_by == "val_worst_group_auc" else None
     started = time.perf_counter()
     result = train({name: features[rows] for name, rows in part.items()},
                    {name: labels[part[name]] for name in ("train", "val")}, encoder, tasks, prompt_set,
-                   hparams=hp, seed=spec.seed, device=device, progress=progress, val_groups=val_groups)  # fmt: skip
+                   hparams=hp, seed=spec.seed, device=device, progress=progress, groups=groups)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
     if heads_path is not None:
         result.save(heads_path)

@@ -205,7 +205,7 @@ class _Trained:
 
 def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping[str, Any],
            tasks: Sequence[str], *, feature_dim: int, hparams: "TrainHParams", seed: int, device: str,
-           progress: bool, usage: str, val_groups: np.ndarray | None = None) -> _Trained:  # fmt: skip
+           progress: bool, usage: str, groups: Mapping[str, np.ndarray] | None = None) -> _Trained:  # fmt: skip
     import torch
     import torch.nn.functional as F
 
@@ -215,7 +215,7 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
     y_train, y_val = y["train"], y["val"]
     positives, negatives = check_labels(y_train, y_val, tasks, hp.select_by, usage)
     if hp.select_by == "val_worst_group_auc":
-        check_worst_group_selection(y_val, val_groups, tasks)
+        check_worst_group_selection(y_val, (groups or {}).get("val"), tasks)
 
     dev = torch.device(device)
     head = head.to(dev)
@@ -252,7 +252,7 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
     selection, history = fit_head(head, forward, loss_of, probabilities_of, train_x=inputs["train"],
                                   train_targets=torch.as_tensor(y_train, dtype=torch.float32), val_x=inputs["val"],
                                   y_val=y_val, hparams=hp, seed=seed, label=usage, empty=empty,
-                                  progress=progress, val_groups=val_groups)  # fmt: skip
+                                  progress=progress, val_groups=(groups or {}).get("val"))  # fmt: skip
     best_state = selection.best_state
     probabilities = {name: probabilities_of(batched_logits(head, forward, x, hp.batch_size, empty))
                      for name, x in inputs.items()}  # fmt: skip
@@ -298,7 +298,7 @@ def prototype_tuning(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
-    val_groups: np.ndarray | None = None,
+    groups: Mapping[str, np.ndarray] | None = None,
 ) -> ClipAdaptationResult:
     """FairMedFM's CLIP-Adapt: tune the (T, 2, D) class prototypes initialised from the prompts' text embeddings
     (the ensemble of every template, or the first template alone with ``hparams.ensemble`` false).
@@ -306,13 +306,14 @@ def prototype_tuning(
     ``features``: split -> cached image features (N, D) of ``encoder`` (``train`` and ``val`` required; every
     split given gets probabilities). ``labels``: ``train`` and ``val`` -> (N,) or (N, T) with 0/1 and NaN for
     unknown. Only the prototypes are trained; ``encoder`` is used for its text embeddings and its similarity.
-    ``val_groups``: the validation rows' group codes (for ``hparams.select_by: val_worst_group_auc``).
+    ``groups``: the group codes of ``"train"`` and ``"val"`` (``hparams.select_by: val_worst_group_auc`` reads the
+    validation rows').
     """
     class_text, prompts = task_class_embeddings(encoder, tasks, prompt_set, ensemble=hparams.ensemble)
     head = _prototype_head(encoder, class_text)
     dim = _feature_dim(class_text, encoder)
     trained = _train(head, features, labels, tasks, feature_dim=dim, hparams=hparams, seed=seed,
-                     device=device, progress=progress, usage="prototype", val_groups=val_groups)
+                     device=device, progress=progress, usage="prototype", groups=groups)
     return _result("prototype", trained, tasks, prompts, encoder, hparams, seed, {})
 
 
@@ -327,7 +328,7 @@ def clip_adapter(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
-    val_groups: np.ndarray | None = None,
+    groups: Mapping[str, np.ndarray] | None = None,
 ) -> ClipAdaptationResult:
     """Gao et al.'s CLIP-Adapter on cached features (inputs as :func:`prototype_tuning`).
 
@@ -345,7 +346,7 @@ def clip_adapter(
                                   ratio=hparams.residual_ratio, text_adapter=hparams.text_adapter)
     dim = _feature_dim(class_text, encoder)
     trained = _train(head, features, labels, tasks, feature_dim=dim, hparams=hparams, seed=seed,
-                     device=device, progress=progress, usage="clip_adapter", val_groups=val_groups)
+                     device=device, progress=progress, usage="clip_adapter", groups=groups)
     extra = {"adapter": {"residual_ratio": hparams.residual_ratio, "reduction": hparams.reduction,
                          "hidden": max(int(class_text.shape[-1]) // hparams.reduction, 1),
                          "text_adapter": hparams.text_adapter}}  # fmt: skip
