@@ -34,6 +34,11 @@ def members(tmp_path_factory):
         spec = RunSpec.from_dict({"dataset": str(root / "data"), "model": "clip", "checkpoint": str(clip),
                                   "usage": usage, "hparams": hparams, "bootstrap": 20, "seed": seed})  # fmt: skip
         ids[name] = runner.run(spec, store, progress=False).run_id
+    for name, method in (("zs_half", None), ("zs_thresholds", "group_thresholds")):  # threshold 0.5 both
+        spec = RunSpec.from_dict({"dataset": str(root / "data"), "model": "clip", "checkpoint": str(clip),
+                                  "usage": "zero_shot", "method": method, "threshold": "0.5", "bootstrap": 20,
+                                  "seed": 1})  # fmt: skip
+        ids[name] = runner.run(spec, store, progress=False).run_id
     return store, ids
 
 
@@ -129,3 +134,17 @@ def test_members_that_scored_other_rows_or_disagree_are_refused_naming_the_first
         code, _, err = _ensemble(capsys, store, *args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not list((store.path / "tmp").glob("*"))  # nothing half-written by the refused ensembles
+
+
+def test_an_ensemble_with_an_attribute_aware_member_is_attribute_aware(members, capsys):
+    store, ids = members
+    code, out, err = _ensemble(capsys, store, ids["zs_half"], ids["zs_thresholds"])
+    assert code == 0, err
+    record = store.load(out.split()[1].rstrip(":"))
+    assert record.meta["ensemble"]["attribute_at_test"] is True
+    assert record.meta["method"]["attribute_at_test"] is True and record.meta["method"]["members"] == [
+        ids["zs_thresholds"]]
+    assert any("reads the sensitive attribute at test time" in w for w in record.meta["report"]["warnings"])
+    assert set(record.metrics["threshold_policy"]) == {"0.5"}
+    code, _, err = _ensemble(capsys, store, ids["zs"], ids["zs_thresholds"])  # best_f1@val and 0.5
+    assert code == 2 and "has threshold" in err

@@ -131,7 +131,7 @@ def ensemble(store: "Store", members: Sequence[str], *, rule: str = "mean", name
         groups = _check_rows(records, tables)
         predictions = combine(tables, rule, groups)
         report = report_from_predictions(predictions, SimpleNamespace(**evaluation), progress=progress)
-        aware = any(bool((r.meta.get("method") or {}).get("attribute_at_test")) for r in records)
+        aware = [r for r in records if (r.meta.get("method") or {}).get("attribute_at_test")]
         if aware:
             report.warnings.append("a member reads the sensitive attribute at test time, so the ensemble does too")
         meta = {
@@ -140,11 +140,15 @@ def ensemble(store: "Store", members: Sequence[str], *, rule: str = "mean", name
             "ensemble": {"rule": rule, "members": [{"run_id": r.run_id, "model": r.spec.get("model"),
                                                     "usage": r.spec.get("usage"), "method": r.spec.get("method"),
                                                     "seed": r.spec.get("seed")} for r in records],
-                         "attribute_at_test": aware, "stale_members": [r.run_id for r in records if r.stale]},
+                         "attribute_at_test": bool(aware),
+                         "stale_members": [r.run_id for r in records if r.stale]},
             "data": records[0].meta.get("data"),
             "n_samples": {s: int((predictions["split"] == s).sum()) for s in ("val", "test")},
             "report": report_extras(report),
         }  # fmt: skip
+        if aware:  # marked like a run whose method reads the attribute at test time (meta.json method)
+            meta["method"] = {"name": "ensemble", "attribute": aware[0].meta["method"].get("attribute"),
+                              "attribute_at_test": True, "members": [r.run_id for r in aware]}  # fmt: skip
         computed["done"] = True
         return predictions, report, meta
 
