@@ -39,6 +39,18 @@ def test_worst_group_auc_is_the_mean_over_tasks_of_the_lowest_valid_group_auc():
         expected.append(min(aucs))
     assert len(expected) == 2
     assert worst_group_auc(y, scores, groups) == pytest.approx(np.mean(expected), abs=1e-12)
+    # Rows of an unknown group (code −1) are in no group, however badly they are scored.
+    unknown = np.concatenate([groups, np.full(50, -1)])
+    y_more = np.concatenate([y, np.tile([[0.0, 1.0], [1.0, 0.0]], (25, 1))])
+    scores_more = np.concatenate([scores, np.tile([[1.0, 0.0], [0.0, 1.0]], (25, 1))])
+    assert worst_group_auc(y_more, scores_more, unknown) == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def test_unknown_group_labels_get_code_minus_one():
+    from fairfm.adapt.linear_probe import known_group_codes
+
+    codes = known_group_codes(np.array([0, 1, 2, 1, 0]), ["F", "M", "unknown"])
+    assert codes.tolist() == [0, 1, -1, 1, 0]
 
 
 def test_model_selection_keeps_the_epoch_with_the_best_worst_group_auc_and_stops_on_it():
@@ -224,6 +236,26 @@ def test_fairfm_select_refuses_bad_input_in_one_line(candidates, capsys, args, m
     code, _, err = run_cli(capsys, "select", *args, "--store", store.path)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (store.path / "selections").exists()
+
+
+def test_validation_scores_leave_an_unknown_group_out(candidates):
+    from fairfm.runner import report_from_predictions
+    from fairfm.select import validation_scores
+
+    store, ids = candidates
+    predictions = store.load(ids["C"]).predictions.drop(columns=["run_id"])
+    extra = predictions[predictions["group_sex"] == "F"].head(40).assign(group_sex="unknown")
+    extra["sample_id"] = [f"u{i}" for i in range(len(extra))]
+    extra["y_score"] = 1.0 - extra["y_true"]  # perfectly wrong: an AUC of 0 if it counted as a group
+    both = pd.concat([predictions, extra], ignore_index=True)
+    evaluation = SimpleNamespace(threshold="best_f1@val", bootstrap=0, seed=0)
+    store.run_derived("eeee000000000000", {"usage": "linear_probe", "model": "fakeE", "method": None,
+                                           "attributes": ["sex"], "tasks": ["y"], "threshold": "best_f1@val",
+                                           "bootstrap": 0, "seed": 0},
+                      lambda: (both, report_from_predictions(both, evaluation), {}))  # fmt: skip
+    scores = validation_scores(store.load("eeee000000000000"), "sex")
+    assert set(scores.group_auc) == {"F", "M"}
+    assert scores.group_auc == pytest.approx(validation_scores(store.load(ids["C"]), "sex").group_auc)
 
 
 def test_the_candidate_table_has_one_row_per_run(candidates):

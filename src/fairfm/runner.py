@@ -566,13 +566,16 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
 
 
 def selection_groups(spec: "RunSpec", table: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Group codes per split of the run's first attribute: what ``select_by: val_worst_group_auc`` reads when no
-    training method gives the groups of its own attribute."""
+    """Group codes per split of the run's first attribute (−1: unknown): what ``select_by: val_worst_group_auc``
+    reads when no training method gives the groups of its own attribute."""
     attributes = list(spec.resolve()["attributes"])
     if not attributes:
         raise InputError("hparams.select_by: val_worst_group_auc needs a sensitive attribute; the run has none")
+    from fairfm.adapt.linear_probe import known_group_codes
+
     column = f"group_{attributes[0]}"
-    codes = pd.factorize(table[column].astype(str), sort=True)[0]
+    codes, names = pd.factorize(table[column].astype(str), sort=True)
+    codes = known_group_codes(codes, list(names))  # an unknown group is in no group (METRICS.md)
     split = table["split"].astype(str).to_numpy()
     return {name: codes[split == name] for name in ("train", "val", "test")}
 

@@ -140,6 +140,8 @@ def validation_scores(record: "RunRecord", attribute: str, task: str | None = No
     """The run's validation AUC overall and per group of ``attribute`` (mean over tasks, or ``task`` alone)."""
     from sklearn.metrics import roc_auc_score
 
+    from fairfm.groups import is_unknown
+
     predictions = record.predictions
     where = f"run {record.run_id}"
     if "y_score" not in predictions.columns:
@@ -162,8 +164,9 @@ def validation_scores(record: "RunRecord", attribute: str, task: str | None = No
             raise InputError(f"{where}: task {name!r} has one class among its validation rows; no AUC to select on")
         overall.append(roc_auc_score(y, s))
         groups = rows[column].astype(str).to_numpy()
+        unknown = set(groups[is_unknown(rows[column])])  # in no group (METRICS.md §5)
         aucs = {}
-        for g in sorted(set(groups)):
+        for g in sorted(set(groups) - unknown):
             yg = y[groups == g]
             if 0 < yg.sum() < yg.size:
                 aucs[g] = roc_auc_score(yg, s[groups == g])

@@ -83,13 +83,14 @@ def macro_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
 
 def worst_group_auc(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray) -> float:
     """Mean over tasks of min_g AUC_g (METRICS.md ``worst_auc``; ``macro_`` over tasks), over the groups whose known
-    labels of that task contain both classes; tasks without any such group are skipped; nan if none."""
+    labels of that task contain both classes (a negative code is an unknown group: in no group); tasks without any
+    such group are skipped; nan if none."""
     from sklearn.metrics import roc_auc_score
 
     groups = np.asarray(groups)
     values = []
     for j in range(y_true.shape[1]):
-        known = ~np.isnan(y_true[:, j])
+        known = ~np.isnan(y_true[:, j]) & (groups >= 0)
         aucs = []
         for g in np.unique(groups[known]):
             rows = known & (groups == g)
@@ -101,6 +102,16 @@ def worst_group_auc(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray)
     return float(np.mean(values)) if values else math.nan
 
 
+def known_group_codes(codes: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """``codes`` (indices into ``names``) with the codes of unknown groups ('unknown', NaN, −1, …) set to −1."""
+    import pandas as pd
+
+    from fairfm.groups import is_unknown
+
+    unknown = np.flatnonzero(is_unknown(pd.Series(list(names), dtype=object)))
+    return np.where(np.isin(codes, unknown), -1, np.asarray(codes))
+
+
 def check_worst_group_selection(y_val: np.ndarray, val_groups: np.ndarray | None, tasks: Sequence[str]) -> None:
     """``select_by: val_worst_group_auc`` needs the validation rows' groups, and for every task a group with both
     classes among its validation labels."""
@@ -109,7 +120,7 @@ def check_worst_group_selection(y_val: np.ndarray, val_groups: np.ndarray | None
                          "attribute of the run)")  # fmt: skip
     groups = np.asarray(val_groups)
     for j, name in enumerate(tasks):
-        known = ~np.isnan(y_val[:, j])
+        known = ~np.isnan(y_val[:, j]) & (groups >= 0)
         if not any(0 < y_val[known & (groups == g), j].sum() < (known & (groups == g)).sum()
                    for g in np.unique(groups[known])):  # fmt: skip
             raise InputError(f"task {name!r}: no group has both classes among its validation labels, so the "

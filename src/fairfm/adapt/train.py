@@ -54,7 +54,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fairfm.adapt.linear_probe import ModelSelection, check_worst_group_selection, lr_at, macro_auc, worst_group_auc
+from fairfm.adapt.linear_probe import (ModelSelection, check_worst_group_selection, known_group_codes, lr_at,
+                                       macro_auc, worst_group_auc)  # fmt: skip
 from fairfm.errors import InputError
 
 if TYPE_CHECKING:
@@ -865,9 +866,11 @@ def fit(
                     f"task {name!r}: the validation split has only one class, so validation AUC cannot "
                     "select the epoch (set hparams.select_by to val_loss or last)"
                 )
-    if hp.select_by == "val_worst_group_auc":  # the groups of the ImageTable's group column
-        check_worst_group_selection(val.labels, val.groups if getattr(val, "group_column", None) else None,
-                                    val.tasks)  # fmt: skip
+    val_known_groups = None
+    if hp.select_by == "val_worst_group_auc":  # the groups of the ImageTable's group column (unknown: no group)
+        if getattr(val, "group_column", None):
+            val_known_groups = known_group_codes(val.groups, val.group_names)
+        check_worst_group_selection(val.labels, val_known_groups, val.tasks)
     use_amp = bool(hp.amp) and str(device).startswith("cuda")  # mixed precision only on CUDA
 
     hooks = hooks if hooks is not None else _no_hooks()
@@ -1118,7 +1121,7 @@ def fit(
                 "lr": float(lr),
             }
             if hp.select_by == "val_worst_group_auc":
-                record["val_worst_group_auc"] = worst_group_auc(y_val, val_probs, val.groups)
+                record["val_worst_group_auc"] = worst_group_auc(y_val, val_probs, val_known_groups)
             history.append(record)
             bar.update(task_bar, advance=1, loss=f"{record['loss']:.4f}", auc=f"{record['val_auc']:.3f}")
             info = EpochInfo(epoch + 1, record, history, model, val_probs, state)
