@@ -34,6 +34,8 @@ MODULE_EXTRAS = [
     ("cli/run.py", {"models", "data", "results"}),
     ("cli/demo.py", {"models", "data", "results"}),
     ("cli/sweep.py", {"models", "data", "results", "sweep"}),
+    ("cli/select.py", {"models", "results"}),
+    ("cli/ensemble.py", {"models", "data", "results"}),
     ("data/", {"data"}),
     ("models/", {"models", "data"}),
     ("adapt/", {"models", "data", "results"}),
@@ -43,6 +45,9 @@ MODULE_EXTRAS = [
     ("runner.py", {"models", "data", "results"}),
     ("demo.py", {"models", "data", "results"}),
     ("sweep.py", {"models", "data", "results", "sweep"}),
+    ("mitigate/", {"models", "results"}),
+    ("select.py", {"models", "results"}),
+    ("ensemble.py", {"models", "data", "results"}),
 ]
 
 

@@ -299,6 +299,8 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
             parts.append(prediction_rows(table.iloc[rows], output.probabilities[split], tasks, attributes, split))
         predictions = pd.concat(parts, ignore_index=True)
     report = report_from_predictions(predictions, spec, progress=progress)
+    if method is not None:  # e.g. a post-processed run's AUC is that of its decisions
+        report.warnings.extend(method.report_warnings())
     timings["metrics_s"] = time.perf_counter() - started
     meta = {
         "usage": spec.usage,

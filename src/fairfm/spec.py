@@ -214,6 +214,7 @@ class RunSpec(_Strict):
                 ctx={"error": "method_params given without a method"})])  # fmt: skip
         if spec.method is not None:
             spec.method_params = _validated_method_params(cls.__name__, spec)
+            _method_threshold(cls.__name__, spec)
         return spec
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -374,6 +375,23 @@ def _validated_method_params(title: str, spec: "RunSpec") -> dict[str, Any]:
     if why is not None:
         raise error(("method",), spec.method, why)
     return params.model_dump(mode="json")
+
+
+def _method_threshold(title: str, spec: "RunSpec") -> None:
+    """A method whose scores are decisions (``decision_threshold``, e.g. group thresholds) fixes the threshold
+    policy: a spec that leaves ``threshold`` out gets it, one that asks for another policy is refused."""
+    from fairfm.mitigate.base import get_method_class
+
+    policy = get_method_class(spec.method).decision_threshold
+    if policy is None or spec.threshold == policy:
+        return
+    if "threshold" not in spec.model_fields_set:
+        spec.threshold = policy
+        return
+    raise ValidationError.from_exception_data(title, [InitErrorDetails(
+        type="value_error", loc=("threshold",), input=spec.threshold,
+        ctx={"error": f"method {spec.method!r} outputs decisions (0/1 or the probability of a positive decision), "
+                      f"so the threshold must be {policy} (leave threshold out to get it)"})])  # fmt: skip
 
 
 def spec_error(exc: ValidationError, source: str) -> InputError:

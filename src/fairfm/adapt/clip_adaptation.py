@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from fairfm.adapt.linear_probe import _as_labels, batched_logits, fit_head
-from fairfm.adapt.selection import check_labels
+from fairfm.adapt.selection import check_labels, check_worst_group_selection
 from fairfm.adapt.prompts import PromptSet
 from fairfm.adapt.volumes import SliceBags, max_over_slices
 from fairfm.adapt.zero_shot import class_embeddings
@@ -217,6 +217,8 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
     y = _check_inputs(features, labels, n_tasks, feature_dim, usage)
     y_train, y_val = y["train"], y["val"]
     positives, negatives = check_labels(y_train, y_val, tasks, hp.select_by, usage)
+    if hp.select_by == "val_worst_group_auc":
+        check_worst_group_selection(y_val, (groups or {}).get("val"), tasks)
 
     dev = torch.device(device)
     head = head.to(dev)

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from fairfm.adapt.selection import ModelSelection, check_labels, cpu_state, lr_at, macro_auc
+from fairfm.adapt.selection import (ModelSelection, check_labels, check_worst_group_selection, cpu_state, lr_at,
+                                    macro_auc, worst_group_auc)  # fmt: skip
 from fairfm.errors import InputError
 
 if TYPE_CHECKING:
@@ -153,6 +154,9 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
         optimizer.add_param_group({"params": list(regularizer.parameters()), "weight_decay": 0.0})
     train_codes = torch.as_tensor(train_groups if train_groups is not None else np.zeros(n_train, np.int64))
     val_codes = torch.as_tensor(val_groups) if val_groups is not None else None
+    by_worst_group = hp.select_by == "val_worst_group_auc"
+    if by_worst_group:
+        check_worst_group_selection(y_val, val_groups, [f"task {j}" for j in range(y_val.shape[1])])
 
     def logits_and_features(inputs: Any, index: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor | None"]:
         out = forward(inputs, index)
@@ -229,7 +233,11 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
                 val_loss = float(loss_of(val_logits, val_targets))
             history.append({"epoch": epoch + 1, "loss": running / max(seen, 1), "val_loss": val_loss,
                             "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
-            stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head))
+            worst = math.nan
+            if by_worst_group:
+                worst = worst_group_auc(y_val, val_probabilities, val_groups)
+                history[-1]["val_worst_group_auc"] = worst
+            stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head), worst)
             if hooks.on_epoch_end:
                 from fairfm.adapt.train import EpochInfo
 
@@ -289,6 +297,8 @@ def train_linear_probe(
     if len(y_train) == 0 or len(y_val) == 0:
         raise InputError("linear probe: the training and validation splits must both have samples")
     positives, negatives = check_labels(y_train, y_val, task_names, hp.select_by, "a probe")
+    if hp.select_by == "val_worst_group_auc":
+        check_worst_group_selection(y_val, (groups or {}).get("val"), task_names)
 
     dev = torch.device(device)
     to_features = embed or (lambda batch: batch)

@@ -54,7 +54,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fairfm.adapt.selection import ModelSelection, lr_at, macro_auc
+from fairfm.adapt.selection import (ModelSelection, check_worst_group_selection, known_group_codes, lr_at, macro_auc,
+                                    worst_group_auc)  # fmt: skip
 from fairfm.errors import InputError
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ class ImageTable:
                 "(expected 0, 1 or missing)"
             )
         self.labels = labels
+        self.group_column = group_column
         if group_column is None:
             self.group_names = list(group_names or ["all"])
             self.groups = np.zeros(len(frame), dtype=np.int64)
@@ -876,6 +878,11 @@ def fit(
                     f"task {name!r}: the validation split has only one class, so validation AUC cannot "
                     "select the epoch (set hparams.select_by to val_loss or last)"
                 )
+    val_known_groups = None
+    if hp.select_by == "val_worst_group_auc":  # the groups of the ImageTable's group column (unknown: no group)
+        if getattr(val, "group_column", None):
+            val_known_groups = known_group_codes(val.groups, val.group_names)
+        check_worst_group_selection(val.labels, val_known_groups, val.tasks)
     use_amp = bool(hp.amp) and str(device).startswith("cuda")  # mixed precision only on CUDA
 
     hooks = hooks if hooks is not None else _no_hooks()
@@ -1128,6 +1135,8 @@ def fit(
                 "val_auc": macro_auc(y_val, val_probs),
                 "lr": float(lr),
             }
+            if hp.select_by == "val_worst_group_auc":
+                record["val_worst_group_auc"] = worst_group_auc(y_val, val_probs, val_known_groups)
             history.append(record)
             bar.update(task_bar, advance=1, loss=f"{record['loss']:.4f}", auc=f"{record['val_auc']:.3f}")
             info = EpochInfo(epoch + 1, record, history, model, val_probs, state)

@@ -57,6 +57,8 @@ def _register_commands() -> None:
 
     from fairfm.cli import run as run_cli  # noqa: F401  (registers ``fairfm run``)
     from fairfm.cli import sweep as sweep_cli  # noqa: F401  (registers ``fairfm sweep``)
+    from fairfm.cli import select as select_cli  # noqa: F401  (registers ``fairfm select``)
+    from fairfm.cli import ensemble as ensemble_cli  # noqa: F401  (registers ``fairfm ensemble``)
 
 
 #: Top-level module → the extra that installs it (``pip install 'fairfm[EXTRA]'``); checked against pyproject.toml
@@ -64,7 +66,7 @@ def _register_commands() -> None:
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("PIL", "pydicom", "nibabel", "h5py", "openpyxl"), "data"),
     **dict.fromkeys(("torch", "torchvision", "timm", "open_clip", "transformers", "safetensors", "segment_anything",
-                     "peft", "sklearn"), "models"),
+                     "peft", "sklearn", "fairlearn"), "models"),
     **dict.fromkeys(("duckdb", "pydantic", "pydantic_core", "yaml"), "results"),
     "ray": "sweep",
 }  # fmt: skip

@@ -186,11 +186,14 @@ class TrainContext:
 
 @dataclass
 class ScoreSet:
-    """One split's scores for post-processing: (N, T) probabilities, labels (NaN unknown), group codes."""
+    """One split's scores for post-processing: (N, T) probabilities, labels (NaN unknown), group codes (indices
+    into ``group_names``, when known) and the task names (for error messages)."""
 
     probabilities: np.ndarray
     labels: np.ndarray
     groups: np.ndarray
+    group_names: Sequence[str] | None = None
+    tasks: Sequence[str] | None = None
 
 
 class Method:
@@ -201,9 +204,16 @@ class Method:
     needs: ClassVar[Needs] = Needs(loops=("features", "images"))
     summary: ClassVar[str] = ""
     reference: ClassVar[str] = ""
+    #: The threshold policy the method's scores need, or None for any: a method whose scores are decisions (the
+    #: randomised classifiers of fairlearn) needs "0.5"; a spec that leaves ``threshold`` out gets it, a spec that
+    #: asks for another policy is refused.
+    decision_threshold: ClassVar[str | None] = None
 
     def __init__(self, params: MethodParams) -> None:
         self.params = params
+        # What a post-processing or fit_features method learnt (thresholds, predictor weights), filled while it
+        # runs; recorded in the run's meta.json under method.details.
+        self.details: dict[str, Any] = {}
 
     # -- what a run needs --------------------------------------------------------------------------------------
     def uses_attribute_at_test(self) -> bool:
@@ -220,6 +230,10 @@ class Method:
         if self.needs.vision_language and model_family is not None and model_family != "vision-language":
             return f"method {self.name!r} needs a vision-language model; the model is a {model_family} model"
         return None
+
+    def report_warnings(self) -> list[str]:
+        """Warnings the run's report carries (e.g. that its AUC does not rank like the usage's scores)."""
+        return []
 
     def attribute_label(self) -> str:
         return repr(self.params.attribute) if self.params.attribute else "the attribute"

@@ -84,13 +84,14 @@ def post_process(method: Method, spec: "RunSpec", table: pd.DataFrame, tasks: li
         labels = np.stack([pd.to_numeric(rows[f"label_{t}"], errors="coerce").to_numpy(dtype=np.float64)
                            for t in tasks], axis=1)  # fmt: skip
         codes = group_codes(rows[f"group_{attribute}"].astype(str).to_numpy(), names)
-        sets[name] = ScoreSet(np.asarray(probabilities[name], dtype=np.float64), labels, codes)
+        sets[name] = ScoreSet(np.asarray(probabilities[name], dtype=np.float64), labels, codes, names, list(tasks))
     val, test = method.post_process(sets["val"], sets["test"], seed=spec.seed)
     return {"val": np.asarray(val, dtype=np.float64), "test": np.asarray(test, dtype=np.float64)}
 
 
 def method_meta(method: Method, attribute: str, hooks: TrainHooks | None = None) -> dict[str, Any]:
     """What the run records about its method (meta.json ``method``)."""
+    details = {**(hooks.meta if hooks is not None else {}), **method.details}
     return {"name": method.name, "params": method.params.model_dump(mode="json"), "attribute": attribute,
             "attribute_at_test": bool(method.uses_attribute_at_test()), "reference": method.reference,
-            **({"details": hooks.meta} if hooks is not None and hooks.meta else {})}  # fmt: skip
+            **({"details": details} if details else {})}  # fmt: skip

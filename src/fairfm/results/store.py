@@ -315,29 +315,65 @@ class Store:
         predictions = _prediction_table(predictions, key.run_id)
         metric_table = _metric_table(metrics, key.run_id)
         full_meta = self._meta(spec, key, meta)
-        self._clean_stale(key.run_id)
+        self._write_folder(key.run_id, key.resolved, predictions, metric_table, full_meta)
+        return key.run_id
+
+    def _write_folder(self, run_id: str, resolved: Mapping[str, Any], predictions: pd.DataFrame,
+                      metric_table: pd.DataFrame, full_meta: Mapping[str, Any]) -> None:  # fmt: skip
+        self._clean_stale(run_id)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key.run_id}.{host_tag()}.{os.getpid()}.", dir=self.tmp_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{run_id}.{host_tag()}.{os.getpid()}.", dir=self.tmp_dir))
         try:
             predictions.to_parquet(tmp / PREDICTIONS_FILE, index=False)
             metric_table.to_parquet(tmp / METRICS_FILE, index=False)
-            (tmp / SPEC_FILE).write_text(_dumps(key.resolved), encoding="utf-8")
+            (tmp / SPEC_FILE).write_text(_dumps(resolved), encoding="utf-8")
             (tmp / META_FILE).write_text(_dumps(full_meta), encoding="utf-8")
             for name in RUN_FILES:
                 _fsync(tmp / name)
             os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it private; a run is shared like any folder
-            self._move_damaged_aside(key.run_id)
+            self._move_damaged_aside(run_id)
             try:
-                os.replace(tmp, self.runs_dir / key.run_id)
+                os.replace(tmp, self.runs_dir / run_id)
             except OSError:
-                if not self.exists(key.run_id):  # not simply a concurrent writer that finished the same run first
+                if not self.exists(run_id):  # not simply a concurrent writer that finished the same run first
                     raise
             _fsync(self.runs_dir, directory=True)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        return key.run_id
+
+    def run_derived(self, run_id: str, document: Mapping[str, Any], fn: Callable[[], "RunOutput | tuple"]) -> RunRecord:
+        """A run computed from other stored runs (an ensemble), not from a RunSpec: ``document`` is its spec.json
+        (what identifies it; ``usage`` names its kind, e.g. "ensemble") and ``run_id`` the caller's hash of it.
+        Found if stored; otherwise ``fn()`` is computed under the run's lock and written like any run (atomically),
+        so every report and query treats it like any other run."""
+        if self.exists(run_id):
+            return self._read(run_id)
+        with self.lock(run_id):
+            if self.exists(run_id):
+                return self._read(run_id)
+            started = time.perf_counter()
+            output = _as_output(fn())
+            elapsed = time.perf_counter() - started
+            predictions = _prediction_table(output.predictions, run_id)
+            metric_table = _metric_table(output.metrics, run_id)
+            resolved = dict(document)
+            meta: dict[str, Any] = {
+                "run_id": run_id, "config_id": run_id, "split_config_id": run_id,
+                "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                "results_versions": results_version(resolved),
+                "code": self._code if self._code is not None else code_version(),
+                "seed": resolved.get("seed"), "host": socket.gethostname(), "python": platform.python_version(),
+                "platform": platform.platform(),
+            }  # fmt: skip
+            for name, value in dict(output.meta).items():
+                if name in meta and name not in ("seed",):
+                    raise InputError(f"meta: {name!r} is set by the store and cannot be given")
+                meta[name] = value
+            meta["timings"] = {**dict(meta.get("timings") or {}), "run_s": round(elapsed, 3)}
+            self._write_folder(run_id, resolved, predictions, metric_table, meta)
+        return self._read(run_id)
 
     def run(
         self,

@@ -16,6 +16,7 @@ RESULTS_VERSIONS: dict[str, int] = {
     "metrics": 1,  # fairfm.metrics: every metric, threshold policy, bootstrap interval and p-value
     "runner": 1,  # fairfm.runner: PredictionTable rows, val/test split handling, how the Report is composed
     "features": 1,  # fairfm.adapt.features: frozen-encoder embeddings (decoding, preprocessing, slices)
+    "usage.ensemble": 1,  # fairfm.ensemble: a run derived from stored runs (not a registered usage)
 }
 # A usage's own version is declared where the usage is, in its registration (fairfm.usages: ``results_version``,
 # and ``cached_features`` when its numbers also depend on "features").
@@ -24,7 +25,8 @@ RESULTS_VERSIONS: dict[str, int] = {
 def run_components(usage: str) -> dict[str, int]:
     """The results versions of the components a run of ``usage`` uses (part of its run id): ``metrics``, ``runner``,
     ``features`` for a usage on cached features, and ``usage.<name>``. A usage not registered in this process (a
-    plug-in module not imported) counts as version 0 without features, as every unknown component does."""
+    plug-in module not imported) counts as version 0 without features, as every unknown component does; a kind of run
+    that is not a registered usage (``ensemble``) declares its version in :data:`RESULTS_VERSIONS`."""
     from fairfm.errors import InputError
     from fairfm.usages import get_usage
 
@@ -34,5 +36,5 @@ def run_components(usage: str) -> dict[str, int]:
         entry = None
     names = ["metrics", "runner", *(["features"] if entry is not None and entry.cached_features else [])]
     versions = {name: RESULTS_VERSIONS.get(name, 0) for name in names}
-    versions[f"usage.{usage}"] = entry.results_version if entry is not None else 0
+    versions[f"usage.{usage}"] = entry.results_version if entry is not None else RESULTS_VERSIONS.get(f"usage.{usage}", 0)
     return versions

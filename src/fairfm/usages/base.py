@@ -86,7 +86,10 @@ class TrainHParams(HParams):
     class_balanced: bool = Field(True, description="class weights N/(2·N_c) in the loss")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     early_stopping_patience: Optional[int] = Field(10, ge=1, description="epochs without validation gain; null: off")
-    select_by: Literal["val_auc", "val_loss", "last"] = "val_auc"
+    select_by: Literal["val_auc", "val_loss", "last", "val_worst_group_auc"] = Field(
+        "val_auc", description="the epoch kept: best validation macro AUC, lowest validation loss, the last one, or "
+        "the best validation worst-group AUC (mean over tasks of min_g AUC_g over the groups of the method's "
+        "attribute, else the run's first attribute)")
     amp: bool = Field(True, description="mixed precision on GPU (ignored on CPU)")
     num_workers: int = Field(0, ge=0)
     # 3D samples (METHODS.md §2.8); ignored for 2D images

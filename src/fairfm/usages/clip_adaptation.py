@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from fairfm.usages.base import TrainHParams, UsageOutput, _CachedFeatures, register_usage
-from fairfm.usages.common import label_matrix as _labels
+from fairfm.usages.common import label_matrix as _labels, selection_groups
 from fairfm.usages.zero_shot import _vision_language_inputs, _ZeroShotPrompts
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, 
     hooks, groups, method = None, None, run_method(spec) if spec.method is not None else None
     if method is not None and not method.post_processes:
         hooks, groups, attribute = training_setup(method, spec, table, tasks, "clip_head", hp, device=device)
+    if groups is None and hp.select_by == "val_worst_group_auc":
+        groups = selection_groups(spec, table)
     result = train({name: features[rows] for name, rows in part.items()},
                    {name: labels[part[name]] for name in ("train", "val")}, encoder, tasks, prompt_set,
                    hparams=hp, seed=spec.seed, device=device, progress=progress, hooks=hooks,

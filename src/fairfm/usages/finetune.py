@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
+from fairfm.errors import InputError
 from fairfm.usages.base import TrainHParams, UsageOutput, register_usage
 
 if TYPE_CHECKING:
@@ -103,8 +104,15 @@ def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: P
         if not method.post_processes:
             hooks, _, attribute = training_setup(method, spec, table, tasks, "images", hp, device=device)
             method_hooks = {"hooks": hooks, "group_column": f"group_{attribute}"}
+    group_column = {}
+    if not method_hooks and hp.select_by == "val_worst_group_auc":  # the run's first attribute's groups
+        attributes = list(spec.resolve()["attributes"])
+        if not attributes:
+            raise InputError("hparams.select_by: val_worst_group_auc needs a sensitive attribute; the run has none")
+        group_column = {"group_column": f"group_{attributes[0]}"}
     out = finetune(spec.usage, hp, encoder, table, tasks, root=root, seed=spec.seed, device=device,
-                   column=spec.image_column(), progress=progress, modality=modality, **method_hooks)  # fmt: skip
+                   column=spec.image_column(), progress=progress, modality=modality, **method_hooks,
+                   **group_column)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
     meta = dict(out.meta)
     if method_hooks:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fairfm.usages.base import TrainHParams, UsageOutput, _CachedFeatures, register_usage
-from fairfm.usages.common import cached_features as _features, label_matrix as _labels
+from fairfm.usages.common import cached_features as _features, label_matrix as _labels, selection_groups
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,6 +56,8 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
         hooks, groups, attribute = training_setup(method, spec, table, tasks, "features", hp, device=device,
                                                   feature_dim=int(features.shape[1]) if hasattr(features, "shape")
                                                   else None)  # fmt: skip
+    if groups is None and hp.select_by == "val_worst_group_auc":
+        groups = selection_groups(spec, table)
     result = train_linear_probe(features[part["train"]], labels[part["train"]], features[part["val"]],
                                 labels[part["val"]], hparams=hp, seed=spec.seed,
                                 predict={"test": features[part["test"]]}, tasks=tasks, device=device,
