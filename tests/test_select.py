@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fairfm.adapt.linear_probe import ModelSelection, worst_group_auc
+from fairfm.adapt.selection import ModelSelection, worst_group_auc
 from fairfm.errors import InputError
 from fairfm.results import Store
 from tests.conftest import run_cli
@@ -47,7 +47,7 @@ def test_worst_group_auc_is_the_mean_over_tasks_of_the_lowest_valid_group_auc():
 
 
 def test_unknown_group_labels_get_code_minus_one():
-    from fairfm.adapt.linear_probe import known_group_codes
+    from fairfm.adapt.selection import known_group_codes
 
     codes = known_group_codes(np.array([0, 1, 2, 1, 0]), ["F", "M", "unknown"])
     assert codes.tolist() == [0, 1, -1, 1, 0]

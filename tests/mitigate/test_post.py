@@ -58,7 +58,7 @@ def test_group_thresholds_equal_fairlearn_used_directly(output, constraint):
             else:
                 expected = direct._pmf_predict(logit[split], sensitive_features=scores.groups)[:, 1]
             np.testing.assert_allclose(got[:, j], expected, atol=1e-12)
-    assert set(method.details["thresholds"]["t0"]) == {"a", "b", "c"}
+    assert set(method.fitted["thresholds"]["t0"]) == {"a", "b", "c"}
 
 
 def test_group_thresholds_read_the_group_at_test_time_and_are_seeded():
@@ -166,7 +166,7 @@ def test_the_spec_sets_threshold_0_5_refuses_another_policy_and_other_usages(tmp
         RunSpec.from_dict({**base, "method_params": {"objective": "selection_rate"}})
     with pytest.raises(InputError, match=r"method 'reductions' does not serve usage 'lora'"):
         RunSpec.from_dict({**base, "usage": "lora", "method": "reductions"})
-    with pytest.raises(InputError, match=r"post-processes classification scores; usage 'sam_prompt' segments"):
+    with pytest.raises(InputError, match=r"is a classification method; usage 'sam_prompt' segments"):
         RunSpec.from_dict({**base, "usage": "sam_prompt", "model": "medsam"})
     for usage in ("zero_shot", "prototype", "lora", "bitfit"):  # every classification usage is served
         assert RunSpec.from_dict({**base, "usage": usage}).method == "group_thresholds"

@@ -66,7 +66,7 @@ def _register_commands() -> None:
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("PIL", "pydicom", "nibabel", "h5py", "openpyxl"), "data"),
     **dict.fromkeys(("torch", "torchvision", "timm", "open_clip", "transformers", "safetensors", "segment_anything",
-                     "peft", "sklearn", "fairlearn"), "models"),
+                     "peft", "sklearn", "fairlearn", "geomloss"), "models"),
     **dict.fromkeys(("duckdb", "pydantic", "pydantic_core", "yaml"), "results"),
     "ray": "sweep",
 }  # fmt: skip

@@ -213,7 +213,7 @@ class Method:
         self.params = params
         # What a post-processing or fit_features method learnt (thresholds, predictor weights), filled while it
         # runs; recorded in the run's meta.json under method.details.
-        self.details: dict[str, Any] = {}
+        self.fitted: dict[str, Any] = {}
 
     # -- what a run needs --------------------------------------------------------------------------------------
     def uses_attribute_at_test(self) -> bool:
@@ -222,6 +222,13 @@ class Method:
 
     def refusal(self, loop: Loop, usage: str, *, n_groups: int | None = None, model_family: str | None = None) -> str | None:
         """Why this method cannot run with ``usage`` (whose training loop is ``loop``), or None."""
+        from fairfm.usages import get_usage
+
+        segments = get_usage(usage).segmentation
+        if segments != (self.needs.task == "segmentation"):
+            what = "segmentation" if self.needs.task == "segmentation" else "classification"
+            return (f"method {self.name!r} is a {what} method; usage {usage!r} "
+                    f"{'segments' if segments else 'classifies'}")  # fmt: skip
         if loop not in self.needs.loops:
             served = ", ".join(loop_name(lp) for lp in self.needs.loops)
             return f"method {self.name!r} does not serve usage {usage!r} ({loop_name(loop)}); it serves {served}"

@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 
 from fairfm.adapt.seeding import derive_seed
 from fairfm.errors import InputError
-from fairfm.mitigate.base import LOOPS, Loop, Method, MethodParams, Needs, ScoreSet, register_method
+from fairfm.mitigate.base import LOOPS, Method, MethodParams, Needs, ScoreSet, register_method
 
 Constraint = Literal["equalized_odds", "demographic_parity", "true_positive_rate_parity", "false_positive_rate_parity"]
 Objective = Literal["accuracy_score", "balanced_accuracy_score", "selection_rate", "true_positive_rate",
@@ -107,14 +107,6 @@ class GroupThresholds(Method):
     reference = "Hardt et al. NeurIPS 2016; fairlearn ThresholdOptimizer (METHODS.md §3.18)"
     decision_threshold = "0.5"
 
-    def refusal(self, loop: Loop, usage: str, *, n_groups: int | None = None,
-                model_family: str | None = None) -> str | None:  # fmt: skip
-        from fairfm.runner import SEGMENTATION_USAGES
-
-        if usage in SEGMENTATION_USAGES:
-            return f"method {self.name!r} post-processes classification scores; usage {usage!r} segments"
-        return super().refusal(loop, usage, n_groups=n_groups, model_family=model_family)
-
     def report_warnings(self) -> list[str]:
         return [SCORE_WARNING.format(name=self.name, output=self.params.output)]
 
@@ -123,7 +115,7 @@ class GroupThresholds(Method):
         out = {"val": np.empty_like(val.probabilities, dtype=np.float64),
                "test": np.empty_like(test.probabilities, dtype=np.float64)}  # fmt: skip
         names = val.group_names
-        self.details = {"constraint": self.params.constraint, "objective": self.params.objective,
+        self.fitted = {"constraint": self.params.constraint, "objective": self.params.objective,
                         "output": self.params.output, "fitted_on": "val", "thresholds": {}}  # fmt: skip
         for j in range(n_tasks):
             task = val.tasks[j] if val.tasks is not None else f"task {j}"
@@ -148,7 +140,7 @@ class GroupThresholds(Method):
                                                          random_state=draw_seed(seed, split, j))  # fmt: skip
                 else:
                     out[split][:, j] = optimizer._pmf_predict(X, sensitive_features=scores.groups)[:, 1]
-            self.details["thresholds"][task] = _describe(optimizer, names)
+            self.fitted["thresholds"][task] = _describe(optimizer, names)
         return out["val"], out["test"]
 
 

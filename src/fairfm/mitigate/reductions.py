@@ -82,7 +82,7 @@ class Reductions(Method):
         y_train = np.asarray(labels["train"], dtype=np.float64)
         y_train = y_train[:, None] if y_train.ndim == 1 else y_train
         out = {s: np.empty((len(X[s]), y_train.shape[1]), dtype=np.float64) for s in ("val", "test")}
-        self.details = {"constraint": self.params.constraint, "output": self.params.output, "tasks": []}
+        self.fitted = {"constraint": self.params.constraint, "output": self.params.output, "tasks": []}
         for j in range(y_train.shape[1]):
             known = ~np.isnan(y_train[:, j])
             y, g = y_train[known, j].astype(np.int64), np.asarray(groups["train"])[known]
@@ -102,7 +102,7 @@ class Reductions(Method):
                 else:
                     out[split][:, j] = model._pmf_predict(X[split])[:, 1]
             weights = np.asarray(model.weights_, dtype=np.float64)
-            self.details["tasks"].append({"predictors": int(weights.size), "used": int((weights > 0).sum()),
+            self.fitted["tasks"].append({"predictors": int(weights.size), "used": int((weights > 0).sum()),
                                           "weights": [float(w) for w in weights[weights > 0]],
                                           "best_gap": float(model.best_gap_)})  # fmt: skip
         return out

@@ -91,7 +91,7 @@ def post_process(method: Method, spec: "RunSpec", table: pd.DataFrame, tasks: li
 
 def method_meta(method: Method, attribute: str, hooks: TrainHooks | None = None) -> dict[str, Any]:
     """What the run records about its method (meta.json ``method``)."""
-    details = {**(hooks.meta if hooks is not None else {}), **method.details}
+    details = {**(hooks.meta if hooks is not None else {}), **method.fitted}
     return {"name": method.name, "params": method.params.model_dump(mode="json"), "attribute": attribute,
             "attribute_at_test": bool(method.uses_attribute_at_test()), "reference": method.reference,
             **({"details": details} if details else {})}  # fmt: skip
