@@ -285,6 +285,10 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
 
         output.probabilities = post_process(method, spec, table, tasks, output.probabilities)
         output.meta["method"] = method_meta(method, method_attribute(method, attributes))
+    if method is not None and "method" not in output.meta:  # never store an ERM run under a method's run id
+        raise InputError(f"usage {spec.usage!r} did not apply method {spec.method!r}: a usage on a training loop "
+                         "must take its hooks from fairfm.mitigate.runs.loop_setup and record them (see "
+                         "docs/methods.md)")  # fmt: skip
 
     started = time.perf_counter()
     split_of = table["split"].astype(str).to_numpy()

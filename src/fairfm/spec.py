@@ -351,6 +351,12 @@ class RunSpec(_Strict):
             split=self.split if self.split is not None else recorded_split,
             split_seed=self.split_seed if self.split_seed is not None else recorded_seed,
         )
+        if self.method is not None and resolved["method_params"].get("attribute") is None and attributes:
+            from fairfm.mitigate.base import get_method_class
+
+            needs = get_method_class(self.method).needs
+            if needs.attribute_at_train or needs.attribute_at_test:  # null means the first: one id for one run
+                resolved["method_params"] = {**resolved["method_params"], "attribute": list(attributes)[0]}
         return canonical(resolved)
 
 

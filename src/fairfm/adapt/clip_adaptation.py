@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from fairfm.adapt.linear_probe import _as_labels, batched_logits, fit_head
-from fairfm.adapt.selection import check_labels, check_worst_group_selection
+from fairfm.adapt.selection import check_labels, check_worst_group_selection, selection_codes
 from fairfm.adapt.prompts import PromptSet
 from fairfm.adapt.volumes import SliceBags, max_over_slices
 from fairfm.adapt.zero_shot import class_embeddings
@@ -218,7 +218,14 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
     y_train, y_val = y["train"], y["val"]
     positives, negatives = check_labels(y_train, y_val, tasks, hp.select_by, usage)
     if hp.select_by == "val_worst_group_auc":
-        check_worst_group_selection(y_val, (groups or {}).get("val"), tasks)
+        check_worst_group_selection(y_val, selection_codes(groups), tasks)
+    if hooks is not None:  # what this loop does not implement is refused, never silently ignored
+        unsupported = [name for name in ("wrap_head", "wrap_backbone", "group_context")
+                       if getattr(hooks, name) is not None] + (["attribute_aware_inference"]
+                                                               if hooks.attribute_aware_inference else [])  # fmt: skip
+        if unsupported:
+            raise InputError(f"{usage}: the CLIP-head loop does not implement the method hook(s) "
+                             f"{', '.join(unsupported)}; the method must not declare the clip_head loop")  # fmt: skip
 
     dev = torch.device(device)
     head = head.to(dev)
@@ -274,7 +281,8 @@ def _train(head: "torch.nn.Module", features: Mapping[str, Any], labels: Mapping
                                   train_targets=torch.as_tensor(y_train, dtype=torch.float32), val_x=inputs["val"],
                                   y_val=y_val, hparams=hp, seed=seed, label=usage, empty=empty,
                                   progress=progress, hooks=hooks, train_groups=(groups or {}).get("train"),
-                                  val_groups=(groups or {}).get("val"), per_element_loss=per_element_loss,
+                                  val_groups=(groups or {}).get("val"),
+                                  selection_groups=selection_codes(groups), per_element_loss=per_element_loss,
                                   similarity=similarity)  # fmt: skip
     best_state = selection.best_state
     probabilities = {name: probabilities_of(batched_logits(head, predict, x, hp.batch_size, empty))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from fairfm.adapt.selection import (ModelSelection, check_labels, check_worst_group_selection, cpu_state, lr_at,
-                                    macro_auc, worst_group_auc)  # fmt: skip
+                                    macro_auc, selection_codes, worst_group_auc)  # fmt: skip
 from fairfm.errors import InputError
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
              val_x: Any, y_val: np.ndarray, hparams: "TrainHParams", seed: int, label: str,
              empty: tuple[int, ...], progress: bool = False, hooks: "TrainHooks | None" = None,
              train_groups: np.ndarray | None = None, val_groups: np.ndarray | None = None,
+             selection_groups: np.ndarray | None = None,
              per_element_loss: Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"] | None = None,
              similarity: Callable[["torch.Tensor"], "torch.Tensor"] | None = None,
              ) -> tuple[ModelSelection, list[dict[str, float]]]:  # fmt: skip
@@ -119,7 +120,8 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
     early stopping. The head is left holding the selected state; returns the selection and the per-epoch history.
 
     ``hooks`` (a mitigation method's :class:`~fairfm.mitigate.TrainHooks`; the head given is already wrapped) act as
-    in :func:`fairfm.adapt.train.fit`; they read ``train_groups`` / ``val_groups`` (group codes per row) and the
+    in :func:`fairfm.adapt.train.fit`; they read ``train_groups`` / ``val_groups`` (group codes per row;
+    ``select_by: val_worst_group_auc`` reads ``selection_groups``, the val codes with unknown groups as −1) and the
     method's loss sees ``per_element_loss(logits, targets)`` (the default loss per sample and task) and, for a CLIP
     head, ``similarity(logits)`` (the cosines behind the logits, :attr:`~fairfm.mitigate.LossInputs.similarity`)."""
     import torch
@@ -134,7 +136,9 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
     optimizer = _optimizer(hp.optimizer, _param_groups(head, hp.weight_decay), hp, base_lr)
     generator = torch.Generator().manual_seed(seed)
     n_train = len(train_targets)
-    steps_per_epoch = math.ceil(n_train / hp.batch_size)
+    # a method's rows per epoch (resampling, a balanced subset) set the steps, as in the image loop
+    n_draws = len(hooks.rows(0)) if hooks is not None and hooks.rows is not None else n_train
+    steps_per_epoch = math.ceil(n_draws / hp.batch_size)
     per_iteration = hp.schedule_per == "iteration"
     total = hp.epochs * (steps_per_epoch if per_iteration else 1)
     warmup = hp.warmup_epochs * (steps_per_epoch if per_iteration else 1)
@@ -156,7 +160,7 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
     val_codes = torch.as_tensor(val_groups) if val_groups is not None else None
     by_worst_group = hp.select_by == "val_worst_group_auc"
     if by_worst_group:
-        check_worst_group_selection(y_val, val_groups, [f"task {j}" for j in range(y_val.shape[1])])
+        check_worst_group_selection(y_val, selection_groups, [f"task {j}" for j in range(y_val.shape[1])])
 
     def logits_and_features(inputs: Any, index: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor | None"]:
         out = forward(inputs, index)
@@ -235,7 +239,7 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
                             "val_auc": val_auc, "lr": float(optimizer.param_groups[0]["lr"])})  # fmt: skip
             worst = math.nan
             if by_worst_group:
-                worst = worst_group_auc(y_val, val_probabilities, val_groups)
+                worst = worst_group_auc(y_val, val_probabilities, selection_groups)
                 history[-1]["val_worst_group_auc"] = worst
             stop = selection.update(epoch + 1, val_auc, val_loss, lambda: cpu_state(head), worst)
             if hooks.on_epoch_end:
@@ -298,7 +302,7 @@ def train_linear_probe(
         raise InputError("linear probe: the training and validation splits must both have samples")
     positives, negatives = check_labels(y_train, y_val, task_names, hp.select_by, "a probe")
     if hp.select_by == "val_worst_group_auc":
-        check_worst_group_selection(y_val, (groups or {}).get("val"), task_names)
+        check_worst_group_selection(y_val, selection_codes(groups), task_names)
 
     dev = torch.device(device)
     to_features = embed or (lambda batch: batch)
@@ -362,7 +366,8 @@ def train_linear_probe(
                                   train_targets=torch.as_tensor(y_train, dtype=torch.float32), val_x=val_x,
                                   y_val=y_val, hparams=hp, seed=seed, label="linear probe", empty=(0, n_tasks),
                                   progress=progress, hooks=hooks, train_groups=groups.get("train"),
-                                  val_groups=groups.get("val"), per_element_loss=per_element_loss)  # fmt: skip
+                                  val_groups=groups.get("val"), selection_groups=selection_codes(groups),
+                                  per_element_loss=per_element_loss)  # fmt: skip
     best_state = selection.best_state
     context = hooks.group_context if hooks is not None else None
 

@@ -5,7 +5,7 @@ and the validation macro AUC — used alike by the linear probe and CLIP adaptat
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -145,3 +145,10 @@ def check_labels(y_train: np.ndarray, y_val: np.ndarray, tasks: Sequence[str], s
                 raise InputError(f"task {name!r}: the validation split has only one class, so validation AUC cannot "
                                  "select the epoch (set hparams.select_by to val_loss or last)")
     return positives, negatives
+
+
+def selection_codes(groups: "Mapping[str, np.ndarray] | None") -> np.ndarray | None:
+    """The validation group codes model selection reads: ``val_selection`` (unknown groups as −1) when the run gives
+    it, else ``val``."""
+    groups = groups or {}
+    return groups.get("val_selection", groups.get("val"))

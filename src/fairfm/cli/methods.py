@@ -10,9 +10,13 @@ app = typer.Typer(help="Unfairness mitigation methods: what each does, needs and
 
 
 def _described(name: str) -> dict:
+    """The method's description with the usages it serves (those its refusal lets through)."""
     from fairfm.mitigate.base import build_method
+    from fairfm.usages import get_usage, list_usages
 
-    return build_method(name).describe()
+    method = build_method(name)
+    usages = [u for u in list_usages() if method.refusal(get_usage(u).loop, u) is None]
+    return {**method.describe(), "usages": usages}
 
 
 @app.command("list")
@@ -34,7 +38,7 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="print every
         table.add_column(column, overflow="fold")
     for method in methods:
         needs = method["needs"]
-        table.add_row(method["name"], ", ".join(_usages_served(needs["loops"])),
+        table.add_row(method["name"], ", ".join(method["usages"]),
                       "yes" if needs["attribute_at_train"] else "–", _at_test(method), method["summary"])  # fmt: skip
     make_console().print(table)
 
@@ -56,15 +60,10 @@ def show_command(name: str = typer.Argument(..., help="method name ('fairfm meth
         return
     needs = method["needs"]
     lines = [f"{method['name']}: {method['summary']}", f"reference: {method['reference']}",
-             f"serves: {', '.join(needs['loops'])} (usages: {', '.join(_usages_served(needs['loops']))})",
+             f"serves: {', '.join(needs['loops'])} (usages: {', '.join(method['usages'])})",
              f"attribute at train: {'yes' if needs['attribute_at_train'] else 'no'}; "
              f"at test: {_at_test(method)}", "parameters:"]  # fmt: skip
     for key, info in method["params"].items():
         lines.append(f"  {key} = {json.dumps(info['default'])}  {info['description']}")
     typer.echo("\n".join(lines))
 
-
-def _usages_served(loops: list[str]) -> list[str]:
-    from fairfm.usages import get_usage, list_usages
-
-    return [usage for usage in list_usages() if (get_usage(usage).loop or "none") in loops]

@@ -119,9 +119,10 @@ def _attribute_at_test(record: Any) -> bool:
 
 
 def _method_cell(row: dict[str, Any]) -> str:
+    mark = " (attr@test)" if row["attribute_at_test"] else ""  # an ensemble of attribute-aware members too
     if not row["method"]:
-        return "–"
-    return str(row["method"]) + (" (attr@test)" if row["attribute_at_test"] else "")
+        return "–" + mark if mark else "–"
+    return str(row["method"]) + mark
 
 
 @app.command("show")
@@ -247,8 +248,8 @@ def aggregate_command(
         attr = "–" if row["attribute"] == "__all__" else str(row["attribute"])
         spread = "" if row["n_seeds"] < 2 else f" ± {_fmt(row['std'])}"
         table.add_row(str(row["dataset"]), str(row["model"]), str(row["usage"]),
-                      "–" if row["method"] is None or row["method"] != row["method"] else
-                      str(row["method"]) + (" (attr@test)" if row["config_id"] in aware else ""),
+                      ("–" if row["method"] is None or row["method"] != row["method"] else str(row["method"]))
+                      + (" (attr@test)" if row["config_id"] in aware else ""),
                       str(row["task"]), attr, str(row["metric"]), _fmt(row["mean"]) + spread,
                       str(int(row["n_seeds"])) + (" STALE" if row.get("stale") else ""))  # fmt: skip
     console.print(table)

@@ -186,11 +186,12 @@ class TrainContext:
 
 @dataclass
 class ScoreSet:
-    """One split's scores for post-processing: (N, T) probabilities, labels (NaN unknown), group codes (indices
-    into ``group_names``, when known) and the task names (for error messages)."""
+    """One split's scores for post-processing: (N, T) probabilities, labels (NaN unknown; None for the test split,
+    which a post-processing method must never fit on), group codes (indices into ``group_names``, when known) and
+    the task names (for error messages)."""
 
     probabilities: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
     groups: np.ndarray
     group_names: Sequence[str] | None = None
     tasks: Sequence[str] | None = None
@@ -208,6 +209,9 @@ class Method:
     #: randomised classifiers of fairlearn) needs "0.5"; a spec that leaves ``threshold`` out gets it, a spec that
     #: asks for another policy is refused.
     decision_threshold: ClassVar[str | None] = None
+    #: bump when the method's code changes its numbers for the same spec: stored runs become stale (part of the run
+    #: id, see :mod:`fairfm.results.versions`)
+    results_version: ClassVar[int] = 1
 
     def __init__(self, params: MethodParams) -> None:
         self.params = params

@@ -100,7 +100,8 @@ def results_version(resolved_spec: Mapping[str, Any]) -> dict[str, int]:
     """The results versions of the components the run uses (see :mod:`fairfm.results.versions`)."""
     from fairfm.results.versions import run_components
 
-    return run_components(str(resolved_spec.get("usage")))
+    method = resolved_spec.get("method")
+    return run_components(str(resolved_spec.get("usage")), None if method is None else str(method))
 
 
 def _identity(resolved_spec: Mapping[str, Any], data: str, weights: str | None,

@@ -22,11 +22,12 @@ RESULTS_VERSIONS: dict[str, int] = {
 # and ``cached_features`` when its numbers also depend on "features").
 
 
-def run_components(usage: str) -> dict[str, int]:
+def run_components(usage: str, method: str | None = None) -> dict[str, int]:
     """The results versions of the components a run of ``usage`` uses (part of its run id): ``metrics``, ``runner``,
-    ``features`` for a usage on cached features, and ``usage.<name>``. A usage not registered in this process (a
-    plug-in module not imported) counts as version 0 without features, as every unknown component does; a kind of run
-    that is not a registered usage (``ensemble``) declares its version in :data:`RESULTS_VERSIONS`."""
+    ``features`` for a usage on cached features, ``usage.<name>``, and ``method.<name>`` for a run with a mitigation
+    method. A usage or method not registered in this process (a plug-in module not imported) counts as version 0
+    without features, as every unknown component does; a kind of run that is not a registered usage (``ensemble``)
+    declares its version in :data:`RESULTS_VERSIONS`."""
     from fairfm.errors import InputError
     from fairfm.usages import get_usage
 
@@ -36,5 +37,13 @@ def run_components(usage: str) -> dict[str, int]:
         entry = None
     names = ["metrics", "runner", *(["features"] if entry is not None and entry.cached_features else [])]
     versions = {name: RESULTS_VERSIONS.get(name, 0) for name in names}
-    versions[f"usage.{usage}"] = entry.results_version if entry is not None else RESULTS_VERSIONS.get(f"usage.{usage}", 0)
+    fallback = RESULTS_VERSIONS.get(f"usage.{usage}", 0)
+    versions[f"usage.{usage}"] = entry.results_version if entry is not None else fallback
+    if method is not None:  # a mitigation method's own version, declared on its class (Method.results_version)
+        from fairfm.mitigate.base import get_method_class
+
+        try:
+            versions[f"method.{method}"] = get_method_class(method).results_version
+        except InputError:
+            versions[f"method.{method}"] = 0
     return versions

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from fairfm.usages.base import TrainHParams, UsageOutput, _CachedFeatures, register_usage
-from fairfm.usages.common import label_matrix as _labels, selection_groups
+from fairfm.usages.common import label_matrix as _labels
 from fairfm.usages.zero_shot import _vision_language_inputs, _ZeroShotPrompts
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, 
     import numpy as np
 
     from fairfm.adapt.clip_adaptation import clip_adapter, prototype_tuning
-    from fairfm.mitigate.runs import method_meta, run_method, training_setup
+    from fairfm.mitigate.runs import loop_setup
 
     hp = spec.typed_hparams()
     encoder, features, prompt_set, meta = _vision_language_inputs(spec, table, root=root, features_dir=features_dir,
@@ -55,20 +55,15 @@ def _clip_adaptation(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, 
     part = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
     train = {"prototype": prototype_tuning, "clip_adapter": clip_adapter}[spec.usage]
     started = time.perf_counter()
-    hooks, groups, method = None, None, run_method(spec) if spec.method is not None else None
-    if method is not None and not method.post_processes:
-        hooks, groups, attribute = training_setup(method, spec, table, tasks, "clip_head", hp, device=device)
-    if groups is None and hp.select_by == "val_worst_group_auc":
-        groups = selection_groups(spec, table)
+    setup = loop_setup(spec, table, tasks, "clip_head", hp, device=device)
     result = train({name: features[rows] for name, rows in part.items()},
                    {name: labels[part[name]] for name in ("train", "val")}, encoder, tasks, prompt_set,
-                   hparams=hp, seed=spec.seed, device=device, progress=progress, hooks=hooks,
-                   groups=groups)  # fmt: skip
+                   hparams=hp, seed=spec.seed, device=device, progress=progress, hooks=setup.hooks,
+                   groups=setup.groups)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
     if heads_path is not None:
         result.save(heads_path)
         meta["head"] = str(heads_path)
     meta.update(result.meta)
-    if hooks is not None:
-        meta["method"] = method_meta(method, attribute, hooks)
+    setup.record(meta)
     return UsageOutput({"val": result.probabilities["val"], "test": result.probabilities["test"]}, meta)

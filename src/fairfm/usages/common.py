@@ -68,19 +68,3 @@ def label_matrix(table: pd.DataFrame, tasks: list[str]) -> np.ndarray:
     return np.stack([pd.to_numeric(table[f"label_{t}"], errors="coerce").to_numpy(dtype=np.float64) for t in tasks],
                     axis=1)  # fmt: skip
 
-
-def selection_groups(spec: "RunSpec", table: "pd.DataFrame") -> dict[str, "np.ndarray"]:
-    """Group codes per split of the run's first attribute (−1: unknown): what ``select_by: val_worst_group_auc``
-    reads when no training method gives the groups of its own attribute."""
-    import pandas as pd
-
-    from fairfm.adapt.selection import known_group_codes
-    from fairfm.errors import InputError
-
-    attributes = list(spec.resolve()["attributes"])
-    if not attributes:
-        raise InputError("hparams.select_by: val_worst_group_auc needs a sensitive attribute; the run has none")
-    codes, names = pd.factorize(table[f"group_{attributes[0]}"].astype(str), sort=True)
-    codes = known_group_codes(codes, list(names))  # an unknown group is in no group (METRICS.md)
-    split = table["split"].astype(str).to_numpy()
-    return {name: codes[split == name] for name in ("train", "val", "test")}

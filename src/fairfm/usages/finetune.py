@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from pydantic import Field, field_validator
 
-from fairfm.errors import InputError
 from fairfm.usages.base import TrainHParams, UsageOutput, register_usage
 
 if TYPE_CHECKING:
@@ -96,29 +95,15 @@ def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: P
     timings["model_s"] = time.perf_counter() - started
     started = time.perf_counter()
     modality = (spec.manifest().get("card") or {}).get("modality")  # CT slices are windowed, others min-max'd
-    method_hooks: dict[str, Any] = {}
-    if spec.method is not None:
-        from fairfm.mitigate.runs import run_method, training_setup
+    from fairfm.mitigate.runs import loop_setup
 
-        method = run_method(spec)
-        if not method.post_processes:
-            hooks, _, attribute = training_setup(method, spec, table, tasks, "images", hp, device=device)
-            method_hooks = {"hooks": hooks, "group_column": f"group_{attribute}"}
-    group_column = {}
-    if not method_hooks and hp.select_by == "val_worst_group_auc":  # the run's first attribute's groups
-        attributes = list(spec.resolve()["attributes"])
-        if not attributes:
-            raise InputError("hparams.select_by: val_worst_group_auc needs a sensitive attribute; the run has none")
-        group_column = {"group_column": f"group_{attributes[0]}"}
+    setup = loop_setup(spec, table, tasks, "images", hp, device=device)
     out = finetune(spec.usage, hp, encoder, table, tasks, root=root, seed=spec.seed, device=device,
-                   column=spec.image_column(), progress=progress, modality=modality, **method_hooks,
-                   **group_column)  # fmt: skip
+                   column=spec.image_column(), progress=progress, modality=modality, hooks=setup.hooks,
+                   group_column=setup.group_column)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
     meta = dict(out.meta)
-    if method_hooks:
-        from fairfm.mitigate.runs import method_meta
-
-        meta["method"] = method_meta(method, attribute, method_hooks["hooks"])
+    setup.record(meta)
     if heads_path is not None:
         out.save(heads_path)
         meta["trained_state"] = str(heads_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fairfm.usages.base import TrainHParams, UsageOutput, _CachedFeatures, register_usage
-from fairfm.usages.common import cached_features as _features, label_matrix as _labels, selection_groups
+from fairfm.usages.common import cached_features as _features, label_matrix as _labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,6 +28,7 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
     import numpy as np
 
     from fairfm.adapt.linear_probe import train_linear_probe
+    from fairfm.mitigate.runs import loop_setup
 
     hp = spec.typed_hparams()
     method = None
@@ -47,24 +48,16 @@ def _linear_probe(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, roo
     labels = _labels(table, tasks)
     part = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
     started = time.perf_counter()
-    hooks, groups = None, None
-    if method is not None and not method.post_processes:
-        from fairfm.mitigate.runs import method_meta, training_setup
-
-        if method.replaces_probe:  # e.g. fairlearn reductions: the method trains its own head on the features
-            return _method_on_features(method, spec, table, tasks, features, labels, part, meta, timings, started)
-        hooks, groups, attribute = training_setup(method, spec, table, tasks, "features", hp, device=device,
-                                                  feature_dim=int(features.shape[1]) if hasattr(features, "shape")
-                                                  else None)  # fmt: skip
-    if groups is None and hp.select_by == "val_worst_group_auc":
-        groups = selection_groups(spec, table)
+    if method is not None and method.replaces_probe:  # e.g. fairlearn reductions: its own head on the features
+        return _method_on_features(method, spec, table, tasks, features, labels, part, meta, timings, started)
+    setup = loop_setup(spec, table, tasks, "features", hp, device=device,
+                       feature_dim=int(features.shape[1]) if hasattr(features, "shape") else None)  # fmt: skip
     result = train_linear_probe(features[part["train"]], labels[part["train"]], features[part["val"]],
                                 labels[part["val"]], hparams=hp, seed=spec.seed,
                                 predict={"test": features[part["test"]]}, tasks=tasks, device=device,
-                                progress=progress, hooks=hooks, groups=groups)  # fmt: skip
+                                progress=progress, hooks=setup.hooks, groups=setup.groups)  # fmt: skip
     timings["train_s"] = time.perf_counter() - started
-    if hooks is not None:
-        meta["method"] = method_meta(method, attribute, hooks)
+    setup.record(meta)
     if heads_path is not None:
         result.save(heads_path)
         meta["head"] = str(heads_path)
