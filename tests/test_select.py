@@ -266,3 +266,125 @@ def test_the_candidate_table_has_one_row_per_run(candidates):
     assert list(frame["run_id"]) == list(ids.values()) and frame["chosen"].sum() == 1
     assert {"auc_F", "auc_M", "pareto", "dto"} <= set(frame.columns)
     assert not frame[["auc_F", "auc_M"]].map(math.isnan).any().any()
+
+
+def _copy_run(store: Store, source: str, run_id: str, *, change=None, meta=None, **spec) -> str:
+    """A stored copy of run ``source`` under ``run_id``: its spec with ``spec`` overriding, its predictions passed
+    through ``change``, ``meta`` added to its meta.json."""
+    from fairfm.runner import report_from_predictions
+
+    record = store.load(source)
+    predictions = record.predictions.drop(columns=["run_id"])
+    if change is not None:
+        predictions = change(predictions.copy())
+    document = {**record.spec, **spec}
+    evaluation = SimpleNamespace(**{k: document[k] for k in ("threshold", "bootstrap", "seed")})
+    store.run_derived(run_id, document, lambda: (predictions, report_from_predictions(predictions, evaluation),
+                                                 dict(meta or {})))  # fmt: skip
+    return run_id
+
+
+def _rename_first_val_sample(predictions: pd.DataFrame) -> pd.DataFrame:
+    first = predictions.index[predictions["split"] == "val"][0]
+    predictions.loc[first, "sample_id"] = "elsewhere"
+    return predictions
+
+
+@pytest.mark.parametrize("spec,change,message", [
+    ({"dataset": "/data/other"}, None, "dataset"),
+    ({"split_seed": 3}, None, "split seed 3"),
+    ({"tasks": ["y", "z"]}, None, "tasks"),
+    ({}, _rename_first_val_sample, "sample 'elsewhere'"),
+])  # fmt: skip
+def test_fairfm_select_refuses_candidates_scored_on_other_validation_rows(candidates, capsys, spec, change, message):
+    from fairfm.select import select
+
+    store, ids = candidates
+    odd = _copy_run(store, ids["B"], "ffff000000000000", change=change, **spec)
+    with pytest.raises(InputError, match=f"run {odd}") as refused:
+        select(store, [ids["A"], odd])
+    assert message in str(refused.value) and ids["A"] in str(refused.value)
+    code, _, err = run_cli(capsys, "select", ids["A"], ids["C"], odd, "--store", store.path)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (store.path / "selections").exists()
+    # the same runs on the same dataset, split and rows are compared as before
+    same = _copy_run(store, ids["B"], "9999000000000000", dataset=None, split_seed=None)
+    assert select(store, [ids["A"], same]).chosen == ids["A"]
+
+
+def test_worst_group_auc_compares_every_candidate_on_the_same_groups(candidates):
+    """A small group O has both classes in B's validation rows (and a terrible AUC there) but one class in C's: it
+    counts for no candidate, so B and C are compared on min(AUC_F, AUC_M) alone."""
+    from fairfm.select import select
+
+    store, ids = candidates
+
+    def small_group(labels):
+        def change(predictions):
+            rows = predictions.index[predictions["split"] == "val"][: len(labels)]
+            predictions.loc[rows, "group_sex"] = "O"
+            predictions.loc[rows, "y_true"] = labels
+            predictions.loc[rows, "y_score"] = 1.0 - np.asarray(labels, dtype=float)  # perfectly wrong
+            return predictions
+        return change
+
+    with_o = _copy_run(store, ids["C"], "cccc111111111111", change=small_group([0, 1, 0, 1]))
+    one_class = _copy_run(store, ids["B"], "bbbb111111111111", change=small_group([1, 1, 1, 1]))
+    chosen = select(store, [one_class, with_o], rule="worst_group_auc")
+    # oracle: per candidate, sklearn's AUC on F and M (the groups both candidates can score), the lower of the two
+    worst = {}
+    for run_id in (one_class, with_o):
+        val = store.load(run_id).predictions.query("split == 'val' and group_sex != 'O'")
+        worst[run_id] = min(roc_auc_score(r["y_true"], r["y_score"]) for _, r in val.groupby("group_sex"))
+    assert worst[with_o] > worst[one_class]  # without O, C's copy has the better worst group
+    assert chosen.chosen == with_o and chosen.groups == ["F", "M"]
+    for c in chosen.candidates:
+        assert c.worst_group_auc == pytest.approx(worst[c.run_id], abs=1e-12) and c.worst_group in ("F", "M")
+    assert any("O left out" in note for note in chosen.notes)
+
+
+def test_minimax_pareto_takes_the_erm_basis_without_ensembles_and_says_which(candidates, capsys):
+    from fairfm.select import select
+
+    store, ids = candidates
+    # An "ensemble" perfect on F (D's scores on M): counted as ERM it would make M the min group (B's M is higher
+    # than its F, the ensemble's F higher than B's M) and B the choice
+    def perfect_on_f(predictions):
+        f = predictions["group_sex"] == "F"
+        predictions.loc[f, "y_score"] = predictions.loc[f, "y_true"].astype(float)
+        return predictions
+
+    ens = _copy_run(store, ids["D"], "eeee111111111111", change=perfect_on_f, usage="ensemble", model="ensemble",
+                    method=None)  # fmt: skip
+    runs = [ids["B"], ids["C"], ens]
+    chosen = select(store, runs, rule="minimax_pareto")
+    assert chosen.min_group == "F" and chosen.chosen == ens  # F: B's lower group; the ensemble is best on F
+    assert chosen.erm_basis == [ids["B"]]
+    assert ids["B"] in chosen.reason and ens not in chosen.reason
+    code, out, err = run_cli(capsys, "select", *runs, "--rule", "minimax_pareto", "--json", "--store", store.path)
+    assert code == 0 and json.loads(out)["erm_basis"] == [ids["B"]], err
+    code, out, err = run_cli(capsys, "select", *runs, "--rule", "minimax_pareto", "--store", store.path)
+    assert code == 0 and f"ERM basis: {ids['B']}" in out, err
+    # ... no ERM candidate: refused in one line (METHODS.md §4 defines the min group over the ERM runs only)
+    code, _, err = run_cli(capsys, "select", ids["C"], ids["D"], ens, "--rule", "minimax_pareto", "--store",
+                           store.path)  # fmt: skip
+    assert code == 2 and "no ERM candidate" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_candidates_mark_attribute_aware_runs(candidates, capsys):
+    store, ids = candidates
+    aware = _copy_run(store, ids["C"], "cccc111111111111", method="group_thresholds",
+                      meta={"method": {"name": "group_thresholds", "attribute": "sex", "attribute_at_test": True}})
+    ens = _copy_run(store, ids["A"], "eeee222222222222", usage="ensemble", model="ensemble", method=None,
+                    meta={"method": {"name": "ensemble", "attribute": "sex", "attribute_at_test": True}})
+    runs = [ids["A"], ids["C"], aware, ens]
+    code, out, err = run_cli(capsys, "select", *runs, "--json", "--store", store.path)
+    assert code == 0, err
+    marks = {c["run_id"]: c["attribute_at_test"] for c in json.loads(out)["candidates"]}
+    assert marks == {ids["A"]: False, ids["C"]: False, aware: True, ens: True}
+    labels = {c["run_id"]: c["label"] for c in json.loads(out)["candidates"]}
+    assert "group_thresholds (attr@test)" in labels[aware] and "(attr@test)" in labels[ens]
+    assert "attr@test" not in labels[ids["A"]] + labels[ids["C"]]
+    code, out, err = run_cli(capsys, "select", *runs, "--store", store.path)
+    assert code == 0, err
+    assert out.count("(attr@test)") == 2 and "group_thresholds (attr@test)" in out

@@ -73,6 +73,8 @@ def select_command(
                       "yes" if c.pareto else "", fmt(c.dto))  # fmt: skip
     console.print(table)
     console.print(f"chosen: [bold]{selection.chosen}[/bold] — {selection.reason}")
+    if selection.erm_basis is not None:
+        console.print(f"ERM basis: {', '.join(selection.erm_basis)}")
     for note in selection.notes:
         console.print(f"note: {note}")
     console.print(f"[dim]recorded in {path}[/dim]")
