@@ -9,8 +9,9 @@ score). Four resamples at a time, per resample and pass:
    samples — the multinomial of resampling with replacement, as in :mod:`_resample`. The random stream is SFC64,
    continuing numpy's ``SFC64(seed)`` state, so resample b depends on its seed only, not on threads or chunking.
 2. **Groups.** One run per stratum with running sums in registers: draws, positives, twice the Mann–Whitney
-   numerator (ties count ½, per block of equal scores) and count-weighted sums of p, BCE and Brier terms,
-   recorded at the threshold and calibration-bin edges (each a position in the run, as scores are sorted).
+   numerator and count-weighted sums of p, BCE and Brier terms, recorded at the threshold and calibration-bin
+   edges (each a position in the run, as scores are sorted). The run is branch-free (labels and zero counts are
+   unpredictable branches); the few blocks of equal scores are corrected afterwards so that ties count ½.
 3. **Overall AUC.** The cells in overall score order (a merge of the strata's runs).
 
 Four resamples share every load of the cells' data and interleave four chains of running sums, which the CPU
@@ -143,31 +144,68 @@ def _fill(state, out, lo, hi, byte_count, steps, checkpoints):
 
 
 @_jit
-def _fill_lanes(states, counts, lo, hi, byte_count, steps, checkpoints, totals):
-    """:func:`_fill` for every lane ``r`` of ``counts[lo:hi, r]`` from generator ``states[r]`` at once, so that
-    each cache line of the interleaved counts is written once (lane by lane, large data would stream the
-    counts through memory once per lane); each lane consumes its stream exactly as :func:`_fill` would."""
-    lanes = counts.shape[1]
-    totals[:] = 0
+def _fill_lane(state, out, lo, hi, byte_count, steps, checkpoints):
+    """:func:`_fill` of one stratum of single samples, with the generator state in registers and the eight bytes
+    of each word looked up unconditionally; a word holding a byte that straddles a CDF step (15% of words) then
+    refines those bytes in order, so the stream is consumed exactly as :func:`_fill` consumes it. Returns the sum;
+    ``checkpoints[t]`` receives the sum of ``out[lo:lo + 64 t]``."""
+    a, b, c, w = state[0], state[1], state[2], state[3]
+    total = 0
     i = lo
     while i < hi:
         if ((i - lo) & 63) == 0:
-            for r in range(lanes):
-                checkpoints[r, (i - lo) >> 6] = totals[r]
+            checkpoints[(i - lo) >> 6] = total
+        word = a + b + w  # _next, inlined on registers
+        w = w + _U1
+        a = b ^ (b >> _U11)
+        b = c + (c << _U3)
+        c = ((c << _U24) | (c >> _U40)) + word
         width = min(8, hi - i)
-        for r in range(lanes):
-            state = states[r]
-            word = _next(state)
-            total = 0
+        if width == 8:
+            ambiguous = 0
+            for j in range(8):
+                v = byte_count[(word >> np.uint64(8 * j)) & _U255]
+                out[i + j] = v
+                ambiguous |= v
+                total += v
+            if ambiguous & 128:  # only the ambiguous entry (255) has this bit
+                for j in range(8):
+                    byte = (word >> np.uint64(8 * j)) & _U255
+                    if byte_count[byte] == 255:
+                        refined = a + b + w
+                        w = w + _U1
+                        a = b ^ (b >> _U11)
+                        b = c + (c << _U3)
+                        c = ((c << _U24) | (c >> _U40)) + refined
+                        v = _count_of(byte, refined, steps)
+                        out[i + j] = v
+                        total += v - 255
+        else:
             for j in range(width):
                 byte = (word >> np.uint64(8 * j)) & _U255
                 v = byte_count[byte]
                 if v == 255:
-                    v = _refine(state, byte, steps)
-                counts[i + j, r] = v
+                    refined = a + b + w
+                    w = w + _U1
+                    a = b ^ (b >> _U11)
+                    b = c + (c << _U3)
+                    c = ((c << _U24) | (c >> _U40)) + refined
+                    v = _count_of(byte, refined, steps)
+                out[i + j] = v
                 total += v
-            totals[r] += total
         i += 8
+    state[0], state[1], state[2], state[3] = a, b, c, w
+    return total
+
+
+@_jit
+def _count_of(byte, word, steps):
+    """:func:`_refine` given the next random word."""
+    u = (byte << _U24) | (word >> _U40)
+    v = 0
+    while v < steps.size and u >= steps[v]:
+        v += 1
+    return v
 
 
 @_jit
@@ -339,9 +377,30 @@ def _weighted_sums(counts, yflag, p32, bce32, lo, hi, out):
 
 
 @_jit
+def _tie_corrections(counts, flag, blocks, source, gather, lane_mw):
+    """Add to ``lane_mw[r]`` (twice the Mann–Whitney numerator of lane r, summed as if no scores tied) what the
+    blocks of equal scores change: a positive of a block sees each of the block's negatives at ½ (1 in twice
+    the numerator), not only those before it at 1 (2). ``blocks`` (M, 2): [start, end) of each block in the walk;
+    the walk's i-th cell is ``counts[source[i]]`` when ``gather``, else ``counts[i]``."""
+    for m in range(blocks.shape[0]):
+        for r in range(4):
+            pos = 0
+            neg = 0
+            before = 0  # Σ over the block's positives of count × negatives earlier in the block
+            for i in range(blocks[m, 0], blocks[m, 1]):
+                c = np.int64(counts[source[i] if gather else i, r])
+                if flag[i] & 1:
+                    pos += c
+                    before += c * neg
+                else:
+                    neg += c
+            lane_mw[r] += pos * neg - 2 * before
+
+
+@_jit
 def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous, stratum_bounds, yflag, p32, bce32,
-               snap_at, overall_source, overall_flag, out_int, out_sums, out_snap_int, out_snap_cp, out_overall,
-               emit, counts, scratch, checkpoints):  # fmt: skip
+               snap_at, overall_source, overall_flag, tie_blocks, overall_tie_blocks, out_int, out_sums, out_snap_int,
+               out_snap_cp, out_overall, emit, counts, scratch, checkpoints):  # fmt: skip
     """Every statistic of resamples ``states[b]`` into ``out_*[b]``, 4 resamples per pass over the cells
     (``states`` has a multiple of 4 rows); ``emit`` (K,) receives resample 0's final counts when not empty.
 
@@ -352,30 +411,33 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
 
     Cells are ordered by (stratum, score), so each stratum is one run with running sums in registers;
     ``snap_at[s]`` lists the cell positions (ascending, inside stratum s's run) where the running sums are
-    recorded. ``yflag`` = label + 2 × (the next cell has the same score and stratum): a block of equal scores
-    is evaluated in two steps so that tied pairs count ½ (twice the numerator: 1). The overall AUC walks all
+    recorded. ``yflag`` = label + 2 × (the next cell has the same score and stratum); ``tie_blocks`` (M, 2) are
+    the [start, end) runs of equal scores (:func:`tie_blocks_of`), where :func:`_tie_corrections` makes tied
+    pairs count ½ (twice the numerator: 1). The overall AUC walks all
     cells in score order: ``overall_source[i]`` is the layout position of the i-th (a merge of the strata's
-    sorted runs, so counts are read as S ascending streams); ``overall_flag``: label + 2 × next ties.
+    sorted runs, so counts are read as S ascending streams); ``overall_flag``: label + 2 × next ties, and
+    ``overall_tie_blocks`` its runs of equal scores.
     """
     K = yflag.size
     S = stratum_bounds.size - 1
     Q = snap_at.shape[1]
     sums = np.zeros((4, 3))
-    lane_totals = np.zeros(4, dtype=np.int64)
+    lane_mw = np.zeros(4, dtype=np.int64)
     for b0 in range(0, states.shape[0], 4):
         lane_states = states[b0:b0 + 4].copy()
-        if unit and contiguous:  # the usual case, all lanes at once (see _fill_lanes); the same counts as _draw
+        if unit and contiguous:  # the usual case (see _fill_lane); the same counts as _draw
             for t in range(member_off.size - 1):
                 lo, hi = member_off[t], member_off[t + 1]
-                _fill_lanes(lane_states, counts, lo, hi, _BYTE_COUNT, _STEPS, checkpoints, lane_totals)
-                for r in range(4):
-                    _condition_run(lane_states[r], counts[:, r], lo, hi, lane_totals[r], checkpoints[r])
+                for r in range(4):  # a stratum's counts (4 bytes a sample) stay in the cache across the lanes
+                    total = _fill_lane(lane_states[r], counts[:, r], lo, hi, _BYTE_COUNT, _STEPS, checkpoints[r])
+                    _condition_run(lane_states[r], counts[:, r], lo, hi, total, checkpoints[r])
         else:
             for r in range(4):
                 _draw(lane_states[r], sizes, unit, cell_starts, members, member_off, contiguous, counts[:, r],
                       scratch, checkpoints[r], _BYTE_COUNT, _STEPS)  # fmt: skip
         if emit.size:
             emit[:] = counts[:, 0]
+        tb = 0
         for s in range(S):
             k = stratum_bounds[s]
             pos0 = 0
@@ -394,70 +456,29 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
             for q in range(Q + 1):
                 end = snap_at[s, q] if q < Q else stratum_bounds[s + 1]
                 _weighted_sums(counts, yflag, p32, bce32, k, end, sums)
-                while k < end:
-                    flag = yflag[k]
-                    yv = flag & 1
-                    if flag & 2:  # a block of equal scores: positives see half of the tied negatives
-                        bp0 = 0
-                        bn0 = 0
-                        bp1 = 0
-                        bn1 = 0
-                        bp2 = 0
-                        bn2 = 0
-                        bp3 = 0
-                        bn3 = 0
-                        while True:
-                            flag = yflag[k]
-                            yv = flag & 1
-                            c = np.int64(counts[k, 0])
-                            bp0 += c * yv
-                            bn0 += c - c * yv
-                            c = np.int64(counts[k, 1])
-                            bp1 += c * yv
-                            bn1 += c - c * yv
-                            c = np.int64(counts[k, 2])
-                            bp2 += c * yv
-                            bn2 += c - c * yv
-                            c = np.int64(counts[k, 3])
-                            bp3 += c * yv
-                            bn3 += c - c * yv
-                            k += 1
-                            if not flag & 2:
-                                break
-                        mw0 += bp0 * (2 * neg0 + bn0)
-                        pos0 += bp0
-                        neg0 += bn0
-                        mw1 += bp1 * (2 * neg1 + bn1)
-                        pos1 += bp1
-                        neg1 += bn1
-                        mw2 += bp2 * (2 * neg2 + bn2)
-                        pos2 += bp2
-                        neg2 += bn2
-                        mw3 += bp3 * (2 * neg3 + bn3)
-                        pos3 += bp3
-                        neg3 += bn3
-                    else:  # branch-free: labels and zero counts are unpredictable
-                        c = np.int64(counts[k, 0])
-                        cy = c * yv
-                        mw0 += 2 * cy * neg0
-                        pos0 += cy
-                        neg0 += c - cy
-                        c = np.int64(counts[k, 1])
-                        cy = c * yv
-                        mw1 += 2 * cy * neg1
-                        pos1 += cy
-                        neg1 += c - cy
-                        c = np.int64(counts[k, 2])
-                        cy = c * yv
-                        mw2 += 2 * cy * neg2
-                        pos2 += cy
-                        neg2 += c - cy
-                        c = np.int64(counts[k, 3])
-                        cy = c * yv
-                        mw3 += 2 * cy * neg3
-                        pos3 += cy
-                        neg3 += c - cy
-                        k += 1
+                for k in range(k, end):  # branch-free: labels and zero counts are unpredictable; ties below
+                    positive = -np.int64(yflag[k] & 1)  # all ones for a positive
+                    c = np.int64(counts[k, 0])
+                    cy = c & positive
+                    mw0 += cy * neg0
+                    pos0 += cy
+                    neg0 += c - cy
+                    c = np.int64(counts[k, 1])
+                    cy = c & positive
+                    mw1 += cy * neg1
+                    pos1 += cy
+                    neg1 += c - cy
+                    c = np.int64(counts[k, 2])
+                    cy = c & positive
+                    mw2 += cy * neg2
+                    pos2 += cy
+                    neg2 += c - cy
+                    c = np.int64(counts[k, 3])
+                    cy = c & positive
+                    mw3 += cy * neg3
+                    pos3 += cy
+                    neg3 += c - cy
+                k = end
                 if q < Q:
                     out_snap_int[b0 + 0, q, s, 0] = neg0
                     out_snap_int[b0 + 0, q, s, 1] = pos0
@@ -471,19 +492,24 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
                     out_snap_int[b0 + 3, q, s, 0] = neg3
                     out_snap_int[b0 + 3, q, s, 1] = pos3
                     out_snap_cp[b0 + 3, q, s] = sums[3, 0]
+            ties = tb
+            while tb < tie_blocks.shape[0] and tie_blocks[tb, 0] < stratum_bounds[s + 1]:
+                tb += 1
+            lane_mw[0] = 2 * mw0
+            lane_mw[1] = 2 * mw1
+            lane_mw[2] = 2 * mw2
+            lane_mw[3] = 2 * mw3
+            _tie_corrections(counts, yflag, tie_blocks[ties:tb], overall_source, False, lane_mw)
             out_int[b0 + 0, s, 0] = pos0 + neg0
             out_int[b0 + 0, s, 1] = pos0
-            out_int[b0 + 0, s, 2] = mw0
             out_int[b0 + 1, s, 0] = pos1 + neg1
             out_int[b0 + 1, s, 1] = pos1
-            out_int[b0 + 1, s, 2] = mw1
             out_int[b0 + 2, s, 0] = pos2 + neg2
             out_int[b0 + 2, s, 1] = pos2
-            out_int[b0 + 2, s, 2] = mw2
             out_int[b0 + 3, s, 0] = pos3 + neg3
             out_int[b0 + 3, s, 1] = pos3
-            out_int[b0 + 3, s, 2] = mw3
             for r in range(4):
+                out_int[b0 + r, s, 2] = lane_mw[r]
                 for j in range(3):
                     out_sums[b0 + r, s, j] = sums[r, j]
         neg0 = 0
@@ -494,69 +520,32 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
         mw2 = 0
         neg3 = 0
         mw3 = 0
-        i = 0
-        while i < K:
-            flag = overall_flag[i]
-            yv = flag & 1
-            if flag & 2:
-                bp0 = 0
-                bn0 = 0
-                bp1 = 0
-                bn1 = 0
-                bp2 = 0
-                bn2 = 0
-                bp3 = 0
-                bn3 = 0
-                while True:
-                    flag = overall_flag[i]
-                    yv = flag & 1
-                    j = overall_source[i]
-                    c = np.int64(counts[j, 0])
-                    bp0 += c * yv
-                    bn0 += c - c * yv
-                    c = np.int64(counts[j, 1])
-                    bp1 += c * yv
-                    bn1 += c - c * yv
-                    c = np.int64(counts[j, 2])
-                    bp2 += c * yv
-                    bn2 += c - c * yv
-                    c = np.int64(counts[j, 3])
-                    bp3 += c * yv
-                    bn3 += c - c * yv
-                    i += 1
-                    if not flag & 2:
-                        break
-                mw0 += bp0 * (2 * neg0 + bn0)
-                neg0 += bn0
-                mw1 += bp1 * (2 * neg1 + bn1)
-                neg1 += bn1
-                mw2 += bp2 * (2 * neg2 + bn2)
-                neg2 += bn2
-                mw3 += bp3 * (2 * neg3 + bn3)
-                neg3 += bn3
-            else:
-                j = overall_source[i]
-                c = np.int64(counts[j, 0])
-                cy = c * yv
-                mw0 += 2 * cy * neg0
-                neg0 += c - cy
-                c = np.int64(counts[j, 1])
-                cy = c * yv
-                mw1 += 2 * cy * neg1
-                neg1 += c - cy
-                c = np.int64(counts[j, 2])
-                cy = c * yv
-                mw2 += 2 * cy * neg2
-                neg2 += c - cy
-                c = np.int64(counts[j, 3])
-                cy = c * yv
-                mw3 += 2 * cy * neg3
-                neg3 += c - cy
-                i += 1
-        out_overall[b0 + 0] = mw0
-        out_overall[b0 + 1] = mw1
-        out_overall[b0 + 2] = mw2
-        out_overall[b0 + 3] = mw3
+        for i in range(K):  # the same sums over all cells in score order
+            positive = -np.int64(overall_flag[i] & 1)
+            j = overall_source[i]
+            c = np.int64(counts[j, 0])
+            cy = c & positive
+            mw0 += cy * neg0
+            neg0 += c - cy
+            c = np.int64(counts[j, 1])
+            cy = c & positive
+            mw1 += cy * neg1
+            neg1 += c - cy
+            c = np.int64(counts[j, 2])
+            cy = c & positive
+            mw2 += cy * neg2
+            neg2 += c - cy
+            c = np.int64(counts[j, 3])
+            cy = c & positive
+            mw3 += cy * neg3
+            neg3 += c - cy
+        lane_mw[0] = 2 * mw0
+        lane_mw[1] = 2 * mw1
+        lane_mw[2] = 2 * mw2
+        lane_mw[3] = 2 * mw3
+        _tie_corrections(counts, overall_flag, overall_tie_blocks, overall_source, True, lane_mw)
+        for r in range(4):
+            out_overall[b0 + r] = lane_mw[r]
 
 
 @dataclass
@@ -675,6 +664,15 @@ def _chunked(compute: Callable[[int, int], np.ndarray], n: int, chunk: int = 1 <
     return out
 
 
+def tie_blocks_of(flag: np.ndarray) -> np.ndarray:
+    """(M, 2) [start, end) of every run of cells whose flag says "the next cell ties" (bit 2), with that next cell."""
+    ties = np.zeros(flag.size + 1, dtype=bool)
+    ties[1:] = (flag & 2) != 0
+    starts = np.flatnonzero(ties[1:] & ~ties[:-1])
+    ends = np.flatnonzero(~ties[1:] & ties[:-1]) + 1
+    return np.stack([starts, ends], axis=1).astype(np.int64)
+
+
 def generator_states(seeds: list[np.random.SeedSequence]) -> np.ndarray:
     """(B, 4) SFC64 states, as numpy's ``SFC64(seed)`` initialises them."""
     return np.array([np.random.SFC64(s).state["state"]["state"] for s in seeds], dtype=np.uint64).reshape(-1, 4)
@@ -707,6 +705,7 @@ def run(cells: ScoreCells, states: np.ndarray, stratify: str, snap_at: np.ndarra
                        np.zeros(padded, np.int64))  # fmt: skip
     emit = np.empty(0, dtype=np.int64) if emit is None else emit
     snap_at = np.ascontiguousarray(snap_at, dtype=np.int64)
+    tie_blocks, overall_tie_blocks = tie_blocks_of(cells.yflag), tie_blocks_of(cells.overall_flag)
 
     def chunk(lo: int, hi: int) -> None:
         K = cells.y.size
@@ -715,7 +714,7 @@ def run(cells: ScoreCells, states: np.ndarray, stratify: str, snap_at: np.ndarra
         checkpoints = np.empty((_LANES, (K >> 6) + 2), dtype=np.int64)
         _resamples(states[lo:hi], cells.sizes, cells.unit, cells.cell_starts, members, member_off, stratify == "group",
                    cells.stratum_bounds, cells.yflag, cells.p32, cells.bce32, snap_at, cells.overall_source,
-                   cells.overall_flag, raw.ints[lo:hi], raw.sums[lo:hi], raw.snap_ints[lo:hi], raw.snap_cp[lo:hi],
+                   cells.overall_flag, tie_blocks, overall_tie_blocks, raw.ints[lo:hi], raw.sums[lo:hi], raw.snap_ints[lo:hi], raw.snap_cp[lo:hi],
                    raw.overall_mw2[lo:hi], emit, counts, scratch, checkpoints)  # fmt: skip
 
     bounds = _LANES * np.linspace(0, padded // _LANES, max(1, min(n_jobs, padded // _LANES)) + 1).astype(int)
