@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -321,6 +322,9 @@ class AttributeEngine:
         numpy kernels below then compute the same statistics, slower."""
         if self.rules.ece != "unit" or self.layout.n >= _KERNEL_MAX_SAMPLES:
             return None
+        for thread in _PRELOAD:
+            if thread is not threading.current_thread():
+                thread.join()
         try:
             from fairfm.metrics import _kernel
         except ImportError:  # numba missing or incompatible with this numpy
@@ -427,6 +431,30 @@ class AttributeEngine:
         starts, sizes = self.cell_starts[:-1], np.diff(self.cell_starts)
         cells = np.repeat(np.arange(counts.size), counts)
         return self.layout.order[starts[cells] + spread.integers(0, sizes[cells])]
+
+
+_PRELOAD: list[threading.Thread] = []  # the thread loading the compiled kernel (at most one per process)
+
+
+def preload_compiled_kernel() -> None:
+    """Load the compiled bootstrap kernel in a background thread while the caller reads data and computes point
+    estimates: a fresh process spends ~0.4 s importing numba, loading the kernel's cached machine code and
+    building numba's typing context on the first call, mostly while the main thread waits in numpy or Parquet
+    code. The first bootstrap waits for the thread. Idempotent; harmless where the kernel cannot be used."""
+    if not _PRELOAD:
+        _PRELOAD.append(threading.Thread(target=_load_compiled_kernel, name="fairfm-kernel", daemon=True))
+        _PRELOAD[0].start()
+
+
+def _load_compiled_kernel() -> None:
+    # Both kernel specialisations: cells that are single samples (uint8 counts) and cells of tied scores (int32).
+    y = np.tile(np.array([0, 1], dtype=np.uint8), 128)
+    codes = np.repeat(np.arange(2), 128)
+    for p in (np.linspace(0.0, 1.0, y.size), np.round(np.linspace(0.0, 1.0, y.size), 1)):
+        try:
+            AttributeEngine(y, p, codes, 2, Rules(threshold=0.5)).bootstrap(4, np.random.SeedSequence(0), n_jobs=1)
+        except Exception:  # noqa: BLE001  (nothing to report here: the real bootstrap meets the same problem)
+            return
 
 
 _KERNEL_MAX_SAMPLES = 1 << 28  # the compiled kernel's 32-bit uniforms; larger data use the numpy kernels
