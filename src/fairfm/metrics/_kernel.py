@@ -150,17 +150,19 @@ def _fill_lane(state, out, lo, hi, byte_count, steps, checkpoints):
     refines those bytes in order, so the stream is consumed exactly as :func:`_fill` consumes it. Returns the sum;
     ``checkpoints[t]`` receives the sum of ``out[lo:lo + 64 t]``."""
     a, b, c, w = state[0], state[1], state[2], state[3]
+    out = out[lo:hi]  # indices from 0: no negative-index checks
+    n = hi - lo
     total = 0
-    i = lo
-    while i < hi:
-        if ((i - lo) & 63) == 0:
-            checkpoints[(i - lo) >> 6] = total
+    i = 0
+    while i < n:
+        if (i & 63) == 0:
+            checkpoints[i >> 6] = total
         word = a + b + w  # _next, inlined on registers
         w = w + _U1
         a = b ^ (b >> _U11)
         b = c + (c << _U3)
         c = ((c << _U24) | (c >> _U40)) + word
-        width = min(8, hi - i)
+        width = min(8, n - i)
         if width == 8:
             ambiguous = 0
             for j in range(8):
@@ -327,8 +329,10 @@ def _jit_fastmath(func):
 
 @_jit_fastmath
 def _weighted_sums(counts, yflag, p32, bce32, lo, hi, out):
-    """``out[r]`` += (Σ c·p, Σ c·BCE term, Σ c·(p − y)²) over cells [lo, hi) for the 4 resamples ``counts[:, r]``:
-    branch-free, so that it vectorises."""
+    """``out[r]`` += (Σ c·p, Σ c·BCE term, Σ c·(p − y)²) over cells [lo, hi) for the 4 resamples ``counts[r]``:
+    branch-free, on contiguous rows indexed from 0 (no negative-index checks), so that it vectorises."""
+    lane0, lane1, lane2, lane3 = counts[0, lo:hi], counts[1, lo:hi], counts[2, lo:hi], counts[3, lo:hi]
+    p32, bce32, yflag = p32[lo:hi], bce32[lo:hi], yflag[lo:hi]
     cp0 = 0.0
     bce0 = 0.0
     brier0 = 0.0
@@ -341,24 +345,24 @@ def _weighted_sums(counts, yflag, p32, bce32, lo, hi, out):
     cp3 = 0.0
     bce3 = 0.0
     brier3 = 0.0
-    for k in range(lo, hi):
+    for k in range(hi - lo):
         pv = np.float64(p32[k])
         bv = np.float64(bce32[k])
         d = pv - np.float64(yflag[k] & 1)
         d2 = d * d
-        c0 = np.float64(counts[k, 0])
+        c0 = np.float64(lane0[k])
         cp0 += c0 * pv
         bce0 += c0 * bv
         brier0 += c0 * d2
-        c1 = np.float64(counts[k, 1])
+        c1 = np.float64(lane1[k])
         cp1 += c1 * pv
         bce1 += c1 * bv
         brier1 += c1 * d2
-        c2 = np.float64(counts[k, 2])
+        c2 = np.float64(lane2[k])
         cp2 += c2 * pv
         bce2 += c2 * bv
         brier2 += c2 * d2
-        c3 = np.float64(counts[k, 3])
+        c3 = np.float64(lane3[k])
         cp3 += c3 * pv
         bce3 += c3 * bv
         brier3 += c3 * d2
@@ -381,14 +385,14 @@ def _tie_corrections(counts, flag, blocks, source, gather, lane_mw):
     """Add to ``lane_mw[r]`` (twice the Mann–Whitney numerator of lane r, summed as if no scores tied) what the
     blocks of equal scores change: a positive of a block sees each of the block's negatives at ½ (1 in twice
     the numerator), not only those before it at 1 (2). ``blocks`` (M, 2): [start, end) of each block in the walk;
-    the walk's i-th cell is ``counts[source[i]]`` when ``gather``, else ``counts[i]``."""
+    the walk's i-th cell is ``counts[:, source[i]]`` when ``gather``, else ``counts[:, i]``."""
     for m in range(blocks.shape[0]):
         for r in range(4):
             pos = 0
             neg = 0
             before = 0  # Σ over the block's positives of count × negatives earlier in the block
             for i in range(blocks[m, 0], blocks[m, 1]):
-                c = np.int64(counts[source[i] if gather else i, r])
+                c = np.int64(counts[r, source[i] if gather else i])
                 if flag[i] & 1:
                     pos += c
                     before += c * neg
@@ -406,7 +410,7 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
 
     4 independent resamples per pass share every load of the cells' data and interleave 4 chains of
     running sums, which the CPU overlaps (one resample alone is bound by the latency of its running sums).
-    Work buffers: ``counts`` (K, 4) — uint8 when cells are single samples (a quarter of the memory traffic),
+    Work buffers: ``counts`` (4, K), one row per resample (contiguous rows vectorise the weighted sums) — uint8 when cells are single samples (a quarter of the memory traffic),
     else int32 —, ``scratch`` (samples,) uint8 when cells are not single samples, ``checkpoints`` (4, K/64 + 2).
 
     Cells are ordered by (stratum, score), so each stratum is one run with running sums in registers;
@@ -428,15 +432,15 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
         if unit and contiguous:  # the usual case (see _fill_lane); the same counts as _draw
             for t in range(member_off.size - 1):
                 lo, hi = member_off[t], member_off[t + 1]
-                for r in range(4):  # a stratum's counts (4 bytes a sample) stay in the cache across the lanes
-                    total = _fill_lane(lane_states[r], counts[:, r], lo, hi, _BYTE_COUNT, _STEPS, checkpoints[r])
-                    _condition_run(lane_states[r], counts[:, r], lo, hi, total, checkpoints[r])
+                for r in range(4):
+                    total = _fill_lane(lane_states[r], counts[r], lo, hi, _BYTE_COUNT, _STEPS, checkpoints[r])
+                    _condition_run(lane_states[r], counts[r], lo, hi, total, checkpoints[r])
         else:
             for r in range(4):
-                _draw(lane_states[r], sizes, unit, cell_starts, members, member_off, contiguous, counts[:, r],
+                _draw(lane_states[r], sizes, unit, cell_starts, members, member_off, contiguous, counts[r],
                       scratch, checkpoints[r], _BYTE_COUNT, _STEPS)  # fmt: skip
         if emit.size:
-            emit[:] = counts[:, 0]
+            emit[:] = counts[0]
         tb = 0
         for s in range(S):
             k = stratum_bounds[s]
@@ -456,24 +460,26 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
             for q in range(Q + 1):
                 end = snap_at[s, q] if q < Q else stratum_bounds[s + 1]
                 _weighted_sums(counts, yflag, p32, bce32, k, end, sums)
-                for k in range(k, end):  # branch-free: labels and zero counts are unpredictable; ties below
-                    positive = -np.int64(yflag[k] & 1)  # all ones for a positive
-                    c = np.int64(counts[k, 0])
+                lane0, lane1, lane2, lane3 = counts[0, k:end], counts[1, k:end], counts[2, k:end], counts[3, k:end]
+                flags = yflag[k:end]
+                for i in range(end - k):  # branch-free (labels and zero counts are unpredictable); ties below
+                    positive = -np.int64(flags[i] & 1)  # all ones for a positive
+                    c = np.int64(lane0[i])
                     cy = c & positive
                     mw0 += cy * neg0
                     pos0 += cy
                     neg0 += c - cy
-                    c = np.int64(counts[k, 1])
+                    c = np.int64(lane1[i])
                     cy = c & positive
                     mw1 += cy * neg1
                     pos1 += cy
                     neg1 += c - cy
-                    c = np.int64(counts[k, 2])
+                    c = np.int64(lane2[i])
                     cy = c & positive
                     mw2 += cy * neg2
                     pos2 += cy
                     neg2 += c - cy
-                    c = np.int64(counts[k, 3])
+                    c = np.int64(lane3[i])
                     cy = c & positive
                     mw3 += cy * neg3
                     pos3 += cy
@@ -522,20 +528,20 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
         mw3 = 0
         for i in range(K):  # the same sums over all cells in score order
             positive = -np.int64(overall_flag[i] & 1)
-            j = overall_source[i]
-            c = np.int64(counts[j, 0])
+            j = np.uint64(overall_source[i])  # unsigned: no negative-index check
+            c = np.int64(counts[0, j])
             cy = c & positive
             mw0 += cy * neg0
             neg0 += c - cy
-            c = np.int64(counts[j, 1])
+            c = np.int64(counts[1, j])
             cy = c & positive
             mw1 += cy * neg1
             neg1 += c - cy
-            c = np.int64(counts[j, 2])
+            c = np.int64(counts[2, j])
             cy = c & positive
             mw2 += cy * neg2
             neg2 += c - cy
-            c = np.int64(counts[j, 3])
+            c = np.int64(counts[3, j])
             cy = c & positive
             mw3 += cy * neg3
             neg3 += c - cy
@@ -709,7 +715,7 @@ def run(cells: ScoreCells, states: np.ndarray, stratify: str, snap_at: np.ndarra
 
     def chunk(lo: int, hi: int) -> None:
         K = cells.y.size
-        counts = np.empty((K, _LANES), dtype=np.uint8 if cells.unit else np.int32)
+        counts = np.empty((_LANES, K), dtype=np.uint8 if cells.unit else np.int32)
         scratch = np.empty(0 if cells.unit else int(cells.cell_starts[-1]), dtype=np.uint8)
         checkpoints = np.empty((_LANES, (K >> 6) + 2), dtype=np.int64)
         _resamples(states[lo:hi], cells.sizes, cells.unit, cells.cell_starts, members, member_off, stratify == "group",
