@@ -148,55 +148,56 @@ def _fill_lane(state, out, lo, hi, byte_count, steps, checkpoints):
     """:func:`_fill` of one stratum of single samples, with the generator state in registers and the eight bytes
     of each word looked up unconditionally; a word holding a byte that straddles a CDF step (15% of words) then
     refines those bytes in order, so the stream is consumed exactly as :func:`_fill` consumes it. Returns the sum;
-    ``checkpoints[t]`` receives the sum of ``out[lo:lo + 64 t]``."""
+    ``checkpoints[t]`` receives the sum of ``out[lo:lo + 64 t]`` (summed afterwards, in a loop that vectorises)."""
     a, b, c, w = state[0], state[1], state[2], state[3]
     out = out[lo:hi]  # indices from 0: no negative-index checks
     n = hi - lo
-    total = 0
-    i = 0
-    while i < n:
-        if (i & 63) == 0:
-            checkpoints[i >> 6] = total
+    for i in range(0, n - 7, 8):
         word = a + b + w  # _next, inlined on registers
         w = w + _U1
         a = b ^ (b >> _U11)
         b = c + (c << _U3)
         c = ((c << _U24) | (c >> _U40)) + word
-        width = min(8, n - i)
-        if width == 8:
-            ambiguous = 0
+        ambiguous = 0
+        for j in range(8):
+            v = byte_count[(word >> np.uint64(8 * j)) & _U255]
+            out[i + j] = v
+            ambiguous |= v
+        if ambiguous & 128:  # only the ambiguous entry (255) has this bit
             for j in range(8):
-                v = byte_count[(word >> np.uint64(8 * j)) & _U255]
-                out[i + j] = v
-                ambiguous |= v
-                total += v
-            if ambiguous & 128:  # only the ambiguous entry (255) has this bit
-                for j in range(8):
-                    byte = (word >> np.uint64(8 * j)) & _U255
-                    if byte_count[byte] == 255:
-                        refined = a + b + w
-                        w = w + _U1
-                        a = b ^ (b >> _U11)
-                        b = c + (c << _U3)
-                        c = ((c << _U24) | (c >> _U40)) + refined
-                        v = _count_of(byte, refined, steps)
-                        out[i + j] = v
-                        total += v - 255
-        else:
-            for j in range(width):
                 byte = (word >> np.uint64(8 * j)) & _U255
-                v = byte_count[byte]
-                if v == 255:
+                if byte_count[byte] == 255:
                     refined = a + b + w
                     w = w + _U1
                     a = b ^ (b >> _U11)
                     b = c + (c << _U3)
                     c = ((c << _U24) | (c >> _U40)) + refined
-                    v = _count_of(byte, refined, steps)
-                out[i + j] = v
-                total += v
-        i += 8
+                    out[i + j] = _count_of(byte, refined, steps)
+    i = n - (n & 7)
+    if i < n:
+        word = a + b + w
+        w = w + _U1
+        a = b ^ (b >> _U11)
+        b = c + (c << _U3)
+        c = ((c << _U24) | (c >> _U40)) + word
+        for j in range(n - i):
+            byte = (word >> np.uint64(8 * j)) & _U255
+            v = byte_count[byte]
+            if v == 255:
+                refined = a + b + w
+                w = w + _U1
+                a = b ^ (b >> _U11)
+                b = c + (c << _U3)
+                c = ((c << _U24) | (c >> _U40)) + refined
+                v = _count_of(byte, refined, steps)
+            out[i + j] = v
     state[0], state[1], state[2], state[3] = a, b, c, w
+    total = 0
+    for t in range((n + 63) >> 6):
+        checkpoints[t] = total
+        block = out[t << 6:min(n, (t + 1) << 6)]
+        for j in range(block.size):
+            total += np.int64(block[j])
     return total
 
 
