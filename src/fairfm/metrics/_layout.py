@@ -94,17 +94,19 @@ def _layout_from_order(order, y, p, strata, n_groups, gathered=None) -> Layout:
     new_block = np.ones(n, dtype=bool)
     if n > 1:
         new_block[1:] = (ps[1:] != ps[:-1]) | (ss[1:] != ss[:-1])
-    block_start = np.flatnonzero(new_block)
-    block_id = np.cumsum(new_block) - 1
-    block_end = np.append(block_start[1:], n)
     pos_index = np.flatnonzero(ys == 1)
     pos_group = ss[pos_index]
     pos_starts = np.searchsorted(pos_index, starts).astype(np.int64)
-    lo = block_start[block_id[pos_index]]
-    hi = block_end[block_id[pos_index]]
+    # Each positive's tie block [lo, hi), found among the block starts (no per-sample block ids or prefix sums:
+    # full-size temporaries cost page faults, and most blocks are single samples).
+    block_bounds = np.append(np.flatnonzero(new_block), n)
+    which = np.searchsorted(block_bounds, pos_index, side="right") - 1
+    lo, hi = block_bounds[which], block_bounds[which + 1]
     # A positive's tie block matters only if it also holds a negative; otherwise lo/hi collapse to itself.
-    neg_cum = np.concatenate([[0], np.cumsum(ys == 0)])
-    has_tied_neg = neg_cum[hi] > neg_cum[lo]
+    has_tied_neg = np.zeros(pos_index.size, dtype=bool)
+    shared = np.flatnonzero(hi - lo > 1)
+    positives_in_block = np.searchsorted(pos_index, hi[shared]) - np.searchsorted(pos_index, lo[shared])
+    has_tied_neg[shared] = positives_in_block < hi[shared] - lo[shared]
     lo = np.where(has_tied_neg, lo, pos_index)
     hi = np.where(has_tied_neg, hi, pos_index + 1)
     return Layout(
