@@ -23,6 +23,8 @@ def _counts_in_layout(engine, idx):
 def _check(y, p, codes, n_groups, stratify, rules=None, extra=None, B=9):
     engine = E.AttributeEngine(y, p, codes, n_groups, rules or E.Rules(threshold=0.5), extra)
     assert engine._compiled_kernel() is K
+    if stratify != "class":  # the point estimate first, as evaluate() does: the kernel then reuses its BCE terms
+        engine.point_stats()
     seeds = np.random.SeedSequence(5)
     groups, overall = engine.bootstrap(B, seeds, stratify, n_jobs=2)
     strata = np.where(codes < 0, n_groups, codes)

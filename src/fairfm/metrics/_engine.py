@@ -132,6 +132,7 @@ class AttributeEngine:
         self.samples = self._samples_view()
         self._cells: _View | None | bool = False  # built on first use: only resamples need them
         self._score_cells = None  # the compiled kernel's layout, built on first use ...
+        self._point_bce32: np.ndarray | None = None  # ... with the BCE terms of the point estimate, when made
         # ... from this layout (``cells`` may reorder ``self.layout`` later): references, not copies
         self._kernel_layout = (self.layout.order, (self.layout.y, self.layout.p, self.layout.starts))
 
@@ -273,6 +274,8 @@ class AttributeEngine:
     def point_stats(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Per stratum (G groups, then the unknown stratum) and overall statistics of the data as observed."""
         stats = self._all_stats(self.samples, None, None)
+        if self.rules.ece == "unit" and self.layout.order is self._kernel_layout[0]:  # the compiled kernel's
+            self._point_bce32 = self.samples.values[:, 1].astype(np.float32)  # BCE terms, if it runs (4 B each)
         self.samples.release()
         return stats
 
@@ -336,7 +339,9 @@ class AttributeEngine:
             order, in_order = self._kernel_layout
             self._score_cells = kernel.ScoreCells.build(self._y, self._p, self._strata, self.n_groups + 1, order,
                                                         lambda y, p: item_bce(y, p, self.rules.bce),
-                                                        self._overall.order, in_order)  # fmt: skip
+                                                        self._overall.order, in_order,
+                                                        sample_bce32=self._point_bce32)  # fmt: skip
+            self._point_bce32 = None
         return self._score_cells
 
     def _compiled_bootstrap(self, seeds, stratify: str, n_jobs: int):

@@ -575,10 +575,12 @@ class ScoreCells:
     @classmethod
     def build(cls, y: np.ndarray, p: np.ndarray, strata: np.ndarray, n_strata: int, layout_order: np.ndarray,
               bce_of: Callable[[np.ndarray, np.ndarray], np.ndarray], by_score: np.ndarray | None = None,
-              in_order: tuple | None = None, max_fraction: float = 0.6) -> "ScoreCells":  # fmt: skip
+              in_order: tuple | None = None, max_fraction: float = 0.6,
+              sample_bce32: np.ndarray | None = None) -> "ScoreCells":  # fmt: skip
         """``layout_order``: sample indices sorted by (stratum, score); ``bce_of(y, p)``: BCE terms;
         ``by_score``: ``argsort(p)`` when known; ``in_order``: (y, p, stratum starts) in ``layout_order``
-        when known (shared, not copied)."""
+        when known (shared, not copied); ``sample_bce32``: the float32 BCE terms in ``layout_order`` when known
+        (used when cells are samples)."""
         order = layout_order
         if in_order is not None:
             ys, ps, bounds = in_order
@@ -632,7 +634,8 @@ class ScoreCells:
         return cls(order=order, cell_starts=np.empty(0, np.int64) if unit else np.append(starts, n).astype(np.int64),
                    stratum_bounds=np.asarray(stratum_bounds, dtype=np.int64), y=cy,
                    yflag=cy + 2 * ties_next, p=cp, p32=cp.astype(np.float32),
-                   bce32=_chunked(lambda lo, hi: bce_of(cy[lo:hi].astype(np.float64), cp[lo:hi]), K),
+                   bce32=sample_bce32 if unit and sample_bce32 is not None else
+                   _chunked(lambda lo, hi: bce_of(cy[lo:hi].astype(np.float64), cp[lo:hi]), K),
                    sizes=np.empty(0, np.int64) if unit else np.diff(np.append(starts, n)).astype(np.int64), unit=unit,
                    overall_source=by_score.astype(np.int32), overall_flag=cy[by_score] + 2 * o_ties)  # fmt: skip
 
