@@ -430,20 +430,20 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
     lane_mw = np.zeros(4, dtype=np.int64)
     for b0 in range(0, states.shape[0], 4):
         lane_states = states[b0:b0 + 4].copy()
-        if unit and contiguous:  # the usual case (see _fill_lane); the same counts as _draw
-            for t in range(member_off.size - 1):
-                lo, hi = member_off[t], member_off[t + 1]
-                for r in range(4):
-                    total = _fill_lane(lane_states[r], counts[r], lo, hi, _BYTE_COUNT, _STEPS, checkpoints[r])
-                    _condition_run(lane_states[r], counts[r], lo, hi, total, checkpoints[r])
-        else:
+        # The usual case (single samples resampled within groups) draws each group just before its run, while
+        # its counts are in the cache (see _fill_lane; the same counts as _draw); otherwise everything first.
+        fused = unit and contiguous
+        if not fused:
             for r in range(4):
                 _draw(lane_states[r], sizes, unit, cell_starts, members, member_off, contiguous, counts[r],
                       scratch, checkpoints[r], _BYTE_COUNT, _STEPS)  # fmt: skip
-        if emit.size:
-            emit[:] = counts[0]
         tb = 0
         for s in range(S):
+            if fused:
+                lo, hi = member_off[s], member_off[s + 1]
+                for r in range(4):
+                    total = _fill_lane(lane_states[r], counts[r], lo, hi, _BYTE_COUNT, _STEPS, checkpoints[r])
+                    _condition_run(lane_states[r], counts[r], lo, hi, total, checkpoints[r])
             k = stratum_bounds[s]
             pos0 = 0
             neg0 = 0
@@ -519,6 +519,8 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
                 out_int[b0 + r, s, 2] = lane_mw[r]
                 for j in range(3):
                     out_sums[b0 + r, s, j] = sums[r, j]
+        if emit.size:
+            emit[:] = counts[0]
         neg0 = 0
         mw0 = 0
         neg1 = 0
