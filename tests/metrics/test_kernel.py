@@ -147,7 +147,7 @@ def test_without_a_writable_cache_the_kernel_compiles_in_process(monkeypatch, de
     assert compiled._cache.__class__.__name__ == "NullCache" and compiled(21) == 42
 
 
-@pytest.mark.parametrize("size", [1, 7, 8, 64, 65, 1000, 4099])
+@pytest.mark.parametrize("size", [1, 7, 8, 64, 65, 1000, 4099, 30011])
 def test_the_per_lane_draw_consumes_the_stream_as_the_reference_draw(size):
     """The fast draw of the usual layout (one stratum of single samples, state in registers) gives the counts,
     the running sums every 64 samples and the generator state of :func:`_fill`, byte-straddling refinements

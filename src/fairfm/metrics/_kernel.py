@@ -30,6 +30,7 @@ from typing import Callable
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from fairfm.metrics import _resample as R
 
@@ -58,6 +59,11 @@ _LANES = 4  # resamples per pass over the data (benchmarked: 4 and 8)
 _MAX_STRATUM = 1 << 28  # draws per stratum (≤ 13 per sample) must stay below 2^32 for the 32-bit uniforms
 _BYTE_COUNT = R._BYTE_TABLE.astype(np.int64)  # Poisson(1) count per leading byte, 255 where ambiguous
 _STEPS = R._T.astype(np.uint64)  # u ≥ T_k ⇔ count ≥ k, on 32-bit uniforms
+# The ambiguous bytes, each repeated in the eight bytes of a word (to find them in a word at once), and the count
+# at the start of each byte's interval (the refined count is this or more).
+_AMBIGUOUS_WORDS = np.flatnonzero(R._BYTE_TABLE == 255).astype(np.uint64) * np.uint64(0x0101010101010101)
+_FIRST_COUNT = np.searchsorted(_STEPS, np.arange(256, dtype=np.uint64) << np.uint64(24), side="right").astype(np.int64)
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 
 
 @_jit
@@ -164,15 +170,22 @@ def _fill_lane(state, out, lo, hi, byte_count, steps, checkpoints):
             out[i + j] = v
             ambiguous |= v
         if ambiguous & 128:  # only the ambiguous entry (255) has this bit
-            for j in range(8):
-                byte = (word >> np.uint64(8 * j)) & _U255
-                if byte_count[byte] == 255:
-                    refined = a + b + w
-                    w = w + _U1
-                    a = b ^ (b >> _U11)
-                    b = c + (c << _U3)
-                    c = ((c << _U24) | (c >> _U40)) + refined
-                    out[i + j] = _count_of(byte, refined, steps)
+            # Bit 8j + 7 of ``where`` marks byte j as ambiguous (an exact zero-byte test of word ^ repeated byte):
+            # the ambiguous bytes are refined in ascending order without a branch per byte.
+            where = np.uint64(0)
+            for m in range(_AMBIGUOUS_WORDS.size):
+                x = word ^ _AMBIGUOUS_WORDS[m]
+                where |= ~(((x & _LOW7) + _LOW7) | x | _LOW7)
+            while where:
+                j = trailing_zeros(where) >> 3
+                where &= where - _U1
+                byte = (word >> (np.uint64(8) * j)) & _U255
+                refined = a + b + w
+                w = w + _U1
+                a = b ^ (b >> _U11)
+                b = c + (c << _U3)
+                c = ((c << _U24) | (c >> _U40)) + refined
+                out[i + j] = _count_of(byte, refined, steps)
     i = n - (n & 7)
     if i < n:
         word = a + b + w
@@ -203,11 +216,14 @@ def _fill_lane(state, out, lo, hi, byte_count, steps, checkpoints):
 
 @_jit
 def _count_of(byte, word, steps):
-    """:func:`_refine` given the next random word."""
+    """:func:`_refine` given the next random word, from the count where the byte's interval starts (one step
+    falls inside the intervals of all ambiguous bytes but the last: decided without a loop)."""
     u = (byte << _U24) | (word >> _U40)
-    v = 0
-    while v < steps.size and u >= steps[v]:
-        v += 1
+    v = _FIRST_COUNT[byte]
+    if v < steps.size:
+        v += np.int64(u >= steps[v])
+        while v < steps.size and u >= steps[v]:
+            v += 1
     return v
 
 
