@@ -647,7 +647,9 @@ class ScoreCells:
         else:
             by_score = np.argsort(cp, kind="stable")
         o_ties = np.zeros(K, dtype=np.uint8)
-        o_ties[:-1] = cp[by_score][1:] == cp[by_score][:-1]
+        sorted_p = cp[by_score]
+        o_ties[:-1] = sorted_p[1:] == sorted_p[:-1]
+        del sorted_p
         unit = starts is None
         return cls(order=order, cell_starts=np.empty(0, np.int64) if unit else np.append(starts, n).astype(np.int64),
                    stratum_bounds=np.asarray(stratum_bounds, dtype=np.int64), y=cy,
