@@ -63,6 +63,20 @@ class Rules:
 
 
 def item_bce(y: np.ndarray, p: np.ndarray, mode: str) -> np.ndarray:
+    """Per-sample BCE terms, in chunks: the temporaries of large inputs would otherwise each be a fresh array of
+    the input's size (page faults cost more than the arithmetic)."""
+    if p.size <= _CHUNK:
+        return _item_bce(y, p, mode)
+    out = np.empty(p.shape)
+    for lo in range(0, p.size, _CHUNK):
+        out[lo:lo + _CHUNK] = _item_bce(y[lo:lo + _CHUNK], p[lo:lo + _CHUNK], mode)
+    return out
+
+
+_CHUNK = 1 << 16
+
+
+def _item_bce(y: np.ndarray, p: np.ndarray, mode: str) -> np.ndarray:
     if mode == "torch":
         log_p = np.maximum(np.log(p, where=p > 0, out=np.full(p.shape, -np.inf)), -100.0)
         log_q = np.maximum(np.log1p(-p, where=p < 1, out=np.full(p.shape, -np.inf)), -100.0)
@@ -170,9 +184,15 @@ class AttributeEngine:
 
     def _view(self, layout: L.Layout, overall: L.Layout, to_overall) -> _View:
         def make_values() -> np.ndarray:
-            ly, lp = layout.y.astype(np.float64), layout.p
-            # Per-position values whose count-weighted sums give calibration metrics: p, BCE term, Brier term.
-            return np.column_stack([lp, item_bce(ly, lp, self.rules.bce), (lp - ly) ** 2])
+            # Per-position values whose count-weighted sums give calibration metrics: p, BCE term, Brier term;
+            # made in chunks (see item_bce).
+            values = np.empty((layout.n, 3))
+            for lo in range(0, layout.n, _CHUNK):
+                ly, lp = layout.y[lo:lo + _CHUNK].astype(np.float64), layout.p[lo:lo + _CHUNK]
+                values[lo:lo + _CHUNK, 0] = lp
+                values[lo:lo + _CHUNK, 1] = _item_bce(ly, lp, self.rules.bce)
+                values[lo:lo + _CHUNK, 2] = (lp - ly) ** 2
+            return values
 
         unit_edges = None
         if self.rules.ece == "unit":
