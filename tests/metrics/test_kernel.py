@@ -187,3 +187,31 @@ def test_the_kernel_is_loaded_in_a_background_thread(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['array(int32, 2d, C)', 'array(uint8, 2d, C)']"
+
+
+@pytest.mark.parametrize("bce, ece", [("clip", "unit"), ("torch", "range")])
+def test_point_estimates_read_values_block_by_block_with_the_same_sums(monkeypatch, bce, ece):
+    """The point estimate makes each segment's values when it sums them (no array of 24 bytes a sample) and gets
+    exactly the numbers of the materialised values; the kernel then reuses its BCE terms."""
+    rng = np.random.default_rng(8)
+    y = (rng.random(5000) < 0.4).astype(np.uint8)
+    p = np.round(rng.random(5000), 3)
+    p[:20], p[20:40] = 0.0, 1.0
+    codes = rng.integers(-1, 4, 5000)
+    rules = E.Rules(threshold=0.4, bce=bce, ece=ece)
+    reference = E.AttributeEngine(y, p, codes, 4, rules)
+    expected = reference._all_stats(reference.samples, None, None)  # the materialised (n, 3) values
+
+    engine = E.AttributeEngine(y, p, codes, 4, rules)
+
+    def no_full_array():
+        raise AssertionError("the point estimate made the (n, 3) values")
+
+    monkeypatch.setattr(engine.samples, "make_values", no_full_array)
+    groups, overall = engine.point_stats()
+    for key, value in expected[0].items():
+        np.testing.assert_array_equal(groups[key], value, err_msg=key)
+    assert overall == expected[1]
+    if ece == "unit":
+        bce_terms = reference.samples.values[:, 1].astype(np.float32)
+        np.testing.assert_array_equal(engine._point_bce32, bce_terms)

@@ -104,6 +104,7 @@ class _View:
     layout: L.Layout
     overall: L.Layout
     make_values: Callable[[], np.ndarray]  # (K, 3): p, BCE term, Brier term per position, float64
+    make_block: Callable[[int, int], np.ndarray]  # rows [lo, hi) of make_values()
     unit_edges: np.ndarray | None
     to_overall: Callable[[np.ndarray], np.ndarray]  # counts in this layout -> counts in the overall layout
     _values: np.ndarray | None = None
@@ -126,6 +127,29 @@ class _View:
     def release(self) -> None:
         """Drop the per-position values (remade when needed): the compiled kernel does not use them."""
         self._values = self._values32 = None
+
+
+class _Blocks:
+    """A view's per-position values as the unweighted calibration sums read them, segment by segment: each block
+    is made when read and dropped after (the point estimate reads every position once), so no (n, 3) array of
+    24 bytes a sample is made — the block ``values[lo:hi]`` would have been, so its sums are the same."""
+
+    def __init__(self, make_block: Callable[[int, int], np.ndarray], n: int, keep_bce32: bool) -> None:
+        self.shape = (n, 3)
+        self._make_block = make_block
+        self.bce32 = np.empty(n, dtype=np.float32) if keep_bce32 else None
+        self._seen = 0
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        block = self._make_block(rows.start, rows.stop)
+        if self.bce32 is not None:
+            self.bce32[rows.start:rows.stop] = block[:, 1]
+            self._seen += block.shape[0]
+        return block
+
+    def complete(self) -> bool:
+        """Whether ``bce32`` holds every position (the segments read cover the layout once)."""
+        return self.bce32 is not None and self._seen == self.shape[0]
 
 
 class AttributeEngine:
@@ -183,15 +207,19 @@ class AttributeEngine:
         return self._cells
 
     def _view(self, layout: L.Layout, overall: L.Layout, to_overall) -> _View:
+        def make_block(lo: int, hi: int) -> np.ndarray:
+            # Per-position values whose count-weighted sums give calibration metrics: p, BCE term, Brier term.
+            ly, lp = layout.y[lo:hi].astype(np.float64), layout.p[lo:hi]
+            block = np.empty((lp.size, 3))
+            block[:, 0] = lp
+            block[:, 1] = _item_bce(ly, lp, self.rules.bce)
+            block[:, 2] = (lp - ly) ** 2
+            return block
+
         def make_values() -> np.ndarray:
-            # Per-position values whose count-weighted sums give calibration metrics: p, BCE term, Brier term;
-            # made in chunks (see item_bce).
             values = np.empty((layout.n, 3))
-            for lo in range(0, layout.n, _CHUNK):
-                ly, lp = layout.y[lo:lo + _CHUNK].astype(np.float64), layout.p[lo:lo + _CHUNK]
-                values[lo:lo + _CHUNK, 0] = lp
-                values[lo:lo + _CHUNK, 1] = _item_bce(ly, lp, self.rules.bce)
-                values[lo:lo + _CHUNK, 2] = (lp - ly) ** 2
+            for lo in range(0, layout.n, _CHUNK):  # in chunks: no full-size temporaries (see item_bce)
+                values[lo:lo + _CHUNK] = make_block(lo, min(lo + _CHUNK, layout.n))
             return values
 
         unit_edges = None
@@ -201,7 +229,7 @@ class AttributeEngine:
             unit_edges = np.concatenate([layout.starts[:-1, None], inner, layout.starts[1:, None]], 1)
         # Resample sums use float32: half the memory traffic of this memory-bound step, relative error ~1e-6, far
         # inside any interval. AUCs and rates stay exact integers; point estimates use float64.
-        return _View(layout, overall, make_values, unit_edges, to_overall)
+        return _View(layout, overall, make_values, make_block, unit_edges, to_overall)
 
     def _range_edges(self, layout: L.Layout, counts: np.ndarray | None) -> np.ndarray:
         """pandas-cut edges over each stratum's own [min p, max p] of the samples present (FairMedFM's ECE)."""
@@ -230,10 +258,12 @@ class AttributeEngine:
         pos = stats.cum_pos_at[np.searchsorted(layout.pos_index, edges)]
         return np.diff(neg + pos, axis=1), np.diff(pos, axis=1), sums
 
-    def _all_stats(self, view: _View, counts: np.ndarray | None, sizes: np.ndarray | None):
+    def _all_stats(self, view: _View, counts: np.ndarray | None, sizes: np.ndarray | None, values=None):
+        """``values``: what the calibration sums read instead of the view's values (see :class:`_Blocks`)."""
         lay, rules = view.layout, self.rules
         weights = None if counts is None else counts.astype(np.float32)
-        values = view.values if counts is None else view.values32
+        if values is None:
+            values = view.values if counts is None else view.values32
         stats = L.count_stats(lay, counts, sizes)
         edges = view.unit_edges if rules.ece == "unit" else self._range_edges(lay, counts)
         _, pos_bin, sums = self._binned(lay, stats, edges, values, weights)
@@ -293,9 +323,12 @@ class AttributeEngine:
 
     def point_stats(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Per stratum (G groups, then the unknown stratum) and overall statistics of the data as observed."""
-        stats = self._all_stats(self.samples, None, None)
-        if self.rules.ece == "unit" and self.layout.order is self._kernel_layout[0]:  # the compiled kernel's
-            self._point_bce32 = self.samples.values[:, 1].astype(np.float32)  # BCE terms, if it runs (4 B each)
+        # The compiled kernel's BCE terms are kept, if it will run on this layout (4 bytes a sample).
+        keep = self.rules.ece == "unit" and self.layout.order is self._kernel_layout[0]
+        blocks = _Blocks(self.samples.make_block, self.layout.n, keep)
+        stats = self._all_stats(self.samples, None, None, blocks)
+        if blocks.complete():
+            self._point_bce32 = blocks.bce32
         self.samples.release()
         return stats
 
