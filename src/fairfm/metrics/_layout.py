@@ -72,7 +72,8 @@ def build_layout(y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_groups: int,
     # score-sorted arrays as one ascending stream per stratum, which large data need (random gathers of the
     # original arrays miss the caches).
     narrow = np.uint8 if n_groups < 255 else np.uint16 if n_groups < 65535 else np.int64
-    strata = np.where(codes < 0, n_groups, codes).astype(narrow)
+    strata = codes.astype(narrow)
+    strata[codes < 0] = n_groups
     strata_by_score = strata[by_score]
     perm = np.argsort(strata_by_score, kind="stable")
     ys, ps = by_score_yp if by_score_yp is not None else (y[by_score], p[by_score])
@@ -129,8 +130,8 @@ def _layout_from_order(order, y, p, strata, n_groups, gathered=None) -> Layout:
         pos_index=pos_index,
         pos_group=pos_group,
         pos_starts=pos_starts,
-        block_lo=lo.astype(np.int64),
-        block_hi=hi.astype(np.int64),
+        block_lo=lo.astype(np.int64, copy=False),
+        block_hi=hi.astype(np.int64, copy=False),
         tied=bool(has_tied_neg.any()),
     )
 
