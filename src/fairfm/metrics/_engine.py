@@ -357,6 +357,7 @@ class AttributeEngine:
         seeds = seed_sequence.spawn(n_resamples)
         if n_resamples == 0:
             return {}, {}
+        _wait_for_preload()  # before any fork below: a child must not inherit the loading thread's locks
         if self._compiled_kernel() is not None:
             try:
                 return self._compiled_bootstrap(seeds, stratify, n_jobs)
@@ -376,11 +377,9 @@ class AttributeEngine:
     def _compiled_kernel(self):
         """The compiled kernel module when it applies (numba importable, ECE on [0, 1] bins), else None: the
         numpy kernels below then compute the same statistics, slower."""
+        _wait_for_preload()
         if self.rules.ece != "unit" or self.layout.n >= _KERNEL_MAX_SAMPLES:
             return None
-        for thread in _PRELOAD:
-            if thread is not threading.current_thread():
-                thread.join()
         try:
             from fairfm.metrics import _kernel
         except ImportError:  # numba missing or incompatible with this numpy
@@ -502,6 +501,12 @@ def preload_compiled_kernel() -> None:
     if not _PRELOAD:
         _PRELOAD.append(threading.Thread(target=_load_compiled_kernel, name="fairfm-kernel", daemon=True))
         _PRELOAD[0].start()
+
+
+def _wait_for_preload() -> None:
+    for thread in _PRELOAD:
+        if thread is not threading.current_thread():
+            thread.join()
 
 
 def _load_compiled_kernel() -> None:
