@@ -23,6 +23,8 @@ def _counts_in_layout(engine, idx):
 def _check(y, p, codes, n_groups, stratify, rules=None, extra=None, B=9):
     engine = E.AttributeEngine(y, p, codes, n_groups, rules or E.Rules(threshold=0.5), extra)
     assert engine._compiled_kernel() is K
+    if stratify != "class":  # the point estimate first, as evaluate() does: the kernel then reuses its BCE terms
+        engine.point_stats()
     seeds = np.random.SeedSequence(5)
     groups, overall = engine.bootstrap(B, seeds, stratify, n_jobs=2)
     strata = np.where(codes < 0, n_groups, codes)
@@ -143,3 +145,73 @@ def test_without_a_writable_cache_the_kernel_compiles_in_process(monkeypatch, de
         numba.njit(cache=True)(_double)
     compiled = jit(_double)
     assert compiled._cache.__class__.__name__ == "NullCache" and compiled(21) == 42
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 64, 65, 1000, 4099, 30011])
+def test_the_per_lane_draw_consumes_the_stream_as_the_reference_draw(size):
+    """The fast draw of the usual layout (one stratum of single samples, state in registers) gives the counts,
+    the running sums every 64 samples and the generator state of :func:`_fill`, byte-straddling refinements
+    included — so resamples stay those of the documented stream."""
+    for seed in range(3):
+        fast_state = K.generator_states([np.random.SeedSequence(seed)])[0].copy()
+        ref_state = fast_state.copy()
+        fast, ref = np.zeros(size + 3, np.uint8), np.zeros(size + 3, np.uint8)
+        fast_checks, ref_checks = np.zeros(size // 64 + 2, np.int64), np.zeros(size // 64 + 2, np.int64)
+        fast_total = K._fill_lane(fast_state, fast, 2, 2 + size, K._BYTE_COUNT, K._STEPS, fast_checks)
+        ref_total = K._fill(ref_state, ref, 2, 2 + size, K._BYTE_COUNT, K._STEPS, ref_checks)
+        assert fast_total == ref_total == int(ref.sum())
+        assert np.array_equal(fast, ref) and np.array_equal(fast_checks, ref_checks)
+        assert np.array_equal(fast_state, ref_state)
+        assert size < 200 or (ref == 0).any() and (ref >= 3).any()
+
+
+def test_tie_blocks_are_the_runs_of_equal_scores():
+    flag = np.array([0, 2, 3, 1, 2, 0, 3, 3, 2, 1, 0], dtype=np.uint8)  # bit 2: the next cell ties
+    assert K.tie_blocks_of(flag).tolist() == [[1, 4], [4, 6], [6, 10]]
+    assert K.tie_blocks_of(np.zeros(4, np.uint8)).shape == (0, 2)
+
+
+def test_the_kernel_is_loaded_in_a_background_thread(tmp_path):
+    """``preload_compiled_kernel`` loads both kernel specialisations (single-sample and tied-score cells) in a
+    daemon thread, once per process, so that the first bootstrap does not wait for numba."""
+    import subprocess
+    import sys
+
+    script = (
+        "from fairfm.metrics import _engine as E\n"
+        "E.preload_compiled_kernel(); E.preload_compiled_kernel()\n"
+        "assert len(E._PRELOAD) == 1 and E._PRELOAD[0].daemon\n"
+        "E._PRELOAD[0].join()\n"
+        "from fairfm.metrics import _kernel as K\n"
+        "print(sorted(str(signature[-3]) for signature in K._resamples.signatures))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['array(int32, 2d, C)', 'array(uint8, 2d, C)']"
+
+
+@pytest.mark.parametrize("bce, ece", [("clip", "unit"), ("torch", "range")])
+def test_point_estimates_read_values_block_by_block_with_the_same_sums(monkeypatch, bce, ece):
+    """The point estimate makes each segment's values when it sums them (no array of 24 bytes a sample) and gets
+    exactly the numbers of the materialised values; the kernel then reuses its BCE terms."""
+    rng = np.random.default_rng(8)
+    y = (rng.random(5000) < 0.4).astype(np.uint8)
+    p = np.round(rng.random(5000), 3)
+    p[:20], p[20:40] = 0.0, 1.0
+    codes = rng.integers(-1, 4, 5000)
+    rules = E.Rules(threshold=0.4, bce=bce, ece=ece)
+    reference = E.AttributeEngine(y, p, codes, 4, rules)
+    expected = reference._all_stats(reference.samples, None, None)  # the materialised (n, 3) values
+
+    engine = E.AttributeEngine(y, p, codes, 4, rules)
+
+    def no_full_array():
+        raise AssertionError("the point estimate made the (n, 3) values")
+
+    monkeypatch.setattr(engine.samples, "make_values", no_full_array)
+    groups, overall = engine.point_stats()
+    for key, value in expected[0].items():
+        np.testing.assert_array_equal(groups[key], value, err_msg=key)
+    assert overall == expected[1]
+    if ece == "unit":
+        bce_terms = reference.samples.values[:, 1].astype(np.float32)
+        np.testing.assert_array_equal(engine._point_bce32, bce_terms)

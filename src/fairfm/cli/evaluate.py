@@ -59,6 +59,10 @@ def evaluate_command(
 
     if out is not None:
         check_output_file(out)  # before the bootstrap: an unwritable --out must not cost the computation
+    if bootstrap != 0:
+        from fairfm.metrics._engine import preload_compiled_kernel
+
+        preload_compiled_kernel()  # loads while the file is read
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FairnessWarning)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +63,20 @@ class Rules:
 
 
 def item_bce(y: np.ndarray, p: np.ndarray, mode: str) -> np.ndarray:
+    """Per-sample BCE terms, in chunks: the temporaries of large inputs would otherwise each be a fresh array of
+    the input's size (page faults cost more than the arithmetic)."""
+    if p.size <= _CHUNK:
+        return _item_bce(y, p, mode)
+    out = np.empty(p.shape)
+    for lo in range(0, p.size, _CHUNK):
+        out[lo:lo + _CHUNK] = _item_bce(y[lo:lo + _CHUNK], p[lo:lo + _CHUNK], mode)
+    return out
+
+
+_CHUNK = 1 << 16
+
+
+def _item_bce(y: np.ndarray, p: np.ndarray, mode: str) -> np.ndarray:
     if mode == "torch":
         log_p = np.maximum(np.log(p, where=p > 0, out=np.full(p.shape, -np.inf)), -100.0)
         log_q = np.maximum(np.log1p(-p, where=p < 1, out=np.full(p.shape, -np.inf)), -100.0)
@@ -89,6 +104,7 @@ class _View:
     layout: L.Layout
     overall: L.Layout
     make_values: Callable[[], np.ndarray]  # (K, 3): p, BCE term, Brier term per position, float64
+    make_block: Callable[[int, int], np.ndarray]  # rows [lo, hi) of make_values()
     unit_edges: np.ndarray | None
     to_overall: Callable[[np.ndarray], np.ndarray]  # counts in this layout -> counts in the overall layout
     _values: np.ndarray | None = None
@@ -113,6 +129,29 @@ class _View:
         self._values = self._values32 = None
 
 
+class _Blocks:
+    """A view's per-position values as the unweighted calibration sums read them, segment by segment: each block
+    is made when read and dropped after (the point estimate reads every position once), so no (n, 3) array of
+    24 bytes a sample is made — the block ``values[lo:hi]`` would have been, so its sums are the same."""
+
+    def __init__(self, make_block: Callable[[int, int], np.ndarray], n: int, keep_bce32: bool) -> None:
+        self.shape = (n, 3)
+        self._make_block = make_block
+        self.bce32 = np.empty(n, dtype=np.float32) if keep_bce32 else None
+        self._seen = 0
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        block = self._make_block(rows.start, rows.stop)
+        if self.bce32 is not None:
+            self.bce32[rows.start:rows.stop] = block[:, 1]
+            self._seen += block.shape[0]
+        return block
+
+    def complete(self) -> bool:
+        """Whether ``bce32`` holds every position (the segments read cover the layout once)."""
+        return self.bce32 is not None and self._seen == self.shape[0]
+
+
 class AttributeEngine:
     """Everything needed to compute one attribute's group statistics quickly, many times."""
 
@@ -131,6 +170,7 @@ class AttributeEngine:
         self.samples = self._samples_view()
         self._cells: _View | None | bool = False  # built on first use: only resamples need them
         self._score_cells = None  # the compiled kernel's layout, built on first use ...
+        self._point_bce32: np.ndarray | None = None  # ... with the BCE terms of the point estimate, when made
         # ... from this layout (``cells`` may reorder ``self.layout`` later): references, not copies
         self._kernel_layout = (self.layout.order, (self.layout.y, self.layout.p, self.layout.starts))
 
@@ -167,10 +207,20 @@ class AttributeEngine:
         return self._cells
 
     def _view(self, layout: L.Layout, overall: L.Layout, to_overall) -> _View:
-        def make_values() -> np.ndarray:
-            ly, lp = layout.y.astype(np.float64), layout.p
+        def make_block(lo: int, hi: int) -> np.ndarray:
             # Per-position values whose count-weighted sums give calibration metrics: p, BCE term, Brier term.
-            return np.column_stack([lp, item_bce(ly, lp, self.rules.bce), (lp - ly) ** 2])
+            ly, lp = layout.y[lo:hi].astype(np.float64), layout.p[lo:hi]
+            block = np.empty((lp.size, 3))
+            block[:, 0] = lp
+            block[:, 1] = _item_bce(ly, lp, self.rules.bce)
+            block[:, 2] = (lp - ly) ** 2
+            return block
+
+        def make_values() -> np.ndarray:
+            values = np.empty((layout.n, 3))
+            for lo in range(0, layout.n, _CHUNK):  # in chunks: no full-size temporaries (see item_bce)
+                values[lo:lo + _CHUNK] = make_block(lo, min(lo + _CHUNK, layout.n))
+            return values
 
         unit_edges = None
         if self.rules.ece == "unit":
@@ -179,7 +229,7 @@ class AttributeEngine:
             unit_edges = np.concatenate([layout.starts[:-1, None], inner, layout.starts[1:, None]], 1)
         # Resample sums use float32: half the memory traffic of this memory-bound step, relative error ~1e-6, far
         # inside any interval. AUCs and rates stay exact integers; point estimates use float64.
-        return _View(layout, overall, make_values, unit_edges, to_overall)
+        return _View(layout, overall, make_values, make_block, unit_edges, to_overall)
 
     def _range_edges(self, layout: L.Layout, counts: np.ndarray | None) -> np.ndarray:
         """pandas-cut edges over each stratum's own [min p, max p] of the samples present (FairMedFM's ECE)."""
@@ -208,10 +258,12 @@ class AttributeEngine:
         pos = stats.cum_pos_at[np.searchsorted(layout.pos_index, edges)]
         return np.diff(neg + pos, axis=1), np.diff(pos, axis=1), sums
 
-    def _all_stats(self, view: _View, counts: np.ndarray | None, sizes: np.ndarray | None):
+    def _all_stats(self, view: _View, counts: np.ndarray | None, sizes: np.ndarray | None, values=None):
+        """``values``: what the calibration sums read instead of the view's values (see :class:`_Blocks`)."""
         lay, rules = view.layout, self.rules
         weights = None if counts is None else counts.astype(np.float32)
-        values = view.values if counts is None else view.values32
+        if values is None:
+            values = view.values if counts is None else view.values32
         stats = L.count_stats(lay, counts, sizes)
         edges = view.unit_edges if rules.ece == "unit" else self._range_edges(lay, counts)
         _, pos_bin, sums = self._binned(lay, stats, edges, values, weights)
@@ -271,7 +323,12 @@ class AttributeEngine:
 
     def point_stats(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Per stratum (G groups, then the unknown stratum) and overall statistics of the data as observed."""
-        stats = self._all_stats(self.samples, None, None)
+        # The compiled kernel's BCE terms are kept, if it will run on this layout (4 bytes a sample).
+        keep = self.rules.ece == "unit" and self.layout.order is self._kernel_layout[0]
+        blocks = _Blocks(self.samples.make_block, self.layout.n, keep)
+        stats = self._all_stats(self.samples, None, None, blocks)
+        if blocks.complete():
+            self._point_bce32 = blocks.bce32
         self.samples.release()
         return stats
 
@@ -300,6 +357,7 @@ class AttributeEngine:
         seeds = seed_sequence.spawn(n_resamples)
         if n_resamples == 0:
             return {}, {}
+        _wait_for_preload()  # before any fork below: a child must not inherit the loading thread's locks
         if self._compiled_kernel() is not None:
             try:
                 return self._compiled_bootstrap(seeds, stratify, n_jobs)
@@ -319,6 +377,7 @@ class AttributeEngine:
     def _compiled_kernel(self):
         """The compiled kernel module when it applies (numba importable, ECE on [0, 1] bins), else None: the
         numpy kernels below then compute the same statistics, slower."""
+        _wait_for_preload()
         if self.rules.ece != "unit" or self.layout.n >= _KERNEL_MAX_SAMPLES:
             return None
         try:
@@ -332,7 +391,9 @@ class AttributeEngine:
             order, in_order = self._kernel_layout
             self._score_cells = kernel.ScoreCells.build(self._y, self._p, self._strata, self.n_groups + 1, order,
                                                         lambda y, p: item_bce(y, p, self.rules.bce),
-                                                        self._overall.order, in_order)  # fmt: skip
+                                                        self._overall.order, in_order,
+                                                        sample_bce32=self._point_bce32)  # fmt: skip
+            self._point_bce32 = None
         return self._score_cells
 
     def _compiled_bootstrap(self, seeds, stratify: str, n_jobs: int):
@@ -427,6 +488,36 @@ class AttributeEngine:
         starts, sizes = self.cell_starts[:-1], np.diff(self.cell_starts)
         cells = np.repeat(np.arange(counts.size), counts)
         return self.layout.order[starts[cells] + spread.integers(0, sizes[cells])]
+
+
+_PRELOAD: list[threading.Thread] = []  # the thread loading the compiled kernel (at most one per process)
+
+
+def preload_compiled_kernel() -> None:
+    """Load the compiled bootstrap kernel in a background thread while the caller reads data and computes point
+    estimates: a fresh process spends ~0.4 s importing numba, loading the kernel's cached machine code and
+    building numba's typing context on the first call, mostly while the main thread waits in numpy or Parquet
+    code. The first bootstrap waits for the thread. Idempotent; harmless where the kernel cannot be used."""
+    if not _PRELOAD:
+        _PRELOAD.append(threading.Thread(target=_load_compiled_kernel, name="fairfm-kernel", daemon=True))
+        _PRELOAD[0].start()
+
+
+def _wait_for_preload() -> None:
+    for thread in _PRELOAD:
+        if thread is not threading.current_thread():
+            thread.join()
+
+
+def _load_compiled_kernel() -> None:
+    # Both kernel specialisations: cells that are single samples (uint8 counts) and cells of tied scores (int32).
+    y = np.tile(np.array([0, 1], dtype=np.uint8), 128)
+    codes = np.repeat(np.arange(2), 128)
+    for p in (np.linspace(0.0, 1.0, y.size), np.round(np.linspace(0.0, 1.0, y.size), 1)):
+        try:
+            AttributeEngine(y, p, codes, 2, Rules(threshold=0.5)).bootstrap(4, np.random.SeedSequence(0), n_jobs=1)
+        except Exception:  # noqa: BLE001  (nothing to report here: the real bootstrap meets the same problem)
+            return
 
 
 _KERNEL_MAX_SAMPLES = 1 << 28  # the compiled kernel's 32-bit uniforms; larger data use the numpy kernels

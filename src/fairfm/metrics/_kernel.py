@@ -9,8 +9,9 @@ score). Four resamples at a time, per resample and pass:
    samples — the multinomial of resampling with replacement, as in :mod:`_resample`. The random stream is SFC64,
    continuing numpy's ``SFC64(seed)`` state, so resample b depends on its seed only, not on threads or chunking.
 2. **Groups.** One run per stratum with running sums in registers: draws, positives, twice the Mann–Whitney
-   numerator (ties count ½, per block of equal scores) and count-weighted sums of p, BCE and Brier terms,
-   recorded at the threshold and calibration-bin edges (each a position in the run, as scores are sorted).
+   numerator and count-weighted sums of p, BCE and Brier terms, recorded at the threshold and calibration-bin
+   edges (each a position in the run, as scores are sorted). The run is branch-free (labels and zero counts are
+   unpredictable branches); the few blocks of equal scores are corrected afterwards so that ties count ½.
 3. **Overall AUC.** The cells in overall score order (a merge of the strata's runs).
 
 Four resamples share every load of the cells' data and interleave four chains of running sums, which the CPU
@@ -29,6 +30,7 @@ from typing import Callable
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from fairfm.metrics import _resample as R
 
@@ -57,6 +59,11 @@ _LANES = 4  # resamples per pass over the data (benchmarked: 4 and 8)
 _MAX_STRATUM = 1 << 28  # draws per stratum (≤ 13 per sample) must stay below 2^32 for the 32-bit uniforms
 _BYTE_COUNT = R._BYTE_TABLE.astype(np.int64)  # Poisson(1) count per leading byte, 255 where ambiguous
 _STEPS = R._T.astype(np.uint64)  # u ≥ T_k ⇔ count ≥ k, on 32-bit uniforms
+# The ambiguous bytes, each repeated in the eight bytes of a word (to find them in a word at once), and the count
+# at the start of each byte's interval (the refined count is this or more).
+_AMBIGUOUS_WORDS = np.flatnonzero(R._BYTE_TABLE == 255).astype(np.uint64) * np.uint64(0x0101010101010101)
+_FIRST_COUNT = np.searchsorted(_STEPS, np.arange(256, dtype=np.uint64) << np.uint64(24), side="right").astype(np.int64)
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 
 
 @_jit
@@ -143,31 +150,81 @@ def _fill(state, out, lo, hi, byte_count, steps, checkpoints):
 
 
 @_jit
-def _fill_lanes(states, counts, lo, hi, byte_count, steps, checkpoints, totals):
-    """:func:`_fill` for every lane ``r`` of ``counts[lo:hi, r]`` from generator ``states[r]`` at once, so that
-    each cache line of the interleaved counts is written once (lane by lane, large data would stream the
-    counts through memory once per lane); each lane consumes its stream exactly as :func:`_fill` would."""
-    lanes = counts.shape[1]
-    totals[:] = 0
-    i = lo
-    while i < hi:
-        if ((i - lo) & 63) == 0:
-            for r in range(lanes):
-                checkpoints[r, (i - lo) >> 6] = totals[r]
-        width = min(8, hi - i)
-        for r in range(lanes):
-            state = states[r]
-            word = _next(state)
-            total = 0
-            for j in range(width):
-                byte = (word >> np.uint64(8 * j)) & _U255
-                v = byte_count[byte]
-                if v == 255:
-                    v = _refine(state, byte, steps)
-                counts[i + j, r] = v
-                total += v
-            totals[r] += total
-        i += 8
+def _fill_lane(state, out, lo, hi, byte_count, steps, checkpoints):
+    """:func:`_fill` of one stratum of single samples, with the generator state in registers and the eight bytes
+    of each word looked up unconditionally; a word holding a byte that straddles a CDF step (15% of words) then
+    refines those bytes in order, so the stream is consumed exactly as :func:`_fill` consumes it. Returns the sum;
+    ``checkpoints[t]`` receives the sum of ``out[lo:lo + 64 t]`` (summed afterwards, in a loop that vectorises)."""
+    a, b, c, w = state[0], state[1], state[2], state[3]
+    out = out[lo:hi]  # indices from 0: no negative-index checks
+    n = hi - lo
+    for i in range(0, n - 7, 8):
+        word = a + b + w  # _next, inlined on registers
+        w = w + _U1
+        a = b ^ (b >> _U11)
+        b = c + (c << _U3)
+        c = ((c << _U24) | (c >> _U40)) + word
+        ambiguous = 0
+        for j in range(8):
+            v = byte_count[(word >> np.uint64(8 * j)) & _U255]
+            out[i + j] = v
+            ambiguous |= v
+        if ambiguous & 128:  # only the ambiguous entry (255) has this bit
+            # Bit 8j + 7 of ``where`` marks byte j as ambiguous (an exact zero-byte test of word ^ repeated byte):
+            # the ambiguous bytes are refined in ascending order without a branch per byte.
+            where = np.uint64(0)
+            for m in range(_AMBIGUOUS_WORDS.size):
+                x = word ^ _AMBIGUOUS_WORDS[m]
+                where |= ~(((x & _LOW7) + _LOW7) | x | _LOW7)
+            while where:
+                j = trailing_zeros(where) >> 3
+                where &= where - _U1
+                byte = (word >> (np.uint64(8) * j)) & _U255
+                refined = a + b + w
+                w = w + _U1
+                a = b ^ (b >> _U11)
+                b = c + (c << _U3)
+                c = ((c << _U24) | (c >> _U40)) + refined
+                out[i + j] = _count_of(byte, refined, steps)
+    i = n - (n & 7)
+    if i < n:
+        word = a + b + w
+        w = w + _U1
+        a = b ^ (b >> _U11)
+        b = c + (c << _U3)
+        c = ((c << _U24) | (c >> _U40)) + word
+        for j in range(n - i):
+            byte = (word >> np.uint64(8 * j)) & _U255
+            v = byte_count[byte]
+            if v == 255:
+                refined = a + b + w
+                w = w + _U1
+                a = b ^ (b >> _U11)
+                b = c + (c << _U3)
+                c = ((c << _U24) | (c >> _U40)) + refined
+                v = _count_of(byte, refined, steps)
+            out[i + j] = v
+    state[0], state[1], state[2], state[3] = a, b, c, w
+    total = 0
+    for t in range((n + 63) >> 6):
+        checkpoints[t] = total
+        block = out[t << 6:min(n, (t + 1) << 6)]
+        for j in range(block.size):
+            total += np.int64(block[j])
+    return total
+
+
+@_jit
+def _count_of(byte, word, steps):
+    """:func:`_refine` given the next random word, from the count where the byte's interval starts (one step
+    falls inside the intervals of all ambiguous bytes but the last: decided without a loop)."""
+    u = (byte << _U24) | (word >> _U40)
+    v = _FIRST_COUNT[byte]
+    if v < steps.size:
+        v += np.int64(u >= steps[v])
+        while v < steps.size and u >= steps[v]:
+            v += 1
+    return v
 
 
 @_jit
@@ -289,8 +346,10 @@ def _jit_fastmath(func):
 
 @_jit_fastmath
 def _weighted_sums(counts, yflag, p32, bce32, lo, hi, out):
-    """``out[r]`` += (Σ c·p, Σ c·BCE term, Σ c·(p − y)²) over cells [lo, hi) for the 4 resamples ``counts[:, r]``:
-    branch-free, so that it vectorises."""
+    """``out[r]`` += (Σ c·p, Σ c·BCE term, Σ c·(p − y)²) over cells [lo, hi) for the 4 resamples ``counts[r]``:
+    branch-free, on contiguous rows indexed from 0 (no negative-index checks), so that it vectorises."""
+    lane0, lane1, lane2, lane3 = counts[0, lo:hi], counts[1, lo:hi], counts[2, lo:hi], counts[3, lo:hi]
+    p32, bce32, yflag = p32[lo:hi], bce32[lo:hi], yflag[lo:hi]
     cp0 = 0.0
     bce0 = 0.0
     brier0 = 0.0
@@ -303,24 +362,24 @@ def _weighted_sums(counts, yflag, p32, bce32, lo, hi, out):
     cp3 = 0.0
     bce3 = 0.0
     brier3 = 0.0
-    for k in range(lo, hi):
+    for k in range(hi - lo):
         pv = np.float64(p32[k])
         bv = np.float64(bce32[k])
         d = pv - np.float64(yflag[k] & 1)
         d2 = d * d
-        c0 = np.float64(counts[k, 0])
+        c0 = np.float64(lane0[k])
         cp0 += c0 * pv
         bce0 += c0 * bv
         brier0 += c0 * d2
-        c1 = np.float64(counts[k, 1])
+        c1 = np.float64(lane1[k])
         cp1 += c1 * pv
         bce1 += c1 * bv
         brier1 += c1 * d2
-        c2 = np.float64(counts[k, 2])
+        c2 = np.float64(lane2[k])
         cp2 += c2 * pv
         bce2 += c2 * bv
         brier2 += c2 * d2
-        c3 = np.float64(counts[k, 3])
+        c3 = np.float64(lane3[k])
         cp3 += c3 * pv
         bce3 += c3 * bv
         brier3 += c3 * d2
@@ -339,44 +398,90 @@ def _weighted_sums(counts, yflag, p32, bce32, lo, hi, out):
 
 
 @_jit
+def _tie_corrections(counts, flag, blocks, source, gather, lane_mw):
+    """Add to ``lane_mw[r]`` (twice the Mann–Whitney numerator of lane r, summed as if no scores tied) what the
+    blocks of equal scores change: a positive of a block sees each of the block's negatives at ½ (1 in twice
+    the numerator), not only those before it at 1 (2). ``blocks`` (M, 2): [start, end) of each block in the walk;
+    the walk's i-th cell is ``counts[:, source[i]]`` when ``gather``, else ``counts[:, i]``."""
+    lane0, lane1, lane2, lane3 = counts[0], counts[1], counts[2], counts[3]
+    for m in range(blocks.shape[0]):
+        # Per lane: the block's positives and negatives, and Σ over its positives of count × negatives earlier
+        # in the block; branch-free, the four lanes together (blocks are common when 5e6 float32 scores collide).
+        pos0 = neg0 = before0 = 0
+        pos1 = neg1 = before1 = 0
+        pos2 = neg2 = before2 = 0
+        pos3 = neg3 = before3 = 0
+        for i in range(blocks[m, 0], blocks[m, 1]):
+            j = np.uint64(source[i]) if gather else np.uint64(i)
+            positive = -np.int64(flag[i] & 1)
+            c = np.int64(lane0[j])
+            cy = c & positive
+            before0 += cy * neg0
+            pos0 += cy
+            neg0 += c - cy
+            c = np.int64(lane1[j])
+            cy = c & positive
+            before1 += cy * neg1
+            pos1 += cy
+            neg1 += c - cy
+            c = np.int64(lane2[j])
+            cy = c & positive
+            before2 += cy * neg2
+            pos2 += cy
+            neg2 += c - cy
+            c = np.int64(lane3[j])
+            cy = c & positive
+            before3 += cy * neg3
+            pos3 += cy
+            neg3 += c - cy
+        lane_mw[0] += pos0 * neg0 - 2 * before0
+        lane_mw[1] += pos1 * neg1 - 2 * before1
+        lane_mw[2] += pos2 * neg2 - 2 * before2
+        lane_mw[3] += pos3 * neg3 - 2 * before3
+
+
+@_jit
 def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous, stratum_bounds, yflag, p32, bce32,
-               snap_at, overall_source, overall_flag, out_int, out_sums, out_snap_int, out_snap_cp, out_overall,
-               emit, counts, scratch, checkpoints):  # fmt: skip
+               snap_at, overall_source, overall_flag, tie_blocks, overall_tie_blocks, out_int, out_sums, out_snap_int,
+               out_snap_cp, out_overall, emit, counts, scratch, checkpoints):  # fmt: skip
     """Every statistic of resamples ``states[b]`` into ``out_*[b]``, 4 resamples per pass over the cells
     (``states`` has a multiple of 4 rows); ``emit`` (K,) receives resample 0's final counts when not empty.
 
     4 independent resamples per pass share every load of the cells' data and interleave 4 chains of
     running sums, which the CPU overlaps (one resample alone is bound by the latency of its running sums).
-    Work buffers: ``counts`` (K, 4) — uint8 when cells are single samples (a quarter of the memory traffic),
+    Work buffers: ``counts`` (4, K), one row per resample (contiguous rows vectorise the weighted sums) — uint8 when cells are single samples (a quarter of the memory traffic),
     else int32 —, ``scratch`` (samples,) uint8 when cells are not single samples, ``checkpoints`` (4, K/64 + 2).
 
     Cells are ordered by (stratum, score), so each stratum is one run with running sums in registers;
     ``snap_at[s]`` lists the cell positions (ascending, inside stratum s's run) where the running sums are
-    recorded. ``yflag`` = label + 2 × (the next cell has the same score and stratum): a block of equal scores
-    is evaluated in two steps so that tied pairs count ½ (twice the numerator: 1). The overall AUC walks all
+    recorded. ``yflag`` = label + 2 × (the next cell has the same score and stratum); ``tie_blocks`` (M, 2) are
+    the [start, end) runs of equal scores (:func:`tie_blocks_of`), where :func:`_tie_corrections` makes tied
+    pairs count ½ (twice the numerator: 1). The overall AUC walks all
     cells in score order: ``overall_source[i]`` is the layout position of the i-th (a merge of the strata's
-    sorted runs, so counts are read as S ascending streams); ``overall_flag``: label + 2 × next ties.
+    sorted runs, so counts are read as S ascending streams); ``overall_flag``: label + 2 × next ties, and
+    ``overall_tie_blocks`` its runs of equal scores.
     """
     K = yflag.size
     S = stratum_bounds.size - 1
     Q = snap_at.shape[1]
     sums = np.zeros((4, 3))
-    lane_totals = np.zeros(4, dtype=np.int64)
+    lane_mw = np.zeros(4, dtype=np.int64)
     for b0 in range(0, states.shape[0], 4):
         lane_states = states[b0:b0 + 4].copy()
-        if unit and contiguous:  # the usual case, all lanes at once (see _fill_lanes); the same counts as _draw
-            for t in range(member_off.size - 1):
-                lo, hi = member_off[t], member_off[t + 1]
-                _fill_lanes(lane_states, counts, lo, hi, _BYTE_COUNT, _STEPS, checkpoints, lane_totals)
-                for r in range(4):
-                    _condition_run(lane_states[r], counts[:, r], lo, hi, lane_totals[r], checkpoints[r])
-        else:
+        # The usual case (single samples resampled within groups) draws each group just before its run, while
+        # its counts are in the cache (see _fill_lane; the same counts as _draw); otherwise everything first.
+        fused = unit and contiguous
+        if not fused:
             for r in range(4):
-                _draw(lane_states[r], sizes, unit, cell_starts, members, member_off, contiguous, counts[:, r],
+                _draw(lane_states[r], sizes, unit, cell_starts, members, member_off, contiguous, counts[r],
                       scratch, checkpoints[r], _BYTE_COUNT, _STEPS)  # fmt: skip
-        if emit.size:
-            emit[:] = counts[:, 0]
+        tb = 0
         for s in range(S):
+            if fused:
+                lo, hi = member_off[s], member_off[s + 1]
+                for r in range(4):
+                    total = _fill_lane(lane_states[r], counts[r], lo, hi, _BYTE_COUNT, _STEPS, checkpoints[r])
+                    _condition_run(lane_states[r], counts[r], lo, hi, total, checkpoints[r])
             k = stratum_bounds[s]
             pos0 = 0
             neg0 = 0
@@ -394,70 +499,31 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
             for q in range(Q + 1):
                 end = snap_at[s, q] if q < Q else stratum_bounds[s + 1]
                 _weighted_sums(counts, yflag, p32, bce32, k, end, sums)
-                while k < end:
-                    flag = yflag[k]
-                    yv = flag & 1
-                    if flag & 2:  # a block of equal scores: positives see half of the tied negatives
-                        bp0 = 0
-                        bn0 = 0
-                        bp1 = 0
-                        bn1 = 0
-                        bp2 = 0
-                        bn2 = 0
-                        bp3 = 0
-                        bn3 = 0
-                        while True:
-                            flag = yflag[k]
-                            yv = flag & 1
-                            c = np.int64(counts[k, 0])
-                            bp0 += c * yv
-                            bn0 += c - c * yv
-                            c = np.int64(counts[k, 1])
-                            bp1 += c * yv
-                            bn1 += c - c * yv
-                            c = np.int64(counts[k, 2])
-                            bp2 += c * yv
-                            bn2 += c - c * yv
-                            c = np.int64(counts[k, 3])
-                            bp3 += c * yv
-                            bn3 += c - c * yv
-                            k += 1
-                            if not flag & 2:
-                                break
-                        mw0 += bp0 * (2 * neg0 + bn0)
-                        pos0 += bp0
-                        neg0 += bn0
-                        mw1 += bp1 * (2 * neg1 + bn1)
-                        pos1 += bp1
-                        neg1 += bn1
-                        mw2 += bp2 * (2 * neg2 + bn2)
-                        pos2 += bp2
-                        neg2 += bn2
-                        mw3 += bp3 * (2 * neg3 + bn3)
-                        pos3 += bp3
-                        neg3 += bn3
-                    else:  # branch-free: labels and zero counts are unpredictable
-                        c = np.int64(counts[k, 0])
-                        cy = c * yv
-                        mw0 += 2 * cy * neg0
-                        pos0 += cy
-                        neg0 += c - cy
-                        c = np.int64(counts[k, 1])
-                        cy = c * yv
-                        mw1 += 2 * cy * neg1
-                        pos1 += cy
-                        neg1 += c - cy
-                        c = np.int64(counts[k, 2])
-                        cy = c * yv
-                        mw2 += 2 * cy * neg2
-                        pos2 += cy
-                        neg2 += c - cy
-                        c = np.int64(counts[k, 3])
-                        cy = c * yv
-                        mw3 += 2 * cy * neg3
-                        pos3 += cy
-                        neg3 += c - cy
-                        k += 1
+                lane0, lane1, lane2, lane3 = counts[0, k:end], counts[1, k:end], counts[2, k:end], counts[3, k:end]
+                flags = yflag[k:end]
+                for i in range(end - k):  # branch-free (labels and zero counts are unpredictable); ties below
+                    positive = -np.int64(flags[i] & 1)  # all ones for a positive
+                    c = np.int64(lane0[i])
+                    cy = c & positive
+                    mw0 += cy * neg0
+                    pos0 += cy
+                    neg0 += c - cy
+                    c = np.int64(lane1[i])
+                    cy = c & positive
+                    mw1 += cy * neg1
+                    pos1 += cy
+                    neg1 += c - cy
+                    c = np.int64(lane2[i])
+                    cy = c & positive
+                    mw2 += cy * neg2
+                    pos2 += cy
+                    neg2 += c - cy
+                    c = np.int64(lane3[i])
+                    cy = c & positive
+                    mw3 += cy * neg3
+                    pos3 += cy
+                    neg3 += c - cy
+                k = end
                 if q < Q:
                     out_snap_int[b0 + 0, q, s, 0] = neg0
                     out_snap_int[b0 + 0, q, s, 1] = pos0
@@ -471,21 +537,28 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
                     out_snap_int[b0 + 3, q, s, 0] = neg3
                     out_snap_int[b0 + 3, q, s, 1] = pos3
                     out_snap_cp[b0 + 3, q, s] = sums[3, 0]
+            ties = tb
+            while tb < tie_blocks.shape[0] and tie_blocks[tb, 0] < stratum_bounds[s + 1]:
+                tb += 1
+            lane_mw[0] = 2 * mw0
+            lane_mw[1] = 2 * mw1
+            lane_mw[2] = 2 * mw2
+            lane_mw[3] = 2 * mw3
+            _tie_corrections(counts, yflag, tie_blocks[ties:tb], overall_source, False, lane_mw)
             out_int[b0 + 0, s, 0] = pos0 + neg0
             out_int[b0 + 0, s, 1] = pos0
-            out_int[b0 + 0, s, 2] = mw0
             out_int[b0 + 1, s, 0] = pos1 + neg1
             out_int[b0 + 1, s, 1] = pos1
-            out_int[b0 + 1, s, 2] = mw1
             out_int[b0 + 2, s, 0] = pos2 + neg2
             out_int[b0 + 2, s, 1] = pos2
-            out_int[b0 + 2, s, 2] = mw2
             out_int[b0 + 3, s, 0] = pos3 + neg3
             out_int[b0 + 3, s, 1] = pos3
-            out_int[b0 + 3, s, 2] = mw3
             for r in range(4):
+                out_int[b0 + r, s, 2] = lane_mw[r]
                 for j in range(3):
                     out_sums[b0 + r, s, j] = sums[r, j]
+        if emit.size:
+            emit[:] = counts[0]
         neg0 = 0
         mw0 = 0
         neg1 = 0
@@ -494,69 +567,32 @@ def _resamples(states, sizes, unit, cell_starts, members, member_off, contiguous
         mw2 = 0
         neg3 = 0
         mw3 = 0
-        i = 0
-        while i < K:
-            flag = overall_flag[i]
-            yv = flag & 1
-            if flag & 2:
-                bp0 = 0
-                bn0 = 0
-                bp1 = 0
-                bn1 = 0
-                bp2 = 0
-                bn2 = 0
-                bp3 = 0
-                bn3 = 0
-                while True:
-                    flag = overall_flag[i]
-                    yv = flag & 1
-                    j = overall_source[i]
-                    c = np.int64(counts[j, 0])
-                    bp0 += c * yv
-                    bn0 += c - c * yv
-                    c = np.int64(counts[j, 1])
-                    bp1 += c * yv
-                    bn1 += c - c * yv
-                    c = np.int64(counts[j, 2])
-                    bp2 += c * yv
-                    bn2 += c - c * yv
-                    c = np.int64(counts[j, 3])
-                    bp3 += c * yv
-                    bn3 += c - c * yv
-                    i += 1
-                    if not flag & 2:
-                        break
-                mw0 += bp0 * (2 * neg0 + bn0)
-                neg0 += bn0
-                mw1 += bp1 * (2 * neg1 + bn1)
-                neg1 += bn1
-                mw2 += bp2 * (2 * neg2 + bn2)
-                neg2 += bn2
-                mw3 += bp3 * (2 * neg3 + bn3)
-                neg3 += bn3
-            else:
-                j = overall_source[i]
-                c = np.int64(counts[j, 0])
-                cy = c * yv
-                mw0 += 2 * cy * neg0
-                neg0 += c - cy
-                c = np.int64(counts[j, 1])
-                cy = c * yv
-                mw1 += 2 * cy * neg1
-                neg1 += c - cy
-                c = np.int64(counts[j, 2])
-                cy = c * yv
-                mw2 += 2 * cy * neg2
-                neg2 += c - cy
-                c = np.int64(counts[j, 3])
-                cy = c * yv
-                mw3 += 2 * cy * neg3
-                neg3 += c - cy
-                i += 1
-        out_overall[b0 + 0] = mw0
-        out_overall[b0 + 1] = mw1
-        out_overall[b0 + 2] = mw2
-        out_overall[b0 + 3] = mw3
+        for i in range(K):  # the same sums over all cells in score order
+            positive = -np.int64(overall_flag[i] & 1)
+            j = np.uint64(overall_source[i])  # unsigned: no negative-index check
+            c = np.int64(counts[0, j])
+            cy = c & positive
+            mw0 += cy * neg0
+            neg0 += c - cy
+            c = np.int64(counts[1, j])
+            cy = c & positive
+            mw1 += cy * neg1
+            neg1 += c - cy
+            c = np.int64(counts[2, j])
+            cy = c & positive
+            mw2 += cy * neg2
+            neg2 += c - cy
+            c = np.int64(counts[3, j])
+            cy = c & positive
+            mw3 += cy * neg3
+            neg3 += c - cy
+        lane_mw[0] = 2 * mw0
+        lane_mw[1] = 2 * mw1
+        lane_mw[2] = 2 * mw2
+        lane_mw[3] = 2 * mw3
+        _tie_corrections(counts, overall_flag, overall_tie_blocks, overall_source, True, lane_mw)
+        for r in range(4):
+            out_overall[b0 + r] = lane_mw[r]
 
 
 @dataclass
@@ -579,10 +615,12 @@ class ScoreCells:
     @classmethod
     def build(cls, y: np.ndarray, p: np.ndarray, strata: np.ndarray, n_strata: int, layout_order: np.ndarray,
               bce_of: Callable[[np.ndarray, np.ndarray], np.ndarray], by_score: np.ndarray | None = None,
-              in_order: tuple | None = None, max_fraction: float = 0.6) -> "ScoreCells":  # fmt: skip
+              in_order: tuple | None = None, max_fraction: float = 0.6,
+              sample_bce32: np.ndarray | None = None) -> "ScoreCells":  # fmt: skip
         """``layout_order``: sample indices sorted by (stratum, score); ``bce_of(y, p)``: BCE terms;
         ``by_score``: ``argsort(p)`` when known; ``in_order``: (y, p, stratum starts) in ``layout_order``
-        when known (shared, not copied)."""
+        when known (shared, not copied); ``sample_bce32``: the float32 BCE terms in ``layout_order`` when known
+        (used when cells are samples)."""
         order = layout_order
         if in_order is not None:
             ys, ps, bounds = in_order
@@ -631,12 +669,15 @@ class ScoreCells:
         else:
             by_score = np.argsort(cp, kind="stable")
         o_ties = np.zeros(K, dtype=np.uint8)
-        o_ties[:-1] = cp[by_score][1:] == cp[by_score][:-1]
+        sorted_p = cp[by_score]
+        o_ties[:-1] = sorted_p[1:] == sorted_p[:-1]
+        del sorted_p
         unit = starts is None
         return cls(order=order, cell_starts=np.empty(0, np.int64) if unit else np.append(starts, n).astype(np.int64),
                    stratum_bounds=np.asarray(stratum_bounds, dtype=np.int64), y=cy,
                    yflag=cy + 2 * ties_next, p=cp, p32=cp.astype(np.float32),
-                   bce32=_chunked(lambda lo, hi: bce_of(cy[lo:hi].astype(np.float64), cp[lo:hi]), K),
+                   bce32=sample_bce32 if unit and sample_bce32 is not None else
+                   _chunked(lambda lo, hi: bce_of(cy[lo:hi].astype(np.float64), cp[lo:hi]), K),
                    sizes=np.empty(0, np.int64) if unit else np.diff(np.append(starts, n)).astype(np.int64), unit=unit,
                    overall_source=by_score.astype(np.int32), overall_flag=cy[by_score] + 2 * o_ties)  # fmt: skip
 
@@ -675,6 +716,15 @@ def _chunked(compute: Callable[[int, int], np.ndarray], n: int, chunk: int = 1 <
     return out
 
 
+def tie_blocks_of(flag: np.ndarray) -> np.ndarray:
+    """(M, 2) [start, end) of every run of cells whose flag says "the next cell ties" (bit 2), with that next cell."""
+    ties = np.zeros(flag.size + 1, dtype=bool)
+    ties[1:] = (flag & 2) != 0
+    starts = np.flatnonzero(ties[1:] & ~ties[:-1])
+    ends = np.flatnonzero(~ties[1:] & ties[:-1]) + 1
+    return np.stack([starts, ends], axis=1).astype(np.int64)
+
+
 def generator_states(seeds: list[np.random.SeedSequence]) -> np.ndarray:
     """(B, 4) SFC64 states, as numpy's ``SFC64(seed)`` initialises them."""
     return np.array([np.random.SFC64(s).state["state"]["state"] for s in seeds], dtype=np.uint64).reshape(-1, 4)
@@ -707,15 +757,16 @@ def run(cells: ScoreCells, states: np.ndarray, stratify: str, snap_at: np.ndarra
                        np.zeros(padded, np.int64))  # fmt: skip
     emit = np.empty(0, dtype=np.int64) if emit is None else emit
     snap_at = np.ascontiguousarray(snap_at, dtype=np.int64)
+    tie_blocks, overall_tie_blocks = tie_blocks_of(cells.yflag), tie_blocks_of(cells.overall_flag)
 
     def chunk(lo: int, hi: int) -> None:
         K = cells.y.size
-        counts = np.empty((K, _LANES), dtype=np.uint8 if cells.unit else np.int32)
+        counts = np.empty((_LANES, K), dtype=np.uint8 if cells.unit else np.int32)
         scratch = np.empty(0 if cells.unit else int(cells.cell_starts[-1]), dtype=np.uint8)
         checkpoints = np.empty((_LANES, (K >> 6) + 2), dtype=np.int64)
         _resamples(states[lo:hi], cells.sizes, cells.unit, cells.cell_starts, members, member_off, stratify == "group",
                    cells.stratum_bounds, cells.yflag, cells.p32, cells.bce32, snap_at, cells.overall_source,
-                   cells.overall_flag, raw.ints[lo:hi], raw.sums[lo:hi], raw.snap_ints[lo:hi], raw.snap_cp[lo:hi],
+                   cells.overall_flag, tie_blocks, overall_tie_blocks, raw.ints[lo:hi], raw.sums[lo:hi], raw.snap_ints[lo:hi], raw.snap_cp[lo:hi],
                    raw.overall_mw2[lo:hi], emit, counts, scratch, checkpoints)  # fmt: skip
 
     bounds = _LANES * np.linspace(0, padded // _LANES, max(1, min(n_jobs, padded // _LANES)) + 1).astype(int)

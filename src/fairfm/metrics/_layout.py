@@ -65,23 +65,25 @@ def build_layout(y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_groups: int,
                  by_score: np.ndarray | None = None, by_score_yp: tuple | None = None) -> Layout:  # fmt: skip
     """``codes`` in ``0..G-1`` for known groups and ``-1`` for unknown; ``by_score`` may pass ``argsort(p)``
     and ``by_score_yp`` the labels and scores in that order (``y[by_score]``, ``p[by_score]``)."""
-    strata = np.where(codes < 0, n_groups, codes).astype(np.int64)
     if by_score is None:
         by_score = np.argsort(p, kind="quicksort")
     # A stable sort on the small integer strata keeps score order inside each stratum; numpy radix-sorts
-    # integers of ≤ 16 bits (linear time), so the strata are narrowed first. Gathers through ``perm`` read
-    # the score-sorted arrays as one ascending stream per stratum, which large data need (random gathers of
-    # the original arrays miss the caches).
+    # integers of ≤ 16 bits (linear time), so the strata are narrow. Gathers through ``perm`` read the
+    # score-sorted arrays as one ascending stream per stratum, which large data need (random gathers of the
+    # original arrays miss the caches).
     narrow = np.uint8 if n_groups < 255 else np.uint16 if n_groups < 65535 else np.int64
-    strata_by_score = strata.astype(narrow)[by_score]
+    strata = codes.astype(narrow)
+    strata[codes < 0] = n_groups
+    strata_by_score = strata[by_score]
     perm = np.argsort(strata_by_score, kind="stable")
     ys, ps = by_score_yp if by_score_yp is not None else (y[by_score], p[by_score])
     return _layout_from_order(by_score[perm], y, p, strata, n_groups,
-                              gathered=(ys[perm], ps[perm], strata_by_score[perm].astype(np.int64)))  # fmt: skip
+                              gathered=(ys[perm], ps[perm], strata_by_score[perm]))  # fmt: skip
 
 
 def _layout_from_order(order, y, p, strata, n_groups, gathered=None) -> Layout:
-    """``gathered``: ``(y[order], p[order], strata[order])`` when the caller has them."""
+    """``gathered``: ``(y[order], p[order], strata[order])`` when the caller has them (strata of any integer
+    type)."""
     if gathered is None:
         ys, ps, ss = y[order], p[order], strata[order]
     else:
@@ -94,17 +96,28 @@ def _layout_from_order(order, y, p, strata, n_groups, gathered=None) -> Layout:
     new_block = np.ones(n, dtype=bool)
     if n > 1:
         new_block[1:] = (ps[1:] != ps[:-1]) | (ss[1:] != ss[:-1])
-    block_start = np.flatnonzero(new_block)
-    block_id = np.cumsum(new_block) - 1
-    block_end = np.append(block_start[1:], n)
     pos_index = np.flatnonzero(ys == 1)
-    pos_group = ss[pos_index]
+    pos_group = ss[pos_index].astype(np.int64)
     pos_starts = np.searchsorted(pos_index, starts).astype(np.int64)
-    lo = block_start[block_id[pos_index]]
-    hi = block_end[block_id[pos_index]]
+    # Each positive's tie block [lo, hi). Most blocks are single samples, so only the runs of two or more are
+    # listed (no per-sample block ids, prefix sums or block lists: full-size temporaries cost page faults).
+    continued = ~new_block  # the sample continues the block of the one before
+    run_starts = np.flatnonzero(new_block[:-1] & continued[1:])
+    run_ends = np.flatnonzero(continued[:-1] & new_block[1:]) + 1
+    if n and continued[-1]:
+        run_ends = np.append(run_ends, n)
+    which = np.searchsorted(run_starts, pos_index, side="right") - 1
+    inside = which >= 0
+    which = np.maximum(which, 0)
+    if run_starts.size:
+        inside &= pos_index < run_ends[which]
+    shared = np.flatnonzero(inside)
+    lo, hi = pos_index.copy(), pos_index + 1
+    lo[shared], hi[shared] = run_starts[which[shared]], run_ends[which[shared]]
     # A positive's tie block matters only if it also holds a negative; otherwise lo/hi collapse to itself.
-    neg_cum = np.concatenate([[0], np.cumsum(ys == 0)])
-    has_tied_neg = neg_cum[hi] > neg_cum[lo]
+    has_tied_neg = np.zeros(pos_index.size, dtype=bool)
+    positives_in_block = np.searchsorted(pos_index, hi[shared]) - np.searchsorted(pos_index, lo[shared])
+    has_tied_neg[shared] = positives_in_block < hi[shared] - lo[shared]
     lo = np.where(has_tied_neg, lo, pos_index)
     hi = np.where(has_tied_neg, hi, pos_index + 1)
     return Layout(
@@ -117,8 +130,8 @@ def _layout_from_order(order, y, p, strata, n_groups, gathered=None) -> Layout:
         pos_index=pos_index,
         pos_group=pos_group,
         pos_starts=pos_starts,
-        block_lo=lo.astype(np.int64),
-        block_hi=hi.astype(np.int64),
+        block_lo=lo.astype(np.int64, copy=False),
+        block_hi=hi.astype(np.int64, copy=False),
         tied=bool(has_tied_neg.any()),
     )
 
@@ -159,7 +172,7 @@ def overall_layout(y: np.ndarray, p: np.ndarray, by_score: np.ndarray | None = N
     if by_score is None:
         by_score = np.argsort(p, kind="quicksort")
     ys, ps = by_score_yp if by_score_yp is not None else (y[by_score], p[by_score])
-    zeros = np.zeros(y.size, dtype=np.int64)
+    zeros = np.zeros(y.size, dtype=np.uint8)
     return _layout_from_order(by_score, y, p, zeros, 1, gathered=(ys, ps, zeros))
 
 

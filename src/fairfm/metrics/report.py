@@ -398,6 +398,8 @@ def evaluate(
         raise InputError(f"confidence level {ci!r} must lie strictly between 0 and 1")
     if B < 0:
         raise InputError(f"bootstrap resamples must be ≥ 0, got {B}")
+    if B:
+        E.preload_compiled_kernel()  # while the inputs are checked and the point estimates computed
     if uncertain not in I.UNCERTAIN_POLICIES:
         choices = ", ".join(I.UNCERTAIN_POLICIES)
         raise InputError(f"unknown uncertain-label policy {uncertain!r}; choose one of: {choices}")
