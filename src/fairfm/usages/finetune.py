@@ -103,9 +103,9 @@ def _finetune(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], *, root: P
         method = run_method(spec)
         if not method.post_processes:
             hooks, _, attribute = training_setup(method, spec, table, tasks, "images", hp, device=device)
-            method_hooks = {"hooks": hooks, "group_column": f"group_{attribute}"}
+            method_hooks = {"hooks": hooks, **({"group_column": f"group_{attribute}"} if attribute else {})}
     group_column = {}
-    if not method_hooks and hp.select_by == "val_worst_group_auc":  # the run's first attribute's groups
+    if "group_column" not in method_hooks and hp.select_by == "val_worst_group_auc":  # the run's first attribute's groups
         attributes = list(spec.resolve()["attributes"])
         if not attributes:
             raise InputError("hparams.select_by: val_worst_group_auc needs a sensitive attribute; the run has none")
