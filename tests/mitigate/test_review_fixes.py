@@ -231,6 +231,17 @@ def test_preflight_refuses_group_thresholds_without_both_classes_or_a_val_group(
         _preflight(_edited(synth, tmp_path / "test", test_only), clip, tmp_path, "zero_shot", "group_thresholds", {})
 
 
+def test_preflight_refuses_reductions_on_volumes(data, tmp_path):
+    synth, clip = data
+    volumes = _edited(synth, tmp_path / "volumes", lambda t: t)
+    manifest = json.loads((volumes / "dataset.json").read_text())
+    (volumes / "dataset.json").write_text(json.dumps({**manifest, "card": {"dims": 3}}))
+    _preflight(synth, clip, tmp_path, "linear_probe", "reductions", {})  # 2D: accepted
+    with pytest.raises(InputError, match=r"method 'reductions' trains on one feature vector per sample; this "
+                                         r"dataset's samples are volumes"):  # fmt: skip
+        _preflight(volumes, clip, tmp_path, "linear_probe", "reductions", {})
+
+
 def test_preflight_refuses_a_method_whose_optional_package_is_missing(data, tmp_path, monkeypatch):
     import importlib.util
 
@@ -266,10 +277,11 @@ def test_a_method_that_reads_no_attribute_trains_without_attributes(data, tmp_pa
                               "bootstrap": 10})  # fmt: skip
     assert spec.resolve()["attributes"] == []
     table, _ = load_prepared(bare)
-    assert check_method(build_method(method), "features", "linear_probe", table, [], spec=spec) is None
-    with pytest.raises(InputError, match="method 'resampling' needs a sensitive attribute; the run has none"):
-        method_attribute(build_method("resampling"), [])
     output = get_usage("linear_probe").run(spec, table, ["disease"], root=bare, features_dir=tmp_path / "features",
                                            device="cpu", progress=False, heads_path=None, timings={})  # fmt: skip
     assert output.meta["method"]["name"] == method and output.meta["method"]["attribute"] is None
     assert output.probabilities["test"].shape == ((table["split"] == "test").sum(), 1)
+    assert method_attribute(build_method(method), []) is None
+    assert check_method(build_method(method), "features", "linear_probe", table, [], spec=spec) is None
+    with pytest.raises(InputError, match="method 'resampling' needs a sensitive attribute; the run has none"):
+        method_attribute(build_method("resampling"), [])

@@ -185,6 +185,7 @@ class TrainContext:
     val_groups: np.ndarray | None = None  # (N_val,) int codes, when the run has a val split
     val_labels: np.ndarray | None = None  # (N_val, T) 0/1/NaN
     test_groups: np.ndarray | None = None  # (N_test,) int codes
+    volumes: bool = False  # the samples are volumes (the dataset card's dims 3, no 2D view): slice bags on features
 
     @property
     def n_groups(self) -> int:

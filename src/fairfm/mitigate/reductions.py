@@ -75,6 +75,9 @@ class Reductions(Method):
 
     def check(self, context: TrainContext) -> None:
         require_package("fairlearn", self.name)
+        if context.volumes:
+            raise InputError(f"method {self.name!r} trains on one feature vector per sample; this dataset's samples "
+                             "are volumes (slice bags)")  # fmt: skip
         for j, task in enumerate(context.tasks):
             self._check_task(f"task {task!r}", context.train_labels[:, j], context.train_groups, context.group_names)
 

@@ -56,7 +56,7 @@ def check_method(method: Method, loop: Loop, usage: str, table: pd.DataFrame, at
     if spec is not None and "split" in table.columns:
         tasks = list(spec.resolve()["tasks"])
         if all(f"label_{t}" in table.columns for t in tasks):  # else the run names the missing column
-            context, _ = train_context(method, spec, table, tasks, loop, spec.typed_hparams(), attribute)
+            context, _ = train_context(spec, table, tasks, loop, spec.typed_hparams(), attribute)
             method.check(context)
     return attribute
 
@@ -66,11 +66,20 @@ def _label_matrix(rows: pd.DataFrame, tasks: list[str]) -> np.ndarray:
                      for t in tasks], axis=1)  # fmt: skip
 
 
-def train_context(method: Method, spec: "RunSpec", table: pd.DataFrame, tasks: list[str], loop: Loop,
+def _volumes(spec: "RunSpec") -> bool:
+    """Whether the run's samples are volumes: a 3D dataset card read without a 2D view."""
+    try:
+        card = spec.manifest().get("card") or {}
+    except InputError:
+        return False
+    return card.get("dims") == 3 and spec.view is None
+
+
+def train_context(spec: "RunSpec", table: pd.DataFrame, tasks: list[str], loop: Loop,
                   hparams: Any, attribute: str | None, *, device: str = "cpu", feature_dim: int | None = None,
                   ) -> tuple[TrainContext, dict[str, np.ndarray] | None]:  # fmt: skip
-    """(the method's TrainContext, group codes per split) for a run whose ``table`` has a ``split`` column; the
-    codes are None for a method without an attribute (its context then holds one group of every row)."""
+    """(a method's TrainContext, group codes per split) for a run whose ``table`` has a ``split`` column, acting on
+    ``attribute``; the codes are None for a method without an attribute (its context holds one group, "all")."""
     split = table["split"].astype(str).to_numpy()
     if attribute is None:
         names, codes = ["all"], np.zeros(len(table), dtype=np.int64)
@@ -84,7 +93,7 @@ def train_context(method: Method, spec: "RunSpec", table: pd.DataFrame, tasks: l
                            batch_size=int(getattr(hparams, "batch_size", 1) or 1), device=device,
                            feature_dim=feature_dim, val_groups=by_split["val"],
                            val_labels=_label_matrix(table[split == "val"], tasks),
-                           test_groups=by_split["test"])  # fmt: skip
+                           test_groups=by_split["test"], volumes=_volumes(spec))  # fmt: skip
     return context, (by_split if attribute is not None else None)
 
 
@@ -94,7 +103,7 @@ def training_setup(method: Method, spec: "RunSpec", table: pd.DataFrame, tasks: 
     """(hooks, group codes per split, attribute) of ``method`` for a run whose ``table`` has a ``split`` column."""
     attributes = list(spec.resolve()["attributes"])
     attribute = method_attribute(method, attributes)
-    context, by_split = train_context(method, spec, table, tasks, loop, hparams, attribute, device=device,
+    context, by_split = train_context(spec, table, tasks, loop, hparams, attribute, device=device,
                                       feature_dim=feature_dim)  # fmt: skip
     method.check(context)  # as the pre-flight did (a direct call is checked too)
     return method.training_hooks(context), by_split, attribute
