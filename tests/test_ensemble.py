@@ -29,10 +29,13 @@ def members(tmp_path_factory):
     clip = make_tiny_clip(root / "clip")
     store = Store(root / "store")
     ids = {}
-    for name, usage, seed, hparams in (("probe", "linear_probe", 1, {"epochs": 3}), ("zs", "zero_shot", 1, {}),
-                                       ("probe2", "linear_probe", 2, {"epochs": 3})):  # fmt: skip
+    for name, usage, seed, hparams, method in (("probe", "linear_probe", 1, {"epochs": 3}, None),
+                                               ("zs", "zero_shot", 1, {}, None),
+                                               ("probe2", "linear_probe", 2, {"epochs": 3}, None),
+                                               ("probe_fin", "linear_probe", 1, {"epochs": 3}, "fin")):  # fmt: skip
         spec = RunSpec.from_dict({"dataset": str(root / "data"), "model": "clip", "checkpoint": str(clip),
-                                  "usage": usage, "hparams": hparams, "bootstrap": 20, "seed": seed})  # fmt: skip
+                                  "usage": usage, "hparams": hparams, "bootstrap": 20, "seed": seed,
+                                  "method": method})  # fmt: skip
         ids[name] = runner.run(spec, store, progress=False).run_id
     for name, method in (("zs_half", None), ("zs_thresholds", "group_thresholds")):  # threshold 0.5 both
         spec = RunSpec.from_dict({"dataset": str(root / "data"), "model": "clip", "checkpoint": str(clip),
@@ -138,13 +141,21 @@ def test_members_that_scored_other_rows_or_disagree_are_refused_naming_the_first
 
 def test_an_ensemble_with_an_attribute_aware_member_is_attribute_aware(members, capsys):
     store, ids = members
-    code, out, err = _ensemble(capsys, store, ids["zs_half"], ids["zs_thresholds"])
+    code, out, err = _ensemble(capsys, store, ids["probe"], ids["probe_fin"])  # FIN reads the group to predict
     assert code == 0, err
     record = store.load(out.split()[1].rstrip(":"))
     assert record.meta["ensemble"]["attribute_at_test"] is True
     assert record.meta["method"]["attribute_at_test"] is True and record.meta["method"]["members"] == [
-        ids["zs_thresholds"]]
+        ids["probe_fin"]]
     assert any("reads the sensitive attribute at test time" in w for w in record.meta["report"]["warnings"])
-    assert set(record.metrics["threshold_policy"]) == {"0.5"}
-    code, _, err = _ensemble(capsys, store, ids["zs"], ids["zs_thresholds"])  # best_f1@val and 0.5
+    code, _, err = _ensemble(capsys, store, ids["zs"], ids["zs_half"])  # best_f1@val and 0.5
     assert code == 2 and "has threshold" in err
+
+
+def test_an_ensemble_refuses_a_member_whose_scores_are_decisions(members, capsys):
+    store, ids = members
+    # group_thresholds stores 0/1 decisions: averaging them with probabilities would mix two kinds of score
+    assert set(store.load(ids["zs_thresholds"]).predictions["y_score"].unique()) <= {0.0, 1.0}
+    code, _, err = _ensemble(capsys, store, ids["zs_half"], ids["zs_thresholds"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"run {ids['zs_thresholds']} holds decisions of method 'group_thresholds'" in err

@@ -104,6 +104,20 @@ def combine(tables: Sequence[pd.DataFrame], rule: str = "mean", groups: Sequence
     return base[[*KEYS, "y_true", "y_score", *groups]]
 
 
+def _decision_method(record: "RunRecord") -> str | None:
+    """The method of a member whose stored scores are decisions (``decision_threshold`` set), or None."""
+    from fairfm.mitigate.base import get_method_class
+
+    name = record.spec.get("method")
+    if not name:
+        return None
+    try:
+        cls = get_method_class(str(name))
+    except InputError:  # a method this version does not know: its scores are taken as stored
+        return None
+    return str(name) if cls.decision_threshold is not None else None
+
+
 def ensemble(store: "Store", members: Sequence[str], *, rule: str = "mean", name: str | None = None,
              seed: int | None = None, progress: bool = False) -> tuple["RunRecord", bool]:  # fmt: skip
     """The stored ensemble of ``members`` (run ids or prefixes): (record, computed by this call)."""
@@ -122,6 +136,10 @@ def ensemble(store: "Store", members: Sequence[str], *, rule: str = "mean", name
     for record in records:
         if "y_score" not in record.predictions.columns:
             raise InputError(f"run {record.run_id} has no y_score (a segmentation run cannot be averaged)")
+        decisions = _decision_method(record)
+        if decisions is not None:
+            raise InputError(f"run {record.run_id} holds decisions of method {decisions!r} (0/1 y_score), not "
+                             "probabilities; an ensemble averages probabilities, so it cannot include it")  # fmt: skip
     evaluation = _evaluation(records, seed)
     run_id = ensemble_id(ids, rule, evaluation)
     computed = {"done": False}

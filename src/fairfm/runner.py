@@ -167,7 +167,7 @@ def preflight(spec: "RunSpec", store: "Store", *, check_store: bool = True, chec
             resolved = spec.resolve()
             check_method(run_method(spec), get_usage(spec.usage).loop, spec.usage,
                          _samples(Path(resolved["dataset"]) / "samples.parquet"), list(resolved["attributes"]),
-                         get_model(spec.model).family)  # fmt: skip
+                         get_model(spec.model).family, spec=spec)  # fmt: skip
     if check_store:
         store.check_writable()
 
@@ -276,7 +276,7 @@ def compute_run(spec: "RunSpec", *, store_path: Path, run_id: str | None = None,
         from fairfm.mitigate.runs import check_method, run_method
 
         method = run_method(spec)
-        check_method(method, get_usage(spec.usage).loop, spec.usage, table, attributes)
+        check_method(method, get_usage(spec.usage).loop, spec.usage, table, attributes, spec=spec)
     output = usage.run(spec, table, tasks, root=root, features_dir=Path(store_path) / FEATURES_DIR, device=device,
                    progress=progress, heads_path=Path(store_path) / HEADS_DIR / f"{run_id}.safetensors" if run_id
                    else None, timings=timings)  # fmt: skip

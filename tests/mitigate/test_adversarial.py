@@ -21,7 +21,7 @@ METHODS = ["laftr", "cfair", "lnl", "end", "odr"]
 SMALL = {"laftr": {"encoder_hidden": 16, "adversary_hidden": 16},
          "cfair": {"encoder_hidden": 16, "adversary_hidden": 16},
          "lnl": {"encoder_hidden": 16, "predictor_hidden": 16}, "end": {"encoder_hidden": 16},
-         "odr": {"latent_dim": 8, "encoder_width": 16, "classifier_hidden": [16]}}  # fmt: skip
+         "odr": {"latent_dim": 8, "encoder_hidden": [16], "classifier_hidden": [16]}}  # fmt: skip
 
 
 def _context(groups, labels, loop="features", seed=0, n_groups=2) -> TrainContext:
@@ -138,14 +138,21 @@ def test_cfair_balanced_error_weights_and_conditional_adversary_loss_by_hand():
 
     groups = np.array([0, 0, 0, 1, 0, 1, 1])
     labels = np.array([0, 0, 0, 1, 1, 1, 1])  # y=0: P(a=0)=1, P(a=1)=0; y=1: P(a=0)=¼, P(a=1)=¾
-    assert np.allclose(cfair_attribute_weights(groups, labels), [[1.0, 0.0], [4.0, 4 / 3]])
+    # conditional: 1 / P(a | y), 0 for a group absent from a class
+    assert np.allclose(cfair_attribute_weights(groups, labels, "conditional"), [[1.0, 0.0], [4.0, 4 / 3]])
+    # reference (METHODS.md §3.5): [1/(1−P(y=1|a)), 1/P(y=1|a)], the list of attribute value a passed to the
+    # adversary of class y = a; P(y=1|a=0) = 1/4, P(y=1|a=1) = 1
+    assert np.allclose(cfair_attribute_weights(groups, labels), [[4 / 3, 4.0], [0.0, 1.0]])
+    assert build_method("cfair").params.weighting == "reference"
 
     batch_groups, batch_labels = [0, 1, 0, 1, 1], [0, 0, 1, 1, float("nan")]
-    context = _context([0, 1, 0, 1, 0, 1], [0, 0, 0, 1, 1, 1], loop="images")  # y=0: P(a=1)=⅓; y=1: ⅔
+    train_groups, train_labels = np.array([0, 1, 0, 1, 0, 1]), np.array([0, 0, 0, 1, 1, 1])
+    context = _context(train_groups, train_labels, loop="images")
     hooks, _ = _hooks("cfair", {"adversary_hidden": 3, "mu": 0.5}, context)
     z = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
     loss = float(hooks.regularizer(_inputs(z, batch_groups, batch_labels)).detach())
-    table = cfair_attribute_weights(context.train_groups, context.train_labels[:, 0])
+    base = [train_labels[train_groups == a].mean() for a in (0, 1)]  # P(y=1 | a) = ⅓, ⅔
+    table = np.array([[1 / (1 - base[y]), 1 / base[y]] for y in (0, 1)])
     per_class = []
     for cls in (0, 1):
         rows = [i for i, y in enumerate(batch_labels) if y == cls]
@@ -344,6 +351,8 @@ def test_fairfm_run_bitfit_acts_on_the_backbone_features(name, synth_dir, clip_d
     meta = _only_meta(store)
     assert meta["method"]["name"] == name and meta["method"]["attribute_at_test"] is False
     assert "backbone's pooled features" in meta["method"]["details"]["representation"]
+    # LAFTR's gradient clipping (METHODS.md §3.4: 5.0) reaches the image loop; the others leave it off
+    assert meta["training"]["clip_grad_norm"] == (5.0 if name == "laftr" else None)
 
 
 def test_fairfm_run_refuses_a_usage_without_a_training_loop_before_any_work(synth_dir, clip_dir, tmp_path, capsys):

@@ -118,7 +118,7 @@ def test_a_group_without_training_rows_is_refused_by_the_per_group_heads_and_nor
 
     for method, part in (("domain_ind", "head"), ("fin", "mean and scale")):
         with pytest.raises(InputError, match=f"group 'g2' of 'group' has no training rows, so its {part} would never"):
-            build_method(method, {}).training_hooks(_context(np.array([0, 1, 0]), 3))
+            build_method(method, {}).check(_context(np.array([0, 1, 0]), 3))
 
 
 # ------------------------------------------------------------------------------------------------ FIN

@@ -186,13 +186,15 @@ def test_fis_reduces_the_auc_gap_of_planted_under_representation():
 # ---------------------------------------------------------------------------------------------------- SWAD/SWA
 
 
-def _valley_oracle(losses: list[float], nc: int, ne: int, ratio: float) -> list[int] | None:
-    """The epochs (1-based) SWAD averages, by its definition read offline; None: the valley is never found."""
+def _valley_oracle(losses: list[float], nc: int, ne: int, ratio: float, base: str = "min") -> list[int] | None:
+    """The epochs (1-based) SWAD averages, by its definition read offline; None: the valley is never found. The
+    threshold: METHODS.md's min loss × (1 + ratio), or Cha et al.'s mean of the convergence window × (1 + ratio)."""
     n = len(losses)
     start = next((i for i in range(n - nc + 1) if losses[i] <= min(losses[i:i + nc])), None)
     if start is None:
         return None
-    threshold = np.mean(losses[start:start + nc]) * (1 + ratio)
+    window = losses[start:start + nc]
+    threshold = (min(window) if base == "min" else np.mean(window)) * (1 + ratio)
     joined = [start]
     for i in range(start + 1, n):
         window = losses[i:i + ne]  # a short window at the end: the reference's get_final_model
@@ -226,11 +228,12 @@ def _drive(method: str, params: dict, losses: list[float], steps: int, seed: int
 
 @settings(max_examples=60, deadline=None)
 @given(losses=st.lists(st.floats(0.1, 2.0), min_size=1, max_size=14), nc=st.integers(1, 4), ne=st.integers(1, 7),
-       ratio=st.sampled_from([0.0, 0.05, 0.3]), steps=st.integers(1, 3))  # fmt: skip
-def test_swad_averages_the_iterates_of_the_validation_loss_valley(losses, nc, ne, ratio, steps):
-    final, snapshots, hooks = _drive("swad", {"n_converge": nc, "n_tolerance": ne, "tolerance_ratio": ratio},
-                                     losses, steps, seed=len(losses))  # fmt: skip
-    epochs = _valley_oracle(losses, nc, ne, ratio)
+       ratio=st.sampled_from([0.0, 0.05, 0.3]), steps=st.integers(1, 3),
+       base=st.sampled_from(["min", "mean"]))  # fmt: skip
+def test_swad_averages_the_iterates_of_the_validation_loss_valley(losses, nc, ne, ratio, steps, base):
+    final, snapshots, hooks = _drive("swad", {"n_converge": nc, "n_tolerance": ne, "tolerance_ratio": ratio,
+                                              "threshold_base": base}, losses, steps, seed=len(losses))  # fmt: skip
+    epochs = _valley_oracle(losses, nc, ne, ratio, base)
     if epochs is None:  # never converged: the last epoch's iterates, as the reference
         epochs = [len(losses)]
     # the mean of each averaged epoch's dense (per-step) mean, each epoch counted once
@@ -241,9 +244,21 @@ def test_swad_averages_the_iterates_of_the_validation_loss_valley(losses, nc, ne
 
 def test_swad_valley_ends_after_n_tolerance_validations_above_the_threshold():
     losses = [1.0, 0.5, 0.6, 0.55, 0.9, 0.9, 0.9, 0.52, 0.5]  # converges at 2; epochs 5–7 leave the valley
-    _, _, hooks = _drive("swad", {"n_converge": 3, "n_tolerance": 3, "tolerance_ratio": 0.05}, losses, 1, seed=0)
+    _, _, hooks = _drive("swad", {"n_converge": 3, "n_tolerance": 3, "tolerance_ratio": 0.05,
+                                  "threshold_base": "mean"}, losses, 1, seed=0)  # fmt: skip
     assert hooks.meta["converged_epoch"] == 2 and hooks.meta["averaged_epochs"] == [2, 3, 4]
     assert hooks.meta["valley_ended"] and hooks.meta["threshold"] == pytest.approx(np.mean([0.5, 0.6, 0.55]) * 1.05)
+
+
+def test_swad_defaults_follow_methods_md_min_loss_threshold_and_medfair_tolerance():
+    params = build_method("swad").params
+    assert params.n_tolerance == 9 and params.n_converge == 3 and params.threshold_base == "min"
+    # METHODS.md §3.10: threshold = min loss × (1 + 0.05) = 0.5 × 1.05 = 0.525. Epoch 3 (0.6) has the window
+    # 0.6, 0.55, 0.9 (n_tolerance 3) whose minimum 0.55 exceeds it: the valley holds epoch 2 only.
+    losses = [1.0, 0.5, 0.6, 0.55, 0.9, 0.9, 0.9, 0.52, 0.5]
+    _, _, hooks = _drive("swad", {"n_tolerance": 3}, losses, 1, seed=0)
+    assert hooks.meta["threshold"] == pytest.approx(0.525)
+    assert hooks.meta["averaged_epochs"] == [2] and hooks.meta["valley_ended"]
 
 
 def test_swa_averages_the_end_of_epoch_weights_from_swa_start():
@@ -254,7 +269,7 @@ def test_swa_averages_the_end_of_epoch_weights_from_swa_start():
     from fairfm.errors import InputError
 
     with pytest.raises(InputError, match="method_params.swa_start: 9 is after the last epoch"):
-        build_method("swa", {"swa_start": 9}).training_hooks(_context(epochs=5))
+        build_method("swa", {"swa_start": 9}).check(_context(epochs=5))
 
 
 def test_swa_in_the_image_loop_re_estimates_batchnorm_for_the_averaged_weights(tmp_path):
@@ -353,7 +368,8 @@ def test_methods_run_on_the_linear_probe_through_the_cli(capsys, synth_dir, clip
     code, _, err = _run(capsys, synth_dir, clip_dir, tmp_path / "s1", "linear_probe", method, *params)
     assert code == 0, err
     meta, predictions = _stored(tmp_path / "s1")
-    assert meta["method"]["name"] == method and meta["method"]["attribute"] == "sex"
+    reads = "sex" if method == "fis" else None  # SAM, GSAM, SWAD, SWA read no attribute: recorded null
+    assert meta["method"]["name"] == method and meta["method"]["attribute"] == reads
     assert meta["method"]["attribute_at_test"] is False and predictions["y_score"].between(0, 1).all()
     if method in ("fis", "swad"):  # same spec, same predictions (a fresh store computes it again)
         code, _, err = _run(capsys, synth_dir, clip_dir, tmp_path / "s2", "linear_probe", method, *params)

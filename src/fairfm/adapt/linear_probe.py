@@ -151,6 +151,11 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
     from fairfm.mitigate.base import LossInputs, TrainHooks
 
     hooks = hooks if hooks is not None else TrainHooks()
+
+    def clip_gradients() -> None:  # a method's clipping (LAFTR's 5.0) on everything the optimiser steps
+        if hooks.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                           hooks.clip_grad_norm)  # fmt: skip
     context = hooks.group_context
     regularizer = hooks.regularizer
     if regularizer is not None:
@@ -214,12 +219,14 @@ def fit_head(head: "torch.nn.Module", forward: Callable[[Any, np.ndarray], "torc
                 optimizer.zero_grad(set_to_none=True)
                 loss = batch_loss(index, epoch)
                 loss.backward()
+                clip_gradients()
                 if hooks.step is not None:  # e.g. SAM: a second pass at perturbed weights, then the step
 
                     def closure(index: np.ndarray = index) -> "torch.Tensor":
                         optimizer.zero_grad(set_to_none=True)
                         again = batch_loss(index, epoch)
                         again.backward()
+                        clip_gradients()
                         return again
 
                     hooks.step(optimizer, closure)

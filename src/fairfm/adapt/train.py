@@ -886,6 +886,8 @@ def fit(
     use_amp = bool(hp.amp) and str(device).startswith("cuda")  # mixed precision only on CUDA
 
     hooks = hooks if hooks is not None else _no_hooks()
+    if hooks.clip_grad_norm is not None:  # a method's clipping (LAFTR's 5.0); with the usage's own, the tighter
+        clip_grad_norm = min(clip_grad_norm or hooks.clip_grad_norm, hooks.clip_grad_norm)
     trainable = _apply_model_hooks(model, hooks, trainable)
     names = _trainable_names(model, trainable)
     chosen = set(names)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -72,9 +73,10 @@ def representation_of(inputs, source: nn.Module | None, method: str) -> torch.Te
     return z
 
 
-def negative_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """(B,) Σ_k p_k log p_k of softmax(logits) (≤ 0; minimising it pushes the prediction towards uniform)."""
-    log_p = torch.log_softmax(logits, dim=1)
+def negative_entropy(logits: torch.Tensor, probabilities: str = "softmax") -> torch.Tensor:
+    """(B,) Σ_k p_k log p_k of p = softmax(logits) (≤ 0; minimising it pushes the prediction towards uniform), or of
+    p = sigmoid(logits) per logit (MEDFAIR's LNL; each term is minimised at p_k = 1/e)."""
+    log_p = torch.log_softmax(logits, dim=1) if probabilities == "softmax" else F.logsigmoid(logits)
     return (log_p.exp() * log_p).sum(dim=1)
 
 
@@ -85,13 +87,14 @@ def frozen_call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class GaussianEncoder(nn.Module):
-    """ODR's latent encoder: ``h = ReLU(Linear(f))``, mean and log-variance ``Linear(h)`` each (the log-variance
-    clamped to [−15, 15] so that a branch pushed towards certainty cannot overflow its KL term)."""
+    """ODR's latent encoder: ``h`` = ReLU layers of the ``hidden`` widths on f (METHODS.md: [256, 128]), mean and
+    log-variance ``Linear(h)`` each (the log-variance clamped to [−15, 15] so that a branch pushed towards certainty
+    cannot overflow its KL term)."""
 
-    def __init__(self, n_in: int, width: int, latent: int) -> None:
+    def __init__(self, n_in: int, hidden: Sequence[int], latent: int) -> None:
         super().__init__()
-        self.trunk = mlp([n_in, width], last_activation=True)
-        self.mean, self.log_var = nn.Linear(width, latent), nn.Linear(width, latent)
+        self.trunk = mlp([n_in, *hidden], last_activation=True)
+        self.mean, self.log_var = nn.Linear(hidden[-1], latent), nn.Linear(hidden[-1], latent)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(features)

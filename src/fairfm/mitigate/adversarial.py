@@ -75,6 +75,9 @@ class _RepresentationMethod(Method):
     def extra_hooks(self, context: TrainContext) -> dict[str, Any]:
         return {}
 
+    def check(self, context: TrainContext) -> None:
+        task_labels(context, getattr(self.params, "task", None))
+
     def details(self, context: TrainContext) -> dict[str, Any]:
         return {}
 
@@ -126,6 +129,8 @@ class LaftrParams(_RepresentationParams):
     fair_coeff: float = Field(1.0, ge=0, description="weight of the adversary's loss the encoder maximises "
                               "(the gradient-reversal scale)")  # fmt: skip
     adversary_hidden: int = Field(128, ge=1, description="hidden width of the adversary (ReLU between its layers)")
+    clip_grad_norm: Optional[float] = Field(5.0, gt=0, description="clip the total gradient norm of the trained "
+                                            "parameters (MEDFAIR: 5.0; null: no clipping)")  # fmt: skip
 
 
 def laftr_cell_weights(groups: np.ndarray, labels: np.ndarray, variant: str) -> np.ndarray:
@@ -194,9 +199,10 @@ class Laftr(_RepresentationMethod):
 
     def extra_hooks(self, context):
         coeff = self.params.class_coeff
-        if coeff == 1.0:
-            return {}
-        return {"loss": lambda inputs: coeff * inputs.default}
+        hooks: dict[str, Any] = {"clip_grad_norm": self.params.clip_grad_norm}
+        if coeff != 1.0:
+            hooks["loss"] = lambda inputs: coeff * inputs.default
+        return hooks
 
     def details(self, context):
         _, labels = task_labels(context, self.params.task)
@@ -211,17 +217,36 @@ class Laftr(_RepresentationMethod):
 class CFairParams(_RepresentationParams):
     mu: float = Field(0.1, ge=0, description="μ: weight of the conditional adversaries' loss")
     adversary_hidden: int = Field(128, ge=1, description="hidden width of each conditional adversary")
+    weighting: Literal["reference", "conditional"] = Field(
+        "reference", description="adversary sample weights: reference = Zhao et al.'s and MEDFAIR's "
+        "[1/(1−P(y=1|a)), 1/P(y=1|a)]; conditional = 1/P(a|y), the balanced error rate within each class")  # fmt: skip
 
 
-def cfair_attribute_weights(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(2 classes, 2 groups) balanced-error-rate weights 1 / P(a | y) of each class's adversary (Zhao et al.'s
-    ``reweight_attr_tensors``: [1/(1 − P(a=1|y)), 1/P(a=1|y)]); 0 for a group absent from a class."""
+def cfair_attribute_weights(groups: np.ndarray, labels: np.ndarray, weighting: str = "reference") -> np.ndarray:
+    """(2 classes, 2 groups) weight of a sample of group a (column) in the adversary of class y (row), from the
+    labelled training rows; 0 where a rate is 0 (a weight that would be infinite).
+
+    ``reference`` (Zhao et al.'s ``reweight_attr_tensors``, copied by MEDFAIR): with b_a = P(y=1 | a), the list
+    [[1/(1−b_0), 1/b_0], [1/(1−b_1), 1/b_1]] whose entry y is passed as the NLL class weights of class y's
+    adversary — row y holds [1/(1−b_y), 1/b_y], indexed by the group. ``conditional``: 1/P(a | y), which makes class
+    y's adversary loss the balanced error rate over the groups within that class (the paper's BER objective)."""
+    groups, labels = np.asarray(groups), np.asarray(labels, dtype=np.float64)
+    known = ~np.isnan(labels)
     table = np.zeros((2, 2))
+
+    def inverse(share: float) -> float:
+        return 1.0 / share if share > 0 else 0.0
+
+    if weighting == "reference":
+        for y in (0, 1):
+            in_group = known & (groups == y)
+            base = float(np.mean(labels[in_group])) if in_group.any() else 0.0
+            table[y] = [inverse(1.0 - base), inverse(base)]
+        return table
     for y in (0, 1):
-        in_class = groups[labels == y]
+        in_class = groups[known & (labels == y)]
         for a in (0, 1):
-            share = float(np.mean(in_class == a)) if in_class.size else 0.0
-            table[y, a] = 1.0 / share if share > 0 else 0.0
+            table[y, a] = inverse(float(np.mean(in_class == a)) if in_class.size else 0.0)
     return table
 
 
@@ -248,7 +273,8 @@ class CFair(_RepresentationMethod):
         from fairfm.mitigate._layers import reverse_gradient
 
         column, labels = task_labels(context, self.params.task)
-        table = torch.as_tensor(cfair_attribute_weights(context.train_groups, labels), dtype=torch.float32)
+        table = torch.as_tensor(cfair_attribute_weights(context.train_groups, labels, self.params.weighting),
+                                dtype=torch.float32)  # fmt: skip
         mu = self.params.mu
 
         def loss(parts, inputs: LossInputs, z, source):
@@ -266,8 +292,8 @@ class CFair(_RepresentationMethod):
 
     def details(self, context):
         _, labels = task_labels(context, self.params.task)
-        table = cfair_attribute_weights(context.train_groups, labels)
-        return {"attribute_weights": {f"y={y}|{context.group_names[a]}": float(table[y, a])
+        table = cfair_attribute_weights(context.train_groups, labels, self.params.weighting)
+        return {"weighting": self.params.weighting, "attribute_weights": {f"y={y}|{context.group_names[a]}": float(table[y, a])
                                       for y in (0, 1) for a in (0, 1)}}  # fmt: skip
 
 
@@ -278,6 +304,9 @@ class LnlParams(_RepresentationParams):
     entropy_weight: float = Field(0.1, ge=0, description="λ: weight of the bias prediction's negative entropy")
     reversal_scale: float = Field(1.0, ge=0, description="scale of the bias predictor's reversed gradient into z")
     predictor_hidden: int = Field(128, ge=1, description="hidden width of the bias predictor")
+    entropy: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="probabilities of the entropy term: softmax over the groups (Kim et al.; the "
+        "distribution the predictor's cross-entropy trains) or per-logit sigmoid (MEDFAIR's LNL)")  # fmt: skip
 
 
 @register_method("lnl")
@@ -299,12 +328,12 @@ class Lnl(_RepresentationMethod):
 
         from fairfm.mitigate._layers import frozen_call, negative_entropy, reverse_gradient
 
-        weight, scale = self.params.entropy_weight, self.params.reversal_scale
+        weight, scale, kind = self.params.entropy_weight, self.params.reversal_scale, self.params.entropy
 
         def loss(parts, inputs: LossInputs, z, source):
             predictor = parts["predictor"]
             # step 1 of Kim et al.: z maximises the entropy of the (fixed) bias predictor's prediction
-            entropy_term = negative_entropy(frozen_call(predictor, z)).mean()
+            entropy_term = negative_entropy(frozen_call(predictor, z), kind).mean()
             # step 2: the predictor learns the group; z receives the reversed gradient
             bias_term = F.cross_entropy(predictor(reverse_gradient(z, scale)), inputs.groups)
             return weight * entropy_term + bias_term
@@ -374,7 +403,8 @@ class OdrParams(MethodParams):
     gamma_od: float = Field(0.1, gt=0, le=1, description="decay of λ_OD: λ_OD·γ_OD^(epoch/step_size)")
     step_size: float = Field(20, gt=0, description="epochs over which a coefficient decays by its γ")
     latent_dim: int = Field(128, ge=2, description="dimension of z_t and z_s")
-    encoder_width: int = Field(128, ge=1, description="hidden width of each Gaussian encoder")
+    encoder_hidden: List[Annotated[int, Field(ge=1)]] = Field([256, 128], min_length=1, description="hidden widths "
+                                                               "of each Gaussian encoder (METHODS.md: [256, 128])")
     classifier_hidden: List[Annotated[int, Field(ge=1)]] = Field([256, 128], description="hidden widths of the target and sensitive "
                                          "classifiers")  # fmt: skip
 
@@ -413,7 +443,7 @@ class Odr(_RepresentationMethod):
         from fairfm.mitigate._layers import DisentangledHead, GaussianEncoder, mlp
 
         p = self.params
-        encoder = GaussianEncoder(head.in_features, p.encoder_width, p.latent_dim)
+        encoder = GaussianEncoder(head.in_features, p.encoder_hidden, p.latent_dim)
         classifier = mlp([p.latent_dim, *p.classifier_hidden, head.out_features])
         return DisentangledHead(encoder, classifier, derive_seed(context.seed, "odr:noise"))
 
@@ -424,7 +454,7 @@ class Odr(_RepresentationMethod):
 
         p = self.params
         # the sensitive encoder reads the same features as the target encoder
-        return nn.ModuleDict({"sensitive_encoder": GaussianEncoder(input_width, p.encoder_width, p.latent_dim),
+        return nn.ModuleDict({"sensitive_encoder": GaussianEncoder(input_width, p.encoder_hidden, p.latent_dim),
                               "sensitive_classifier": mlp([p.latent_dim, *p.classifier_hidden, context.n_groups])})
 
     def details(self, context):

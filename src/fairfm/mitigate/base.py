@@ -146,6 +146,9 @@ class TrainHooks:
     ``update_bn``
         re-estimate the BatchNorm running statistics of a replaced final state on the training rows (image loop;
         the heads of the other loops have no BatchNorm).
+    ``clip_grad_norm``
+        clip the total gradient norm of everything the optimiser steps to this value before every step (LAFTR's
+        5.0), in both loops; with a usage's own clipping the tighter bound applies (None: the usage's, if any).
     """
 
     rows: Callable[[int], np.ndarray] | None = None
@@ -160,6 +163,7 @@ class TrainHooks:
     on_epoch_end: Sequence[Callable[[Any], bool | None]] = ()
     final_state: Callable[[Mapping[str, "torch.Tensor"], Any], Mapping[str, "torch.Tensor"] | None] | None = None
     update_bn: bool = False
+    clip_grad_norm: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # recorded in the run's meta.json under "method"
 
 
@@ -169,7 +173,7 @@ class TrainContext:
 
     loop: Loop
     tasks: list[str]
-    attribute: str
+    attribute: str | None  # None for a method that reads no attribute (one group, "all")
     group_names: list[str]  # sorted; codes index this list
     train_groups: np.ndarray  # (N_train,) int codes
     train_labels: np.ndarray  # (N_train, T) 0/1/NaN
@@ -178,6 +182,10 @@ class TrainContext:
     batch_size: int
     device: str = "cpu"
     feature_dim: int | None = None  # dimension of what the head reads (features loop: known up front)
+    val_groups: np.ndarray | None = None  # (N_val,) int codes, when the run has a val split
+    val_labels: np.ndarray | None = None  # (N_val, T) 0/1/NaN
+    test_groups: np.ndarray | None = None  # (N_test,) int codes
+    volumes: bool = False  # the samples are volumes (the dataset card's dims 3, no 2D view): slice bags on features
 
     @property
     def n_groups(self) -> int:
@@ -248,6 +256,10 @@ class Method:
 
     def attribute_label(self) -> str:
         return repr(self.params.attribute) if self.params.attribute else "the attribute"
+
+    def check(self, context: TrainContext) -> None:
+        """Refuse (InputError) what this method cannot do on the run's data, before any work: the runner's
+        pre-flight calls it with the prepared table's training (and validation) rows. The default refuses nothing."""
 
     # -- what it does (override one) ---------------------------------------------------------------------------
     def training_hooks(self, context: TrainContext) -> TrainHooks:
@@ -336,6 +348,15 @@ def build_method(name: str, params: Mapping[str, Any] | None = None) -> Method:
     """The method ``name`` with validated ``params`` (a pydantic ValidationError on bad ones)."""
     cls = get_method_class(name)
     return cls(cls.params_model.model_validate(dict(params or {})))
+
+
+def require_package(module: str, method: str) -> None:
+    """Refuse a method whose optional package is not installed, before any work."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise InputError(f"method {method!r} needs the package {module!r}, which is not installed: "
+                         "pip install 'fairfm[models]'")  # fmt: skip
 
 
 def group_codes(values: Sequence[Any] | np.ndarray, names: Sequence[str]) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from fairfm.adapt.seeding import derive_seed
 from fairfm.errors import InputError
 from fairfm.mitigate.base import GroupContext, Method, MethodParams, Needs, TrainContext, TrainHooks, register_method
 
@@ -49,14 +50,21 @@ class DomainInd(Method):
     def uses_attribute_at_test(self) -> bool:
         return self.params.inference == "aware"
 
-    def training_hooks(self, context: TrainContext) -> TrainHooks:
+    def check(self, context: TrainContext) -> None:
         require_training_rows(context, self.name, "head")
+
+    def training_hooks(self, context: TrainContext) -> TrainHooks:
         group_context = GroupContext(context.n_groups)
+        seed = derive_seed(context.seed, "domain_ind")
 
         def wrap_head(head):
+            import torch
+
             from fairfm.mitigate._group_layers import GroupHeads
 
-            return GroupHeads(head.in_features, head.out_features, group_context)
+            with torch.random.fork_rng(devices=[]):  # the heads drawn from the run's seed alone
+                torch.manual_seed(seed)
+                return GroupHeads(head.in_features, head.out_features, group_context)
 
         return TrainHooks(wrap_head=wrap_head, group_context=group_context,
                           attribute_aware_inference=self.uses_attribute_at_test(),

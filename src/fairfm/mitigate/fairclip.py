@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fairfm.mitigate.base import LossInputs, Method, MethodParams, Needs, TrainContext, TrainHooks, register_method
+from fairfm.mitigate.base import (LossInputs, Method, MethodParams, Needs, TrainContext, TrainHooks, register_method,
+                                  require_package)
 from fairfm.mitigate.fis import sinkhorn_distance
 
 
@@ -58,6 +59,9 @@ class FairCLIP(Method):
     needs = Needs(loops=("clip_head",), vision_language=True)
     summary = "Sinkhorn distance between each group's and the batch's image–text similarity distributions"
     reference = "Luo et al. CVPR 2024 (FairCLIP), finetune_FairCLIP.py (METHODS.md §3.15)"
+
+    def check(self, context: TrainContext) -> None:
+        require_package("geomloss", self.name)
 
     def training_hooks(self, context: TrainContext) -> TrainHooks:
         from geomloss import SamplesLoss

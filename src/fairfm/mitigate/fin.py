@@ -41,8 +41,10 @@ class FIN(Method):
     def uses_attribute_at_test(self) -> bool:
         return self.params.inference == "aware"
 
-    def training_hooks(self, context: TrainContext) -> TrainHooks:
+    def check(self, context: TrainContext) -> None:
         require_training_rows(context, self.name, "mean and scale")
+
+    def training_hooks(self, context: TrainContext) -> TrainHooks:
         group_context = GroupContext(context.n_groups)
         counts = np.bincount(context.train_groups, minlength=context.n_groups).astype(np.float64)
         proportions = counts / counts.sum()

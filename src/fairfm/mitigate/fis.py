@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fairfm.mitigate.base import LossInputs, Method, MethodParams, Needs, TrainContext, TrainHooks, register_method
+from fairfm.mitigate.base import (LossInputs, Method, MethodParams, Needs, TrainContext, TrainHooks, register_method,
+                                  require_package)
 
 
 class FISParams(MethodParams):
@@ -72,6 +73,9 @@ class FIS(Method):
     needs = Needs(loops=("features", "images", "clip_head"))
     summary = "fair identity scaling: per-sample loss weights from the loss itself and its group's Sinkhorn distance"
     reference = "Luo et al. (FairVision) 2024, src/modules.py Fair_Loss_Scaler (METHODS.md §3.13)"
+
+    def check(self, context: TrainContext) -> None:
+        require_package("geomloss", self.name)
 
     def training_hooks(self, context: TrainContext) -> TrainHooks:
         from geomloss import SamplesLoss

@@ -29,7 +29,8 @@ from pydantic import Field, model_validator
 
 from fairfm.adapt.seeding import derive_seed
 from fairfm.errors import InputError
-from fairfm.mitigate.base import LOOPS, Method, MethodParams, Needs, ScoreSet, register_method
+from fairfm.mitigate.base import (LOOPS, Method, MethodParams, Needs, ScoreSet, TrainContext, register_method,
+                                  require_package)
 
 Constraint = Literal["equalized_odds", "demographic_parity", "true_positive_rate_parity", "false_positive_rate_parity"]
 Objective = Literal["accuracy_score", "balanced_accuracy_score", "selection_rate", "true_positive_rate",
@@ -110,6 +111,30 @@ class GroupThresholds(Method):
     def report_warnings(self) -> list[str]:
         return [SCORE_WARNING.format(name=self.name, output=self.params.output)]
 
+    def check(self, context: TrainContext) -> None:
+        require_package("fairlearn", self.name)
+        if context.val_labels is None or context.val_groups is None:
+            return
+        test = context.test_groups if context.test_groups is not None else np.zeros(0, dtype=np.int64)
+        for j, task in enumerate(context.tasks):
+            self._check_task(task, context.val_labels[:, j], context.val_groups, test, context.group_names)
+
+    def _check_task(self, task: str, val_labels: np.ndarray, val_groups: np.ndarray, test_groups: np.ndarray,
+                    names: Any) -> None:  # fmt: skip
+        """Every group needs both classes among its labelled validation rows, and every test group a threshold."""
+        known = ~np.isnan(val_labels)
+        y, groups = val_labels[known].astype(np.int64), np.asarray(val_groups)[known]
+        for code in np.unique(groups):
+            classes = np.unique(y[groups == code])
+            if classes.size < 2:
+                raise InputError(f"method {self.name!r}: task {task!r}: group {_name(names, int(code))!r} has "
+                                 f"only class {int(classes[0])} among its validation rows; thresholds per group "
+                                 "need both classes in every group")  # fmt: skip
+        unseen = sorted(set(np.unique(test_groups).tolist()) - set(np.unique(groups).tolist()))
+        if unseen:
+            raise InputError(f"method {self.name!r}: task {task!r}: group {_name(names, int(unseen[0]))!r} has "
+                             "test rows but no labelled validation row, so it has no threshold")  # fmt: skip
+
     def post_process(self, val: ScoreSet, test: ScoreSet, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
         n_tasks = val.probabilities.shape[1]
         out = {"val": np.empty_like(val.probabilities, dtype=np.float64),
@@ -121,16 +146,7 @@ class GroupThresholds(Method):
             task = val.tasks[j] if val.tasks is not None else f"task {j}"
             known = ~np.isnan(val.labels[:, j])
             y, groups = val.labels[known, j].astype(np.int64), val.groups[known]
-            for code in np.unique(groups):
-                classes = np.unique(y[groups == code])
-                if classes.size < 2:
-                    raise InputError(f"method {self.name!r}: task {task!r}: group {_name(names, int(code))!r} has "
-                                     f"only class {int(classes[0])} among its validation rows; thresholds per group "
-                                     "need both classes in every group")  # fmt: skip
-            unseen = sorted(set(np.unique(test.groups).tolist()) - set(np.unique(groups).tolist()))
-            if unseen:
-                raise InputError(f"method {self.name!r}: task {task!r}: group {_name(names, int(unseen[0]))!r} has "
-                                 "test rows but no labelled validation row, so it has no threshold")  # fmt: skip
+            self._check_task(task, val.labels[:, j], val.groups, test.groups, names)
             optimizer = threshold_optimizer(self.params)
             optimizer.fit(val.probabilities[known, j][:, None], y, sensitive_features=groups)
             for split, scores in (("val", val), ("test", test)):

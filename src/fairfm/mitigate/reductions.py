@@ -22,7 +22,7 @@ from pydantic import Field
 
 from fairfm.adapt.seeding import derive_seed
 from fairfm.errors import InputError
-from fairfm.mitigate.base import Method, MethodParams, Needs, register_method
+from fairfm.mitigate.base import Method, MethodParams, Needs, TrainContext, register_method, require_package
 from fairfm.mitigate.group_thresholds import SCORE_WARNING, Output
 
 Constraint = Literal["equalized_odds", "demographic_parity", "true_positive_rate_parity",
@@ -73,6 +73,28 @@ class Reductions(Method):
     def report_warnings(self) -> list[str]:
         return [SCORE_WARNING.format(name=self.name, output=self.params.output)]
 
+    def check(self, context: TrainContext) -> None:
+        require_package("fairlearn", self.name)
+        if context.volumes:
+            raise InputError(f"method {self.name!r} trains on one feature vector per sample; this dataset's samples "
+                             "are volumes (slice bags)")  # fmt: skip
+        for j, task in enumerate(context.tasks):
+            self._check_task(f"task {task!r}", context.train_labels[:, j], context.train_groups, context.group_names)
+
+    def _check_task(self, task: str, labels: np.ndarray, groups: np.ndarray, names: Any) -> None:
+        """Both classes among the labelled training rows, and in every group unless the constraint ignores y."""
+        known = ~np.isnan(labels)
+        y, g = labels[known].astype(np.int64), groups[known]
+        for code in np.unique(g):
+            classes = np.unique(y[g == code])
+            if classes.size < 2 and self.params.constraint != "demographic_parity":
+                group = repr(str(names[int(code)])) if names is not None else f"code {int(code)}"
+                raise InputError(f"method {self.name!r}: {task}: group {group} has only class "
+                                 f"{int(classes[0])} among its training rows; the {self.params.constraint} "
+                                 "constraint needs both classes in every group")  # fmt: skip
+        if np.unique(y).size < 2:
+            raise InputError(f"method {self.name!r}: {task}: the training split has only one class")
+
     def fit_features(self, features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
                      groups: Mapping[str, np.ndarray], *, seed: int) -> dict[str, np.ndarray]:  # fmt: skip
         from sklearn.preprocessing import StandardScaler
@@ -86,14 +108,7 @@ class Reductions(Method):
         for j in range(y_train.shape[1]):
             known = ~np.isnan(y_train[:, j])
             y, g = y_train[known, j].astype(np.int64), np.asarray(groups["train"])[known]
-            for code in np.unique(g):
-                classes = np.unique(y[g == code])
-                if classes.size < 2 and self.params.constraint != "demographic_parity":
-                    raise InputError(f"method {self.name!r}: task {j}: group code {int(code)} has only class "
-                                     f"{int(classes[0])} among its training rows; the {self.params.constraint} "
-                                     "constraint needs both classes in every group")  # fmt: skip
-            if np.unique(y).size < 2:
-                raise InputError(f"method {self.name!r}: task {j}: the training split has only one class")
+            self._check_task(f"task {j}", y_train[:, j], np.asarray(groups["train"]), None)
             model = exponentiated_gradient(self.params)
             model.fit(X["train"][known], y, sensitive_features=g)
             for split in ("val", "test"):  # the features only: predictions never read the group

@@ -12,7 +12,9 @@ iterations, so here a segment is an epoch and the valley is located at epoch gra
 losses ℓ_1, ℓ_2, … of the segments:
 
 - the valley starts at the first segment s whose loss is the minimum of ℓ_s … ℓ_{s+n_converge−1} (the loss has
-  stopped improving); the threshold is (1 + tolerance_ratio) × the mean of those n_converge losses;
+  stopped improving); the threshold is (1 + tolerance_ratio) × the minimum of those n_converge losses (ℓ_s;
+  ``threshold_base: min``, METHODS.md's "min loss × (1 + 0.05)") or × their mean (``threshold_base: mean``, what
+  Cha et al.'s ``LossValley`` code computes);
 - segment i ≥ s joins the average once the n_tolerance losses ℓ_i … ℓ_{i+n_tolerance−1} are known and their minimum
   is within the threshold; the first segment whose window exceeds it ends the valley (nothing after it joins);
 - at the end of training the segments still waiting join while the minimum of the losses from them to the last
@@ -22,7 +24,8 @@ losses ℓ_1, ℓ_2, … of the segments:
 
 Not copied from the reference's ``LossValley``: when ``n_tolerance > n_converge`` it re-adds the starting segment and
 extends the valley backwards, and when the valley is found before its queue is full it adds the same (oldest)
-segment again at every later evaluation. MEDFAIR passes ``n_tolerance`` = 3 + 6 = 9; the default here is 6.
+segment again at every later evaluation. ``n_tolerance`` defaults to 9, what MEDFAIR passes (3 + 6); Cha et al.'s
+own default is 6.
 
 **SWA.** The weights at the end of every epoch from ``swa_start`` on are averaged (one snapshot per epoch), under
 the loop's own learning-rate schedule (MEDFAIR's SWA learning rate 1e-4 with 3 annealing epochs is not applied:
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -43,9 +46,12 @@ from fairfm.mitigate.base import Method, MethodParams, Needs, TrainContext, Trai
 
 class SWADParams(MethodParams):
     n_converge: int = Field(3, ge=1, description="validations whose first must be the minimum to start the valley")
-    n_tolerance: int = Field(6, ge=1, description="validations above the threshold that end the valley "
-                                                  "(MEDFAIR passes 3 + 6 = 9)")  # fmt: skip
-    tolerance_ratio: float = Field(0.05, ge=0, description="threshold = (1 + ratio) × mean loss at convergence")
+    n_tolerance: int = Field(9, ge=1, description="validations above the threshold that end the valley "
+                                                  "(MEDFAIR passes 3 + 6 = 9; Cha et al.'s default 6)")  # fmt: skip
+    tolerance_ratio: float = Field(0.05, ge=0, description="threshold = (1 + ratio) × the base loss at convergence")
+    threshold_base: Literal["min", "mean"] = Field(
+        "min", description="the base loss of the threshold: min (METHODS.md: min loss × (1 + ratio)) or mean of the "
+        "n_converge losses at convergence (Cha et al.'s LossValley code)")  # fmt: skip
 
 
 class SWAParams(MethodParams):
@@ -93,8 +99,8 @@ class _Segment:
 class LossValley:
     """SWAD's valley detection over segments (see the module doc); ``final`` holds the mean of the joined ones."""
 
-    def __init__(self, n_converge: int, n_tolerance: int, tolerance_ratio: float) -> None:
-        self.n_converge, self.n_tolerance, self.ratio = n_converge, n_tolerance, tolerance_ratio
+    def __init__(self, n_converge: int, n_tolerance: int, tolerance_ratio: float, base: str = "min") -> None:
+        self.n_converge, self.n_tolerance, self.ratio, self.base = n_converge, n_tolerance, tolerance_ratio, base
         self.pending: deque[_Segment] = deque()  # seen, not yet decided
         self.losses: list[float] = []
         self.final = _Mean()
@@ -118,7 +124,8 @@ class LossValley:
             if min(range(len(losses)), key=losses.__getitem__) != 0:
                 return
             self.start = self.pending[0].epoch
-            self.threshold = sum(losses) / len(losses) * (1.0 + self.ratio)
+            base = min(losses) if self.base == "min" else sum(losses) / len(losses)
+            self.threshold = base * (1.0 + self.ratio)
             self._join(self.pending.popleft())
         while len(self.pending) >= self.n_tolerance:  # the front segment's window is complete: decide it
             if min(s.loss for s in list(self.pending)[: self.n_tolerance]) > self.threshold:
@@ -149,9 +156,9 @@ class SWAD(Method):
 
     def training_hooks(self, context: TrainContext) -> TrainHooks:
         p = self.params
-        valley = LossValley(p.n_converge, p.n_tolerance, p.tolerance_ratio)
+        valley = LossValley(p.n_converge, p.n_tolerance, p.tolerance_ratio, p.threshold_base)
         segment = _Mean()
-        hooks = TrainHooks(update_bn=True, meta={"granularity": "epoch"})
+        hooks = TrainHooks(update_bn=True, meta={"granularity": "epoch", "threshold_base": p.threshold_base})
 
         def after_step(model: Any) -> None:
             segment.add(*_trained(model))
@@ -187,11 +194,14 @@ class SWA(Method):
     summary = "stochastic weight averaging of the end-of-epoch weights from epoch swa_start on"
     reference = "Izmailov et al. UAI 2018; MEDFAIR models/SWA (METHODS.md §3.10)"
 
-    def training_hooks(self, context: TrainContext) -> TrainHooks:
+    def check(self, context: TrainContext) -> None:
         start = self.params.swa_start
         if start > context.epochs:
             raise InputError(f"method_params.swa_start: {start} is after the last epoch (hparams.epochs "
                              f"{context.epochs}); nothing would be averaged")  # fmt: skip
+
+    def training_hooks(self, context: TrainContext) -> TrainHooks:
+        start = self.params.swa_start
         mean = _Mean()
         hooks = TrainHooks(update_bn=True, meta={"averaged_epochs": []})
 
