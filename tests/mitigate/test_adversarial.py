@@ -13,7 +13,6 @@ import torch
 
 from fairfm.mitigate import TrainContext, build_method, list_methods
 from fairfm.mitigate.base import LossInputs
-from tests.adapt.helpers import make_synth, make_tiny_clip
 from tests.conftest import run_cli
 from tests.mitigate.planted import GROUPS, planted_features, train_probe
 
@@ -300,16 +299,6 @@ def test_the_same_seed_repeats_bit_for_bit_and_another_seed_differs(name):
     other, _ = train_probe(splits, name, seed=5, method_params=SMALL[name], epochs=2)
     assert np.array_equal(first["test"], again["test"]) and np.array_equal(first["val"], again["val"])
     assert not np.array_equal(first["test"], other["test"])
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory) -> Path:
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip")
 
 
 def _run(capsys, synth_dir, clip_dir, store, usage, name, params, *extra):

@@ -14,7 +14,6 @@ import torch
 
 from fairfm.mitigate.base import LossInputs, TrainContext, build_method, list_methods
 from fairfm.results import Store
-from tests.adapt.helpers import make_synth, make_tiny_clip
 from tests.conftest import run_cli
 from tests.mitigate.planted import group_auc_gap, planted_features, train_probe
 
@@ -121,12 +120,6 @@ def test_every_method_is_listed_and_shown(capsys):
     assert code == 0 and "Sagawa" in out and "linear_probe" in out and "step_size = 0.01" in out
     code, _, err = run_cli(capsys, "methods", "show", "no_such_method")
     assert code == 2 and "method 'no_such_method' is not known" in err and "Traceback" not in err
-
-
-@pytest.fixture(scope="module")
-def synth_and_clip(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mitigate")
-    return make_synth(root / "data"), make_tiny_clip(root / "clip")
 
 
 def _run(capsys, store: Path, synth: Path, clip: Path, *extra: str) -> tuple[int, str, str]:

@@ -13,7 +13,6 @@ import pytest
 
 from fairfm.mitigate.base import GroupContext, TrainContext, build_method
 from fairfm.results import Store
-from tests.adapt.helpers import make_synth, make_tiny_clip
 from tests.conftest import run_cli
 from tests.mitigate.planted import group_auc_gap, planted_features, train_probe
 
@@ -315,16 +314,6 @@ def test_same_hooks_twice_give_identical_predictions():
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory) -> Path:
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip")
 
 
 def _run(capsys, synth_dir, clip_dir, store, usage, method, *params, epochs=1):

@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fairfm.mitigate.base import TrainContext, build_method
-from tests.adapt.helpers import make_synth, make_tiny_clip
 from tests.conftest import run_cli
 from tests.mitigate.planted import GROUPS, group_auc_gap, planted_features, train_probe
 
@@ -334,16 +333,6 @@ def test_fairclip_term_is_the_sinkhorn_distance_of_each_group_to_the_batch():
 
 
 # ---------------------------------------------------------------------------------------------- end to end (CLI)
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory) -> Path:
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip")
 
 
 def _run(capsys, synth_dir, clip_dir, store, usage, method, *params, epochs=4):

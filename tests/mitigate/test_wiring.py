@@ -16,14 +16,7 @@ from fairfm.mitigate.base import Method, Needs, TrainHooks
 from fairfm.results import Store
 from fairfm.results.versions import run_components
 from fairfm.spec import RunSpec
-from tests.adapt.helpers import make_synth, make_tiny_clip
 from tests.conftest import run_cli
-
-
-@pytest.fixture(scope="module")
-def synth_and_clip(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wiring")
-    return make_synth(root / "data"), make_tiny_clip(root / "clip")
 
 
 def _spec(synth, clip, **extra) -> RunSpec:
