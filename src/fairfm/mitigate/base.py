@@ -327,7 +327,7 @@ def _load_builtins() -> None:
     import fairfm.mitigate as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_") and info.name != "base":
+        if not info.name.startswith("_") and info.name not in ("base", "runs"):  # the framework, not methods
             importlib.import_module(f"fairfm.mitigate.{info.name}")
 
 
