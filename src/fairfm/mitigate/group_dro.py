@@ -7,12 +7,10 @@ as here by default. The weights are part of the run (not reset per epoch), as in
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
-from fairfm.adapt.seeding import derive_seed
 from fairfm.mitigate.base import LossInputs, Method, MethodParams, Needs, TrainContext, TrainHooks, register_method
-from fairfm.mitigate.resampling import inverse_frequency
+from fairfm.mitigate.resampling import inverse_frequency, weighted_rows
 
 
 class GroupDROParams(MethodParams):
@@ -49,12 +47,7 @@ class GroupDRO(Method):
         rows = None
         if self.params.balanced_sampler:
             weights = inverse_frequency(context.train_groups)
-            probabilities, n = weights / weights.sum(), weights.size
-
-            def rows(epoch: int) -> np.ndarray:
-                rng = np.random.default_rng(derive_seed(context.seed, f"group_dro:{epoch}"))
-                return rng.choice(n, size=n, replace=True, p=probabilities)
-
+            rows = weighted_rows(weights / weights.sum(), context.seed, "group_dro")
         hooks = TrainHooks(loss=loss, rows=rows, meta={"final_group_weights": None})
 
         def record(info) -> None:  # the weights reached, per group, for the run's metadata

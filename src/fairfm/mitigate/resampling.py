@@ -64,6 +64,18 @@ def draw_probabilities(cells: np.ndarray) -> np.ndarray:
     return probabilities
 
 
+def weighted_rows(probabilities: np.ndarray, seed: int, purpose: str):
+    """``rows(epoch)``: N training rows drawn with replacement with ``probabilities``, seeded per (run, purpose,
+    epoch) — MEDFAIR's ``WeightedRandomSampler`` with the run's seed deciding every draw."""
+    n = probabilities.size
+
+    def rows(epoch: int) -> np.ndarray:
+        rng = np.random.default_rng(derive_seed(seed, f"{purpose}:{epoch}"))
+        return rng.choice(n, size=n, replace=True, p=probabilities)
+
+    return rows
+
+
 class _TaskChecked(Method):
     def check(self, context: TrainContext) -> None:
         check_task(context, self.params.task)
@@ -81,13 +93,8 @@ class Resampling(_TaskChecked):
 
     def training_hooks(self, context: TrainContext) -> TrainHooks:
         probabilities = draw_probabilities(cell_codes(context, self.params.cells, self.params.task))
-        n = probabilities.size
-
-        def rows(epoch: int) -> np.ndarray:
-            rng = np.random.default_rng(derive_seed(context.seed, f"resampling:{epoch}"))
-            return rng.choice(n, size=n, replace=True, p=probabilities)
-
-        return TrainHooks(rows=rows, meta={"cells": self.params.cells})
+        return TrainHooks(rows=weighted_rows(probabilities, context.seed, "resampling"),
+                          meta={"cells": self.params.cells})  # fmt: skip
 
 
 @register_method("reweighting")
