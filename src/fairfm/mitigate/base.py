@@ -32,6 +32,7 @@ when a parameter decides), and the run records it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Optional, Sequence
 
@@ -320,6 +321,7 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     return decorate
 
 
+@functools.cache  # once per process: a sweep validates every cell's spec
 def _load_builtins() -> None:
     import importlib
     import pkgutil
