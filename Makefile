@@ -4,7 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install system-deps clean
+
+# System packages the tests use, from Debian's archive when missing (CI runs as root in a fresh container):
+# headless Chromium and its chromedriver render the HTML report (never a browser download).
+SYSTEM_PACKAGES := chromium chromium-driver
+SYSTEM_COMMANDS := /usr/bin/chromium /usr/bin/chromedriver
 
 install: $(STAMP)
 
@@ -18,7 +23,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/fairfm demo
 
-test: $(STAMP)
+system-deps:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do test -x $$c || missing=yes; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make system-deps: run as root, or: sudo apt-get install -y $(SYSTEM_PACKAGES)" >&2; exit 1; fi; \
+	  echo "installing $(SYSTEM_PACKAGES) from Debian's archive …"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }; \
+	fi
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -69,6 +69,7 @@ EXTRA_OF_MODULE = {
                      "peft", "sklearn", "fairlearn", "geomloss"), "models"),
     **dict.fromkeys(("duckdb", "pydantic", "pydantic_core", "yaml"), "results"),
     "ray": "sweep",
+    **dict.fromkeys(("matplotlib", "jinja2", "umap"), "report"),
 }  # fmt: skip
 
 
