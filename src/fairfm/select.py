@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from fairfm.errors import InputError
+from fairfm.results.selection import resolve_runs
 
 if TYPE_CHECKING:
     from fairfm.results import RunRecord, Store
@@ -109,39 +110,6 @@ def _finite(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ candidates
-
-
-def resolve_runs(store: "Store", runs: Sequence[str] = (), where: Mapping[str, str] | None = None) -> list["RunRecord"]:
-    """The runs named (ids or unambiguous prefixes), else those whose catalogue columns equal every ``where`` value
-    (``{"model": "clip", "method": "none"}``; ``none``/``null`` match a missing value), in the store's order."""
-    if runs and where:
-        raise InputError("give run ids or --where filters, not both")
-    if runs:
-        records = [store.load(run) for run in runs]
-        seen = set()
-        for record in records:
-            if record.run_id in seen:
-                raise InputError(f"run {record.run_id} is given twice")
-            seen.add(record.run_id)
-        return records
-    if not where:
-        raise InputError("no candidates: give run ids or --where filters (e.g. --where model=clip)")
-    records = store.list()
-    frame = store.runs_frame(records)
-    keep = np.ones(len(frame), dtype=bool)
-    for column, wanted in where.items():
-        if column not in frame.columns:
-            raise InputError(f"--where {column}=…: no such column; filter on: {', '.join(frame.columns)}")
-        values = frame[column]
-        if str(wanted).lower() in ("none", "null"):
-            keep &= values.isna().to_numpy()
-        else:
-            keep &= (values.astype(str) == str(wanted)).to_numpy() & values.notna().to_numpy()
-    chosen = [record for record, kept in zip(records, keep) if kept]
-    if not chosen:
-        shown = ", ".join(f"{k}={v}" for k, v in where.items())
-        raise InputError(f"no run in {store.path} matches {shown} ({len(records)} run(s); see 'fairfm runs list')")
-    return chosen
 
 
 def validation_scores(record: "RunRecord", attribute: str, task: str | None = None) -> Candidate:

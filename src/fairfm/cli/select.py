@@ -12,19 +12,6 @@ import typer
 from fairfm.cli import app
 
 
-def parse_where(items: Optional[List[str]]) -> dict[str, str]:
-    """``["model=clip", "method=none"]`` → ``{"model": "clip", "method": "none"}``."""
-    from fairfm.errors import InputError
-
-    out: dict[str, str] = {}
-    for item in items or []:
-        column, sep, value = item.partition("=")
-        if not sep or not column.strip():
-            raise InputError(f"--where {item!r}: expected COLUMN=VALUE (e.g. --where model=clip)")
-        out[column.strip()] = value.strip()
-    return out
-
-
 @app.command("select")
 def select_command(
     runs: Optional[List[str]] = typer.Argument(None, metavar="[RUN]...", help="Candidate run ids (or prefixes)."),
@@ -48,6 +35,7 @@ def select_command(
 
     from fairfm.cli import make_console
     from fairfm.results import Store
+    from fairfm.results.selection import parse_where
     from fairfm.select import record_selection, select
 
     store = Store(store_dir)
