@@ -3,8 +3,10 @@
 Planted-bias synthetic radiographs (:mod:`fairfm.data.synth`, the disparity known from ``truth.json``) → two tiny
 CLIP models of real architectures (a ViT image tower and CLIP's modified-ResNet image tower, each with a text
 transformer) with **random weights**, saved in open_clip's checkpoint layout → zero-shot, linear probe (and LoRA on
-the ViT) through the same runner as ``fairfm run`` → the results store → one comparison table of AUC and the AUC gap with
-bootstrap intervals, saying whether the planted disparity was detected.
+the ViT), and the linear probe with two mitigation methods (reweighting; group thresholds, which reads the attribute
+at test time) through the same runner as ``fairfm run`` → the results store → one comparison table of AUC and the AUC
+gap with bootstrap intervals, saying whether the planted disparity was detected → the embedding analysis of each
+model's features and the HTML report of every run (``OUT/report.html``).
 
 Random weights mean the numbers describe this toy set-up only, not any pretrained model; the point is that every
 step a real study runs (spec, cached features, training, validation threshold, bootstrap, store) runs here too.
@@ -35,6 +37,9 @@ DEMO_PROBE = {"optimizer": "adamw", "lr": 1e-3, "min_lr": 1e-5, "epochs": 60, "b
 #: LoRA on the ViT's attention (peft), a few epochs: enough to show the usage end to end on 2 cores.
 DEMO_LORA = {"optimizer": "adamw", "lr": 1e-3, "epochs": 4, "batch_size": 64, "warmup_epochs": 0}
 DEMO_HPARAMS = {"zero_shot": {}, "linear_probe": DEMO_PROBE, "lora": DEMO_LORA}
+#: Mitigation methods run on each model's linear probe (cached features: seconds each): one that trains on the
+#: attribute (reweighting) and one that reads it at test time (group thresholds, fairlearn's post-processing).
+DEMO_METHODS = ("reweighting", "group_thresholds")
 #: A disparity is "detected" when its paired bootstrap test gives p below this.
 DETECTION_ALPHA = 0.05
 
@@ -44,6 +49,7 @@ class DemoRow:
     model: str
     label: str
     usage: str
+    method: str | None
     run_id: str
     computed: bool
     auc: Any  # Estimate
@@ -121,13 +127,14 @@ def run_demo(out: str | Path = "demo_out", *, n: int = 2000, size: int = 64, see
     attribute, target = truth["attribute"], truth["target_group"]
     for card, label, config, usages in DEMO_MODELS:
         checkpoint = save_tiny_clip(out / "models" / f"tiny_{card}_seed{seed}", config, seed=seed)
-        for usage in usages:
+        cells = [(usage, None) for usage in usages] + [("linear_probe", m) for m in DEMO_METHODS]
+        for usage, method in cells:
             fields = {"dataset": str(data.resolve()), "model": card, "checkpoint": str(checkpoint.resolve()),
-                      "usage": usage, "hparams": DEMO_HPARAMS[usage],
+                      "usage": usage, "hparams": DEMO_HPARAMS[usage], "method": method,
                       "attributes": [attribute], "seed": seed, "bootstrap": bootstrap}  # fmt: skip
             spec = RunSpec.from_dict(fields, source="demo")
-            spec.to_yaml(out / "specs" / f"{card}_{usage}.yaml")
-            console.print(f"[bold]{label}[/bold] · {usage} …")
+            spec.to_yaml(out / "specs" / f"{card}_{usage}{'_' + method if method else ''}.yaml")
+            console.print(f"[bold]{label}[/bold] · {usage}{' · ' + method if method else ''} …")
             result = execute(spec, store, progress=progress, want_report=True)
             task = result.report.tasks[truth["task"]]
             attr = task.attributes[attribute]
@@ -137,11 +144,31 @@ def run_demo(out: str | Path = "demo_out", *, n: int = 2000, size: int = 64, see
             # almost never contains 0. The test is fairfm's test of no disparity (gap_inference: max-|t|).
             p_value = float(attr.significance.get("auc_gap_p", math.nan))
             detected = bool(worst == target and p_value < DETECTION_ALPHA)
-            rows.append(DemoRow(card, label, usage, result.record.run_id, result.computed, task.overall.get("auc"),
+            rows.append(DemoRow(card, label, usage, method, result.record.run_id, result.computed,
+                                task.overall.get("auc"),
                                 {g: m.get("auc") for g, m in attr.group_metrics.items()}, gap, worst, p_value,
                                 detected))  # fmt: skip
     print_comparison(rows, truth, console=console, store=store.path)
+    report = write_demo_report(store, rows, out, console=console)
+    console.print(f"[bold]report[/bold]: {report} — open it in a browser (self-contained, no network)")
     return rows
+
+
+def write_demo_report(store: Any, rows: list[DemoRow], out: Path, *, console: Any) -> Path:
+    """The embedding analysis of each model's linear-probe features (stored, found on a second demo) and the HTML
+    report of the demo's runs, written to ``out/report.html``."""
+    from fairfm.analysis.embeddings import run_embeddings
+    from fairfm.report.build import ReportOptions, build_report
+    from fairfm.report.output import write_report
+
+    records = [store.load(row.run_id) for row in rows]
+    for row in rows:
+        if row.usage == "linear_probe" and row.method is None:
+            run_embeddings(store, row.run_id)
+    built = build_report(store, records, ReportOptions(title="fairfm demo: planted-bias data, random-weight models"))
+    path = write_report(built, out / "report.html", "html")
+    assert path is not None
+    return path
 
 
 def _est(est: Any, with_ci: bool = True) -> str:
@@ -164,18 +191,20 @@ def print_comparison(rows: list[DemoRow], truth: dict[str, Any], *, console: Any
     target, reference = truth["target_group"], truth["reference_group"]
     table = Table(title="Test-split AUC per group and AUC gap (95% bootstrap intervals)", title_justify="left",
                   header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-    for column in ("model", "usage", "AUC", f"AUC {target}", f"AUC {reference}", "AUC gap", "worst", "detected (p)"):
+    for column in ("model", "usage", "method", "AUC", f"AUC {target}", f"AUC {reference}", "AUC gap", "worst",
+                   "detected (p)"):
         table.add_column(column, no_wrap=True)
     for row in rows:
         p_text = "" if math.isnan(row.p_value) else f" ({'<0.001' if row.p_value < 0.001 else f'{row.p_value:.3f}'})"
-        table.add_row(row.label, row.usage, _est(row.auc, False), _est(row.groups.get(target)),
+        table.add_row(row.label, row.usage, row.method or "–", _est(row.auc, False), _est(row.groups.get(target)),
                       _est(row.groups.get(reference)), _est(row.gap), row.worst or "–",
                       ("[green]yes[/green]" if row.detected else "[yellow]no[/yellow]") + p_text)  # fmt: skip
     console.print()
     console.print(f"[bold]planted disparity[/bold] ({truth['n_samples']} images): {planted_description(truth)}")
     console.print(table)
-    console.print("runs: " + ", ".join(f"{r.label.rstrip('†')}/{r.usage} {r.run_id}"
-                                       + ("" if r.computed else " (stored)") for r in rows))
+    names = [f"{r.label.rstrip('†')}/{r.usage}" + (f"/{r.method}" if r.method else "") for r in rows]
+    console.print("runs: " + ", ".join(f"{name} {r.run_id}" + ("" if r.computed else " (stored)")
+                                       for name, r in zip(names, rows)))  # fmt: skip
     console.print("[yellow]† RANDOM weights: tiny CLIP models of real architectures (ViT / modified-ResNet image tower "
                   "+ text transformer), no download. The numbers exercise the pipeline and say nothing about "
                   "pretrained foundation models.[/yellow]")

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from fairfm.cli import app, err_console
+from fairfm.errors import InputError
 
 
 class OutputFormat(str, Enum):
@@ -19,6 +20,7 @@ class OutputFormat(str, Enum):
     json = "json"
     csv = "csv"
     md = "md"
+    html = "html"
 
 
 @app.command("evaluate")
@@ -48,7 +50,7 @@ def evaluate_command(
     task_column: Optional[str] = typer.Option(None, "--task-column", help="Long format (a PredictionTable): one row per sample and task."),
     uncertain: str = typer.Option("ignore", "--uncertain", help="Labels of -1 (uncertain, CheXpert): ignore (left out, default), ones or zeros. Blank labels are always left out of that task."),
     site_column: Optional[str] = typer.Option(None, "--site-column", help="Site (client) of each row: with --profile fairfedmed every metric is computed per site and averaged."),
-    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json, csv (MetricTable) or md."),
+    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json, csv (MetricTable), md or html (a self-contained report with per-group curves; needs --out)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write here (atomically) instead of standard output."),
     ci_method: Optional[str] = typer.Option(None, "--ci-method", help="Gap and worst-group intervals: simultaneous (default) or percentile (the profiles' default)."),
 ) -> None:
@@ -57,6 +59,8 @@ def evaluate_command(
     from fairfm.metrics.report import FairnessWarning
     from fairfm.tableio import check_output_file
 
+    if output_format is OutputFormat.html and out is None:
+        raise InputError("--format html writes a file: give --out report.html")
     if out is not None:
         check_output_file(out)  # before the bootstrap: an unwritable --out must not cost the computation
     if bootstrap != 0:
@@ -72,15 +76,15 @@ def evaluate_command(
             profile=profile, stratify=stratify, pos_label=pos_label, min_group_size=min_group_size,
             dice=dice, iou=iou, metrics=metric, split_column=split_column, eval_split=eval_split,
             val_split=val_split, task_column=task_column, uncertain=uncertain, site_column=site_column,
-            progress=True, ci_method=ci_method,
+            progress=True, ci_method=ci_method, keep_inputs=output_format is OutputFormat.html,
         )  # fmt: skip
     for warning in caught:
         if issubclass(warning.category, FairnessWarning):
             err_console.print(f"warning: {warning.message}", markup=False)
-    _emit(report, output_format, out, metric)
+    _emit(report, output_format, out, metric, source=str(pred_file))
 
 
-def _emit(report, output_format: OutputFormat, out: Path | None, metrics: list[str]) -> None:
+def _emit(report, output_format: OutputFormat, out: Path | None, metrics: list[str], *, source: str = "") -> None:
     from fairfm.cli import make_console
     from fairfm.report.tables import markdown, rich_tables
     from fairfm.tableio import atomic_path, write_text_atomic
@@ -91,6 +95,14 @@ def _emit(report, output_format: OutputFormat, out: Path | None, metrics: list[s
             return
         with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as handle:
             Console(file=handle, width=160, highlight=False, color_system=None).print(rich_tables(report))
+        return
+    if output_format is OutputFormat.html:
+        from fairfm.report.build import build_evaluation_report
+        from fairfm.report.output import write_report
+
+        with err_console.status("drawing the report …"):
+            write_report(build_evaluation_report(report, report.inputs, source=source), out, "html")
+        err_console.print(f"report written to {out}", markup=False)
         return
     if output_format is OutputFormat.json:
         text = report.to_json() + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +19,50 @@ from fairfm.metrics.profiles import get_profile
 from fairfm.metrics.report import Report, _left_out, evaluate, evaluate_segmentation
 from fairfm.metrics.thresholds import parse_policy
 from fairfm.tableio import join_on, read_table, require_columns
+
+
+@dataclass
+class EvaluatedInputs:
+    """The rows an evaluation scored (evaluated split only), one column per task, with the raw attribute columns
+    and the binning/intersection options that made the groups — so curves drawn later group the samples exactly as
+    the metrics did (:func:`fairfm.metrics._inputs.attribute_codes`)."""
+
+    groups: pd.DataFrame
+    labels: pd.DataFrame | None = None  # classification: one column per task (0/1, NaN unknown, −1 uncertain)
+    scores: pd.DataFrame | None = None
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # segmentation: "dice"/"iou" per sample
+    bins: dict[str, list[float]] = field(default_factory=dict)
+    intersections: list[list[str]] = field(default_factory=list)
+    task: str | None = None  # segmentation: the one task the values belong to
+
+    def group_labels(self, attribute: str) -> np.ndarray | None:
+        """Each row's group of ``attribute`` as the metrics saw it ("unknown" for an unknown value), or None."""
+        codes = I.attribute_codes(self.groups, self.bins, self.intersections).get(attribute)
+        if codes is None:
+            return None
+        code, names = codes
+        return np.array([names[c] if c >= 0 else "unknown" for c in code], dtype=object)
+
+    def classification(self, task: str, attribute: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(y, score, group) of the rows with a known 0/1 label for ``task``, or None."""
+        if self.labels is None or self.scores is None or task not in self.labels.columns:
+            return None
+        groups = self.group_labels(attribute)
+        if groups is None:
+            return None
+        y = pd.to_numeric(self.labels[task], errors="coerce").to_numpy(np.float64)
+        p = pd.to_numeric(self.scores[task], errors="coerce").to_numpy(np.float64)
+        known = np.isin(y, (0.0, 1.0)) & np.isfinite(p)
+        return y[known], p[known], groups[known]
+
+    def segmentation(self, attribute: str, metric: str = "dice") -> tuple[np.ndarray, np.ndarray] | None:
+        """(per-sample values, group) of a segmentation evaluation, or None."""
+        values = self.values.get(metric)
+        groups = self.group_labels(attribute)
+        if values is None or groups is None:
+            return None
+        known = np.isfinite(values)
+        return values[known], groups[known]
 
 
 def _load(table: str | os.PathLike | pd.DataFrame, name: str) -> tuple[pd.DataFrame, str, int | None]:
@@ -65,6 +110,7 @@ def evaluate_frame(
     site_column: str | None = None,
     progress: bool = False,
     ci_method: str | None = None,
+    keep_inputs: bool = False,
 ) -> Report:
     """Read, join and check a predictions table, then :func:`evaluate` it. Errors name file, column and row.
 
@@ -143,6 +189,9 @@ def evaluate_frame(
                                        bootstrap=1000 if bootstrap is None else bootstrap, seed=seed,
                                        min_group_size=min_group_size, bins=bin_specs, intersect=intersections,
                                        ci_method=ci_method)  # fmt: skip
+        if keep_inputs:
+            report.inputs = EvaluatedInputs(groups.reset_index(drop=True), values=values, bins=bin_specs,
+                                            intersections=intersections)  # fmt: skip
     else:
         label = 1 if pos_label is None else pos_label
         # Check every row of the file first, so that a message's row is the file's row. Labels stay 0/1 with
@@ -176,6 +225,9 @@ def evaluate_frame(
             bins=bin_specs, intersect=intersections, uncertain=uncertain, sites=sites, progress=progress,
             ci_method=ci_method, **kwargs,
         )  # fmt: skip
+        if keep_inputs:
+            report.inputs = EvaluatedInputs(groups.reset_index(drop=True), labels=labels, scores=scores,
+                                            bins=bin_specs, intersections=intersections)  # fmt: skip
     usable = [a for t in report.tasks.values() for a in t.attributes.values() if len(a.groups) - len(a.excluded) >= 2]
     if not usable:
         details = "; ".join(

@@ -112,6 +112,8 @@ class Report:
     shown_metrics: list[str] | None = None  # summary metrics a person asked to see (None: the default set)
     uncertain: str | None = None  # how uncertain (−1) labels were read: "ignore" | "ones" | "zeros"
     clients: dict[str, Any] | None = None  # client-averaged over sites (fairfedmed): the sites and their sizes
+    #: what was evaluated, kept only when asked (``evaluate_frame(keep_inputs=True)``): the HTML report's curves
+    inputs: Any = field(default=None, repr=False, compare=False)
 
     def restrict(self, metrics: list[str]) -> None:
         """Keep only these summary metrics (and their significance) in every attribute."""
