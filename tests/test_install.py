@@ -36,6 +36,9 @@ MODULE_EXTRAS = [
     ("cli/sweep.py", {"models", "data", "results", "sweep"}),
     ("cli/select.py", {"models", "results"}),
     ("cli/ensemble.py", {"models", "data", "results"}),
+    ("cli/report.py", {"report", "results"}),
+    ("cli/compare.py", {"results"}),
+    ("cli/analyze.py", {"report", "results", "data"}),
     ("data/", {"data"}),
     ("models/", {"models", "data"}),
     ("adapt/", {"models", "data", "results"}),
@@ -43,11 +46,14 @@ MODULE_EXTRAS = [
     ("spec.py", {"results"}),
     ("usages/", {"models", "data", "results"}),  # imported by spec.py; the run functions, like runner.py's
     ("runner.py", {"models", "data", "results"}),
-    ("demo.py", {"models", "data", "results"}),
+    ("demo.py", {"models", "data", "results", "report"}),
     ("sweep.py", {"models", "data", "results", "sweep"}),
     ("mitigate/", {"models", "results"}),
     ("select.py", {"models", "results"}),
     ("ensemble.py", {"models", "data", "results"}),
+    ("report/tables.py", set()),  # the terminal tables of the core install's 'fairfm evaluate'
+    ("report/", {"report", "results"}),
+    ("analysis/", {"report", "results", "data"}),
 ]
 
 

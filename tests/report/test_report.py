@@ -1,0 +1,175 @@
+"""``fairfm report`` and ``fairfm evaluate --format html`` end to end: what the report contains, the formats, bad
+input, and the HTML in headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fairfm.cli import main
+from fairfm.report.build import ReportOptions, build_report, scored_rows
+from tests.browser import chromium_page, image_is_blank
+from tests.report.stored_runs import DESIGN, SEEDS
+
+
+def _cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def html_report(report_store, tmp_path_factory):
+    store, ids = report_store
+    out = tmp_path_factory.mktemp("html") / "report.html"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--store", str(store.path), "--out", str(out), "--curves", "2"])
+    assert exit_info.value.code == 0
+    return out, store, ids
+
+
+def test_the_report_has_every_section_and_every_run(html_report):
+    out, store, ids = html_report
+    html = out.read_text(encoding="utf-8")
+    for section in ("overview", "leaderboard", "tradeoff", "fairness-score", "relative", "forest", "curves",
+                    "segmentation", "provenance"):
+        assert f'id="{section}"' in html, section
+    for run_id in ids.values():
+        assert run_id in html
+    assert "attribute-aware" in html
+    assert not re.search(r'(src|href)\s*=\s*"https?://', html)  # self-contained: nothing fetched
+
+
+def test_the_html_report_renders_in_chromium_without_errors_and_sorts(html_report, tmp_path):
+    out, _, _ = html_report
+    with chromium_page(out) as page:
+        assert page.console_errors() == []
+        n_images = page.run("return document.images.length")
+        assert n_images >= 10
+        assert page.run("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        for index in range(n_images):
+            assert not image_is_blank(page.element_screenshot(f"img:nth-of-type(1)", index=index)), index
+        table = "#leaderboard-cla-y-sex table"
+        before = page.column_values(table, 2)  # the AUC column
+        page.click(f"{table} th:nth-child(3) button")
+        ascending = page.column_values(table, 2)
+        numbers = [float(v.split()[0]) for v in ascending]
+        assert numbers == sorted(numbers) and sorted(before) == sorted(ascending)
+        page.click(f"{table} th:nth-child(3) button")
+        assert [float(v.split()[0]) for v in page.column_values(table, 2)] == sorted(numbers, reverse=True)
+        page.screenshot(tmp_path / "report.png")
+
+
+def test_where_restricts_the_runs_and_csv_has_one_row_per_configuration(report_store, capsys):
+    store, ids = report_store
+    code, out, err = _cli(["report", "--store", str(store.path), "--where", "model=fakeA", "--format", "csv",
+                           "--task", "y", "--attr", "sex"], capsys)  # fmt: skip
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    methods = {m for (model, m) in DESIGN if model == "fakeA"}
+    assert {r["method"] for r in rows} == {m or "ERM" for m in methods}
+    assert all(r["n_seeds"] == str(len(SEEDS)) for r in rows)
+    by_method = {r["method"]: r for r in rows}
+    aucs = [store.load(ids[("fakeA", None, s)]).metrics.query(
+        "task == 'y' and attribute == '__all__' and metric == 'auc'")["value"].iloc[0] for s in SEEDS]
+    assert float(by_method["ERM"]["auc"]) == pytest.approx(np.mean(aucs))
+
+
+def test_markdown_and_latex_reports(report_store, tmp_path, capsys):
+    store, _ = report_store
+    code, out, err = _cli(["report", "--store", str(store.path), "--where", "model=fakeB", "--format", "md",
+                           "--curves", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "# fairfm report" in out and "| configuration |" in out
+    path = tmp_path / "r.md"
+    code, _, err = _cli(["report", "--store", str(store.path), "--where", "model=fakeB", "--out", str(path),
+                         "--curves", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    figures = list((tmp_path / "r_figures").glob("*.png"))
+    assert figures and all(f.name in path.read_text(encoding="utf-8") for f in figures)
+    code, out, err = _cli(["report", "--store", str(store.path), "--where", "model=fakeC", "--format", "latex"],
+                          capsys)
+    assert code == 0, err
+    assert "\\section" in out and "\\toprule" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--where", "model"], "expected COLUMN=VALUE"),
+    (["--where", "colour=red"], "no such column"),
+    (["--where", "model=nope"], "no run"),
+    (["--attr", "height"], "--attribute height: not in the selected runs"),
+    (["nosuchrun"], "no run 'nosuchrun'"),
+])  # fmt: skip
+def test_bad_selections_are_one_line_and_exit_2(report_store, tmp_path, capsys, args, message):
+    store, _ = report_store
+    out = tmp_path / "r.html"
+    code, _, err = _cli(["report", "--store", str(store.path), "--out", str(out), *args], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_the_curves_use_the_threshold_the_run_chose_on_validation(report_store):
+    from fairfm.runner import report_from_predictions
+
+    store, ids = report_store
+    record = store.load(ids[("fakeB", "reweighting", 1)])
+    scored = scored_rows(record, "z")
+    report = report_from_predictions(record.predictions, SimpleNamespace(threshold="best_f1@val", bootstrap=0,
+                                                                         seed=1))  # fmt: skip
+    assert scored.threshold == pytest.approx(report.tasks["z"].threshold)
+    assert scored.policy == "best_f1@val" and not scored.leaks
+    test = record.predictions.query("task == 'z' and split == 'test'")
+    assert len(scored.y) == len(test) and set(scored.groups.columns) == {"sex", "age"}
+
+
+def test_build_report_restricts_tasks_and_attributes(report_store):
+    store, _ = report_store
+    records = [r for r in store.list() if r.spec["dataset"] == "synthetic"]
+    built = build_report(store, records, ReportOptions(tasks=["z"], attributes=["age"], curves=0))
+    assert set(built.leaderboards["task"]) == {"z"} and set(built.leaderboards["attribute"]) == {"age"}
+    ids = [s.id for s in built.document.sections]
+    assert "curves" not in ids and "segmentation" not in ids
+
+
+def _write_predictions(path):
+    rng = np.random.default_rng(3)
+    n = 800
+    sex = np.where(rng.random(n) < 0.5, "F", "M")
+    y = (rng.random(n) < 0.4).astype(int)
+    signal = np.where(sex == "F", 0.7, 2.0)
+    score = 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(size=n))))
+    split = np.where(np.arange(n) < 300, "val", "test")
+    pd.DataFrame({"sample_id": np.arange(n), "label": y, "prob": score, "sex": sex, "age": rng.integers(20, 90, n),
+                  "split": split}).to_csv(path, index=False)
+
+
+def test_evaluate_writes_an_html_report_that_renders(tmp_path, capsys):
+    preds = tmp_path / "preds.csv"
+    _write_predictions(preds)
+    out = tmp_path / "audit.html"
+    code, _, err = _cli(["evaluate", str(preds), "--y-true", "label", "--y-score", "prob", "--attr", "sex",
+                         "--attr", "age", "--bins", "age=60", "--split-column", "split", "--bootstrap", "100",
+                         "--format", "html", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    html = out.read_text(encoding="utf-8")
+    assert "best_f1@val" in html and "age" in html and "&lt;60" in html or "<60" not in html
+    with chromium_page(out) as page:
+        assert page.console_errors() == []
+        assert page.run("return document.images.length") >= 6
+        assert page.run("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+
+
+def test_evaluate_html_needs_an_output_file(tmp_path, capsys):
+    preds = tmp_path / "preds.csv"
+    _write_predictions(preds)
+    code, _, err = _cli(["evaluate", str(preds), "--y-true", "label", "--y-score", "prob", "--attr", "sex",
+                         "--format", "html"], capsys)  # fmt: skip
+    assert code == 2 and "--out" in err
