@@ -23,7 +23,8 @@ def compare_command(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Paired bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     metric: Optional[List[str]] = typer.Option(
-        None, "--metric", metavar="M", help="Only this metric, at every level (repeatable; e.g. auc, auc_gap, eod)."),
+        None, "--metric", metavar="M",
+        help="Only this metric, at every level (repeatable; e.g. auc, auc_gap, eod)."),
     output_format: str = typer.Option("table", "--format", help="table (terminal), json, csv or md."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write to this file (atomically) instead of stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

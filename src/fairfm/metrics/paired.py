@@ -85,8 +85,8 @@ def paired_bootstrap(
     """Paired differences B − A of every classification metric (overall, per group, summaries) of two score
     vectors on the same samples (``y``), each thresholded at its own threshold.
 
-    ``groups``: a DataFrame / mapping with one column per attribute (−1/NaN/"unknown": unknown group). Resamples are
-    drawn per attribute, stratified by its groups; the overall rows use the first attribute's resamples (as
+    ``groups``: a DataFrame / mapping with one column per attribute (−1/NaN/"unknown": unknown group).
+    Resamples are drawn per attribute, stratified by its groups; the overall rows use the first attribute's resamples (as
     :func:`evaluate`). Returns the tidy table (:data:`COLUMNS`); with ``return_resamples=True`` also
     ``{attribute: (B, n) counts}`` — how often each sample (in input order) was drawn in each resample.
     ``on_resample`` is called after each resample (a progress bar).
@@ -175,7 +175,8 @@ def paired_bootstrap_segmentation(
     kinds = [k for k in E.SEG_GROUP_METRICS if k in values_a]
     unknown = sorted(set(values_a) - set(kinds))
     if unknown:
-        raise InputError(f"segmentation scores: unknown score {unknown[0]!r} (known: {', '.join(E.SEG_GROUP_METRICS)})")
+        known = ", ".join(E.SEG_GROUP_METRICS)
+        raise InputError(f"segmentation scores: unknown score {unknown[0]!r} (known: {known})")
     checked = []
     n = None
     for run, values in (("A", values_a), ("B", values_b)):

@@ -87,7 +87,8 @@ class Comparison:
         lines += [_md_row(head), _md_row(["---"] * len(head))]
         for row in self.key_rows().itertuples(index=False):
             lines.append(_md_row(self.cells(row)))
-        lines += ["", f"✱: q < {SIGNIFICANCE_LEVEL:g} (Benjamini–Hochberg over the {self.n_tests} compared metrics)", ""]
+        legend = f"✱: q < {SIGNIFICANCE_LEVEL:g} (Benjamini–Hochberg over the {self.n_tests} compared metrics)"
+        lines += ["", legend, ""]
         return "\n".join(lines)
 
     # -- shared by the terminal and Markdown views ------------------------------------------------------------
@@ -221,7 +222,8 @@ def _align(test_a: pd.DataFrame, test_b: pd.DataFrame, ids: dict[str, str], kind
     """Per task: the shared test samples (in A's order) with A's and B's scores side by side, after checking that
     both runs scored the same samples with the same labels and groups."""
     who = f"runs A '{ids['a']}' and B '{ids['b']}'"
-    tasks_a, tasks_b = list(dict.fromkeys(test_a["task"].astype(str))), list(dict.fromkeys(test_b["task"].astype(str)))
+    tasks_a = list(dict.fromkeys(test_a["task"].astype(str)))
+    tasks_b = list(dict.fromkeys(test_b["task"].astype(str)))
     if set(tasks_a) != set(tasks_b):
         raise InputError(f"{who} have different tasks: only in A {sorted(set(tasks_a) - set(tasks_b)) or '–'}, "
                          f"only in B {sorted(set(tasks_b) - set(tasks_a)) or '–'}")  # fmt: skip
@@ -256,9 +258,10 @@ def _align(test_a: pd.DataFrame, test_b: pd.DataFrame, ids: dict[str, str], kind
                 first = where[0]
                 what = "labels (y_true)" if column == "y_true" else ("scored samples" if column == "scored"
                                                                        else f"group column '{column}'")
+                value_a, value_b = _shown(a.at[first, column]), _shown(b.at[first, column])
                 raise InputError(f"{who} differ in their {what} for {len(where)} test sample(s) of task '{task}' "
-                                 f"(e.g. {first!r}: {_shown(a.at[first, column])} in A, {_shown(b.at[first, column])} in B); a "
-                                 "paired comparison needs the same samples with the same labels and groups")
+                                 f"(e.g. {first!r}: {value_a} in A, {value_b} in B); a paired comparison needs the "
+                                 "same samples with the same labels and groups")
         if kind == "segmentation":
             keep = a["scored"].to_numpy()
             a, b = a[keep], b[keep]
@@ -280,7 +283,8 @@ def _task_rows(test: pd.DataFrame, task: str, run_id: str, label: str) -> pd.Dat
     ids = rows["sample_id"].astype(str)
     duplicated = ids[ids.duplicated()]
     if len(duplicated):
-        raise InputError(f"run {label} '{run_id}': test sample {duplicated.iloc[0]!r} appears twice for task '{task}'")
+        raise InputError(f"run {label} '{run_id}': test sample {duplicated.iloc[0]!r} appears twice for task "
+                         f"'{task}'")
     return rows.set_index(ids.to_numpy())
 
 
