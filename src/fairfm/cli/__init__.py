@@ -60,6 +60,7 @@ def _register_commands() -> None:
     from fairfm.cli import select as select_cli  # noqa: F401  (registers ``fairfm select``)
     from fairfm.cli import ensemble as ensemble_cli  # noqa: F401  (registers ``fairfm ensemble``)
     from fairfm.cli import report as report_cli  # noqa: F401  (registers ``fairfm report``)
+    from fairfm.cli import compare as compare_cli  # noqa: F401  (registers ``fairfm compare``)
 
 
 #: Top-level module → the extra that installs it (``pip install 'fairfm[EXTRA]'``); checked against pyproject.toml
