@@ -144,10 +144,11 @@ def _legend_right(ax: Axes, handles: list[Any] | None = None, title: str | None 
 
 def _finish(fig: Figure, title: str) -> Figure:
     """Add the title, then fix the layout: constrained layout moves the axes a little on every draw (it converges
-    slowly with equal-aspect axes), so without this a figure saved twice would give different bytes."""
+    slowly with some axes), so without this a figure saved twice would give different bytes."""
     if title:
         fig.suptitle(title)
-    fig.draw_without_rendering()
+    for _ in range(2):  # the second pass settles what the first one moved
+        fig.draw_without_rendering()
     fig.set_layout_engine("none")
     return fig
 
@@ -466,7 +467,6 @@ def roc_plot(y: Any, score: Any, groups: Any, *, title: str = "") -> Figure:
     ax.set_ylabel("true positive rate")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
     _legend_right(ax, handles)
     return _finish(fig, title)
 
@@ -504,7 +504,6 @@ def calibration_plot(y: Any, score: Any, groups: Any, *, bins: int = 10, title: 
     ax.set_ylabel("fraction positive")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_aspect("equal")
     handles.append(Line2D([], [], linestyle="none", marker="o", color="#777777", label="marker area ∝ bin count"))
     _legend_right(ax, handles)
     return _finish(fig, title)
