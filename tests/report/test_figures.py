@@ -415,6 +415,16 @@ def test_distribution_plot_points_and_counts():
     assert [t.get_text() for t in F.distribution_plot([0.5], ["solo"]).axes[0].get_xticklabels()] == ["solo\n(n=1)"]
 
 
+def test_distribution_plot_caps_the_dots_not_the_box():
+    values = np.random.default_rng(6).uniform(size=F.MAX_DOTS + 500)
+    ax = F.distribution_plot(values, np.full(values.size, "all")).axes[0]
+    (samples,) = [c for c in ax.collections if c.get_gid() == "samples"]
+    assert len(samples.get_offsets()) == F.MAX_DOTS
+    assert set(samples.get_offsets()[:, 1]) <= set(values)
+    assert ax.get_xticklabels()[0].get_text() == f"all\n(n={values.size})"
+    assert "random 1,500" in ax.get_xlabel()
+
+
 def test_metric_series_lines_and_bands():
     frame = pd.DataFrame([{"step": st_, "metric": m, "label": lab, "value": 0.7 + 0.01 * st_, "low": 0.69,
                            "high": 0.8 if st_ != 2 else np.nan}
@@ -457,3 +467,24 @@ def test_figures_are_built_without_pyplot():
     y, s, g = scores_frame(n=60)
     F.roc_plot(y, s, g)
     assert "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()
+
+
+# -- from stored runs --------------------------------------------------------------------------------------------
+def test_stored_run_roc_legend_matches_stored_group_aucs(report_store):
+    store, ids = report_store
+    record = store.load(ids[("fakeA", None, 0)])
+    test = record.predictions.query("split == 'test' and task == 'y'")
+    fig = F.roc_plot(test["y_true"], test["y_score"], test["group_sex"])
+    texts = legend_texts(fig.axes[0])
+    stored = record.metrics.query("task == 'y' and attribute == 'sex' and metric == 'auc'")
+    assert len(stored) == 2
+    for row in stored.itertuples():
+        assert f"{row.group}: AUC {row.value:.3f}, n={int(row.n)}" in texts
+
+
+def test_tradeoff_with_many_points_labels_only_the_front():
+    points = tradeoff_points(n=30, seed=7)
+    fig = F.tradeoff_plot(points)
+    labels = sorted(t.get_text() for t in fig.axes[0].texts if t.get_gid() == "point-label")
+    front = F.pareto_front(points["utility"], points["fairness"])
+    assert labels == sorted(points["label"][front])
