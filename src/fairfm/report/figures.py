@@ -10,6 +10,7 @@ jitter, fixed SVG ids.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
 from typing import Any, Callable, Iterable, Sequence
@@ -55,12 +56,11 @@ THRESHOLD_METRICS = {"tpr": "TPR", "fpr": "FPR", "ppv": "PPV", "pos_rate": "posi
 def _styled(func: Callable[..., Figure]) -> Callable[..., Figure]:
     """Run a plot function under the report style: artists take their font sizes etc. when they are created."""
 
+    @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Figure:
         with matplotlib.rc_context(STYLE):
             return func(*args, **kwargs)
 
-    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = func.__name__, func.__qualname__, func.__doc__
-    wrapper.__wrapped__ = func  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -510,7 +510,7 @@ def calibration_plot(y: Any, score: Any, groups: Any, *, bins: int = 10, title: 
     return _finish(fig, title)
 
 
-def threshold_curve(y: np.ndarray, p: np.ndarray, metric: str, thresholds: np.ndarray) -> np.ndarray:
+def _threshold_curve(y: np.ndarray, p: np.ndarray, metric: str, thresholds: np.ndarray) -> np.ndarray:
     """``metric`` at ŷ = 1[p ≥ t] for every t (NaN where undefined, e.g. PPV with no positive prediction)."""
     order = np.sort(p)
     predicted_pos = p.size - np.searchsorted(order, thresholds, side="left")
@@ -550,7 +550,7 @@ def threshold_plot(y: Any, score: Any, groups: Any, *, metric: str, threshold: f
     for name in [*names, None]:
         mask = np.ones(y.size, dtype=bool) if name is None else g == name
         shown = "all" if name is None else name
-        values = threshold_curve(y[mask], p[mask], metric, grid)
+        values = _threshold_curve(y[mask], p[mask], metric, grid)
         if not np.isfinite(values).any():
             handles.append(Line2D([], [], linestyle="none", label=f"{shown}: n={int(mask.sum())}, undefined"))
             continue
