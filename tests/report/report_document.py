@@ -15,8 +15,9 @@ from fairfm.report.document import (  # noqa: E402
 )  # fmt: skip
 
 HOSTILE_TITLE = 'Fairness <script>window.__pwned = 1</script> & "quotes"'
-# The leaderboard's AUC column (index 3): numbers, missing values (None, NaN, a Cell without value), ties.
-AUC_VALUES = [0.812, None, 0.774, 0.9, float("nan"), 0.774, 0.655, 1.0]
+# The leaderboard's AUC column (index 3): numbers (0.85 before 0.9, which a text sort gets wrong), missing
+# values (None, NaN, a Cell "–"), ties.
+AUC_VALUES = [0.85, None, 0.774, 0.9, float("nan"), 0.774, 0.655, 1.0]
 MODELS = ["biomedclip", "dinov2", "rad-dino", "medsam", "clip", "ours", "resnet50", "oracle"]
 
 

@@ -10,7 +10,7 @@ import html as html_module
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
@@ -18,15 +18,15 @@ from fairfm.report.document import Cell, Document, FigureBlock, NoteBlock, Secti
 from fairfm.report.markdown import latex_escape, md_escape, render_latex, render_markdown, write_markdown
 from tests.report.report_document import HOSTILE_TITLE, SECTION_IDS, make_document
 
-_PARSER = MarkdownIt("commonmark").enable("table")
+_PARSER = MarkdownIt("commonmark").enable(["table", "strikethrough"])  # GitHub's tables and ~~strike~~
 # Markdown's punctuation often (so emphasis, links, lists and HTML get tried), any other character too.
 _TEXT = st.text(st.one_of(st.sampled_from(list("*_`[]()<>|~&#+-=!\\.:1 a;")),
                           st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))), min_size=1, max_size=40)
 
 
-def _visible_text(markdown: str) -> str:
+def _visible_text(markdown: str, inline: bool = False) -> str:
     """The text a reader sees: rendered to HTML, tags dropped, entities decoded."""
-    rendered = _PARSER.render(markdown)
+    rendered = _PARSER.renderInline(markdown) if inline else _PARSER.render(markdown)
     return html_module.unescape(re.sub(r"<[^>]+>", "", rendered)).strip()
 
 
@@ -40,7 +40,12 @@ def markdown(document) -> str:
     return render_markdown(document)
 
 
+_MARKUP_EXAMPLES = ["*a*", "_a_", "**b**", "`code`", "[x](y)", "![i](j)", "<b>x</b>", "a|b", "~~s~~", "&amp;",
+                    "# h", "## h", "1. x", "12) x", "- x", "+ x", "> q", "\\*", "<https://x.org>", "---"]  # fmt: skip
+
+
 @given(_TEXT)
+@example("*a*")  # the markup a reader must see as typed (random text rarely composes it)
 def test_md_escape_shows_any_text_literally(text):
     shown = " ".join(text.split())
     if shown:
@@ -48,13 +53,19 @@ def test_md_escape_shows_any_text_literally(text):
 
 
 @given(st.lists(_TEXT, min_size=2, max_size=4))
+@example(_MARKUP_EXAMPLES)
 def test_table_cells_read_back_exactly(texts):
     table = TableBlock([f"c{i}" for i in range(len(texts))], [texts])
     doc = Document("t", [Section("s", "S", [table])])
     tokens = _PARSER.parse(render_markdown(doc))
     cells = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "td_open"]
-    rendered = [_visible_text(c) if c else "" for c in cells]
+    rendered = [_visible_text(c, inline=True) for c in cells]
     assert rendered == [" ".join(t.split()) for t in texts]
+
+
+@pytest.mark.parametrize("text", _MARKUP_EXAMPLES)
+def test_md_escape_shows_markup_literally(text):
+    assert _visible_text(md_escape(text)) == text
 
 
 def test_headings_follow_the_section_tree(markdown, document):
@@ -65,7 +76,7 @@ def test_headings_follow_the_section_tree(markdown, document):
     levels = {section.id: depth for section, depth in document.walk()}
     titles = {section.id: section.title for section, _ in document.walk()}
     expected = [(f"h{levels[sid] + 2}", titles[sid]) for sid in SECTION_IDS]
-    assert [(tag, _visible_text(content)) for tag, content in headings[1:]] == expected
+    assert [(tag, _visible_text(content, inline=True)) for tag, content in headings[1:]] == expected
 
 
 def test_leaderboard_is_a_pipe_table_with_flags_and_numeric_alignment(markdown, document):
