@@ -8,7 +8,8 @@ fails the test with that instruction instead of skipping it.
         assert page.console_errors() == []
         page.set_size(390, 844)
 
-One browser can serve several pages (a module-scoped fixture): ``with chromium() as browser: browser.open(path)``.
+One browser can serve several pages (a module-scoped fixture):
+``with chromium() as browser: page = browser.open(path)``.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ FLAGS = (
 def _require_binaries() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
-        pytest.fail(f"{', '.join(missing)} missing: the HTML tests need Debian's chromium and chromium-driver; "
-                    "run `make system-deps` (as root, or: sudo apt-get install -y chromium chromium-driver)",
-                    pytrace=False)  # fmt: skip
+        pytest.fail(f"{', '.join(missing)} missing: the HTML tests need Debian's chromium and "
+                    "chromium-driver; run `make system-deps` (as root, or: "
+                    "sudo apt-get install -y chromium chromium-driver)", pytrace=False)
 
 
 class Page:
@@ -58,7 +59,7 @@ class Page:
                 self._errors.append(entry.get("message", ""))
 
     def console_errors(self) -> list[str]:
-        """SEVERE browser-log entries since the page loaded: console.error, uncaught exceptions, failed loads."""
+        """SEVERE browser-log entries since the page loaded: console.error, uncaught errors, failed loads."""
         self._drain_log()
         return list(self._errors)
 
@@ -68,8 +69,8 @@ class Page:
 
     def set_size(self, width: int, height: int) -> None:
         """Make the viewport ``width`` × ``height`` CSS pixels (window.innerWidth == width)."""
-        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                    {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})  # fmt: skip
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
         self.run("return document.body.offsetHeight")  # force the new layout before anyone measures it
 
     def click(self, css: str) -> None:
@@ -157,7 +158,7 @@ def chromium_page(path: str | Path, *, width: int = 1200, height: int = 900) -> 
 
 def image_is_blank(img: Image.Image, *, tolerance: int = 12, min_fraction: float = 0.002) -> bool:
     """True when the image is (nearly) one colour: fewer than ``min_fraction`` of its pixels differ from its
-    most common colour by more than ``tolerance`` in some channel. A plot with axes and one line is not blank."""
+    most common colour by more than ``tolerance`` in a channel. A plot with axes and a line is not blank."""
     pixels = np.asarray(img.convert("RGB"), dtype=np.int16).reshape(-1, 3)
     if pixels.shape[0] == 0:
         return True

@@ -1,5 +1,5 @@
-"""A test Document with everything a report holds: nested sections, a sortable table of numbers, missing values,
-text and flags, a wide table, two matplotlib figures (PNG and SVG), notes and details."""
+"""A test Document with everything a report holds: nested sections, a sortable table of numbers, missing
+values, text and flags, a wide table, two matplotlib figures (PNG and SVG), notes and details."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _figure_uri(kind: str, fmt: str) -> str:
         ax.set_ylabel("true positive rate")
         ax.legend()
     else:
-        ax.bar(["F", "M", "young", "old"], [0.02, -0.03, 0.01, -0.015], color=["#1b9e77", "#d95f02", "#7570b3", "#e7298a"])
+        colours = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"]
+        ax.bar(["F", "M", "young", "old"], [0.02, -0.03, 0.01, -0.015], color=colours)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_ylabel("group AUC − population AUC")
     buffer = io.BytesIO()
@@ -43,7 +44,9 @@ def leaderboard() -> TableBlock:
     rows = []
     for model, auc in zip(MODELS, AUC_VALUES):
         aware = model in ("ours", "oracle")
-        method = Cell("fairlora", flag="attribute-aware", title="needs the attribute at test time") if aware else "erm"
+        method = "erm"
+        if aware:
+            method = Cell("fairlora", flag="attribute-aware", title="needs the attribute at test time")
         known = auc is not None and auc == auc
         worst = Cell(f"{auc - 0.05:.3f} ± 0.010", sort_value=auc - 0.05) if known else None
         rows.append([model, "linear_probe", method, auc, worst, len(model)])
@@ -59,7 +62,8 @@ def expected_auc_order(descending: bool) -> list[str]:
     cells = [row[3] for row in table.cells()]
     present = [c for c in cells if c.sort_key is not None]
     missing = [c for c in cells if c.sort_key is None]
-    return [c.text for c in sorted(present, key=lambda c: c.sort_key, reverse=descending)] + [c.text for c in missing]
+    ordered = sorted(present, key=lambda c: c.sort_key, reverse=descending)
+    return [c.text for c in ordered] + [c.text for c in missing]
 
 
 def wide_table() -> TableBlock:
@@ -70,9 +74,10 @@ def wide_table() -> TableBlock:
 
 def make_document() -> Document:
     overview = Section("overview", "Overview", [
-        TextBlock("This report compares eight models.\n\nA second paragraph with a URL as text: https://example.org/x"),
-        NoteBlock("Thresholds of run ours were chosen on test labels: its thresholded metrics are optimistic.",
-                  kind="warning"),
+        TextBlock("This report compares eight models.\n\n"
+                  "A second paragraph with a URL as text: https://example.org/x"),
+        NoteBlock("Thresholds of run ours were chosen on test labels: its thresholded metrics are "
+                  "optimistic.", kind="warning"),
         leaderboard(),
     ], intro="What a reader sees first.", subsections=[
         Section("tradeoff", "Utility–fairness trade-off", [
@@ -87,7 +92,8 @@ def make_document() -> Document:
     provenance = Section("provenance", "Provenance", [
         DetailsBlock("Specs and checksums", [
             TextBlock("sha256 of the split file: " + "ab12" * 16),
-            TableBlock(["run", "spec hash"], [["ours-0", "f00d" * 8], ["clip-1", "beef" * 8]], sortable=False),
+            TableBlock(["run", "spec hash"], [["ours-0", "f00d" * 8], ["clip-1", "beef" * 8]],
+                       sortable=False),
         ]),
     ])
     return Document(HOSTILE_TITLE, [overview, provenance], subtitle="Test report <b>not bold</b>",

@@ -17,7 +17,7 @@ from tests.report.report_document import (
 
 
 class _Collector(HTMLParser):
-    """Every tag with its attributes, and the text inside chosen tags (the independent reading of the output)."""
+    """Every tag with its attributes, and the text inside each kind of tag (an independent reading)."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -61,7 +61,8 @@ def test_every_text_is_escaped(rendered, parsed):
     assert parsed.text["title"] == HOSTILE_TITLE
     assert parsed.text["h1"] == HOSTILE_TITLE
     scripts = [attrs for tag, attrs in parsed.tags if tag == "script"]
-    assert len(scripts) == 1 and "__pwned" not in rendered.split("<script>")[-1]  # only the report's own script
+    assert len(scripts) == 1  # only the report's own script
+    assert "__pwned" not in rendered.split("<script>")[-1]
     assert "<b>not bold</b>" not in rendered and "&lt;b&gt;not bold&lt;/b&gt;" in rendered
 
 
@@ -69,7 +70,7 @@ def test_no_external_urls_anywhere_in_src_or_href(parsed):
     urls = [attrs[name] for _, attrs in parsed.tags for name in ("src", "href") if name in attrs]
     assert urls, "the report links its sections and embeds its images"
     for url in urls:
-        assert url.startswith("#") or url.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,")), url
+        assert url.startswith(("#", "data:image/png;base64,", "data:image/svg+xml;base64,")), url
         assert not re.match(r"(https?:)?//", url)
     assert not any(tag == "link" for tag, _ in parsed.tags)
     # A URL in the text stays text, never becomes a link.
@@ -102,7 +103,7 @@ def test_ids_added_after_construction_are_still_checked(document):
         render_html(extra)
 
 
-# -- in the browser ---------------------------------------------------------------------------------------------
+# -- in the browser ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +120,7 @@ def test_loads_without_console_errors(page):
 def test_toc_links_every_section_in_reading_order(page):
     hrefs = page.run("return Array.from(document.querySelectorAll('nav.toc a'), a => a.getAttribute('href'))")
     assert hrefs == [f"#{sid}" for sid in SECTION_IDS]
-    tags = page.run("return arguments[0].map(id => { var e = document.getElementById(id); return e && e.tagName; })",
-                    SECTION_IDS)  # fmt: skip
+    tags = page.run("return arguments[0].map(id => (document.getElementById(id) || {}).tagName)", SECTION_IDS)
     assert tags == ["SECTION"] * len(SECTION_IDS)
     nested = page.run("return document.querySelectorAll('nav.toc ol ol ol a').length")
     assert nested == 1  # groups-detail sits two levels down
@@ -168,7 +168,8 @@ def test_phone_width_never_scrolls_the_page_sideways(page):
         inner, scroll = page.run("return [window.innerWidth, document.documentElement.scrollWidth]")
         assert inner == 390 and scroll <= inner
         # The wide table does overflow — inside its own scrolling frame.
-        wrap = page.run("var w = document.querySelector('#wide').parentElement; return [w.scrollWidth, w.clientWidth]")
+        wrap = page.run("var w = document.querySelector('#wide').parentElement;"
+                        "return [w.scrollWidth, w.clientWidth]")
         assert wrap[0] > wrap[1]
         widths = page.run("return Array.from(document.images, i => i.getBoundingClientRect().right)")
         assert max(widths) <= 390
@@ -189,7 +190,7 @@ def test_full_page_screenshot_covers_beyond_the_viewport(page, tmp_path):
     assert not image_is_blank(shot)
 
 
-# -- the harness itself -----------------------------------------------------------------------------------------
+# -- the harness itself --------------------------------------------------------------------------------------
 
 
 def test_harness_reports_uncaught_errors_and_failed_loads(tmp_path):

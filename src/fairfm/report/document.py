@@ -48,10 +48,11 @@ def _check_id(value: str | None, what: str) -> None:
     if value is None:
         return
     if not isinstance(value, str) or not _ID_PATTERN.match(value):
-        raise ValueError(f"{what} id {value!r} is not URL-safe: use a letter then letters, digits, '-' or '_' "
-                         f"(fairfm.report.document.slug makes one)")  # fmt: skip
+        raise ValueError(f"{what} id {value!r} is not URL-safe: use a letter then letters, digits, '-' or "
+                         "'_' (fairfm.report.document.slug makes one)")
     if value in RESERVED_IDS:
-        raise ValueError(f"{what} id {value!r} is reserved by the report template ({', '.join(sorted(RESERVED_IDS))})")
+        reserved = ", ".join(sorted(RESERVED_IDS))
+        raise ValueError(f"{what} id {value!r} is reserved by the report template ({reserved})")
 
 
 def data_uri(content: bytes, mime: str) -> str:
@@ -102,7 +103,8 @@ def as_cell(value: CellValue) -> Cell:
     if isinstance(value, numbers.Real):
         number = float(value)
         return Cell(f"{number:.3f}", sort_value=number) if math.isfinite(number) else Cell(MISSING)
-    raise TypeError(f"a table cell is a Cell, str, int, float or None, not {type(value).__name__} ({value!r})")
+    kind = type(value).__name__
+    raise TypeError(f"a table cell is a Cell, str, int, float or None, not {kind} ({value!r})")
 
 
 @dataclass
@@ -150,7 +152,7 @@ class TableBlock:
 
 @dataclass
 class FigureBlock:
-    """An embedded image: ``data:image/png;base64,…`` or ``data:image/svg+xml;base64,…``; alt text required."""
+    """An embedded image, ``data:image/png;base64,…`` or ``data:image/svg+xml;base64,…``, with alt text."""
 
     block_type: ClassVar[str] = "figure"
     data_uri: str
@@ -161,17 +163,20 @@ class FigureBlock:
     def __post_init__(self) -> None:
         _check_id(self.id, "figure")
         if not isinstance(self.alt, str) or not self.alt.strip():
-            raise ValueError(f"figure {self.id or self.caption or '(no caption)'!r}: alt text is required "
-                             "(it is what a screen reader says and what Markdown/LaTeX show instead)")  # fmt: skip
+            name = self.id or self.caption or "(no caption)"
+            raise ValueError(f"figure {name!r}: alt text is required (it "
+                             "is what a screen reader says and what Markdown/LaTeX show instead)")
         self.decode()
 
     def decode(self) -> tuple[str, bytes]:
         """(MIME type, image bytes) of the embedded image."""
-        match = re.match(r"data:([a-z/+.-]+);base64,", self.data_uri if isinstance(self.data_uri, str) else "")
+        uri = self.data_uri if isinstance(self.data_uri, str) else ""
+        match = re.match(r"data:([a-z/+.-]+);base64,", uri)
         if match is None or match.group(1) not in FIGURE_MIME_TYPES:
             start = str(self.data_uri)[:40]
-            raise ValueError(f"figure {self.id or self.alt!r}: data_uri must start with data:image/png;base64, "
-                             f"or data:image/svg+xml;base64, (got {start!r}); the report embeds every image")  # fmt: skip
+            raise ValueError(f"figure {self.id or self.alt!r}: data_uri must start with "
+                             f"data:image/png;base64, or data:image/svg+xml;base64, (got {start!r}); "
+                             "the report embeds every image")
         try:
             content = base64.b64decode(self.data_uri[match.end():], validate=True)
         except ValueError:
@@ -241,7 +246,7 @@ class Section:
 
     def __post_init__(self) -> None:
         if self.id is None:
-            raise ValueError(f"section {self.title!r}: an id is required (fairfm.report.document.slug makes one)")
+            raise ValueError(f"section {self.title!r}: an id is required (document.slug makes one)")
         _check_id(self.id, f"section {self.title!r}:")
 
     def walk(self, depth: int = 0) -> Iterator[tuple[Section, int]]:
@@ -301,13 +306,14 @@ class Document:
             for block in _walk_blocks(section.blocks):
                 if not isinstance(block, _BLOCK_TYPES):
                     raise TypeError(f"section {section.id!r}: {type(block).__name__} is not a block "
-                                    "(TableBlock, FigureBlock, TextBlock, NoteBlock, DetailsBlock)")  # fmt: skip
+                                    "(TableBlock, FigureBlock, TextBlock, NoteBlock, DetailsBlock)")
                 if isinstance(block, TableBlock):
                     _check_id(block.id, "table")
                     block.check()
                     claim(block.id, f"table {block.caption!r} in section {section.id!r}")
                     if block.id is not None:
-                        claim(f"{block.id}-caption", f"the caption of table {block.id!r}")  # the HTML caption's id
+                        # the id of its caption in HTML
+                        claim(f"{block.id}-caption", f"the caption of table {block.id!r}")
                 elif isinstance(block, FigureBlock):
                     _check_id(block.id, "figure")
                     claim(block.id, f"figure {block.alt!r} in section {section.id!r}")

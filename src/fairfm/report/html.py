@@ -1,7 +1,8 @@
 """The self-contained HTML report: one file, inline CSS and JS, images embedded, nothing fetched.
 
-The page is a jinja2 template (``templates/report.html.j2``, autoescaped: every text of the document is escaped);
-this module turns a :class:`~fairfm.report.document.Document` into the plain values the template shows.
+The page is a jinja2 template (``templates/report.html.j2``, autoescaped: every text of the document is
+escaped); this module turns a :class:`~fairfm.report.document.Document` into the plain values the
+template shows.
 """
 
 from __future__ import annotations
@@ -43,14 +44,13 @@ def _table_view(table: TableBlock, number: int, table_id: str) -> dict:
         cells = []
         for index, cell in enumerate(row):
             key = cell.sort_key
-            cells.append({
-                "text": cell.text, "title": cell.title, "flag": cell.flag, "numeric": numeric[index],
-                "sort": _sort_attr(key), "type": None if key is None else ("num" if isinstance(key, float | int) else "text"),
-            })  # fmt: skip
+            kind = None if key is None else ("num" if isinstance(key, float | int) else "text")
+            cells.append({"text": cell.text, "title": cell.title, "flag": cell.flag,
+                          "numeric": numeric[index], "sort": _sort_attr(key), "type": kind})  # fmt: skip
         rows.append(cells)
     return {
-        "block_type": "table", "id": table_id, "number": number, "caption": table.caption, "notes": list(table.notes),
-        "sortable": table.sortable and len(table.rows) > 1,
+        "block_type": "table", "id": table_id, "number": number, "caption": table.caption,
+        "notes": list(table.notes), "sortable": table.sortable and len(table.rows) > 1,
         "columns": [{"label": str(label), "numeric": numeric[i]} for i, label in enumerate(table.columns)],
         "rows": rows,
     }  # fmt: skip
@@ -79,13 +79,14 @@ class _Viewer:
         if kind == "table":
             return _table_view(block, self.numbers[id(block)], block.id or self.free_id("table"))
         if kind == "figure":
-            return {"block_type": "figure", "id": block.id, "number": self.numbers[id(block)], "src": block.data_uri,
-                    "alt": block.alt, "caption": block.caption}  # fmt: skip
+            return {"block_type": "figure", "id": block.id, "number": self.numbers[id(block)],
+                    "src": block.data_uri, "alt": block.alt, "caption": block.caption}  # fmt: skip
         if kind == "text":
             return {"block_type": "text", "paragraphs": block.paragraphs()}
         if kind == "note":
             return {"block_type": "note", "kind": block.kind, "paragraphs": block.paragraphs()}
-        return {"block_type": "details", "summary": block.summary, "blocks": [self.block(b) for b in block.blocks]}
+        inner = [self.block(b) for b in block.blocks]
+        return {"block_type": "details", "summary": block.summary, "blocks": inner}
 
     def section(self, section: Section, depth: int) -> dict:
         return {

@@ -21,14 +21,15 @@ _MD_LINE_START = re.compile(r"^([#+\-=>]|\d+(?=[.)]))")
 
 
 def md_escape(text: str, *, line_start: bool = True) -> str:
-    """``text`` shown literally in Markdown: no emphasis, links, HTML or table breaks. ``line_start=False`` for
-    text that never starts a line (a table cell), where a leading "-" or "1." means nothing."""
+    """``text`` shown literally in Markdown: no emphasis, links, HTML or table breaks. ``line_start=False``
+    for text that never starts a line (a table cell), where a leading "-" or "1." means nothing."""
     flat = " ".join(str(text).split())
     escaped = _MD_INLINE.sub(r"\\\1", flat)
     if not line_start:
         return escaped
     # "# x" → "\# x"; "12. x" → "12\. x" (a backslash before a digit would show, not escape).
-    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" if m.group(1)[0].isdigit() else "\\" + m.group(1), escaped)
+    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" if m.group(1)[0].isdigit() else "\\" + m.group(1),
+                              escaped)  # fmt: skip
 
 
 def _md_cell(cell: Cell) -> str:
@@ -57,7 +58,7 @@ class _MarkdownWriter:
     def figure(self, figure: FigureBlock, number: int) -> list[str]:
         caption = md_escape(figure.caption or figure.alt)
         if self.figures_dir is None:
-            return [f"*Figure {number}: {md_escape(figure.alt)}*"] + ([f"", caption] if figure.caption else [])
+            return [f"*Figure {number}: {md_escape(figure.alt)}*"] + (["", caption] if figure.caption else [])
         _, content = figure.decode()
         name = f"figure-{number:02d}{'-' + figure.id if figure.id else ''}.{figure.extension}"
         target = self.figures_dir / name
@@ -85,7 +86,8 @@ class _MarkdownWriter:
             return lines
         # <details> is HTML that GitHub renders; the blank lines let Markdown work inside it.
         inner = [line for b in block.blocks for line in self.block(b) + [""]]
-        return ["<details>", f"<summary>{html.escape(' '.join(block.summary.split()))}</summary>", ""] + inner + ["</details>"]
+        summary = html.escape(" ".join(block.summary.split()))
+        return ["<details>", f"<summary>{summary}</summary>", ""] + inner + ["</details>"]
 
     def section(self, section: Section, depth: int) -> list[str]:
         lines = ["#" * min(depth + 2, 6) + " " + md_escape(section.title), ""]
@@ -102,8 +104,8 @@ def render_markdown(document: Document, figures_dir: str | os.PathLike | None = 
                     link_base: str | os.PathLike | None = None) -> str:  # fmt: skip
     """The report as GitHub-flavoured Markdown.
 
-    Without ``figures_dir`` each figure is a ``*Figure N: alt*`` placeholder (a base64 image would be too big to
-    read). With it, the images are written there (``figure-NN[-id].png|svg``) and linked relative to
+    Without ``figures_dir`` each figure is a ``*Figure N: alt*`` placeholder (a base64 image would be too big
+    to read). With it, the images are written there (``figure-NN[-id].png|svg``) and linked relative to
     ``link_base`` — the folder the Markdown file will be in; by default the parent of ``figures_dir``."""
     document.validate()
     figures = Path(figures_dir) if figures_dir is not None else None
@@ -122,8 +124,9 @@ def render_markdown(document: Document, figures_dir: str | os.PathLike | None = 
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
 
 
-def write_markdown(document: Document, path: str | os.PathLike, figures_dir: str | os.PathLike | None = None) -> Path:
-    """Write the Markdown atomically; figures (when ``figures_dir`` is given) are linked relative to ``path``."""
+def write_markdown(document: Document, path: str | os.PathLike,
+                   figures_dir: str | os.PathLike | None = None) -> Path:  # fmt: skip
+    """Write the Markdown atomically; figures (with ``figures_dir``) are linked relative to ``path``."""
     path = Path(path)
     write_text_atomic(path, render_markdown(document, figures_dir, link_base=path.parent))
     return path
@@ -133,8 +136,8 @@ def write_markdown(document: Document, path: str | os.PathLike, figures_dir: str
 _LATEX_SPECIAL = {
     "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-    "–": r"\textendash{}", "—": r"\textemdash{}", "±": r"$\pm$", "×": r"$\times$", "≤": r"$\leq$", "≥": r"$\geq$", "·": r"$\cdot$",
-    "Δ": r"$\Delta$", "<": r"\textless{}", ">": r"\textgreater{}",
+    "–": r"\textendash{}", "—": r"\textemdash{}", "±": r"$\pm$", "×": r"$\times$", "≤": r"$\leq$",
+    "≥": r"$\geq$", "·": r"$\cdot$", "Δ": r"$\Delta$", "<": r"\textless{}", ">": r"\textgreater{}",
 }  # fmt: skip
 _LATEX_PATTERN = re.compile("|".join(re.escape(ch) for ch in _LATEX_SPECIAL))
 _LATEX_HEADINGS = ("section", "subsection", "subsubsection", "paragraph", "subparagraph")
@@ -161,8 +164,8 @@ class _LatexWriter:
             lines.append(rf"\caption{{{latex_escape(table.caption)}}}")
         if table.id:
             lines.append(rf"\label{{tab:{table.id}}}")
-        lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-                  " & ".join(rf"\textbf{{{latex_escape(c)}}}" for c in table.columns) + r" \\", r"\midrule"]  # fmt: skip
+        header = " & ".join(rf"\textbf{{{latex_escape(c)}}}" for c in table.columns) + r" \\"
+        lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", header, r"\midrule"]
         lines += [" & ".join(_latex_cell(cell) for cell in row) + r" \\" for row in table.cells()]
         lines += [r"\bottomrule", r"\end{tabular}"]
         if table.notes:
@@ -176,13 +179,15 @@ class _LatexWriter:
             return self.table(block)
         if kind == "figure":
             # A comment cannot hold a line break: the alt text is flattened to one line.
-            return [f"% Figure {self.numbers[id(block)]} omitted (embedded image): {' '.join(block.alt.split())}"]
+            alt = " ".join(block.alt.split())
+            return [f"% Figure {self.numbers[id(block)]} omitted (embedded image): {alt}"]
         if kind == "text":
             return [line for p in block.paragraphs() for line in (latex_escape(p), "")][:-1]
         if kind == "note":
             label = "Warning" if block.kind == "warning" else "Note"
             body = [latex_escape(p) for p in block.paragraphs()] or [""]
-            return [r"\begin{quote}", rf"\textbf{{{label}:}} {body[0]}"] + [f"\n{p}" for p in body[1:]] + [r"\end{quote}"]
+            more = [f"\n{p}" for p in body[1:]]
+            return [r"\begin{quote}", rf"\textbf{{{label}:}} {body[0]}"] + more + [r"\end{quote}"]
         lines = [rf"\paragraph*{{{latex_escape(block.summary)}}}"]
         for inner in block.blocks:
             lines += self.block(inner) + [""]
@@ -216,9 +221,11 @@ def render_latex(document: Document, *, standalone: bool = True) -> str:
             body += [latex_escape(document.generated) + r"\par"]
         body += [latex_escape(line) + r"\par" for line in document.provenance]
     if standalone:
-        preamble = [r"\documentclass[11pt]{article}", r"\usepackage[T1]{fontenc}", r"\usepackage[utf8]{inputenc}",
-                    r"\usepackage{lmodern}", r"\usepackage{booktabs}", r"\usepackage[margin=2.5cm]{geometry}",
-                    rf"\title{{{latex_escape(document.title)}}}",
-                    rf"\date{{{latex_escape(document.subtitle)}}}", r"\author{}", r"\begin{document}", r"\maketitle", ""]  # fmt: skip
+        preamble = [
+            r"\documentclass[11pt]{article}", r"\usepackage[T1]{fontenc}", r"\usepackage[utf8]{inputenc}",
+            r"\usepackage{lmodern}", r"\usepackage{booktabs}", r"\usepackage[margin=2.5cm]{geometry}",
+            rf"\title{{{latex_escape(document.title)}}}", rf"\date{{{latex_escape(document.subtitle)}}}",
+            r"\author{}", r"\begin{document}", r"\maketitle", "",
+        ]  # fmt: skip
         body = preamble + body + ["", r"\end{document}"]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(body)).strip() + "\n"
