@@ -89,6 +89,14 @@ def test_table_cells_carry_sort_values_and_flags(parsed):
     assert any(c.get("title") == "needs the attribute at test time" for c in cells)
 
 
+def test_only_sortable_tables_get_header_buttons(rendered):
+    tables = re.findall(r"<table [^>]*>.*?</table>", rendered, flags=re.S)
+    assert len(tables) == 3
+    sortable = ['class="sortable"' in t.split(">", 1)[0] for t in tables]
+    assert sortable == [True, True, False]  # leaderboard, wide table; the checksum table was sortable=False
+    assert [t.count("<button") for t in tables] == [6, 15, 0]
+
+
 def test_write_html_is_atomic_and_returns_the_path(tmp_path, document):
     target = tmp_path / "out" / "report.html"
     assert write_html(document, target) == target
