@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -115,10 +116,15 @@ def test_ids_added_after_construction_are_still_checked(document):
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory, document):
+def browser():
+    with chromium() as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory, document, browser):
     path = write_html(document, tmp_path_factory.mktemp("html") / "report.html")
-    with chromium() as browser:
-        yield browser.open(path, width=1200, height=900)
+    return browser.open(path, width=1200, height=900)
 
 
 def test_loads_without_console_errors(page):
@@ -196,6 +202,43 @@ def test_full_page_screenshot_covers_beyond_the_viewport(page, tmp_path):
     height = page.run("return document.documentElement.scrollHeight")
     assert shot.width == 1200 and shot.height == height > 900
     assert not image_is_blank(shot)
+
+
+def _python_order(cells, descending: bool) -> list[str]:
+    """The oracle: numbers by value, words after them (before them descending), missing values last; ties keep
+    their order (both sorts are stable)."""
+    present = [c for c in cells if c.sort_key is not None]
+    numbers = sorted((c for c in present if not isinstance(c.sort_key, str)), key=lambda c: c.sort_key,
+                     reverse=descending)  # fmt: skip
+    words = sorted((c for c in present if isinstance(c.sort_key, str)), key=lambda c: c.sort_key, reverse=descending)
+    ordered = words + numbers if descending else numbers + words
+    return [c.text for c in ordered] + [c.text for c in cells if c.sort_key is None]
+
+
+def test_sort_orders_match_python_on_awkward_numbers(browser, page, tmp_path):
+    """Negative numbers, exponents, large integers, ties (0.0 and -0.0 too), missing values, numbers among
+    words: the browser's order is Python's, both ways."""
+    rng = np.random.default_rng(11)
+    floats = [float(v) for v in rng.normal(0, 1, 30) * 10.0 ** rng.integers(-6, 6, 30)] + [0.0, -0.0, 1e-05]
+    n = len(floats) + 2
+    columns = {
+        "floats": floats + [None, float("nan")],
+        "ints": [int(v) for v in rng.integers(-1000, 10**9, n - 4)] + [7, 7, None, 7],
+        "mixed": [float(v) for v in rng.integers(0, 20, n - 6)] + ["alpha", "beta", "gamma", "–", None, 2.5],
+    }
+    table = TableBlock(list(columns), [list(row) for row in zip(*columns.values())], id="awkward")
+    path = write_html(Document("Sorting", [Section("s", "S", [table])]), tmp_path / "sorting.html")
+    try:
+        sorting = browser.open(path)
+        for index in range(len(columns)):
+            cells = [row[index] for row in table.cells()]
+            for descending in (False, True):  # the first click sorts ascending, the second descending
+                sorting.click(f"#awkward thead th:nth-child({index + 1}) button")
+                shown = sorting.column_values("#awkward", index)
+                assert shown == _python_order(cells, descending), (list(columns)[index], descending)
+        assert sorting.console_errors() == []
+    finally:
+        browser.open(page.path)  # the report again, for any test after this one
 
 
 # -- the harness itself --------------------------------------------------------------------------------------
