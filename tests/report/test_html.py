@@ -210,7 +210,8 @@ def _python_order(cells, descending: bool) -> list[str]:
     present = [c for c in cells if c.sort_key is not None]
     numbers = sorted((c for c in present if not isinstance(c.sort_key, str)), key=lambda c: c.sort_key,
                      reverse=descending)  # fmt: skip
-    words = sorted((c for c in present if isinstance(c.sort_key, str)), key=lambda c: c.sort_key, reverse=descending)
+    words = sorted((c for c in present if isinstance(c.sort_key, str)), key=lambda c: c.sort_key,
+                   reverse=descending)  # fmt: skip
     ordered = words + numbers if descending else numbers + words
     return [c.text for c in ordered] + [c.text for c in cells if c.sort_key is None]
 
