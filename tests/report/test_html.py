@@ -185,10 +185,16 @@ def test_phone_width_never_scrolls_the_page_sideways(page):
         wrap = page.run("var w = document.querySelector('#wide').parentElement;"
                         "return [w.scrollWidth, w.clientWidth]")
         assert wrap[0] > wrap[1]
+        assert page.run("return document.querySelector('#wide').parentElement.nextElementSibling.hidden") is False
         widths = page.run("return Array.from(document.images, i => i.getBoundingClientRect().right)")
         assert max(widths) <= 390
     finally:
         page.set_size(1200, 900)
+
+
+def test_scroll_hint_only_where_a_table_overflows(page):
+    hints = page.run("return Array.from(document.querySelectorAll('.scroll-hint'), h => h.hidden)")
+    assert hints == [True, False, True]  # at 1200 px only the 15-column table is wider than its frame
 
 
 def test_hostile_title_is_shown_as_text_and_never_runs(page):
