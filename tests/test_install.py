@@ -48,6 +48,7 @@ MODULE_EXTRAS = [
     ("mitigate/", {"models", "results"}),
     ("select.py", {"models", "results"}),
     ("ensemble.py", {"models", "data", "results"}),
+    ("report/html.py", {"report"}),  # jinja2; the document model and the Markdown/LaTeX renderers are core
 ]
 
 
