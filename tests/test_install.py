@@ -52,6 +52,8 @@ MODULE_EXTRAS = [
     ("select.py", {"models", "results"}),
     ("ensemble.py", {"models", "data", "results"}),
     ("report/tables.py", set()),  # the terminal tables of the core install's 'fairfm evaluate'
+    ("report/document.py", set()),  # the document model and the Markdown/LaTeX renderers are core
+    ("report/markdown.py", set()),
     ("report/", {"report", "results"}),
     ("analysis/", {"report", "results", "data"}),
 ]
