@@ -411,7 +411,7 @@ def _label_frame(labels: pd.DataFrame | None, n: int) -> pd.DataFrame:
         values = pd.to_numeric(labels[column].reset_index(drop=True), errors="coerce")
         odd = sorted(set(values.dropna().unique()) - {0.0, 1.0})
         if odd:
-            raise InputError(f"labels: column {column!r} holds {odd[0]!r}; expected 0, 1 or unknown")
+            raise InputError(f"labels: column {column!r} holds {float(odd[0]):g}; expected 0, 1 or unknown")
         frame[name] = values.to_numpy(dtype=float)
     return frame
 
