@@ -60,6 +60,10 @@ def _register_commands() -> None:
     from fairfm.cli import select as select_cli  # noqa: F401  (registers ``fairfm select``)
     from fairfm.cli import ensemble as ensemble_cli  # noqa: F401  (registers ``fairfm ensemble``)
 
+    from fairfm.cli import analyze as analyze_cli
+
+    app.add_typer(analyze_cli.app, name="analyze")
+
 
 #: Top-level module → the extra that installs it (``pip install 'fairfm[EXTRA]'``); checked against pyproject.toml
 #: by tests/test_install.py. A command whose extra is missing says so in one line instead of a traceback.
