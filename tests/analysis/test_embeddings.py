@@ -262,3 +262,15 @@ def test_bad_inputs_name_what_is_wrong():
         analyze_embeddings(bad, groups)
     with pytest.raises(InputError, match="label_y.*holds 2"):
         analyze_embeddings(x, groups, labels=pd.DataFrame({"label_y": [2.0] * 50}))
+
+
+def test_unknown_spellings_are_unknown_and_groups_are_in_natural_order():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(120, 5))
+    age = pd.Series(np.tile(["10", "9", "unknown", "-1", "80"], 24))
+    analysis = analyze_embeddings(x, pd.DataFrame({"age": age}), projection="none", bootstrap=0)
+    pairs = analysis.ks[analysis.ks["mode"] == 1][["group_a", "group_b"]].to_numpy().tolist()
+    assert pairs == [["9", "10"], ["9", "80"], ["10", "80"]]
+    row = analysis.separability.iloc[0]
+    assert row["groups"] == "9, 10, 80" and row["n"] == 72
+    assert set(analysis.points["age"]) == {"9", "10", "80", ""}

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fairfm.analysis.embeddings import NEGATIVE, POSITIVE, EmbeddingAnalysis
+from fairfm.analysis.embeddings import NEGATIVE, POSITIVE, EmbeddingAnalysis, group_names
 from fairfm.errors import InputError
 
 __all__ = ["embedding_scatter", "separability_plot"]
@@ -57,7 +57,8 @@ def embedding_scatter(analysis: EmbeddingAnalysis, attribute: str, *, which: str
         raise InputError(f"which {which!r}: expected pca or projection")
     groups = _groups(points[attribute], attribute)
     known = groups != ""
-    names = sorted(set(groups[known]), key=lambda g: (g == NEGATIVE, g))  # positives first for a label
+    names = [POSITIVE, NEGATIVE] if attribute.startswith("label_") else group_names(groups)
+    names = [name for name in names if (groups == name).any()]
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
     with matplotlib.rc_context(STYLE):
         single = len(pairs) == 1

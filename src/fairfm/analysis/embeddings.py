@@ -142,7 +142,7 @@ def analyze_embeddings(
     sample_ids: Sequence[Any] | None = None,
 ) -> EmbeddingAnalysis:
     """PCA, projection, KS tests and subgroup separability of ``features`` (N, D) by ``groups`` (one column per
-    attribute — ``sex`` or ``group_sex`` — strings, NaN or "" unknown); see the module docstring.
+    attribute — ``sex`` or ``group_sex`` — strings; NaN, "", "unknown", −1 … are unknown as in fairfm.groups); see the module docstring.
 
     ``labels``: ``label_<task>`` columns (0/1, NaN unknown) whose positives and negatives are KS-tested too (Glocker
     et al.'s disease vs no-finding). ``patient_ids``: cross-validation folds and bootstrap resamples by patient."""
@@ -180,8 +180,7 @@ def analyze_embeddings(
     comparisons: list[tuple[str, str, str, np.ndarray, np.ndarray]] = []
     for attribute in group_frame.columns:
         values = group_frame[attribute].to_numpy()
-        names = sorted(v for v in set(values) if v)
-        for a, b in itertools.combinations(names, 2):
+        for a, b in itertools.combinations(group_names(values), 2):
             comparisons.append((attribute, a, b, values == a, values == b))
     for column in label_frame.columns:
         y = label_frame[column].to_numpy()
@@ -293,8 +292,7 @@ def _separability(scores: np.ndarray, values: np.ndarray, patients: np.ndarray |
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    known = values != ""
-    names = sorted(set(values[known]))
+    names = group_names(values)
     unit = "patients" if patients is not None else "samples"
     sizes = {g: (len(set(patients[values == g])) if patients is not None else int((values == g).sum())) for g in names}
     kept = [g for g in names if sizes[g] >= cv_folds]
@@ -311,7 +309,8 @@ def _separability(scores: np.ndarray, values: np.ndarray, patients: np.ndarray |
         row["note"] = f"fewer than 2 groups with at least {cv_folds} {unit}"
         return row, note
     mask = np.isin(values, kept)
-    x, y = scores[mask], np.searchsorted(kept, values[mask])
+    code = {g: k for k, g in enumerate(kept)}
+    x, y = scores[mask], np.array([code[v] for v in values[mask]])
     cv: Any
     if patients is not None:
         cv = StratifiedGroupKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
@@ -392,12 +391,22 @@ def _group_frame(groups: pd.DataFrame, n: int) -> pd.DataFrame:
         raise InputError("groups: expected a DataFrame with one column per sensitive attribute")
     if len(groups) != n:
         raise InputError(f"groups: {len(groups)} rows for {n} feature rows")
+    from fairfm.groups import factorize_groups
+
     frame = pd.DataFrame(index=range(n))
     for column in groups.columns:
         name = str(column).removeprefix("group_")
-        values = groups[column].reset_index(drop=True)
-        frame[name] = values.where(values.notna(), "").astype(str).str.strip().to_numpy()
+        # the unknown spellings of fairfm.groups (NaN, "", "unknown", -1, …) as "", every other label as a string
+        codes, labels = factorize_groups(groups[column].reset_index(drop=True))
+        frame[name] = np.asarray([*labels, ""], dtype=object)[codes].astype(str)
     return frame
+
+
+def group_names(values: np.ndarray) -> list[str]:
+    """The known groups in natural order (numbers numerically, then text), as the metrics order them."""
+    from fairfm.groups import natural_key
+
+    return sorted({str(v) for v in values if v}, key=natural_key)
 
 
 def _label_frame(labels: pd.DataFrame | None, n: int) -> pd.DataFrame:
