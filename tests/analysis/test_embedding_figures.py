@@ -25,8 +25,14 @@ def analysis():
     x = rng.normal(size=(n, 10)) * np.linspace(3, 0.5, 10)
     x[:, 0] += np.select([race == "Asian", race == "Black"], [4.0, -4.0], 0.0)
     labels = pd.DataFrame({"label_y": (rng.random(n) < 0.3).astype(float)})
-    return analyze_embeddings(x, pd.DataFrame({"race": race, "sex": sex}), labels=labels, projection="tsne",
-                              max_points=200, bootstrap=100)  # fmt: skip
+    return analyze_embeddings(
+        x,
+        pd.DataFrame({"race": race, "sex": sex}),
+        labels=labels,
+        projection="tsne",
+        max_points=200,
+        bootstrap=100,
+    )
 
 
 def _png_pixels(fig: Figure) -> np.ndarray:
@@ -47,7 +53,7 @@ def test_pca_scatter_draws_each_groups_points_of_modes_1_2_and_3_4(analysis):
     for ax, (x_name, y_name) in zip(mains, [("pc1", "pc2"), ("pc3", "pc4")]):
         drawn = {tuple(np.round(c.get_facecolor()[0][:3], 3)): c.get_offsets() for c in ax.collections}
         for i, group in enumerate(["Asian", "Black", "White"]):
-            colour = tuple(np.round(np.array([int(PALETTE[i][k:k + 2], 16) for k in (1, 3, 5)]) / 255, 3))
+            colour = tuple(np.round(np.array([int(PALETTE[i][k : k + 2], 16) for k in (1, 3, 5)]) / 255, 3))
             expected = points.loc[points["race"] == group, [x_name, y_name]].to_numpy()
             np.testing.assert_allclose(np.asarray(drawn[colour]), expected)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
@@ -86,8 +92,12 @@ def test_projection_scatter_and_its_refusals(analysis):
     assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == len(analysis.points)
     pixels = _png_pixels(fig)
     assert pixels[..., :3].std() > 0.05  # not a blank image
-    flat = analyze_embeddings(np.random.default_rng(1).normal(size=(40, 5)), pd.DataFrame({"g": ["a", "b"] * 20}),
-                              projection="none", bootstrap=0)  # fmt: skip
+    flat = analyze_embeddings(
+        np.random.default_rng(1).normal(size=(40, 5)),
+        pd.DataFrame({"g": ["a", "b"] * 20}),
+        projection="none",
+        bootstrap=0,
+    )
     with pytest.raises(InputError, match="projection 'none': no projection to draw"):
         embedding_scatter(flat, "g", which="projection")
     with pytest.raises(InputError, match="attribute 'age': not in the analysis"):
@@ -98,8 +108,11 @@ def test_separability_plot_draws_each_interval_the_chance_line_and_the_values(an
     fig = separability_plot(analysis)
     ax = fig.axes[0]
     table = analysis.separability
-    segments = [line.get_xdata() for line in ax.get_lines() if len(line.get_xdata()) == 2
-                and line.get_linestyle() == "-"]  # fmt: skip
+    segments = [
+        line.get_xdata()
+        for line in ax.get_lines()
+        if len(line.get_xdata()) == 2 and line.get_linestyle() == "-"
+    ]
     np.testing.assert_allclose(sorted(map(tuple, segments)), sorted(zip(table["ci_low"], table["ci_high"])))
     chance = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert len(chance) == 1 and list(chance[0].get_xdata()) == [0.5, 0.5]

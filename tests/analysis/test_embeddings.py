@@ -19,7 +19,8 @@ from fairfm.errors import InputError
 
 
 def planted(n: int = 400, dim: int = 16, seed: int = 0):
-    """Features whose first direction is shifted by site (A vs B) — far beyond the noise; sex is independent."""
+    """Features whose first direction is shifted by site (A vs B) — far beyond the noise; sex is
+    independent."""
     rng = np.random.default_rng(seed)
     site = np.where(rng.random(n) < 0.5, "A", "B")
     sex = np.where(rng.random(n) < 0.5, "F", "M")
@@ -72,14 +73,18 @@ def test_ks_rows_and_q_values_equal_scipy(planted_analysis):
         assert row["p_value"] == pytest.approx(test.pvalue, rel=1e-9, abs=1e-300)
         assert (row["n_a"], row["n_b"]) == (a.sum(), b.sum())
         expected.append(test.pvalue)
-    np.testing.assert_allclose(analysis.ks["q_value"], false_discovery_control(expected, method="bh"), rtol=1e-9)
+    np.testing.assert_allclose(
+        analysis.ks["q_value"], false_discovery_control(expected, method="bh"), rtol=1e-9
+    )
     assert (analysis.ks["significant"] == (analysis.ks["q_value"] <= 0.05)).all()
 
 
 def test_benjamini_yekutieli_on_request():
     x, groups, _ = planted(n=200)
     analysis = analyze_embeddings(x, groups, projection="none", bootstrap=0, fdr="by")
-    np.testing.assert_allclose(analysis.ks["q_value"], false_discovery_control(analysis.ks["p_value"], method="by"))
+    np.testing.assert_allclose(
+        analysis.ks["q_value"], false_discovery_control(analysis.ks["p_value"], method="by")
+    )
 
 
 @pytest.mark.parametrize("variance", [0.5, 0.9, 0.99, 1.0])
@@ -88,15 +93,19 @@ def test_pca_keeps_as_many_components_as_sklearn(variance):
     analysis = analyze_embeddings(x, groups, variance=variance, projection="none", bootstrap=0)
     reference = PCA(n_components=variance if variance < 1 else None, svd_solver="full").fit(x)
     assert analysis.pca["n_components"] == reference.n_components_
-    np.testing.assert_allclose(analysis.pca["explained_variance_ratio"],
-                               reference.explained_variance_ratio_[:min(4, reference.n_components_)])
+    np.testing.assert_allclose(
+        analysis.pca["explained_variance_ratio"],
+        reference.explained_variance_ratio_[: min(4, reference.n_components_)],
+    )
     assert analysis.pca["standardised"] is False
 
 
 def test_fewer_components_than_modes_tests_the_modes_there_are():
     rng = np.random.default_rng(1)
     x = np.outer(rng.normal(size=120), rng.normal(size=8)) + 1e-6 * rng.normal(size=(120, 8))
-    analysis = analyze_embeddings(x, pd.DataFrame({"g": np.repeat(["a", "b"], 60)}), projection="none", bootstrap=0)
+    analysis = analyze_embeddings(
+        x, pd.DataFrame({"g": np.repeat(["a", "b"], 60)}), projection="none", bootstrap=0
+    )
     assert analysis.pca["n_components"] == 1
     assert list(analysis.ks["mode"]) == [1]
     assert any("1 mode(s) tested instead of 4" in note for note in analysis.notes)
@@ -217,7 +226,8 @@ def test_bootstrap_auc_equals_roc_auc_score_on_the_resampled_rows(seed, classes,
     for value, counts in zip(values[1:], drawn):
         expected = oracle(np.repeat(np.arange(n), counts))
         if np.isnan(expected):
-            # a resample missing a class: NaN overall (binary) — in one-vs-rest the class's own AUC is undefined
+            # a resample missing a class: NaN overall (binary) — in one-vs-rest the class's own AUC is
+            # undefined
             assert np.isnan(value)
         else:
             assert value == pytest.approx(expected)
@@ -242,10 +252,15 @@ def test_json_round_trip_keeps_every_table():
     assert back.pca == analysis.pca and back.options == analysis.options and back.notes == analysis.notes
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"projection": "pca"}, "projection 'pca'"), ({"fdr": "bonferroni"}, "fdr 'bonferroni'"),
-    ({"variance": 1.5}, "variance 1.5"), ({"cv_folds": 1}, "cv_folds 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"projection": "pca"}, "projection 'pca'"),
+        ({"fdr": "bonferroni"}, "fdr 'bonferroni'"),
+        ({"variance": 1.5}, "variance 1.5"),
+        ({"cv_folds": 1}, "cv_folds 1"),
+    ],
+)
 def test_bad_options_are_input_errors(kwargs, message):
     x, groups, _ = planted(n=50)
     with pytest.raises(InputError, match=message):

@@ -1,6 +1,6 @@
-"""``run_embeddings`` / ``features_embeddings`` / ``fairfm analyze embeddings`` over a real feature-cache layout
-written without torch: a prepared synthetic dataset, a cache entry whose rows are in another order than the
-SampleTable, and stored runs pointing at it."""
+"""``run_embeddings`` / ``features_embeddings`` / ``fairfm analyze embeddings`` over a real feature-cache
+layout written without torch: a prepared synthetic dataset, a cache entry whose rows are in another order than
+the SampleTable, and stored runs pointing at it."""
 
 from __future__ import annotations
 
@@ -32,8 +32,11 @@ def planted_features(table: pd.DataFrame, dim: int = 12) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def write_cache(folder: Path, table: pd.DataFrame, features: np.ndarray, *, slices: int = 1, seed: int = 0) -> None:
-    """The layout of fairfm.adapt.features: rows in a shuffled order (as a cache made of another table order)."""
+def write_cache(
+    folder: Path, table: pd.DataFrame, features: np.ndarray, *, slices: int = 1, seed: int = 0
+) -> None:
+    """The layout of fairfm.adapt.features: rows in a shuffled order (as a cache made of another table
+    order)."""
     folder.mkdir(parents=True)
     order = np.random.default_rng(seed).permutation(len(table))
     rows = np.repeat(order, slices)
@@ -42,29 +45,60 @@ def write_cache(folder: Path, table: pd.DataFrame, features: np.ndarray, *, slic
     matrix = features[rows] + (offsets - (slices - 1) / 2)[:, None].astype(np.float32)
     np.save(folder / "features.npy", matrix.astype(np.float32))
     np.save(folder / "done.npy", np.ones(len(table), dtype=bool))
-    pd.DataFrame({"sample_id": table["sample_id"].to_numpy()[rows],
-                  "slice_index": offsets if slices > 1 else -1, "table_row": rows}).to_parquet(
-        folder / "index.parquet", index=False)  # fmt: skip
-    meta = {"format": 1, "key": folder.name, "model": "fake-encoder", "rows": len(matrix), "samples": len(table),
-            "dim": features.shape[1], "complete": True}
+    pd.DataFrame(
+        {
+            "sample_id": table["sample_id"].to_numpy()[rows],
+            "slice_index": offsets if slices > 1 else -1,
+            "table_row": rows,
+        }
+    ).to_parquet(folder / "index.parquet", index=False)
+    meta = {
+        "format": 1,
+        "key": folder.name,
+        "model": "fake-encoder",
+        "rows": len(matrix),
+        "samples": len(table),
+        "dim": features.shape[1],
+        "complete": True,
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def store_run(store: Store, run_id: str, dataset: Path, *, usage: str = "linear_probe", key: str | None = KEY) -> str:
+def store_run(
+    store: Store, run_id: str, dataset: Path, *, usage: str = "linear_probe", key: str | None = KEY
+) -> str:
     from fairfm.runner import report_from_predictions
 
     table = pd.read_parquet(dataset / "samples.parquet")
     rng = np.random.default_rng(0)
     rows = table[table["split"].isin(["val", "test"])]
-    predictions = pd.DataFrame({"sample_id": rows["sample_id"], "task": "disease", "split": rows["split"],
-                                "y_true": rows["label_disease"].astype(int), "y_score": rng.random(len(rows)),
-                                "group_sex": rows["group_sex"], "group_age": rows["group_age"]})  # fmt: skip
+    predictions = pd.DataFrame(
+        {
+            "sample_id": rows["sample_id"],
+            "task": "disease",
+            "split": rows["split"],
+            "y_true": rows["label_disease"].astype(int),
+            "y_score": rng.random(len(rows)),
+            "group_sex": rows["group_sex"],
+            "group_age": rows["group_age"],
+        }
+    )
     evaluation = {"threshold": "best_f1@val", "bootstrap": 0, "seed": 0}
-    document = {"usage": usage, "model": "fake-encoder", "method": None, "tasks": ["disease"],
-                "attributes": ["sex", "age"], "dataset": str(dataset), **evaluation}  # fmt: skip
+    document = {
+        "usage": usage,
+        "model": "fake-encoder",
+        "method": None,
+        "tasks": ["disease"],
+        "attributes": ["sex", "age"],
+        "dataset": str(dataset),
+        **evaluation,
+    }
     meta = {"features": {"key": key, "computed": 0, "dim": 12}} if key else {}
-    store.run_derived(run_id, document, lambda: (predictions, report_from_predictions(
-        predictions, SimpleNamespace(**evaluation)), meta))
+    store.run_derived(
+        run_id,
+        document,
+        lambda: (predictions, report_from_predictions(predictions, SimpleNamespace(**evaluation)), meta),
+    )
     return run_id
 
 
@@ -92,9 +126,14 @@ def direct(dataset: Path, split: str = "test", **options) -> EmbeddingAnalysis:
     x = planted_features(table).astype(np.float64)
     keep = (table["split"] == split).to_numpy() if split != "all" else np.ones(len(table), dtype=bool)
     rows = table[keep]
-    return analyze_embeddings(x[keep], rows[["group_sex", "group_age"]], labels=rows[["label_disease"]],
-                              patient_ids=rows["patient_id"].to_numpy(), sample_ids=rows["sample_id"].to_numpy(),
-                              **options)  # fmt: skip
+    return analyze_embeddings(
+        x[keep],
+        rows[["group_sex", "group_age"]],
+        labels=rows[["label_disease"]],
+        patient_ids=rows["patient_id"].to_numpy(),
+        sample_ids=rows["sample_id"].to_numpy(),
+        **options,
+    )
 
 
 def comparable(analysis: EmbeddingAnalysis) -> dict:
@@ -183,14 +222,19 @@ def test_missing_samples_are_left_out_with_a_note(tmp_path, dataset):
 
 def test_a_run_without_cached_features_is_refused_naming_it(store, dataset):
     store_run(store, "ft-run", dataset, usage="finetune", key=None)
-    with pytest.raises(InputError, match=r"run ft-run: no cached frozen-encoder features \(usage 'finetune';.*"
-                                         r"meta.json has no features.key"):
+    with pytest.raises(
+        InputError,
+        match=r"run ft-run: no cached frozen-encoder features \(usage 'finetune';.*"
+        r"meta.json has no features.key",
+    ):
         run_embeddings(store, "ft-run")
 
 
 def test_a_missing_cache_entry_or_dataset_folder_is_named(store, dataset, tmp_path):
     shutil.rmtree(store.path / "features" / KEY)
-    with pytest.raises(InputError, match=f"feature cache {store.path / 'features' / KEY}: meta.json not found"):
+    with pytest.raises(
+        InputError, match=f"feature cache {store.path / 'features' / KEY}: meta.json not found"
+    ):
         run_embeddings(store, "lp-run-0")
     moved = tmp_path / "moved"
     shutil.copytree(dataset, moved)
@@ -214,13 +258,25 @@ def test_bad_split_attribute_and_incomplete_cache(store, tmp_path, dataset):
         features_embeddings(meta.parent, dataset)
 
 
-# ------------------------------------------------------------------------------------------------ the CLI
+# -------------------------------------------------------------------------------- the CLI
 
 
 def test_cli_prints_pca_ks_and_separability_and_writes_json(store, capsys, tmp_path):
     out = tmp_path / "analysis.json"
-    code, stdout, err = run_cli(capsys, "analyze", "embeddings", "lp-run-0", "--store", store.path,
-                                "--projection", "none", "--bootstrap", 50, "--out", out)  # fmt: skip
+    code, stdout, err = run_cli(
+        capsys,
+        "analyze",
+        "embeddings",
+        "lp-run-0",
+        "--store",
+        store.path,
+        "--projection",
+        "none",
+        "--bootstrap",
+        50,
+        "--out",
+        out,
+    )
     assert code == 0, err
     assert "PCA:" in stdout and "components keep" in stdout
     assert "Kolmogorov–Smirnov tests of PCA modes" in stdout and "significant" in stdout
@@ -236,24 +292,45 @@ def test_cli_prints_pca_ks_and_separability_and_writes_json(store, capsys, tmp_p
 
 
 def test_cli_features_form_with_tsne_and_by(store, dataset, capsys):
-    code, stdout, err = run_cli(capsys, "analyze", "embeddings", "--features", store.path / "features" / KEY,
-                                "--data", dataset, "--store", store.path, "--attr", "sex", "--fdr", "by",
-                                "--bootstrap", 20, "--max-points", 40, "--seed", 2)  # fmt: skip
+    code, stdout, err = run_cli(
+        capsys,
+        "analyze",
+        "embeddings",
+        "--features",
+        store.path / "features" / KEY,
+        "--data",
+        dataset,
+        "--store",
+        store.path,
+        "--attr",
+        "sex",
+        "--fdr",
+        "by",
+        "--bootstrap",
+        20,
+        "--max-points",
+        40,
+        "--seed",
+        2,
+    )
     assert code == 0, err
     assert f"features {KEY}" in stdout and "Benjamini–Yekutieli" in stdout
-    (_, analysis), = stored_embedding_analyses(store)
+    ((_, analysis),) = stored_embedding_analyses(store)
     assert analysis.options["projection"] == "tsne" and analysis.options["seed"] == 2
     assert len(analysis.points) == 40 and analysis.points["proj1"].notna().all()
 
 
-@pytest.mark.parametrize("args,message", [
-    ((), "exactly one of RUN or --features"),
-    (("lp-run-0", "--features", "x", "--data", "y"), "exactly one of RUN or --features"),
-    (("--features", "x"), "--features needs --data"),
-    (("ft-run",), "run ft-run: no cached frozen-encoder features"),
-    (("lp-run-0", "--projection", "pca"), "projection 'pca'"),
-    (("nope",), "no run 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ((), "exactly one of RUN or --features"),
+        (("lp-run-0", "--features", "x", "--data", "y"), "exactly one of RUN or --features"),
+        (("--features", "x"), "--features needs --data"),
+        (("ft-run",), "run ft-run: no cached frozen-encoder features"),
+        (("lp-run-0", "--projection", "pca"), "projection 'pca'"),
+        (("nope",), "no run 'nope'"),
+    ],
+)
 def test_cli_refuses_bad_input_in_one_line(store, dataset, capsys, args, message):
     store_run(store, "ft-run", dataset, usage="finetune", key=None)
     code, stdout, err = run_cli(capsys, "analyze", "embeddings", *args, "--store", store.path)

@@ -1,4 +1,5 @@
-"""Analyses of stored artefacts that are not runs: the embedding-bias analysis of a frozen encoder's features."""
+"""Analyses of stored artefacts that are not runs: the embedding-bias analysis of a frozen encoder's
+features."""
 
 from fairfm.analysis.embeddings import (
     ANALYSIS_VERSION,

@@ -1,8 +1,8 @@
 """Figures of an :class:`~fairfm.analysis.embeddings.EmbeddingAnalysis`: Glocker et al.'s joint scatter plots
 with per-group marginal densities, and the subgroup-separability AUCs with their intervals.
 
-Built as :class:`matplotlib.figure.Figure` objects directly (never pyplot: no global state, any backend), in the
-Okabe–Ito colour-blind-safe palette, at the report's 7-inch width."""
+Built as :class:`matplotlib.figure.Figure` objects directly (never pyplot: no global state, any backend), in
+the Okabe–Ito colour-blind-safe palette, at the report's 7-inch width."""
 
 from __future__ import annotations
 
@@ -25,11 +25,20 @@ __all__ = ["embedding_scatter", "separability_plot"]
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442")
 WIDTH_IN = 7.0
 STYLE = {
-    "font.size": 9.0, "axes.titlesize": 10.0, "axes.labelsize": 9.0, "xtick.labelsize": 8.5,
-    "ytick.labelsize": 8.5, "legend.fontsize": 8.5, "figure.titlesize": 11.0, "axes.spines.top": False,
-    "axes.spines.right": False, "svg.hashsalt": "fairfm", "legend.frameon": False, "figure.facecolor": "white",
+    "font.size": 9.0,
+    "axes.titlesize": 10.0,
+    "axes.labelsize": 9.0,
+    "xtick.labelsize": 8.5,
+    "ytick.labelsize": 8.5,
+    "legend.fontsize": 8.5,
+    "figure.titlesize": 11.0,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "svg.hashsalt": "fairfm",
+    "legend.frameon": False,
+    "figure.facecolor": "white",
     "axes.facecolor": "white",
-}  # fmt: skip
+}
 PROJECTION_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 
@@ -37,11 +46,13 @@ def embedding_scatter(analysis: EmbeddingAnalysis, attribute: str, *, which: str
     """The subsample's points coloured by the groups of ``attribute`` (or ``label_<task>``: positives vs
     negatives): PCA modes 1+2 and 3+4 side by side (``which="pca"``) or the 2-D projection
     (``which="projection"``), each with every group's density along both axes above and right of it — each
-    group's curve normalised on its own (seaborn's ``common_norm=False``), so a small group's shape is as visible
-    as a large one's."""
+    group's curve normalised on its own (seaborn's ``common_norm=False``), so a small group's shape is as
+    visible as a large one's."""
     points = analysis.points
     if attribute not in points.columns or attribute in ("row", "sample_id"):
-        names = [c for c in points.columns if c not in ("row", "sample_id") and not c.startswith(("pc", "proj"))]
+        names = [
+            c for c in points.columns if c not in ("row", "sample_id") and not c.startswith(("pc", "proj"))
+        ]
         raise InputError(f"attribute {attribute!r}: not in the analysis (has {', '.join(names)})")
     if which == "pca":
         modes = [c for c in points.columns if c.startswith("pc")]
@@ -50,8 +61,10 @@ def embedding_scatter(analysis: EmbeddingAnalysis, attribute: str, *, which: str
             raise InputError("the analysis kept a single PCA mode: no scatter of two modes to draw")
     elif which == "projection":
         if "proj1" not in points.columns:
-            raise InputError(f"the analysis was made with projection {analysis.projection!r}: no projection to draw "
-                             "(analyse again with --projection tsne or umap)")  # fmt: skip
+            raise InputError(
+                f"the analysis was made with projection {analysis.projection!r}: no projection to draw "
+                "(analyse again with --projection tsne or umap)"
+            )
         pairs = [("proj1", "proj2")]
     else:
         raise InputError(f"which {which!r}: expected pca or projection")
@@ -62,18 +75,28 @@ def embedding_scatter(analysis: EmbeddingAnalysis, attribute: str, *, which: str
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
     with matplotlib.rc_context(STYLE):
         single = len(pairs) == 1
-        fig = Figure(figsize=(WIDTH_IN if not single else 6.0, 4.1 if not single else 5.4), layout="constrained")
+        fig = Figure(
+            figsize=(WIDTH_IN if not single else 6.0, 4.1 if not single else 5.4), layout="constrained"
+        )
         columns = [4, 1] * len(pairs)
-        grid = fig.add_gridspec(2, len(columns), width_ratios=columns, height_ratios=[1, 4], wspace=0.02,
-                                hspace=0.02)  # fmt: skip
+        grid = fig.add_gridspec(
+            2, len(columns), width_ratios=columns, height_ratios=[1, 4], wspace=0.02, hspace=0.02
+        )
         for k, (x_name, y_name) in enumerate(pairs):
             main = fig.add_subplot(grid[1, 2 * k])
             top = fig.add_subplot(grid[0, 2 * k], sharex=main)
             right = fig.add_subplot(grid[1, 2 * k + 1], sharey=main)
             for name in names:
                 mask = groups == name
-                main.scatter(points.loc[mask, x_name], points.loc[mask, y_name], s=7, alpha=0.55,
-                             color=colours[name], linewidths=0, rasterized=True)  # fmt: skip
+                main.scatter(
+                    points.loc[mask, x_name],
+                    points.loc[mask, y_name],
+                    s=7,
+                    alpha=0.55,
+                    color=colours[name],
+                    linewidths=0,
+                    rasterized=True,
+                )
                 _density(top, points.loc[mask, x_name].to_numpy(), colours[name], vertical=False)
                 _density(right, points.loc[mask, y_name].to_numpy(), colours[name], vertical=True)
             main.set_xlabel(_axis_label(analysis, x_name))
@@ -90,16 +113,36 @@ def embedding_scatter(analysis: EmbeddingAnalysis, attribute: str, *, which: str
                 main.set_xticks([])
                 main.set_yticks([])
         counts = {name: int((groups == name).sum()) for name in names}
-        handles = [Line2D([], [], marker="o", linestyle="", markersize=6, color=colours[name],
-                          label=f"{name} ({counts[name]})") for name in names]  # fmt: skip
-        fig.legend(handles=handles, title=f"{_attribute_title(attribute)} (points drawn)", loc="outside lower center",
-                   ncols=min(len(names), 5))  # fmt: skip
-        what = ("PCA modes " + " and ".join(f"{a[2:]}–{b[2:]}" for a, b in pairs) if which == "pca"
-                else PROJECTION_NAMES.get(analysis.projection, analysis.projection) + " of the PCA features")
+        handles = [
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                markersize=6,
+                color=colours[name],
+                label=f"{name} ({counts[name]})",
+            )
+            for name in names
+        ]
+        fig.legend(
+            handles=handles,
+            title=f"{_attribute_title(attribute)} (points drawn)",
+            loc="outside lower center",
+            ncols=min(len(names), 5),
+        )
+        what = (
+            "PCA modes " + " and ".join(f"{a[2:]}–{b[2:]}" for a, b in pairs)
+            if which == "pca"
+            else PROJECTION_NAMES.get(analysis.projection, analysis.projection) + " of the PCA features"
+        )
         unknown = int((~known).sum())
         total = analysis.pca["n_samples"]
-        shown = (f"all {total} samples" if len(points) == total else
-                 f"{len(points)} of {total} samples (a subsample balanced over the groups)")  # fmt: skip
+        shown = (
+            f"all {total} samples"
+            if len(points) == total
+            else f"{len(points)} of {total} samples (a subsample balanced over the groups)"
+        )
         if unknown:
             shown += f"; {unknown} of unknown {_attribute_title(attribute)} not drawn"
         fig.suptitle(f"{_attribute_title(attribute)}: {what}\n{shown}", linespacing=1.5)
@@ -122,28 +165,52 @@ def separability_plot(analysis: EmbeddingAnalysis) -> Figure:
         lows = table["ci_low"].fillna(table["auc"]).to_numpy(dtype=float)
         left = min(0.4, np.nanmin(lows[finite]) - 0.05) if finite.any() else 0.4
         ax.axvline(0.5, color="#777777", linestyle="--", linewidth=1.0, zorder=1)
-        ax.text(0.5, 1.0, " chance 0.5", transform=ax.get_xaxis_transform(), color="#555555", va="bottom",
-                ha="left", fontsize=8)  # fmt: skip
+        ax.text(
+            0.5,
+            1.0,
+            " chance 0.5",
+            transform=ax.get_xaxis_transform(),
+            color="#555555",
+            va="bottom",
+            ha="left",
+            fontsize=8,
+        )
         for position, row in zip(y, table.itertuples()):
             if math.isnan(row.auc):
-                ax.text(0.5, position, f"  not estimable: {row.note or 'too few samples'}", va="center",
-                        color="#555555", fontsize=8)  # fmt: skip
+                ax.text(
+                    0.5,
+                    position,
+                    f"  not estimable: {row.note or 'too few samples'}",
+                    va="center",
+                    color="#555555",
+                    fontsize=8,
+                )
                 continue
             colour = PALETTE[0]
             if not math.isnan(row.ci_low):
-                ax.plot([row.ci_low, row.ci_high], [position, position], color=colour, linewidth=2.2,
-                        solid_capstyle="butt", zorder=2)  # fmt: skip
+                ax.plot(
+                    [row.ci_low, row.ci_high],
+                    [position, position],
+                    color=colour,
+                    linewidth=2.2,
+                    solid_capstyle="butt",
+                    zorder=2,
+                )
                 label = f"{row.auc:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
             else:
                 label = f"{row.auc:.3f} (no interval)"
             ax.plot([row.auc], [position], "o", color=colour, markersize=6, zorder=3)
-            ax.text(1.0, position, "  " + label, transform=ax.get_yaxis_transform(), va="center", fontsize=8.5)
+            ax.text(
+                1.0, position, "  " + label, transform=ax.get_yaxis_transform(), va="center", fontsize=8.5
+            )
         ax.set_yticks(y, [_row_label(row) for row in table.itertuples()])
         ax.set_xlim(left, 1.0)
         ax.set_ylim(-0.6, len(table) - 0.4)
         ax.grid(axis="x", color="#DDDDDD", linewidth=0.6)
         ax.set_axisbelow(True)
-        ax.set_xlabel("AUC of predicting the attribute from the embedding (out-of-fold, 95 % bootstrap interval)")
+        ax.set_xlabel(
+            "AUC of predicting the attribute from the embedding (out-of-fold, 95 % bootstrap interval)"
+        )
         cv = table["cv"].iloc[0] if len(table) else ""
         fig.suptitle(f"Subgroup separability of the frozen embedding ({cv}; PCA features)")
         fig.draw_without_rendering()
@@ -151,7 +218,7 @@ def separability_plot(analysis: EmbeddingAnalysis) -> Figure:
     return fig
 
 
-# ------------------------------------------------------------------------------------------------ helpers
+# -------------------------------------------------------------------------------- helpers
 
 
 def _groups(values: pd.Series, attribute: str) -> np.ndarray:

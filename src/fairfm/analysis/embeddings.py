@@ -3,21 +3,23 @@
 What it computes from an (N, D) embedding matrix and the samples' groups (nothing is re-encoded; no torch):
 
 1. **PCA** keeping ``variance`` (99 %) of the variance, on the raw embeddings (centred, not standardised — as
-   Glocker et al., whose notebooks apply scikit-learn's PCA to the embeddings directly): the number of components
-   and the explained-variance ratio of the first modes.
-2. **A 2-D projection** (t-SNE from scikit-learn with random init and automatic learning rate, as Glocker et al.;
-   or UMAP) of the PCA output on a seeded subsample of at most ``max_points`` samples, balanced over the groups
-   (Glocker et al. drew 1,000 scans per race); the points keep their groups for plotting.
-3. **Two-sample Kolmogorov–Smirnov tests** of each of the first ``n_modes`` PCA modes between every pair of groups
-   of each attribute (and positives vs negatives of each task when labels are given), with a false-discovery-rate
-   correction over all tests: Benjamini–Hochberg by default, Benjamini–Yekutieli (Glocker et al.) with ``fdr="by"``.
-4. **Subgroup separability**: how well the attribute is predicted from the frozen embedding — a cross-validated
-   logistic regression on the PCA features, its out-of-fold scores summarised as AUC (macro one-vs-rest for more
-   than two groups) with a bootstrap percentile interval; chance is 0.5.
+   Glocker et al., whose notebooks apply scikit-learn's PCA to the embeddings directly): the number of
+   components and the explained-variance ratio of the first modes.
+2. **A 2-D projection** (t-SNE from scikit-learn with random init and automatic learning rate, as Glocker
+   et al.; or UMAP) of the PCA output on a seeded subsample of at most ``max_points`` samples, balanced over
+   the groups (Glocker et al. drew 1,000 scans per race); the points keep their groups for plotting.
+3. **Two-sample Kolmogorov–Smirnov tests** of each of the first ``n_modes`` PCA modes between every pair of
+   groups of each attribute (and positives vs negatives of each task when labels are given), with a
+   false-discovery-rate correction over all tests: Benjamini–Hochberg by default, Benjamini–Yekutieli
+   (Glocker et al.) with ``fdr="by"``.
+4. **Subgroup separability**: how well the attribute is predicted from the frozen embedding — a
+   cross-validated logistic regression on the PCA features, its out-of-fold scores summarised as AUC (macro
+   one-vs-rest for more than two groups) with a bootstrap percentile interval; chance is 0.5.
 
-:func:`run_embeddings` and :func:`features_embeddings` read a stored run's (or a feature folder's) cache and the
-prepared SampleTable, and store the result under ``STORE/analyses/embeddings/<analysis_id>/`` (``analysis.json`` +
-``projection.parquet``), found instead of recomputed when asked again; :func:`stored_embedding_analyses` lists them.
+:func:`run_embeddings` and :func:`features_embeddings` read a stored run's (or a feature folder's) cache and
+the prepared SampleTable, and store the result under ``STORE/analyses/embeddings/<analysis_id>/``
+(``analysis.json`` + ``projection.parquet``), found instead of recomputed when asked again;
+:func:`stored_embedding_analyses` lists them.
 """
 
 from __future__ import annotations
@@ -48,10 +50,31 @@ ANALYSIS_FILE = "analysis.json"
 POINTS_FILE = "projection.parquet"
 PROJECTIONS = ("tsne", "umap", "none")
 FDR_METHODS = ("bh", "by")
-KS_COLUMNS = ["attribute", "group_a", "group_b", "mode", "statistic", "p_value", "q_value", "significant", "n_a",
-              "n_b"]  # fmt: skip
-SEPARABILITY_COLUMNS = ["attribute", "auc", "ci_low", "ci_high", "chance", "n", "n_groups", "groups", "kind", "cv",
-                        "note"]  # fmt: skip
+KS_COLUMNS = [
+    "attribute",
+    "group_a",
+    "group_b",
+    "mode",
+    "statistic",
+    "p_value",
+    "q_value",
+    "significant",
+    "n_a",
+    "n_b",
+]
+SEPARABILITY_COLUMNS = [
+    "attribute",
+    "auc",
+    "ci_low",
+    "ci_high",
+    "chance",
+    "n",
+    "n_groups",
+    "groups",
+    "kind",
+    "cv",
+    "note",
+]
 #: positives / negatives of a task in the KS table (attribute ``label_<task>``)
 POSITIVE, NEGATIVE = "positive", "negative"
 
@@ -60,13 +83,14 @@ POSITIVE, NEGATIVE = "positive", "negative"
 class EmbeddingAnalysis:
     """The result of :func:`analyze_embeddings`.
 
-    ``pca``: n_samples, dim, variance (the fraction kept), n_components, explained_variance_ratio (first modes),
-    standardised (False). ``ks``: one row per test (:data:`KS_COLUMNS`). ``separability``: one row per attribute
-    (:data:`SEPARABILITY_COLUMNS`). ``points``: the subsample — ``row`` (position in the analysed matrix),
-    ``sample_id`` when known, ``pc1``… (the first modes), ``proj1``/``proj2`` (the projection; absent for
-    "none"), one column per attribute (group, "" unknown) and ``label_<task>`` columns when labels were given.
-    ``options`` are the arguments it was computed with, ``source`` what it was computed from (run id or cache key,
-    split, dataset) and ``notes`` what a reader must know (groups left out, volumes averaged, …)."""
+    ``pca``: n_samples, dim, variance (the fraction kept), n_components, explained_variance_ratio (first
+    modes), standardised (False). ``ks``: one row per test (:data:`KS_COLUMNS`). ``separability``: one row per
+    attribute (:data:`SEPARABILITY_COLUMNS`). ``points``: the subsample — ``row`` (position in the analysed
+    matrix), ``sample_id`` when known, ``pc1``… (the first modes), ``proj1``/``proj2`` (the projection; absent
+    for "none"), one column per attribute (group, "" unknown) and ``label_<task>`` columns when labels were
+    given. ``options`` are the arguments it was computed with, ``source`` what it was computed from (run id or
+    cache key, split, dataset) and ``notes`` what a reader must know (groups left out, volumes averaged,
+    …)."""
 
     pca: dict[str, Any]
     ks: pd.DataFrame
@@ -86,7 +110,8 @@ class EmbeddingAnalysis:
         return str(self.options.get("projection", "none"))
 
     def to_dict(self, *, points: bool = True) -> dict[str, Any]:
-        """JSON-able (NaN as null); ``points=False`` leaves the subsample out (stored beside it as Parquet)."""
+        """JSON-able (NaN as null); ``points=False`` leaves the subsample out (stored beside it as
+        Parquet)."""
         document = {
             "version": self.version,
             "source": _jsonable(self.source),
@@ -97,12 +122,16 @@ class EmbeddingAnalysis:
             "notes": list(self.notes),
         }
         if points:
-            document["points"] = {"columns": [str(c) for c in self.points.columns], "data": _jsonable(
-                self.points.to_numpy(dtype=object).tolist())}  # fmt: skip
+            document["points"] = {
+                "columns": [str(c) for c in self.points.columns],
+                "data": _jsonable(self.points.to_numpy(dtype=object).tolist()),
+            }
         return document
 
     @classmethod
-    def from_dict(cls, document: dict[str, Any], *, points: pd.DataFrame | None = None) -> "EmbeddingAnalysis":
+    def from_dict(
+        cls, document: dict[str, Any], *, points: pd.DataFrame | None = None
+    ) -> "EmbeddingAnalysis":
         if points is None:
             stored = document.get("points") or {"columns": [], "data": []}
             points = _typed_points(pd.DataFrame(stored["data"], columns=stored["columns"]))
@@ -116,12 +145,19 @@ class EmbeddingAnalysis:
         for column in ("auc", "ci_low", "ci_high", "chance"):
             separability[column] = pd.to_numeric(separability[column]).astype(float)
         separability["note"] = separability["note"].fillna("")
-        return cls(pca=dict(document["pca"]), ks=ks, separability=separability, points=points,
-                   options=dict(document.get("options") or {}), notes=list(document.get("notes") or []),
-                   source=dict(document.get("source") or {}), version=int(document.get("version", 0)))  # fmt: skip
+        return cls(
+            pca=dict(document["pca"]),
+            ks=ks,
+            separability=separability,
+            points=points,
+            options=dict(document.get("options") or {}),
+            notes=list(document.get("notes") or []),
+            source=dict(document.get("source") or {}),
+            version=int(document.get("version", 0)),
+        )
 
 
-# ------------------------------------------------------------------------------------------------ the analysis
+# -------------------------------------------------------------------------------- the analysis
 
 
 def analyze_embeddings(
@@ -141,11 +177,13 @@ def analyze_embeddings(
     seed: int = 0,
     sample_ids: Sequence[Any] | None = None,
 ) -> EmbeddingAnalysis:
-    """PCA, projection, KS tests and subgroup separability of ``features`` (N, D) by ``groups`` (one column per
-    attribute — ``sex`` or ``group_sex`` — strings; NaN, "", "unknown", −1 … are unknown as in fairfm.groups); see the module docstring.
+    """PCA, projection, KS tests and subgroup separability of ``features`` (N, D) by ``groups`` (one column
+    per attribute — ``sex`` or ``group_sex`` — strings; NaN, "", "unknown", −1 … are unknown, as in
+    :mod:`fairfm.groups`); see the module docstring.
 
-    ``labels``: ``label_<task>`` columns (0/1, NaN unknown) whose positives and negatives are KS-tested too (Glocker
-    et al.'s disease vs no-finding). ``patient_ids``: cross-validation folds and bootstrap resamples by patient."""
+    ``labels``: ``label_<task>`` columns (0/1, NaN unknown) whose positives and negatives are KS-tested too
+    (Glocker et al.'s disease vs no-finding). ``patient_ids``: cross-validation folds and bootstrap resamples
+    by patient."""
     from scipy.stats import false_discovery_control, ks_2samp
     from sklearn.decomposition import PCA
 
@@ -153,8 +191,16 @@ def analyze_embeddings(
     n = len(x)
     group_frame = _group_frame(groups, n)
     label_frame = _label_frame(labels, n)
-    _check_options(variance=variance, n_modes=n_modes, projection=projection, max_points=max_points, fdr=fdr,
-                   alpha=alpha, cv_folds=cv_folds, bootstrap=bootstrap)  # fmt: skip
+    _check_options(
+        variance=variance,
+        n_modes=n_modes,
+        projection=projection,
+        max_points=max_points,
+        fdr=fdr,
+        alpha=alpha,
+        cv_folds=cv_folds,
+        bootstrap=bootstrap,
+    )
     patients = None
     if patient_ids is not None:
         patients = np.asarray(pd.Series(list(patient_ids)).astype(str))
@@ -168,13 +214,19 @@ def analyze_embeddings(
     scores = pca.fit_transform(x)
     modes = min(n_modes, scores.shape[1])
     if modes < n_modes:
-        notes.append(f"PCA kept {scores.shape[1]} component(s) for {variance:g} of the variance: {modes} mode(s) "
-                     f"tested instead of {n_modes}")  # fmt: skip
+        notes.append(
+            f"PCA kept {scores.shape[1]} component(s) for {variance:g} of the variance: {modes} mode(s) "
+            f"tested instead of {n_modes}"
+        )
     pca_summary = {
-        "n_samples": n, "dim": int(x.shape[1]), "variance": float(variance), "n_components": int(pca.n_components_),
+        "n_samples": n,
+        "dim": int(x.shape[1]),
+        "variance": float(variance),
+        "n_components": int(pca.n_components_),
         "explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_[:modes]],
-        "kept_variance": float(np.sum(pca.explained_variance_ratio_)), "standardised": False,
-    }  # fmt: skip
+        "kept_variance": float(np.sum(pca.explained_variance_ratio_)),
+        "standardised": False,
+    }
 
     # 2. KS tests of each mode between every pair of groups, then positives vs negatives of each task.
     comparisons: list[tuple[str, str, str, np.ndarray, np.ndarray]] = []
@@ -188,14 +240,25 @@ def analyze_embeddings(
         if positive.any() and negative.any():
             comparisons.append((column, POSITIVE, NEGATIVE, positive, negative))
         else:
-            notes.append(f"{column}: no KS test (positives {int(positive.sum())}, negatives {int(negative.sum())})")
+            notes.append(
+                f"{column}: no KS test (positives {int(positive.sum())}, negatives {int(negative.sum())})"
+            )
     rows = []
     for attribute, a, b, in_a, in_b in comparisons:
         for mode in range(modes):
             test = ks_2samp(scores[in_a, mode], scores[in_b, mode])
-            rows.append({"attribute": attribute, "group_a": a, "group_b": b, "mode": mode + 1,
-                         "statistic": float(test.statistic), "p_value": float(test.pvalue),
-                         "n_a": int(in_a.sum()), "n_b": int(in_b.sum())})  # fmt: skip
+            rows.append(
+                {
+                    "attribute": attribute,
+                    "group_a": a,
+                    "group_b": b,
+                    "mode": mode + 1,
+                    "statistic": float(test.statistic),
+                    "p_value": float(test.pvalue),
+                    "n_a": int(in_a.sum()),
+                    "n_b": int(in_b.sum()),
+                }
+            )
     ks = pd.DataFrame(rows, columns=[c for c in KS_COLUMNS if c not in ("q_value", "significant")])
     ks["q_value"] = false_discovery_control(ks["p_value"].to_numpy(), method=fdr) if len(ks) else []
     ks["significant"] = ks["q_value"].to_numpy() <= alpha
@@ -204,8 +267,16 @@ def analyze_embeddings(
     # 3. Subgroup separability from the PCA features.
     separability_rows = []
     for attribute in group_frame.columns:
-        row, note = _separability(scores, group_frame[attribute].to_numpy(), patients, attribute, cv_folds=cv_folds,
-                                  bootstrap=bootstrap, seed=seed, rng_seed=seeds[1])  # fmt: skip
+        row, note = _separability(
+            scores,
+            group_frame[attribute].to_numpy(),
+            patients,
+            attribute,
+            cv_folds=cv_folds,
+            bootstrap=bootstrap,
+            seed=seed,
+            rng_seed=seeds[1],
+        )
         separability_rows.append(row)
         if note:
             notes.append(note)
@@ -214,8 +285,10 @@ def analyze_embeddings(
     # 4. The projection on a balanced subsample, with the groups of each point.
     chosen = balanced_subsample(group_frame, max_points, np.random.default_rng(seeds[0]))
     if len(chosen) < n:
-        notes.append(f"scatter plots and the {projection} projection show a subsample of {len(chosen)} of {n} "
-                     "samples, balanced over the groups")  # fmt: skip
+        notes.append(
+            f"scatter plots and the {projection} projection show a subsample of {len(chosen)} of {n} "
+            "samples, balanced over the groups"
+        )
     points = pd.DataFrame({"row": chosen.astype(np.int64)})
     if sample_ids is not None:
         ids = np.asarray(pd.Series(list(sample_ids)).astype(str))
@@ -232,18 +305,34 @@ def analyze_embeddings(
     for column in label_frame.columns:
         points[column] = label_frame[column].to_numpy()[chosen]
 
-    options = {"attributes": list(group_frame.columns), "tasks": [c.removeprefix("label_") for c in label_frame],
-               "variance": float(variance), "n_modes": int(n_modes), "projection": projection,
-               "max_points": int(max_points), "fdr": fdr, "alpha": float(alpha), "cv_folds": int(cv_folds),
-               "by_patient": patients is not None, "bootstrap": int(bootstrap), "seed": int(seed)}  # fmt: skip
-    return EmbeddingAnalysis(pca=pca_summary, ks=ks.reset_index(drop=True), separability=separability,
-                             points=points, options=options, notes=notes)  # fmt: skip
+    options = {
+        "attributes": list(group_frame.columns),
+        "tasks": [c.removeprefix("label_") for c in label_frame],
+        "variance": float(variance),
+        "n_modes": int(n_modes),
+        "projection": projection,
+        "max_points": int(max_points),
+        "fdr": fdr,
+        "alpha": float(alpha),
+        "cv_folds": int(cv_folds),
+        "by_patient": patients is not None,
+        "bootstrap": int(bootstrap),
+        "seed": int(seed),
+    }
+    return EmbeddingAnalysis(
+        pca=pca_summary,
+        ks=ks.reset_index(drop=True),
+        separability=separability,
+        points=points,
+        options=options,
+        notes=notes,
+    )
 
 
 def balanced_subsample(groups: pd.DataFrame, max_points: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted row positions of at most ``max_points`` rows, as equal as possible over the strata (each combination
-    of the attributes' groups, unknown included): every stratum gets the same share, a smaller one all its rows and
-    the rest goes to the others (Glocker et al. drew 1,000 scans per race)."""
+    """Sorted row positions of at most ``max_points`` rows, as equal as possible over the strata (each
+    combination of the attributes' groups, unknown included): every stratum gets the same share, a smaller one
+    all its rows and the rest goes to the others (Glocker et al. drew 1,000 scans per race)."""
     n = len(groups)
     if n <= max_points:
         return np.arange(n)
@@ -274,19 +363,33 @@ def _project(points: np.ndarray, projection: str, seed: int) -> np.ndarray:
     if projection == "tsne":
         from sklearn.manifold import TSNE
 
-        # perplexity must stay below the number of points; 30 is scikit-learn's default (Glocker et al. kept it)
+        # perplexity must stay below the number of points; 30 is scikit-learn's default (Glocker et al. kept
+        # it)
         perplexity = float(min(30.0, (len(points) - 1) / 3))
-        return TSNE(n_components=2, init="random", learning_rate="auto", perplexity=perplexity,
-                    random_state=seed).fit_transform(points)  # fmt: skip
+        return TSNE(
+            n_components=2, init="random", learning_rate="auto", perplexity=perplexity, random_state=seed
+        ).fit_transform(points)
     import umap  # slow to import (numba); only when asked
 
     neighbours = int(min(15, len(points) - 1))
-    return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(points)
+    return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(
+        points
+    )
 
 
-def _separability(scores: np.ndarray, values: np.ndarray, patients: np.ndarray | None, attribute: str, *,
-                  cv_folds: int, bootstrap: int, seed: int, rng_seed: np.random.SeedSequence):  # fmt: skip
-    """One separability row and a note (or ""): cross-validated logistic regression of the attribute's groups."""
+def _separability(
+    scores: np.ndarray,
+    values: np.ndarray,
+    patients: np.ndarray | None,
+    attribute: str,
+    *,
+    cv_folds: int,
+    bootstrap: int,
+    seed: int,
+    rng_seed: np.random.SeedSequence,
+):
+    """One separability row and a note (or ""): cross-validated logistic regression of the attribute's
+    groups."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -294,17 +397,36 @@ def _separability(scores: np.ndarray, values: np.ndarray, patients: np.ndarray |
 
     names = group_names(values)
     unit = "patients" if patients is not None else "samples"
-    sizes = {g: (len(set(patients[values == g])) if patients is not None else int((values == g).sum())) for g in names}
+    sizes = {
+        g: (len(set(patients[values == g])) if patients is not None else int((values == g).sum()))
+        for g in names
+    }
     kept = [g for g in names if sizes[g] >= cv_folds]
     left_out = [g for g in names if g not in kept]
     note = ""
     if left_out:
-        note = (f"separability of {attribute}: group(s) {', '.join(f'{g} ({sizes[g]} {unit})' for g in left_out)} "
-                f"left out: fewer {unit} than the {cv_folds} folds")  # fmt: skip
-    cv_name = (f"StratifiedGroupKFold({cv_folds}) by patient" if patients is not None
-               else f"StratifiedKFold({cv_folds})")  # fmt: skip
-    row = {"attribute": attribute, "auc": math.nan, "ci_low": math.nan, "ci_high": math.nan, "chance": 0.5,
-           "n": 0, "n_groups": len(kept), "groups": ", ".join(kept), "kind": "", "cv": cv_name, "note": ""}
+        small = ", ".join(f"{g} ({sizes[g]} {unit})" for g in left_out)
+        note = (
+            f"separability of {attribute}: group(s) {small} left out: fewer {unit} than the {cv_folds} folds"
+        )
+    cv_name = (
+        f"StratifiedGroupKFold({cv_folds}) by patient"
+        if patients is not None
+        else f"StratifiedKFold({cv_folds})"
+    )
+    row = {
+        "attribute": attribute,
+        "auc": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "chance": 0.5,
+        "n": 0,
+        "n_groups": len(kept),
+        "groups": ", ".join(kept),
+        "kind": "",
+        "cv": cv_name,
+        "note": "",
+    }
     if len(kept) < 2:
         row["note"] = f"fewer than 2 groups with at least {cv_folds} {unit}"
         return row, note
@@ -318,12 +440,14 @@ def _separability(scores: np.ndarray, values: np.ndarray, patients: np.ndarray |
         cv = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
     # Standardised components: the L2 penalty then treats every kept mode alike, and lbfgs converges.
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    proba = cross_val_predict(model, x, y, cv=cv, groups=patients[mask] if patients is not None else None,
-                              method="predict_proba")  # fmt: skip
+    proba = cross_val_predict(
+        model, x, y, cv=cv, groups=patients[mask] if patients is not None else None, method="predict_proba"
+    )
     cluster = np.unique(patients[mask], return_inverse=True)[1] if patients is not None else None
     estimates = bootstrap_auc(y, proba, bootstrap, np.random.default_rng(rng_seed), clusters=cluster)
-    row.update(auc=float(estimates[0]), n=int(mask.sum()),
-               kind="binary" if len(kept) == 2 else "macro one-vs-rest")  # fmt: skip
+    row.update(
+        auc=float(estimates[0]), n=int(mask.sum()), kind="binary" if len(kept) == 2 else "macro one-vs-rest"
+    )
     resampled = estimates[1:]
     if bootstrap and np.isfinite(resampled).sum() >= max(10, bootstrap // 2):
         row["ci_low"], row["ci_high"] = (float(v) for v in np.nanpercentile(resampled, [2.5, 97.5]))
@@ -332,16 +456,23 @@ def _separability(scores: np.ndarray, values: np.ndarray, patients: np.ndarray |
     return row, note
 
 
-def bootstrap_auc(y: np.ndarray, proba: np.ndarray, bootstrap: int, rng: np.random.Generator, *,
-                  clusters: np.ndarray | None = None, chunk: int = 64) -> np.ndarray:
+def bootstrap_auc(
+    y: np.ndarray,
+    proba: np.ndarray,
+    bootstrap: int,
+    rng: np.random.Generator,
+    *,
+    clusters: np.ndarray | None = None,
+    chunk: int = 64,
+) -> np.ndarray:
     """AUC of out-of-fold scores (binary: ``proba[:, 1]``; more groups: the macro mean of one-vs-rest AUCs, as
-    ``roc_auc_score(multi_class="ovr")``) on the data, then on ``bootstrap`` resamples: an array of 1 + bootstrap
-    values (NaN for a resample missing a group). Resamples draw samples with replacement, or whole ``clusters``
-    (patients: codes 0…P−1) with replacement.
+    ``roc_auc_score(multi_class="ovr")``) on the data, then on ``bootstrap`` resamples: an array of 1 +
+    bootstrap values (NaN for a resample missing a group). Resamples draw samples with replacement, or whole
+    ``clusters`` (patients: codes 0…P−1) with replacement.
 
-    Hand-written: each resample is a vector of draw counts applied as weights to one sort of the scores (ties count
-    ½), so a thousand resamples cost a few array passes instead of a thousand ``roc_auc_score`` calls; scikit-learn
-    has no bootstrap of AUC. Equal to ``roc_auc_score`` on the resampled rows (tested)."""
+    Hand-written: each resample is a vector of draw counts applied as weights to one sort of the scores (ties
+    count ½), so a thousand resamples cost a few array passes instead of a thousand ``roc_auc_score`` calls;
+    scikit-learn has no bootstrap of AUC. Equal to ``roc_auc_score`` on the resampled rows (tested)."""
     n = len(y)
     columns = [1] if proba.shape[1] == 2 else list(range(proba.shape[1]))
     out = np.empty(1 + bootstrap)
@@ -368,21 +499,25 @@ def bootstrap_auc(y: np.ndarray, proba: np.ndarray, bootstrap: int, rng: np.rand
     for start in range(0, bootstrap, chunk):
         size = min(chunk, bootstrap - start)
         counts = rng.multinomial(units, np.full(units, 1.0 / units), size=size).astype(np.float64)
-        out[1 + start:1 + start + size] = aucs(counts if clusters is None else counts[:, clusters])
+        out[1 + start : 1 + start + size] = aucs(counts if clusters is None else counts[:, clusters])
     return out
 
 
-# ------------------------------------------------------------------------------------------------ inputs
+# -------------------------------------------------------------------------------- inputs
 
 
 def _check_features(features: Any) -> np.ndarray:
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2 or x.shape[1] < 1:
-        raise InputError(f"features: expected a (samples, dims) matrix with at least 2 rows, got shape {x.shape}")
+        raise InputError(
+            f"features: expected a (samples, dims) matrix with at least 2 rows, got shape {x.shape}"
+        )
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
-        raise InputError(f"features: {int(bad.sum())} row(s) hold NaN or infinite values (first row "
-                         f"{int(np.flatnonzero(bad)[0])}); a feature cache entry not yet complete?")  # fmt: skip
+        raise InputError(
+            f"features: {int(bad.sum())} row(s) hold NaN or infinite values (first row "
+            f"{int(np.flatnonzero(bad)[0])}); a feature cache entry not yet complete?"
+        )
     return x
 
 
@@ -396,7 +531,8 @@ def _group_frame(groups: pd.DataFrame, n: int) -> pd.DataFrame:
     frame = pd.DataFrame(index=range(n))
     for column in groups.columns:
         name = str(column).removeprefix("group_")
-        # the unknown spellings of fairfm.groups (NaN, "", "unknown", -1, …) as "", every other label as a string
+        # the unknown spellings of fairfm.groups (NaN, "", "unknown", -1, …) as "", every other label as a
+        # string
         codes, labels = factorize_groups(groups[column].reset_index(drop=True))
         frame[name] = np.asarray([*labels, ""], dtype=object)[codes].astype(str)
     return frame
@@ -444,47 +580,81 @@ def _check_options(*, variance, n_modes, projection, max_points, fdr, alpha, cv_
         raise InputError(f"bootstrap {bootstrap!r}: expected 0 (no interval) or more resamples")
 
 
-# ------------------------------------------------------------------------------------------------ the store
+# -------------------------------------------------------------------------------- the store
 
 
-def run_embeddings(store: "Store", run_id: str, *, split: str = "test", attributes: Sequence[str] | None = None,
-                   recompute: bool = False, **options: Any) -> EmbeddingAnalysis:
+def run_embeddings(
+    store: "Store",
+    run_id: str,
+    *,
+    split: str = "test",
+    attributes: Sequence[str] | None = None,
+    recompute: bool = False,
+    **options: Any,
+) -> EmbeddingAnalysis:
     """The analysis of a stored run's cached frozen-encoder features (``meta.json["features"]["key"]`` →
     ``STORE/features/<key>/``) on the samples of ``split`` (``all``: every row) of its prepared dataset; the
-    run's attributes (or ``attributes``) and tasks. Stored, and found instead of recomputed unless ``recompute``."""
+    run's attributes (or ``attributes``) and tasks. Stored, and found instead of recomputed unless
+    ``recompute``."""
     record = store.load(run_id)
     key = (record.meta.get("features") or {}).get("key")
     if not key:
-        raise InputError(f"run {record.run_id}: no cached frozen-encoder features (usage {record.spec.get('usage')!r};"
-                         f" {record.path / 'meta.json'} has no features.key) — the embedding analysis reads the "
-                         "feature cache of a usage on frozen features, such as linear_probe")  # fmt: skip
+        raise InputError(
+            f"run {record.run_id}: no cached frozen-encoder features (usage {record.spec.get('usage')!r};"
+            f" {record.path / 'meta.json'} has no features.key) — the embedding analysis reads the "
+            "feature cache of a usage on frozen features, such as linear_probe"
+        )
     features_dir = store.path / "features" / str(key)
     dataset = record.spec.get("dataset")
     if not dataset:
         raise InputError(f"run {record.run_id}: {record.path / 'spec.json'} names no dataset folder")
     chosen = list(attributes) if attributes else list(record.spec.get("attributes") or [])
     tasks = list(record.spec.get("tasks") or [])
-    return _analyse_cache(store, features_dir, Path(dataset), source={"run_id": record.run_id, "key": str(key)},
-                          split=split, attributes=chosen or None, tasks=tasks, recompute=recompute,
-                          options=options)  # fmt: skip
+    return _analyse_cache(
+        store,
+        features_dir,
+        Path(dataset),
+        source={"run_id": record.run_id, "key": str(key)},
+        split=split,
+        attributes=chosen or None,
+        tasks=tasks,
+        recompute=recompute,
+        options=options,
+    )
 
 
-def features_embeddings(features_dir: str | os.PathLike, data_dir: str | os.PathLike, *, store: "Store | None" = None,
-                        split: str = "test", attributes: Sequence[str] | None = None,
-                        tasks: Sequence[str] | None = None, recompute: bool = False,
-                        **options: Any) -> EmbeddingAnalysis:  # fmt: skip
-    """The analysis of a feature cache entry (``fairfm features extract``'s ``OUT/<key>/``) joined by sample id
-    with a prepared dataset folder; stored in ``store`` when given. Attributes and tasks default to every
+def features_embeddings(
+    features_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    *,
+    store: "Store | None" = None,
+    split: str = "test",
+    attributes: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    recompute: bool = False,
+    **options: Any,
+) -> EmbeddingAnalysis:
+    """The analysis of a feature cache entry (``fairfm features extract``'s ``OUT/<key>/``) joined by sample
+    id with a prepared dataset folder; stored in ``store`` when given. Attributes and tasks default to every
     ``group_*`` and ``label_*`` column."""
     folder = Path(features_dir)
     meta = _cache_meta(folder)
-    return _analyse_cache(store, folder, Path(data_dir), source={"run_id": None, "key": str(meta.get("key") or
-                          folder.name)}, split=split, attributes=attributes, tasks=tasks, recompute=recompute,
-                          options=options)  # fmt: skip
+    return _analyse_cache(
+        store,
+        folder,
+        Path(data_dir),
+        source={"run_id": None, "key": str(meta.get("key") or folder.name)},
+        split=split,
+        attributes=attributes,
+        tasks=tasks,
+        recompute=recompute,
+        options=options,
+    )
 
 
-def stored_embedding_analyses(store: "Store", run_ids: Sequence[str] | None = None
-                              ) -> list[tuple[str, EmbeddingAnalysis]]:  # fmt: skip
+def stored_embedding_analyses(
+    store: "Store", run_ids: Sequence[str] | None = None
+) -> list[tuple[str, EmbeddingAnalysis]]:
     """Every stored analysis as (run id, or cache key for a ``--features`` analysis, analysis), oldest first;
     ``run_ids`` keeps those of these runs (several per run when made with other options or splits)."""
     folder = store.path / ANALYSES_DIR
@@ -506,35 +676,52 @@ def stored_embedding_analyses(store: "Store", run_ids: Sequence[str] | None = No
 def _cache_meta(folder: Path) -> dict[str, Any]:
     for name in ("meta.json", "features.npy", "index.parquet"):
         if not (folder / name).is_file():
-            raise InputError(f"feature cache {folder}: {name} not found (a folder written by 'fairfm features "
-                             "extract' or a run on cached features holds meta.json, features.npy, index.parquet)")
+            raise InputError(
+                f"feature cache {folder}: {name} not found (a folder written by 'fairfm features "
+                "extract' or a run on cached features holds meta.json, features.npy, index.parquet)"
+            )
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except ValueError as exc:
         raise InputError(f"{folder / 'meta.json'}: not valid JSON ({exc})") from None
     if meta.get("complete") is False:
-        raise InputError(f"feature cache {folder}: incomplete (meta.json complete=false) — the extraction was "
-                         "interrupted; run it again to finish it")  # fmt: skip
+        raise InputError(
+            f"feature cache {folder}: incomplete (meta.json complete=false) — the extraction was "
+            "interrupted; run it again to finish it"
+        )
     return meta
 
 
-def _analyse_cache(store: "Store | None", features_dir: Path, data_dir: Path, *, source: dict[str, Any], split: str,
-                   attributes: Sequence[str] | None, tasks: Sequence[str] | None, recompute: bool,
-                   options: dict[str, Any]) -> EmbeddingAnalysis:  # fmt: skip
+def _analyse_cache(
+    store: "Store | None",
+    features_dir: Path,
+    data_dir: Path,
+    *,
+    source: dict[str, Any],
+    split: str,
+    attributes: Sequence[str] | None,
+    tasks: Sequence[str] | None,
+    recompute: bool,
+    options: dict[str, Any],
+) -> EmbeddingAnalysis:
     from fairfm.data.prepare import load_prepared
     from fairfm.results.runid import data_version
 
     meta = _cache_meta(features_dir)
     if not data_dir.is_dir():
-        raise InputError(f"dataset folder {data_dir}: not found (the prepared SampleTable the features were made of)")
+        raise InputError(
+            f"dataset folder {data_dir}: not found (the prepared SampleTable the features were made of)"
+        )
     table, _ = load_prepared(data_dir)
     samples_path = data_dir / "samples.parquet"
     group_columns = [c for c in table.columns if str(c).startswith("group_")]
     chosen = [a.removeprefix("group_") for a in attributes] if attributes else [c[6:] for c in group_columns]
     for attribute in chosen:
         if f"group_{attribute}" not in table.columns:
-            raise InputError(f"attribute {attribute!r}: {samples_path} has no column 'group_{attribute}' (has "
-                             f"{', '.join(group_columns) or 'none'})")  # fmt: skip
+            raise InputError(
+                f"attribute {attribute!r}: {samples_path} has no column 'group_{attribute}' (has "
+                f"{', '.join(group_columns) or 'none'})"
+            )
     if not chosen:
         raise InputError(f"{samples_path}: no group_* column to analyse")
     label_columns = [c for c in table.columns if str(c).startswith("label_")]
@@ -545,10 +732,16 @@ def _analyse_cache(store: "Store | None", features_dir: Path, data_dir: Path, *,
     unknown = set(options) - _OPTION_NAMES
     if unknown:
         raise InputError(f"embedding analysis: unknown option(s) {', '.join(sorted(unknown))}")
-    document = {"source": source["run_id"] or source["key"], "key": source["key"], "split": split,
-                "data": data_version(data_dir), "attributes": chosen, "tasks": task_names,
-                "options": {name: options.get(name, default) for name, default in _OPTION_DEFAULTS.items()},
-                "version": ANALYSIS_VERSION}  # fmt: skip
+    document = {
+        "source": source["run_id"] or source["key"],
+        "key": source["key"],
+        "split": split,
+        "data": data_version(data_dir),
+        "attributes": chosen,
+        "tasks": task_names,
+        "options": {name: options.get(name, default) for name, default in _OPTION_DEFAULTS.items()},
+        "version": ANALYSIS_VERSION,
+    }
     analysis_id = hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:20]
     folder = store.path / ANALYSES_DIR / analysis_id if store is not None else None
     if folder is not None and not recompute:
@@ -560,38 +753,63 @@ def _analyse_cache(store: "Store | None", features_dir: Path, data_dir: Path, *,
     selected = table.iloc[rows].reset_index(drop=True)
     patients = selected["patient_id"].astype(str).to_numpy() if "patient_id" in selected.columns else None
     analysis = analyze_embeddings(
-        x, selected[[f"group_{a}" for a in chosen]], labels=selected[[f"label_{t}" for t in task_names]],
-        patient_ids=patients, sample_ids=selected["sample_id"].astype(str).to_numpy(), **options)
+        x,
+        selected[[f"group_{a}" for a in chosen]],
+        labels=selected[[f"label_{t}" for t in task_names]],
+        patient_ids=patients,
+        sample_ids=selected["sample_id"].astype(str).to_numpy(),
+        **options,
+    )
     analysis.notes[:0] = notes
-    analysis.source = {**source, "analysis_id": analysis_id, "split": split, "dataset": str(data_dir),
-                       "features": str(features_dir), "model": meta.get("model"), "n_samples": len(x),
-                       "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="milliseconds")}  # fmt: skip
+    analysis.source = {
+        **source,
+        "analysis_id": analysis_id,
+        "split": split,
+        "dataset": str(data_dir),
+        "features": str(features_dir),
+        "model": meta.get("model"),
+        "n_samples": len(x),
+        "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="milliseconds"),
+    }
     if folder is not None:
         _write_stored(folder, analysis)
     return analysis
 
 
-_OPTION_DEFAULTS = {"variance": 0.99, "n_modes": 4, "projection": "tsne", "max_points": 3000, "fdr": "bh",
-                    "alpha": 0.05, "cv_folds": 5, "bootstrap": 1000, "seed": 0}  # fmt: skip
+_OPTION_DEFAULTS = {
+    "variance": 0.99,
+    "n_modes": 4,
+    "projection": "tsne",
+    "max_points": 3000,
+    "fdr": "bh",
+    "alpha": 0.05,
+    "cv_folds": 5,
+    "bootstrap": 1000,
+    "seed": 0,
+}
 _OPTION_NAMES = set(_OPTION_DEFAULTS)
 
 
-def _split_features(features_dir: Path, meta: dict[str, Any], table: pd.DataFrame, split: str,
-                    samples_path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
-    """(features per sample, the SampleTable rows they belong to, notes) for the samples of ``split`` present in
-    the cache; a volume's slice rows are averaged into one row per sample."""
+def _split_features(
+    features_dir: Path, meta: dict[str, Any], table: pd.DataFrame, split: str, samples_path: Path
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(features per sample, the SampleTable rows they belong to, notes) for the samples of ``split`` present
+    in the cache; a volume's slice rows are averaged into one row per sample."""
     index = pd.read_parquet(features_dir / "index.parquet")
     features = np.load(features_dir / "features.npy", mmap_mode="r")
     if len(index) != len(features):
-        raise InputError(f"feature cache {features_dir}: index.parquet has {len(index)} rows, features.npy "
-                         f"{len(features)}")  # fmt: skip
+        raise InputError(
+            f"feature cache {features_dir}: index.parquet has {len(index)} rows, features.npy {len(features)}"
+        )
     if split != "all":
         if "split" not in table.columns:
             raise InputError(f"{samples_path}: no 'split' column (use --split all)")
         splits = table["split"].astype(str)
         if not (splits == split).any():
             present = ", ".join(sorted(splits.unique()))
-            raise InputError(f"--split {split}: {samples_path} has no such samples (splits: {present}; or all)")
+            raise InputError(
+                f"--split {split}: {samples_path} has no such samples (splits: {present}; or all)"
+            )
         wanted = table.index[splits == split].to_numpy()
     else:
         wanted = np.arange(len(table))
@@ -602,11 +820,15 @@ def _split_features(features_dir: Path, meta: dict[str, Any], table: pd.DataFram
     notes = []
     present = np.unique(table_row[keep]).astype(np.int64)
     if len(present) == 0:
-        raise InputError(f"feature cache {features_dir}: none of the {len(wanted)} {split} sample(s) of "
-                         f"{samples_path} is in it (made from another SampleTable?)")  # fmt: skip
+        raise InputError(
+            f"feature cache {features_dir}: none of the {len(wanted)} {split} sample(s) of "
+            f"{samples_path} is in it (made from another SampleTable?)"
+        )
     if len(present) < len(wanted):
-        notes.append(f"{len(wanted) - len(present)} of {len(wanted)} {split} sample(s) have no cached features "
-                     "and are left out")  # fmt: skip
+        notes.append(
+            f"{len(wanted) - len(present)} of {len(wanted)} {split} sample(s) have no cached features "
+            "and are left out"
+        )
     cache_positions = np.flatnonzero(keep)
     block = np.asarray(features[cache_positions], dtype=np.float64)
     owners = np.searchsorted(present, table_row[keep].astype(np.int64))
@@ -615,8 +837,10 @@ def _split_features(features_dir: Path, meta: dict[str, Any], table: pd.DataFram
         sums = np.zeros((len(present), block.shape[1]))
         np.add.at(sums, owners, block)
         block = sums / slices[:, None]
-        notes.append(f"volumes: each sample's {int(slices.min())}–{int(slices.max())} slice embeddings are averaged "
-                     "into one (mean over slices)")  # fmt: skip
+        notes.append(
+            f"volumes: each sample's {int(slices.min())}–{int(slices.max())} slice embeddings are averaged "
+            "into one (mean over slices)"
+        )
     else:
         block = block[np.argsort(owners)]
     return block, present, notes
@@ -646,7 +870,7 @@ def _read_stored(folder: Path) -> EmbeddingAnalysis | None:
     return EmbeddingAnalysis.from_dict(document, points=points)
 
 
-# ------------------------------------------------------------------------------------------------ JSON
+# -------------------------------------------------------------------------------- JSON
 
 
 def _jsonable(value: Any) -> Any:
