@@ -336,3 +336,73 @@ def test_cli_refuses_bad_input_in_one_line(store, dataset, capsys, args, message
     code, stdout, err = run_cli(capsys, "analyze", "embeddings", *args, "--store", store.path)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------ a real run
+
+
+def test_a_real_linear_probe_runs_feature_cache_is_analysed(tmp_path, capsys):
+    """End to end: a tiny CLIP linear-probe run stores its features key; the analysis finds the cache entry
+    the run wrote (STORE/features/<key>/) and analyses its test samples."""
+    from fairfm.data.synth import generate
+    from tests.adapt.helpers import make_tiny_clip
+
+    data = tmp_path / "data"
+    generate(data, n=240, size=32, seed=0, fractions=(0.5, 0.25, 0.25))
+    clip = make_tiny_clip(tmp_path / "clip")
+    store = Store(tmp_path / "store")
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "--dataset",
+        data,
+        "--model",
+        "clip",
+        "--checkpoint",
+        clip,
+        "--usage",
+        "linear_probe",
+        "--bootstrap",
+        0,
+        "--store",
+        store.path,
+        "-q",
+        "--hp",
+        "epochs=2",
+    )
+    assert code == 0, err
+    (record,) = store.list()
+    code, stdout, err = run_cli(
+        capsys,
+        "analyze",
+        "embeddings",
+        record.run_id,
+        "--store",
+        store.path,
+        "--projection",
+        "none",
+        "--bootstrap",
+        50,
+    )
+    assert code == 0, err
+    ((name, analysis),) = stored_embedding_analyses(store)
+    assert name == record.run_id and analysis.source["key"] == record.meta["features"]["key"]
+    table = pd.read_parquet(data / "samples.parquet")
+    test_ids = set(table.loc[table["split"] == "test", "sample_id"])
+    assert (
+        analysis.pca["n_samples"] == len(test_ids) and analysis.pca["dim"] == record.meta["features"]["dim"]
+    )
+    assert set(analysis.points["sample_id"]) == test_ids
+    assert f"run {record.run_id} · clip · split test" in stdout
+
+
+def test_figures_draw_a_stored_analysis_read_back_from_the_store(store):
+    from fairfm.analysis.embedding_figures import embedding_scatter, separability_plot
+
+    run_embeddings(store, "lp-run-0", projection="tsne", bootstrap=20, max_points=60)
+    ((_, analysis),) = stored_embedding_analyses(store)
+    for attribute in ("sex", "age", "label_disease"):
+        fig = embedding_scatter(analysis, attribute)
+        assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == len(analysis.points)
+    assert len(embedding_scatter(analysis, "sex", which="projection").axes) == 3
+    assert len(separability_plot(analysis).axes[0].texts) >= 2
