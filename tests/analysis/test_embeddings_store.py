@@ -406,3 +406,14 @@ def test_figures_draw_a_stored_analysis_read_back_from_the_store(store):
         assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == len(analysis.points)
     assert len(embedding_scatter(analysis, "sex", which="projection").axes) == 3
     assert len(separability_plot(analysis).axes[0].texts) >= 2
+
+
+def test_a_store_that_cannot_be_written_is_refused_before_the_work(store, monkeypatch, capsys):
+    store.path.joinpath("analyses").write_text("not a folder")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed although the result could not be stored")
+
+    monkeypatch.setattr(embeddings_module, "analyze_embeddings", refuse)
+    code, _, err = run_cli(capsys, "analyze", "embeddings", "lp-run-0", "--store", store.path)
+    assert code == 2 and err.startswith(f"error: store {store.path}:") and "is a file" in err

@@ -748,6 +748,10 @@ def _analyse_cache(
         found = _read_stored(folder)
         if found is not None:
             return found
+    if folder is not None:  # before the work: a result that cannot be stored would be lost
+        from fairfm.tableio import probe_writable
+
+        probe_writable(folder.parent, f"store {store.path}")
 
     x, rows, notes = _split_features(features_dir, meta, table, split, samples_path)
     selected = table.iloc[rows].reset_index(drop=True)

@@ -15,7 +15,7 @@ app = typer.Typer(help="Analyses of stored runs and feature caches.", no_args_is
 @app.command("embeddings")
 def embeddings_command(
     run: Optional[str] = typer.Argument(
-        None, metavar="[RUN]", help="A stored run on cached features (id or prefix)."
+        None, metavar="RUN", help="A stored run on cached features (id or prefix)."
     ),
     features: Optional[Path] = typer.Option(
         None,
