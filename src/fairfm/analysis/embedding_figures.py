@@ -199,20 +199,22 @@ def separability_plot(analysis: EmbeddingAnalysis) -> Figure:
                 label = f"{row.auc:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
             else:
                 label = f"{row.auc:.3f} (no interval)"
-            ax.plot([row.auc], [position], "o", color=colour, markersize=6, zorder=3)
+            ax.plot([row.auc], [position], "o", color=colour, markersize=6, zorder=3, clip_on=False)
             ax.text(
-                1.0, position, "  " + label, transform=ax.get_yaxis_transform(), va="center", fontsize=8.5
+                1.0, position, "    " + label, transform=ax.get_yaxis_transform(), va="center", fontsize=8.5
             )
         ax.set_yticks(y, [_row_label(row) for row in table.itertuples()])
-        ax.set_xlim(left, 1.0)
+        ax.set_xlim(left, 1.0)  # a dot at AUC 1 is drawn unclipped on the edge
         ax.set_ylim(-0.6, len(table) - 0.4)
         ax.grid(axis="x", color="#DDDDDD", linewidth=0.6)
         ax.set_axisbelow(True)
-        ax.set_xlabel(
-            "AUC of predicting the attribute from the embedding (out-of-fold, 95 % bootstrap interval)"
-        )
+        ax.set_xlabel("AUC of predicting the attribute from the embedding (95 % bootstrap interval)")
         cv = table["cv"].iloc[0] if len(table) else ""
-        fig.suptitle(f"Subgroup separability of the frozen embedding ({cv}; PCA features)")
+        fig.suptitle(
+            "Subgroup separability of the frozen embedding\n"
+            f"out-of-fold logistic regression on the PCA features, {cv}",
+            linespacing=1.5,
+        )
         fig.draw_without_rendering()
         fig.set_layout_engine("none")
     return fig
