@@ -22,7 +22,8 @@ PACKAGE = ROOT / "src" / "fairfm"
 
 #: Import name → distribution name, where they differ.
 DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "open_clip": "open_clip_torch",
-                "segment_anything": "segment-anything", "pydantic_core": "pydantic"}  # fmt: skip
+                "segment_anything": "segment-anything", "pydantic_core": "pydantic",
+                "umap": "umap-learn"}  # fmt: skip
 
 #: The extras a module may import from (besides the core dependencies), by path prefix in src/fairfm; first match
 #: wins, anything unlisted is core (metrics, evaluate, errors, tables, report, …).
@@ -55,7 +56,7 @@ MODULE_EXTRAS = [
     ("report/document.py", set()),  # the document model and the Markdown/LaTeX renderers are core
     ("report/markdown.py", set()),
     ("report/", {"report", "results"}),
-    ("analysis/", {"report", "results", "data"}),
+    ("analysis/", {"report", "results", "data"}),  # scikit-learn, umap-learn, matplotlib; reads the store
 ]
 
 

@@ -62,6 +62,10 @@ def _register_commands() -> None:
     from fairfm.cli import report as report_cli  # noqa: F401  (registers ``fairfm report``)
     from fairfm.cli import compare as compare_cli  # noqa: F401  (registers ``fairfm compare``)
 
+    from fairfm.cli import analyze as analyze_cli
+
+    app.add_typer(analyze_cli.app, name="analyze")
+
 
 #: Top-level module → the extra that installs it (``pip install 'fairfm[EXTRA]'``); checked against pyproject.toml
 #: by tests/test_install.py. A command whose extra is missing says so in one line instead of a traceback.
