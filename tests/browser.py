@@ -104,11 +104,11 @@ class Page:
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
 
-    def element_screenshot(self, css: str) -> Image.Image:
-        """The first element matching ``css`` as a PIL image (scrolled into view first)."""
+    def element_screenshot(self, css: str, *, index: int = 0) -> Image.Image:
+        """The ``index``-th element matching ``css`` (the first by default) as a PIL image, scrolled into view."""
         from selenium.webdriver.common.by import By
 
-        element = self.driver.find_element(By.CSS_SELECTOR, css)
+        element = self.driver.find_elements(By.CSS_SELECTOR, css)[index]
         self.run("arguments[0].scrollIntoView({block: 'start'})", element)
         return Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB")
 

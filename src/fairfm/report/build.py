@@ -213,8 +213,9 @@ def _leaderboard_section(board: pd.DataFrame, kind: str, task: str, attribute: s
     if board["stale"].any():
         notes.append("stale runs included: " + ", ".join(board.loc[board["stale"], "label"]))
     return Section(f"leaderboard-{kind[:3]}-{task}-{attribute}", f"{task} · {attribute}",
-                   blocks=[TableBlock(header, rows, caption=f"Leaderboard for task {task} over {attribute} (test).",
-                                      notes=notes)])  # fmt: skip
+                   blocks=[TableBlock(header, rows, caption=(
+                       f"Task {task} over {attribute}, test split: mean ± sd over seeds, or value [95% CI] with one "
+                       "seed."), notes=notes)])  # fmt: skip
 
 
 def _tradeoff_section(board: pd.DataFrame, kind: str, task: str, attribute: str) -> Section:

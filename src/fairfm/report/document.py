@@ -222,6 +222,7 @@ class DetailsBlock:
     block_type: ClassVar[str] = "details"
     summary: str
     blocks: list[Block] = field(default_factory=list)
+    open: bool = False  # shown expanded when the page loads (the reader can still fold it)
 
 
 Block = Union[TableBlock, FigureBlock, TextBlock, NoteBlock, DetailsBlock]

@@ -86,7 +86,7 @@ class _Viewer:
         if kind == "note":
             return {"block_type": "note", "kind": block.kind, "paragraphs": block.paragraphs()}
         inner = [self.block(b) for b in block.blocks]
-        return {"block_type": "details", "summary": block.summary, "blocks": inner}
+        return {"block_type": "details", "summary": block.summary, "blocks": inner, "open": block.open}
 
     def section(self, section: Section, depth: int) -> dict:
         return {

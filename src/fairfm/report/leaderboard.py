@@ -94,9 +94,10 @@ class Configuration:
 
 
 def configurations(records: Sequence["RunRecord"]) -> list[Configuration]:
-    """The runs grouped by configuration, in the order of their first run, each with a unique readable label:
-    ``model · usage · method`` (+ the dataset when several are compared, + a short config id when two
-    configurations would otherwise share a label, e.g. two learning rates)."""
+    """The runs grouped by configuration, in the order of their first run, each with a unique readable label made
+    of what tells configurations of its kind apart — the model, and the dataset, usage and method where they vary
+    (the method whenever one is used) — plus a short config id when two would still share a label (e.g. two
+    learning rates)."""
     groups: dict[str, Configuration] = {}
     for record in records:
         config_id = config_key(record)
@@ -105,11 +106,15 @@ def configurations(records: Sequence["RunRecord"]) -> list[Configuration]:
     configs = list(groups.values())
     for config in configs:
         config.records.sort(key=lambda r: (_sortable(r.spec.get("split_seed")), _sortable(r.spec.get("seed"))))
-    datasets = {_dataset_name(c.first) for c in configs}
-    for config in configs:
-        parts = config.describe()
-        label = " · ".join(str(parts[k]) for k in ("model", "usage", "method"))
-        config.label = f"{parts['dataset']} · {label}" if len(datasets) > 1 else label
+    for kind in {c.kind for c in configs}:
+        same_kind = [c for c in configs if c.kind == kind]
+        described = [c.describe() for c in same_kind]
+        # Only what tells the configurations apart (the model always, the method whenever one is used), so labels
+        # stay short enough for plot legends and panel titles.
+        varying = [k for k in ("dataset", "model", "usage", "method") if len({d[k] for d in described}) > 1
+                   or k == "model" or (k == "method" and any(d[k] != "ERM" for d in described))]  # fmt: skip
+        for config, parts in zip(same_kind, described):
+            config.label = " · ".join(str(parts[k]) for k in varying)
     counts: dict[str, int] = {}
     for config in configs:
         counts[config.label] = counts.get(config.label, 0) + 1
@@ -275,12 +280,12 @@ def fairness_scores(gaps: pd.Series) -> pd.Series:
 
 def format_value(mean: float, std: float = math.nan, low: float = math.nan, high: float = math.nan,
                  n_seeds: int = 1, digits: int = 3) -> str:
-    """``0.912 [0.89, 0.93]`` for one seed, ``0.912 ± 0.004 (3 seeds)`` for several, ``–`` when missing."""
+    """``0.912 [0.890, 0.930]`` for one seed, ``0.912 ± 0.004`` (mean ± sd) for several, ``–`` when missing."""
     if mean is None or not math.isfinite(mean):
         return "–"
     text = f"{mean:.{digits}f}"
     if n_seeds > 1 and math.isfinite(std):
-        return f"{text} ± {std:.{digits}f} ({n_seeds} seeds)"
+        return f"{text} ± {std:.{digits}f}"
     if math.isfinite(low) and math.isfinite(high):
         return f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
     return text
