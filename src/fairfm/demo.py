@@ -162,8 +162,8 @@ def write_demo_report(store: Any, rows: list[DemoRow], out: Path, *, console: An
     from fairfm.report.output import write_report
 
     records = [store.load(row.run_id) for row in rows]
-    for row in rows:
-        if row.usage == "linear_probe" and row.method is None:
+    for row, record in zip(rows, records):
+        if row.usage == "linear_probe" and row.method is None and (record.meta.get("features") or {}).get("key"):
             run_embeddings(store, row.run_id)
     built = build_report(store, records, ReportOptions(title="fairfm demo: planted-bias data, random-weight models"))
     path = write_report(built, out / "report.html", "html")
@@ -191,12 +191,13 @@ def print_comparison(rows: list[DemoRow], truth: dict[str, Any], *, console: Any
     target, reference = truth["target_group"], truth["reference_group"]
     table = Table(title="Test-split AUC per group and AUC gap (95% bootstrap intervals)", title_justify="left",
                   header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-    for column in ("model", "usage", "method", "AUC", f"AUC {target}", f"AUC {reference}", "AUC gap", "worst",
-                   "detected (p)"):
+    for column in ("model", "usage", "AUC", f"AUC {target}", f"AUC {reference}", "AUC gap", "worst", "detected (p)"):
         table.add_column(column, no_wrap=True)
     for row in rows:
         p_text = "" if math.isnan(row.p_value) else f" ({'<0.001' if row.p_value < 0.001 else f'{row.p_value:.3f}'})"
-        table.add_row(row.label, row.usage, row.method or "–", _est(row.auc, False), _est(row.groups.get(target)),
+        # a method's row names its method under the usage it mitigates: "+ reweighting" below "linear_probe"
+        usage = f"+ {row.method}" if row.method else row.usage
+        table.add_row(row.label, usage, _est(row.auc, False), _est(row.groups.get(target)),
                       _est(row.groups.get(reference)), _est(row.gap), row.worst or "–",
                       ("[green]yes[/green]" if row.detected else "[yellow]no[/yellow]") + p_text)  # fmt: skip
     console.print()

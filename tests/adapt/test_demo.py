@@ -1,4 +1,5 @@
-"""``fairfm demo`` end to end on a small planted-bias set: five runs stored, then found; the comparison printed."""
+"""``fairfm demo`` end to end on a small planted-bias set: nine runs stored, then found; the comparison printed; the
+HTML report of the runs (with the embedding analysis) written and opened in Chromium."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ from fairfm.cli import main
 from fairfm.demo import planted_description, run_demo
 from fairfm.results import Store
 from fairfm.spec import RunSpec
+from tests.browser import chromium_page
 
 
 def test_demo_runs_stores_and_finds_again(tmp_path):
     console = Console(record=True, width=140)
     rows = run_demo(tmp_path / "demo", n=240, seed=1, bootstrap=20, progress=False, console=console)
-    assert [(r.model, r.usage) for r in rows] == [("clip", "zero_shot"), ("clip", "linear_probe"), ("clip", "lora"),
-                                                  ("clip_rn50", "zero_shot"), ("clip_rn50", "linear_probe")]
+    methods = [("linear_probe", "reweighting"), ("linear_probe", "group_thresholds")]
+    expected = [("clip", u, None) for u in ("zero_shot", "linear_probe", "lora")] + [("clip", *m) for m in methods]
+    expected += [("clip_rn50", u, None) for u in ("zero_shot", "linear_probe")] + [("clip_rn50", *m) for m in methods]
+    assert [(r.model, r.usage, r.method) for r in rows] == expected
     assert all(r.computed for r in rows)
     store = Store(tmp_path / "demo" / "store")
-    assert len(store) == 5
+    assert len(store) == len(expected)
     for row in rows:
         gap = store.load(row.run_id).metrics.query("metric == 'auc_gap' and attribute == 'sex'")
         assert gap["value"].iloc[0] == row.gap.value
@@ -42,7 +46,19 @@ def test_demo_runs_stores_and_finds_again(tmp_path):
     assert not any(r.computed for r in again) and [r.run_id for r in again] == [r.run_id for r in rows]
     # The written specs are the runs' specs: loading one finds its stored run.
     spec = RunSpec.load(tmp_path / "demo" / "specs" / "clip_rn50_linear_probe.yaml")
-    assert store.run_id(spec) == rows[4].run_id
+    assert store.run_id(spec) == rows[6].run_id
+
+    report = tmp_path / "demo" / "report.html"
+    html = report.read_text(encoding="utf-8")
+    for row in rows:
+        assert row.run_id in html
+    for section in ('id="leaderboard"', 'id="tradeoff"', 'id="embeddings"', 'id="curves"', 'id="provenance"'):
+        assert section in html
+    with chromium_page(report) as page:
+        assert page.console_errors() == []
+        assert page.run("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        # one embedding analysis per model's linear probe, stored and shown
+        assert page.run("return document.querySelectorAll('#embeddings section').length") == 2
 
 
 def test_planted_description_names_the_mechanisms(tmp_path):
@@ -89,6 +105,9 @@ def test_detected_follows_the_planted_truth(tmp_path, monkeypatch):
 
     from fairfm.usages import base as usages_base, get_usage
 
+    import fairfm.demo
+
+    monkeypatch.setattr(fairfm.demo, "DEMO_METHODS", ())  # the stand-in usages apply no method
     planted = {"zero_shot": "F", "linear_probe": None, "lora": "M"}
     for usage, group in planted.items():
         oracle = dataclasses.replace(get_usage(usage), run=_oracle_usage(group))

@@ -57,11 +57,16 @@ def embedding_blocks(analysis: "EmbeddingAnalysis") -> list[Any]:
         alt = "Subgroup separability AUC per attribute with 95% intervals and the chance line at 0.5" + (
             f"; highest: {best['attribute']} ({best['auc']:.2f})." if best is not None else ".")
         blocks.append(FigureBlock(figure_data_uri(fig), alt=alt))
+    modes = [c for c in analysis.points.columns if str(c).startswith("pc")]
+    if len(modes) < 2:
+        blocks.append(NoteBlock(f"PCA kept {len(modes)} mode(s) for {100 * float(pca.get('variance', 0.99)):.0f}% of "
+                                "the variance: the embedding is nearly one-dimensional here, so there is no scatter "
+                                "of two modes to draw.", kind="info"))  # fmt: skip
     for attribute in analysis.attributes:
         if attribute not in analysis.points.columns:
             continue
         for which, what in (("pca", "PCA modes 1–2 and 3–4"), ("projection", analysis.projection)):
-            if which == "projection" and analysis.projection == "none":
+            if (which == "projection" and analysis.projection == "none") or (which == "pca" and len(modes) < 2):
                 continue
             fig = embedding_scatter(analysis, attribute, which=which)
             blocks.append(FigureBlock(figure_data_uri(fig), alt=(
