@@ -190,3 +190,14 @@ def join_on(
     validate = "one_to_one" if left_unique else "many_to_one"
     merged = left.assign(**{on: left_ids}).merge(right.assign(**{on: right_ids}), on=on, how="left", validate=validate)
     return merged
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (never the whole file in memory)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -417,3 +417,19 @@ def test_a_store_that_cannot_be_written_is_refused_before_the_work(store, monkey
     monkeypatch.setattr(embeddings_module, "analyze_embeddings", refuse)
     code, _, err = run_cli(capsys, "analyze", "embeddings", "lp-run-0", "--store", store.path)
     assert code == 2 and err.startswith(f"error: store {store.path}:") and "is a file" in err
+
+
+def test_the_report_shows_the_analysis_of_a_runs_feature_cache_once(store, dataset):
+    from fairfm.report.build import ReportOptions, build_report
+
+    features_embeddings(store.path / "features" / KEY, dataset, store=store, **FAST)  # --features: no run id
+    assert [name for name, _ in stored_embedding_analyses(store, ["lp-run-0"], [KEY])] == [KEY]
+
+    def embedding_titles():
+        built = build_report(store, [store.load("lp-run-0")], ReportOptions(curves=0))
+        section = next(s for s in built.document.sections if s.id == "embeddings")
+        return [s.title for s in section.subsections]
+
+    assert embedding_titles() == [f"feature cache {KEY[:12]} (test split)"]
+    run_embeddings(store, "lp-run-0", **FAST)  # the same cache, split and options, now by run: shown once, newest
+    assert embedding_titles() == ["fake-encoder (run lp-run-0, test split)"]

@@ -249,11 +249,13 @@ def test_run_ids_resolve_from_unique_prefixes_and_unknown_or_ambiguous_ones_list
     store, _ = report_store
     comparison = compare_runs(store, "fakeSAM", "fakeSAM-seg", metrics=["dice_gap"], bootstrap=10)
     assert comparison.run_a == comparison.run_b == "fakeSAM-seg-0"
-    with pytest.raises(InputError, match=r"RUN_A 'fakeA-erm' is ambiguous .*: it is a prefix of fakeA-erm-0, fakeA-erm-1"):
+    ambiguous = r"RUN_A: run id 'fakeA-erm' is ambiguous .*: matches fakeA-erm-0, fakeA-erm-1$"
+    with pytest.raises(InputError, match=ambiguous):
         compare_runs(store, "fakeA-erm", "fakeB-erm-0", bootstrap=10)
-    with pytest.raises(InputError, match=r"RUN_B 'fake' is ambiguous .*… \(13 in all\)"):
+    with pytest.raises(InputError, match=r"RUN_B: run id 'fake' is ambiguous .*… \(13 in all\)"):
         compare_runs(store, "fakeA-erm-0", "fake", bootstrap=10)
-    with pytest.raises(InputError, match=r"RUN_A 'fakeZ-erm-0': no such run .*\(13 run\(s\)\); did you mean: fake"):
+    unknown = r"RUN_A: no run 'fakeZ-erm-0' in .*\(13 run\(s\); see 'fairfm runs list'\)"
+    with pytest.raises(InputError, match=unknown):
         compare_runs(store, "fakeZ-erm-0", "fakeB-erm-0", bootstrap=10)
 
 

@@ -57,7 +57,7 @@ def test_the_html_report_renders_in_chromium_without_errors_and_sorts(html_repor
         page.run("document.querySelectorAll('details').forEach(d => d.open = true)")  # collapsed curves too
         for index in range(n_images):
             assert not image_is_blank(page.element_screenshot("img", index=index)), index
-        table = "#leaderboard-cla-y-sex table"
+        table = "#leaderboard-cla-synthetic-y-sex table"  # two datasets in the store: boards per dataset
         before = page.column_values(table, 2)  # the AUC column
         page.click(f"{table} th:nth-child(3) button")
         ascending = page.column_values(table, 2)
@@ -99,13 +99,15 @@ def test_markdown_and_latex_reports(report_store, tmp_path, capsys):
                           capsys)
     assert code == 0, err
     assert "\\section" in out and "\\toprule" in out
+    # pdflatex (inputenc utf8) knows Latin letters; every other sign the report uses must arrive escaped
+    assert [c for c in out if ord(c) > 127 and not ("À" <= c <= "ÿ" and c.isalpha())] == []
 
 
 @pytest.mark.parametrize("args, message", [
     (["--where", "model"], "expected COLUMN=VALUE"),
     (["--where", "colour=red"], "no such column"),
     (["--where", "model=nope"], "no run"),
-    (["--attr", "height"], "--attribute height: not in the selected runs"),
+    (["--attr", "height"], "--attr height: not in the selected runs"),
     (["nosuchrun"], "no run 'nosuchrun'"),
 ])  # fmt: skip
 def test_bad_selections_are_one_line_and_exit_2(report_store, tmp_path, capsys, args, message):
@@ -161,7 +163,8 @@ def test_evaluate_writes_an_html_report_that_renders(tmp_path, capsys):
                          "--format", "html", "--out", str(out)], capsys)  # fmt: skip
     assert code == 0, err
     html = out.read_text(encoding="utf-8")
-    assert "best_f1@val" in html and "age" in html and "&lt;60" in html or "<60" not in html
+    assert "best_f1@val" in html
+    assert "&lt;60" in html and "≥60" in html  # the binned age groups, escaped
     with chromium_page(out) as page:
         assert page.console_errors() == []
         assert page.run("return document.images.length") >= 6
@@ -174,3 +177,82 @@ def test_evaluate_html_needs_an_output_file(tmp_path, capsys):
     code, _, err = _cli(["evaluate", str(preds), "--y-true", "label", "--y-score", "prob", "--attr", "sex",
                          "--format", "html"], capsys)  # fmt: skip
     assert code == 2 and "--out" in err
+
+
+def _walk(blocks):
+    from fairfm.report.document import DetailsBlock
+
+    for block in blocks:
+        yield block
+        if isinstance(block, DetailsBlock):
+            yield from _walk(block.blocks)
+
+
+def test_over_several_seeds_each_seeds_interval_is_shown(report_store):
+    from fairfm.report.document import DetailsBlock, TableBlock
+
+    store, ids = report_store
+    records = [store.load(ids[("fakeB", None, s)]) for s in SEEDS]
+    built = build_report(store, records, ReportOptions(tasks=["y"], attributes=["sex"], curves=0))
+    board = next(s for s in built.document.sections if s.id == "leaderboard").subsections[0]
+    table = board.blocks[0]
+    auc_cell = table.cells()[0][2]
+    for record in records:
+        auc = record.metrics.query("task == 'y' and attribute == '__all__' and metric == 'auc'").iloc[0]
+        assert f"seed {record.spec['seed']}: {auc['value']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]" in (
+            auc_cell.title)
+    details = next(b for b in board.blocks if isinstance(b, DetailsBlock))
+    per_seed = next(b for b in _walk(details.blocks) if isinstance(b, TableBlock))
+    assert [row[1].text for row in per_seed.cells()] == [str(s) for s in SEEDS]  # one row per seed, visible
+
+
+def test_curves_leave_unknown_groups_out_as_the_metrics_do(report_store, monkeypatch):
+    import fairfm.report.figures as figures
+    from fairfm.report.build import _Scored, curve_blocks
+
+    seen = []
+    real = figures.roc_plot
+    monkeypatch.setattr(figures, "roc_plot", lambda y, p, g, **kw: seen.append(set(g)) or real(y, p, g, **kw))
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120).astype(float)
+    scored = _Scored(y, rng.random(120), pd.DataFrame({"sex": np.array(["F", "M", "unknown"] * 40)}), 0.5,
+                     "best_f1@val", False)  # fmt: skip
+    curve_blocks(scored, "sex", where="a test")
+    assert seen == [{"F", "M"}]
+
+
+def test_scored_rows_read_unknown_group_values_as_unknown(report_store, tmp_path):
+    from fairfm.results import Store
+    from tests.report.stored_runs import classification_predictions
+
+    from fairfm.runner import report_from_predictions
+
+    predictions = classification_predictions(1.0, 2.0, seed=0, model="fakeU")
+    predictions.loc[predictions.index[::7], "group_sex"] = None
+    evaluation = {"threshold": "best_f1@val", "bootstrap": 0, "seed": 0}
+    store = Store(tmp_path / "store")
+    document = {"usage": "linear_probe", "model": "fakeU", "method": None, "tasks": ["y", "z"],
+                "attributes": ["sex", "age"], "dataset": "synthetic", **evaluation}  # fmt: skip
+    record = store.run_derived("unknown-sex", document, lambda: (predictions, report_from_predictions(
+        predictions, SimpleNamespace(**evaluation)), {}))
+    scored = scored_rows(record, "y")
+    assert set(scored.groups["sex"]) == {"F", "M", "unknown"}  # not "None" or "nan": left out by curve_blocks
+
+
+def test_evaluate_html_with_free_text_task_and_intersectional_attribute_names(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    n = 600
+    frame = pd.DataFrame({"No Finding": rng.integers(0, 2, n), "prob": rng.random(n),
+                          "sex": rng.choice(["F", "M"], n), "race": rng.choice(["Asian", "Black", "White"], n)})
+    frame.loc[::11, "race"] = ""  # unknown
+    preds = tmp_path / "p.csv"
+    frame.to_csv(preds, index=False)
+    out = tmp_path / "x.html"
+    code, _, err = _cli(["evaluate", str(preds), "--y-true", "No Finding", "--y-score", "prob", "--attr", "sex",
+                         "--attr", "race", "--intersect", "sex,race", "--bootstrap", "20", "--format", "html",
+                         "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    html = out.read_text(encoding="utf-8")
+    assert "sex×race" in html and "No Finding" in html
+    assert re.search(r"p\.csv sha256 [0-9a-f]{64}", html)  # what was evaluated, by checksum
+    assert "Traceback" not in err

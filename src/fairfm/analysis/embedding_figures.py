@@ -18,27 +18,14 @@ from matplotlib.lines import Line2D
 
 from fairfm.analysis.embeddings import NEGATIVE, POSITIVE, EmbeddingAnalysis, group_names
 from fairfm.errors import InputError
+from fairfm.report.figures import PALETTE, WIDTH_IN
+from fairfm.report.figures import STYLE as REPORT_STYLE
 
 __all__ = ["embedding_scatter", "separability_plot"]
 
-# Okabe & Ito (2008), in the order of fairfm.report.figures: the most distinct on white first, yellow last.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442")
-WIDTH_IN = 7.0
-STYLE = {
-    "font.size": 9.0,
-    "axes.titlesize": 10.0,
-    "axes.labelsize": 9.0,
-    "xtick.labelsize": 8.5,
-    "ytick.labelsize": 8.5,
-    "legend.fontsize": 8.5,
-    "figure.titlesize": 11.0,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "svg.hashsalt": "fairfm",
-    "legend.frameon": False,
-    "figure.facecolor": "white",
-    "axes.facecolor": "white",
-}
+# The report's palette, width and style (fairfm.report.figures), without grid lines: scatter plots of
+# embeddings read better on a plain background.
+STYLE = {**REPORT_STYLE, "axes.grid": False, "legend.fontsize": 8.5}
 PROJECTION_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 

@@ -653,21 +653,25 @@ def features_embeddings(
 
 
 def stored_embedding_analyses(
-    store: "Store", run_ids: Sequence[str] | None = None
+    store: "Store", run_ids: Sequence[str] | None = None, keys: Sequence[str] | None = None
 ) -> list[tuple[str, EmbeddingAnalysis]]:
-    """Every stored analysis as (run id, or cache key for a ``--features`` analysis, analysis), oldest first;
-    ``run_ids`` keeps those of these runs (several per run when made with other options or splits)."""
+    """Every stored analysis as (run id, or cache key for a ``--features`` analysis, analysis), oldest first.
+    ``run_ids`` / ``keys``: keep those of these runs or of these feature-cache keys (an analysis made with
+    ``--features`` on the cache a run reads belongs to that run too); several per run when made with other options
+    or splits."""
     folder = store.path / ANALYSES_DIR
     if not folder.is_dir():
         return []
-    wanted = set(run_ids) if run_ids is not None else None
+    filtered = run_ids is not None or keys is not None
+    wanted_runs, wanted_keys = set(run_ids or ()), set(keys or ())
     found = []
     for entry in sorted(folder.iterdir()):
         analysis = _read_stored(entry)
         if analysis is None:
             continue
         name = analysis.source.get("run_id") or analysis.source.get("key")
-        if wanted is not None and analysis.source.get("run_id") not in wanted:
+        if filtered and analysis.source.get("run_id") not in wanted_runs \
+                and analysis.source.get("key") not in wanted_keys:
             continue
         found.append((str(analysis.source.get("created", "")), str(name), analysis))
     return [(name, analysis) for _, name, analysis in sorted(found, key=lambda item: item[:2])]

@@ -59,8 +59,11 @@ def evaluate_command(
     from fairfm.metrics.report import FairnessWarning
     from fairfm.tableio import check_output_file
 
-    if output_format is OutputFormat.html and out is None:
-        raise InputError("--format html writes a file: give --out report.html")
+    if output_format is OutputFormat.html:
+        if out is None:
+            raise InputError("--format html writes a file: give --out report.html")
+        import fairfm.report.figures  # noqa: F401  (matplotlib, jinja2: a missing 'report' extra fails before the
+        import fairfm.report.html  # noqa: F401  bootstrap, in one line)
     if out is not None:
         check_output_file(out)  # before the bootstrap: an unwritable --out must not cost the computation
     if bootstrap != 0:
@@ -81,10 +84,23 @@ def evaluate_command(
     for warning in caught:
         if issubclass(warning.category, FairnessWarning):
             err_console.print(f"warning: {warning.message}", markup=False)
-    _emit(report, output_format, out, metric, source=str(pred_file))
+    provenance: list[str] = []
+    if output_format is OutputFormat.html:
+        from fairfm.tableio import sha256_file
+
+        for what, path in (("predictions", pred_file), ("demographics (--meta)", meta), ("validation", val_file)):
+            if path is not None and Path(path).is_file():
+                provenance.append(f"{what}: {Path(path).name} sha256 {sha256_file(path)}")
+        options = {"y_true": y_true, "y_score": y_score, "attributes": attr, "bins": bins, "intersect": intersect,
+                   "threshold": threshold, "profile": profile, "stratify": stratify, "uncertain": uncertain,
+                   "split_column": split_column, "task_column": task_column, "min_group_size": min_group_size,
+                   "ci_method": ci_method}  # fmt: skip
+        provenance.append("options: " + ", ".join(f"{k}={v}" for k, v in options.items() if v not in (None, [], ())))
+    _emit(report, output_format, out, metric, source=pred_file.name, provenance=provenance)
 
 
-def _emit(report, output_format: OutputFormat, out: Path | None, metrics: list[str], *, source: str = "") -> None:
+def _emit(report, output_format: OutputFormat, out: Path | None, metrics: list[str], *, source: str = "",
+          provenance: list[str] | None = None) -> None:  # fmt: skip
     from fairfm.cli import make_console
     from fairfm.report.tables import markdown, rich_tables
     from fairfm.tableio import atomic_path, write_text_atomic
@@ -101,7 +117,8 @@ def _emit(report, output_format: OutputFormat, out: Path | None, metrics: list[s
         from fairfm.report.output import write_report
 
         with err_console.status("drawing the report …"):
-            write_report(build_evaluation_report(report, report.inputs, source=source), out, "html")
+            write_report(build_evaluation_report(report, report.inputs, source=source, provenance=provenance or []),
+                         out, "html")  # fmt: skip
         err_console.print(f"report written to {out}", markup=False)
         return
     if output_format is OutputFormat.json:

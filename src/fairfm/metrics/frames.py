@@ -33,7 +33,7 @@ class EvaluatedInputs:
     values: dict[str, np.ndarray] = field(default_factory=dict)  # segmentation: "dice"/"iou" per sample
     bins: dict[str, list[float]] = field(default_factory=dict)
     intersections: list[list[str]] = field(default_factory=list)
-    task: str | None = None  # segmentation: the one task the values belong to
+    uncertain: str = "ignore"  # how labels of −1 were read (as the metrics read them)
 
     def group_labels(self, attribute: str) -> np.ndarray | None:
         """Each row's group of ``attribute`` as the metrics saw it ("unknown" for an unknown value), or None."""
@@ -50,10 +50,9 @@ class EvaluatedInputs:
         groups = self.group_labels(attribute)
         if groups is None:
             return None
-        y = pd.to_numeric(self.labels[task], errors="coerce").to_numpy(np.float64)
-        p = pd.to_numeric(self.scores[task], errors="coerce").to_numpy(np.float64)
-        known = np.isin(y, (0.0, 1.0)) & np.isfinite(p)
-        return y[known], p[known], groups[known]
+        labels = I.task_labels(self.labels[task].to_numpy(), task, 1, self.uncertain)
+        p = pd.to_numeric(self.scores[task], errors="coerce").to_numpy(np.float64)[labels.used]
+        return labels.y.astype(np.float64), p, groups[labels.used]
 
     def segmentation(self, attribute: str, metric: str = "dice") -> tuple[np.ndarray, np.ndarray] | None:
         """(per-sample values, group) of a segmentation evaluation, or None."""
@@ -227,7 +226,8 @@ def evaluate_frame(
         )  # fmt: skip
         if keep_inputs:
             report.inputs = EvaluatedInputs(groups.reset_index(drop=True), labels=labels, scores=scores,
-                                            bins=bin_specs, intersections=intersections)  # fmt: skip
+                                            bins=bin_specs, intersections=intersections,
+                                            uncertain=uncertain)  # fmt: skip
     usable = [a for t in report.tasks.values() for a in t.attributes.values() if len(a.groups) - len(a.excluded) >= 2]
     if not usable:
         details = "; ".join(

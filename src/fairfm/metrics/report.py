@@ -10,7 +10,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -440,7 +440,7 @@ def evaluate(
     report_warnings: list[str] = []
     tasks: dict[str, TaskResult] = {}
     n_sites = max(len(site_names), 1)
-    tracker = _Progress(progress and B > 0, len(task_names) * max(len(attributes), 1) * n_sites, B)
+    tracker = BootstrapProgress(bool(progress) and B > 0, len(task_names) * max(len(attributes), 1) * n_sites, B)
     for j, task in enumerate(task_names):
         label_col = task_names[j] if task_names[j] != "task" else "y_true"
         score_col = score_names[j] if score_names[j] != "task" else "y_score"
@@ -565,16 +565,19 @@ def _is_number(text: str) -> bool:
     return True
 
 
-class _Progress:
-    """A rich progress bar on stderr over the (task, attribute) bootstraps, or nothing."""
+class BootstrapProgress:
+    """A rich progress bar on stderr over the resamples (``enabled`` True), a caller's callback called once per
+    step (``enabled`` callable), or nothing."""
 
-    def __init__(self, enabled: bool, total: int, n_resamples: int) -> None:
+    def __init__(self, enabled: bool | Callable[[], None], total: int, n_resamples: int,
+                 label: str = "bootstrap") -> None:  # fmt: skip
         self._bar = None
-        if enabled:
+        self._callback = enabled if callable(enabled) else None
+        if enabled is True:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn(f"bootstrap ×{n_resamples} {{task.description}}"), BarColumn(),
+            self._bar = Progress(TextColumn(f"{label} ×{n_resamples} {{task.description}}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
                                  transient=True)  # fmt: skip
             self._task = self._bar.add_task("", total=total)
@@ -587,6 +590,8 @@ class _Progress:
     def advance(self) -> None:
         if self._bar is not None:
             self._bar.advance(self._task)
+        if self._callback is not None:
+            self._callback()
 
     def close(self) -> None:
         if self._bar is not None:
@@ -594,9 +599,9 @@ class _Progress:
 
 
 def _evaluate_task(task, y, p, attributes, rules, extra, B, seed_seq, stratify, ci, min_group_size, n_jobs,
-                   report_warnings, prof, tracker: _Progress | None = None,
+                   report_warnings, prof, tracker: BootstrapProgress | None = None,
                    ci_method: str = GI.DEFAULT_CI_METHOD) -> TaskResult:  # fmt: skip
-    tracker = tracker or _Progress(False, 0, B)
+    tracker = tracker or BootstrapProgress(False, 0, B)
     attr_seeds = seed_seq.spawn(max(len(attributes), 1))
     overall_point = overall_boot = None
     results: dict[str, AttributeResult] = {}
@@ -657,7 +662,7 @@ def _site_mean(points: list[float], boots: list[np.ndarray | None], ci: float) -
 
 
 def _evaluate_sites(task, y, p, attributes, site_codes, site_names, rules, extra, B, seed_seq, stratify, ci,
-                    min_group_size, n_jobs, report_warnings, tracker: _Progress) -> TaskResult:  # fmt: skip
+                    min_group_size, n_jobs, report_warnings, tracker: BootstrapProgress) -> TaskResult:  # fmt: skip
     """FairFedMed's client average: every metric computed on each site's samples, then the mean over sites."""
     S = len(site_names)
     site_seeds = seed_seq.spawn(S)

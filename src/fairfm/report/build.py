@@ -11,8 +11,10 @@ number (specs, code, data and weights versions).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Sequence
@@ -22,7 +24,7 @@ import pandas as pd
 
 from fairfm.errors import InputError
 from fairfm.report.document import (Cell, DetailsBlock, Document, FigureBlock, NoteBlock, Section, TableBlock,
-                                    TextBlock)  # fmt: skip
+                                    TextBlock, slug)  # fmt: skip
 from fairfm.report.leaderboard import (ALL, SUMMARY, TRADEOFF, Configuration, attributes_of, cell_of,
                                        configurations, fairness_scores, format_value, leaderboard,
                                        leaderboard_columns, metric_index, metric_value, tasks_of)  # fmt: skip
@@ -36,6 +38,25 @@ if TYPE_CHECKING:
 FOREST_GAPS = {"classification": ("auc_gap", "eod", "dpd", "ece_gap"), "segmentation": ("dice_gap", "iou_gap")}
 #: Thresholded metrics drawn against the threshold for each run with curves.
 THRESHOLD_METRICS = ("tpr", "fpr", "pos_rate")
+
+
+#: Section ids taken in the document being built: task and attribute names are free text ("No Finding",
+#: "sex×race"), so every id is a slug made unique within its document.
+_TAKEN_IDS: contextvars.ContextVar[set[str]] = contextvars.ContextVar("report_section_ids")
+
+
+@contextmanager
+def _document_ids():
+    token = _TAKEN_IDS.set(set())
+    try:
+        yield
+    finally:
+        _TAKEN_IDS.reset(token)
+
+
+def _sid(*parts: str) -> str:
+    """A URL-safe section id from ``parts``, unique within the document being built."""
+    return slug("-".join(str(p) for p in parts), _TAKEN_IDS.get())
 
 
 @dataclass
@@ -78,6 +99,11 @@ def _value_cell(mean: float, std: float, low: float, high: float, n_seeds: int, 
 
 def build_report(store: "Store", records: Sequence["RunRecord"], options: ReportOptions | None = None) -> StoreReport:
     """The report of ``records`` (stored runs of ``store``)."""
+    with _document_ids():
+        return _build_report(store, records, options)
+
+
+def _build_report(store: "Store", records: Sequence["RunRecord"], options: ReportOptions | None) -> StoreReport:
     from fairfm import __version__
 
     options = options or ReportOptions()
@@ -85,25 +111,31 @@ def build_report(store: "Store", records: Sequence["RunRecord"], options: Report
         raise InputError(f"no runs to report in {store.path}")
     configs = configurations(records)
     tasks = _chosen(options.tasks, tasks_of(records), "task")
-    attributes = _chosen(options.attributes, attributes_of(records), "attribute")
+    attributes = _chosen(options.attributes, attributes_of(records), "attr")
     by_kind = {kind: [c for c in configs if c.kind == kind] for kind in ("classification", "segmentation")}
 
     sections = [_overview(records, configs, tasks, attributes)]
     frames = []
     board_sections, tradeoff_sections = [], []
+    datasets = list(dict.fromkeys(c.describe()["dataset"] for c in configs))
     for kind, kind_configs in by_kind.items():
-        for task in tasks:
-            for attribute in attributes:
-                having = [c for c in kind_configs if _has(c, task, attribute)]
-                if not having:
-                    continue
-                board = leaderboard(having, task=task, attribute=attribute)
-                frames.append(board)
-                board_sections.append(_leaderboard_section(board, kind, task, attribute))
-                tradeoff_sections.append(_tradeoff_section(board, kind, task, attribute))
+        # one board per dataset: a leaderboard, a Pareto front or a fairness score across datasets compares nothing
+        for dataset in datasets:
+            prefix = f"{dataset} · " if len(datasets) > 1 else ""
+            for task in tasks:
+                for attribute in attributes:
+                    having = [c for c in kind_configs if c.describe()["dataset"] == dataset
+                              and _has(c, task, attribute)]  # fmt: skip
+                    if not having:
+                        continue
+                    board = leaderboard(having, task=task, attribute=attribute)
+                    frames.append(board)
+                    board_sections.append(_leaderboard_section(board, kind, task, attribute, prefix))
+                    tradeoff_sections.append(_tradeoff_section(board, kind, task, attribute, prefix))
     if board_sections:
-        sections.append(Section("leaderboard", "Leaderboard", intro=_LEADERBOARD_INTRO, subsections=board_sections))
-        sections.append(Section("tradeoff", "Utility–fairness trade-off", intro=_TRADEOFF_INTRO,
+        sections.append(Section(_sid("leaderboard"), "Leaderboard", intro=_LEADERBOARD_INTRO,
+                                subsections=board_sections))  # fmt: skip
+        sections.append(Section(_sid("tradeoff"), "Utility–fairness trade-off", intro=_TRADEOFF_INTRO,
                                 subsections=tradeoff_sections))  # fmt: skip
     boards = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     classification = by_kind["classification"]
@@ -116,12 +148,14 @@ def build_report(store: "Store", records: Sequence["RunRecord"], options: Report
     if forest is not None:
         sections.append(forest)
     if classification and options.curves > 0:
-        sections.append(_curves_section(classification[: options.curves], tasks, attributes,
-                                        omitted=max(0, len(classification) - options.curves)))  # fmt: skip
+        curves = _curves_section(classification[: options.curves], tasks, attributes,
+                                 omitted=max(0, len(classification) - options.curves))  # fmt: skip
+        if curves is not None:
+            sections.append(curves)
     if by_kind["segmentation"]:
         sections.append(_distribution_section(by_kind["segmentation"], tasks, attributes))
     if options.embeddings:
-        embedding = _embedding_section(store, records)
+        embedding = _embedding_section(store, records, configs)
         if embedding is not None:
             sections.append(embedding)
     sections.append(_provenance_section(records, configs))
@@ -181,7 +215,7 @@ def _overview(records, configs: list[Configuration], tasks: list[str], attribute
              Cell("yes", flag="attribute-aware") if c.attribute_aware else "no"] for c in configs]  # fmt: skip
     blocks.append(TableBlock(["configuration", "dataset", "usage", "method", "seeds", "attribute at test"], rows,
                              caption="The configurations compared."))  # fmt: skip
-    return Section("overview", "What is compared", blocks=blocks)
+    return Section(_sid("overview"), "What is compared", blocks=blocks)
 
 
 def _leaks(record: "RunRecord") -> bool:
@@ -197,28 +231,40 @@ _TRADEOFF_INTRO = ("Each point is a configuration: utility against the gap betwe
                    "no other configuration is both more useful and fairer.")
 
 
-def _leaderboard_section(board: pd.DataFrame, kind: str, task: str, attribute: str) -> Section:
+def _leaderboard_section(board: pd.DataFrame, kind: str, task: str, attribute: str, prefix: str = "") -> Section:
     columns = leaderboard_columns(kind)
     header = ["configuration", "seeds", *(title for _, _, title, _ in columns), "attribute at test"]
-    rows = []
+    rows, seed_rows = [], []
     for _, row in board.iterrows():
         cells: list[Any] = [Cell(row["label"], title=f"runs {row['run_ids']}"), Cell(str(row["n_seeds"]),
                                                                                      sort_value=row["n_seeds"])]
         for metric, _, _, _ in columns:
             cells.append(_value_cell(row[metric], row[f"{metric}_std"], row[f"{metric}_low"], row[f"{metric}_high"],
-                                     int(row["n_seeds"]), leaks=bool(row[f"{metric}_leaks"])))  # fmt: skip
+                                     int(row[f"{metric}_n"]), leaks=bool(row[f"{metric}_leaks"]),
+                                     per_seed=row[f"{metric}_per_seed"]))  # fmt: skip
         cells.append(Cell("yes", flag="attribute-aware") if row["attribute_aware"] else "no")
         rows.append(cells)
+        if row["n_seeds"] > 1:
+            by_seed: dict[Any, list[Any]] = {}
+            for index, (metric, _, _, _) in enumerate(columns):
+                for seed, value, low, high in row[f"{metric}_per_seed"]:
+                    by_seed.setdefault(seed, [None] * len(columns))[index] = _value_cell(value, math.nan, low, high, 1)
+            seed_rows.extend([row["label"], str(seed), *values] for seed, values in by_seed.items())
     notes = []
     if board["stale"].any():
         notes.append("stale runs included: " + ", ".join(board.loc[board["stale"], "label"]))
-    return Section(f"leaderboard-{kind[:3]}-{task}-{attribute}", f"{task} · {attribute}",
-                   blocks=[TableBlock(header, rows, caption=(
-                       f"Task {task} over {attribute}, test split: mean ± sd over seeds, or value [95% CI] with one "
-                       "seed."), notes=notes)])  # fmt: skip
+    blocks: list[Any] = [TableBlock(header, rows, caption=(
+        f"{prefix}task {task} over {attribute}, test split: mean ± sd over seeds, or value [95% CI] with one seed."),
+        notes=notes)]  # fmt: skip
+    if seed_rows:
+        blocks.append(DetailsBlock("each seed with its 95% interval", [TableBlock(
+            ["configuration", "seed", *(title for _, _, title, _ in columns)], seed_rows,
+            caption=f"{prefix}task {task} over {attribute}: every run of the configurations above.")]))
+    return Section(_sid("leaderboard", kind[:3], prefix, task, attribute), f"{prefix}{task} · {attribute}",
+                   blocks=blocks)
 
 
-def _tradeoff_section(board: pd.DataFrame, kind: str, task: str, attribute: str) -> Section:
+def _tradeoff_section(board: pd.DataFrame, kind: str, task: str, attribute: str, prefix: str = "") -> Section:
     from fairfm.report.figures import figure_data_uri, pareto_front, tradeoff_plot
 
     utility, gap = TRADEOFF[kind]
@@ -230,12 +276,12 @@ def _tradeoff_section(board: pd.DataFrame, kind: str, task: str, attribute: str)
         "marker_by": board["method"],
     })  # fmt: skip
     fig = tradeoff_plot(points, utility=_label(utility), fairness=f"{_label(gap)} over {attribute}",
-                        lower_is_fairer=True, title=f"{task}: {_label(utility)} vs {_label(gap)} ({attribute})")
+                        lower_is_fairer=True, title=f"{prefix}{task}: {_label(utility)} vs {_label(gap)} ({attribute})")
     front = pareto_front(points["utility"].to_numpy(float), points["fairness"].to_numpy(float))
     on_front = ", ".join(points.loc[front, "label"]) or "none"
     alt = (f"Scatter plot of {_label(utility)} against {_label(gap)} over {attribute} for task {task}, one point per "
            f"configuration ({len(points)}); Pareto front: {on_front}.")  # fmt: skip
-    return Section(f"tradeoff-{kind[:3]}-{task}-{attribute}", f"{task} · {attribute}",
+    return Section(_sid("tradeoff", kind[:3], prefix, task, attribute), f"{prefix}{task} · {attribute}",
                    blocks=[FigureBlock(figure_data_uri(fig), alt=alt, caption=f"Pareto front: {on_front}.")])
 
 
@@ -256,25 +302,32 @@ def _fairness_score_section(boards: pd.DataFrame, tasks: list[str], attributes: 
     if boards.empty or "auc_gap" not in boards.columns:
         return None
     subsections = []
-    for task in tasks:
-        rows = boards[(boards["task"] == task) & boards["auc_gap"].notna()]
-        if rows["label"].nunique() < 2:
-            continue
-        frame = rows.assign(score=rows.groupby("attribute")["auc_gap"].transform(fairness_scores))
-        table_rows = [[r["label"], r["attribute"], Cell(f"{100 * r['auc_gap']:.2f}", sort_value=100 * r["auc_gap"]),
-                       Cell(f"{r['score']:.2f}", sort_value=r["score"])] for _, r in frame.iterrows()]  # fmt: skip
-        fig = fairness_score_plot(frame[["label", "attribute", "score"]], title=f"Fairness score, task {task}")
-        best = frame.loc[frame.groupby("attribute")["score"].idxmax()]
-        alt = (f"Horizontal bars of Khan et al.'s fairness score per configuration for task {task}, one group of bars "
-               f"per attribute; fairest: " + "; ".join(f"{r['attribute']}: {r['label']}" for _, r in best.iterrows()))
-        subsections.append(Section(f"score-{task}", f"{task}", blocks=[
-            FigureBlock(figure_data_uri(fig), alt=alt),
-            TableBlock(["configuration", "attribute", "AUC gap (points)", "fairness score"], table_rows,
-                       caption="FS = max gap + 1 − gap, gaps in AUC points: the least fair configuration scores 1."),
-        ]))  # fmt: skip
+    boards = boards[boards["auc_gap"].notna()]
+    several = boards.groupby(["dataset", "task", "attribute"])["label"].transform("nunique") >= 2
+    boards = boards[several]  # a score ranks configurations: one alone has nothing to be ranked against
+    datasets = list(dict.fromkeys(boards["dataset"]))
+    for dataset in datasets:
+        for task in tasks:
+            rows = boards[(boards["dataset"] == dataset) & (boards["task"] == task)]
+            if rows.empty:
+                continue
+            prefix = f"{dataset} · " if len(datasets) > 1 else ""
+            frame = rows.assign(score=rows.groupby("attribute")["auc_gap"].transform(fairness_scores))
+            table_rows = [[r["label"], r["attribute"], Cell(f"{100 * r['auc_gap']:.2f}", sort_value=100 * r["auc_gap"]),
+                           Cell(f"{r['score']:.2f}", sort_value=r["score"])] for _, r in frame.iterrows()]  # fmt: skip
+            fig = fairness_score_plot(frame[["label", "attribute", "score"]], title=f"Fairness score, {prefix}task {task}")
+            best = frame.loc[frame.groupby("attribute")["score"].idxmax()]
+            alt = (f"Bars of Khan et al.'s fairness score per configuration for {prefix}task {task}, one panel per "
+                   "attribute; fairest: " + "; ".join(f"{r['attribute']}: {r['label']}" for _, r in best.iterrows()))
+            subsections.append(Section(_sid("score", prefix, task), f"{prefix}{task}", blocks=[
+                FigureBlock(figure_data_uri(fig), alt=alt),
+                TableBlock(["configuration", "attribute", "AUC gap (points)", "fairness score"], table_rows,
+                           caption="FS = max gap + 1 − gap, gaps in AUC points: the least fair configuration scores "
+                                   "1."),
+            ]))  # fmt: skip
     if not subsections:
         return None
-    return Section("fairness-score", "Fairness score (Khan et al.)", subsections=subsections,
+    return Section(_sid("fairness-score"), "Fairness score (Khan et al.)", subsections=subsections,
                    intro="A comparison, not a per-run metric: it ranks the configurations shown here on each "
                          "attribute's AUC gap (mean over seeds).")  # fmt: skip
 
@@ -311,9 +364,9 @@ def _relative_section(configs: list[Configuration], tasks: list[str], attributes
         alt = (f"Bar chart of each {attribute} group's AUC minus the population AUC, per task, for "
                f"{frame['label'].nunique()} configuration(s); the largest shortfall is {worst['group']} on "
                f"{worst['task']} in {worst['label']} ({worst['delta']:+.3f}).")  # fmt: skip
-        subsections.append(Section(f"relative-{attribute}", attribute, blocks=[FigureBlock(figure_data_uri(fig),
+        subsections.append(Section(_sid("relative", attribute), attribute, blocks=[FigureBlock(figure_data_uri(fig),
                                                                                            alt=alt)]))
-    return Section("relative", "Per-group performance relative to the population", subsections=subsections,
+    return Section(_sid("relative"), "Per-group performance relative to the population", subsections=subsections,
                    intro="Khan et al.'s per-subgroup view: how far each group's AUC lies from the whole test set's. "
                          "Error bars: the group AUC's bootstrap interval (one seed) or ± one standard deviation over "
                          "seeds, shifted by the population AUC.")  # fmt: skip
@@ -348,11 +401,11 @@ def _forest_section(configs: list[Configuration], tasks: list[str], attributes: 
             fig = forest_plot(frame, reference=0.0, title=f"Gaps over {attribute}, task {task} (95% intervals)")
             alt = (f"Forest plot of {frame['metric'].nunique()} gap metric(s) over {attribute} for task {task}: one "
                    f"row per run ({frame['label'].nunique()}), the point estimate and its 95% bootstrap interval.")
-            subsections.append(Section(f"forest-{task}-{attribute}", f"{task} · {attribute}",
+            subsections.append(Section(_sid("forest", task, attribute), f"{task} · {attribute}",
                                        blocks=[FigureBlock(figure_data_uri(fig), alt=alt)]))  # fmt: skip
     if not subsections:
         return None
-    return Section("forest", "Every gap with its interval", subsections=subsections,
+    return Section(_sid("forest"), "Every gap with its interval", subsections=subsections,
                    intro="Gaps are max − min over the groups compared; an interval that stays away from 0 is a "
                          "disparity the test set resolves. Intervals of gaps and worst-group metrics are "
                          "simultaneous over the group differences (fairfm's default) unless the run used a "
@@ -375,45 +428,45 @@ class _Scored:
 
 
 def scored_rows(record: "RunRecord", task: str) -> _Scored | None:
-    """The test rows of one task of a stored classification run (labels known) and the run's threshold: read from
-    the run's report extras in meta.json, else chosen again from its val rows by its recorded policy."""
-    from fairfm.metrics.thresholds import choose_threshold, parse_policy
+    """The test rows of one task of a stored classification run (labels known) and the threshold the run used
+    (:func:`fairfm.report.runs.run_threshold`); None when the run has no such rows. Group values that mean
+    "unknown" (NaN, −1, "unknown", …) read as :data:`fairfm.groups.UNKNOWN`, left out of the curves as the metrics
+    leave them out of every group."""
+    from fairfm.groups import UNKNOWN, is_unknown
+    from fairfm.report.runs import run_threshold
 
     predictions = record.predictions
     if "y_score" not in predictions.columns:
         return None
     rows = predictions[predictions["task"].astype(str) == task]
-    split = rows["split"].astype(str)
-    test = rows[(split == "test") & rows["y_true"].isin([0, 1])]
+    test = rows[(rows["split"].astype(str) == "test") & rows["y_true"].isin([0, 1])]
     if test.empty:
         return None
-    metrics = record.metrics
-    task_rows = metrics[(metrics["task"].astype(str) == task) & (metrics["metric"] == "acc")]
-    policy = str(task_rows["threshold_policy"].iloc[0]) if not task_rows.empty else str(record.spec.get("threshold"))
-    leaks = bool(not task_rows.empty and "threshold_leaks_labels" in task_rows.columns
-                 and task_rows["threshold_leaks_labels"].iloc[0])  # fmt: skip
-    extras = (((record.meta or {}).get("report") or {}).get("tasks") or {}).get(task) or {}
-    threshold = extras.get("threshold")
-    if threshold is None:
-        try:
-            val = rows[(split == "val") & rows["y_true"].isin([0, 1])]
-            threshold = choose_threshold(parse_policy(policy), test["y_true"].to_numpy(float),
-                                         test["y_score"].to_numpy(float),
-                                         val["y_true"].to_numpy(float) if len(val) else None,
-                                         val["y_score"].to_numpy(float) if len(val) else None)  # fmt: skip
-        except InputError:
-            threshold = None
-    groups = test[[c for c in test.columns if str(c).startswith("group_")]].rename(
-        columns=lambda c: str(c).removeprefix("group_")).astype(str).reset_index(drop=True)
-    return _Scored(test["y_true"].to_numpy(np.float64), test["y_score"].to_numpy(np.float64), groups,
-                   None if threshold is None else float(threshold), policy, leaks)  # fmt: skip
+    y, p = test["y_true"].to_numpy(np.float64), test["y_score"].to_numpy(np.float64)
+    try:
+        found = run_threshold(record, task, y, p)
+        threshold, policy, leaks = found.value, found.policy, found.leaks_labels
+    except InputError:  # e.g. a policy that needs validation rows the run does not have: curves without a line
+        threshold, policy, leaks = None, str(record.spec.get("threshold")), False
+    groups = {}
+    for column in (c for c in test.columns if str(c).startswith("group_")):
+        values = test[column].reset_index(drop=True)
+        groups[str(column).removeprefix("group_")] = values.astype(str).where(~is_unknown(values), UNKNOWN)
+    return _Scored(y, p, pd.DataFrame(groups), threshold, policy, leaks)
 
 
 def curve_blocks(scored: _Scored, attribute: str, *, where: str) -> list[Any]:
     """ROC, calibration and threshold figures of one attribute's groups (``where`` names the run in alt texts)."""
     from fairfm.report.figures import calibration_plot, figure_data_uri, roc_plot, threshold_plot
 
+    from fairfm.groups import UNKNOWN
+
     groups = scored.groups[attribute].to_numpy()
+    known = groups != UNKNOWN
+    if not known.all():
+        scored = _Scored(scored.y[known], scored.score[known], scored.groups[known].reset_index(drop=True),
+                         scored.threshold, scored.policy, scored.leaks)  # fmt: skip
+        groups = groups[known]
     blocks: list[Any] = [
         FigureBlock(figure_data_uri(roc_plot(scored.y, scored.score, groups, title=f"ROC by {attribute}")),
                     alt=f"ROC curves of {where}, one per {attribute} group and one for all samples."),
@@ -436,34 +489,36 @@ def curve_blocks(scored: _Scored, attribute: str, *, where: str) -> list[Any]:
     return blocks
 
 
-def _curves_section(configs: list[Configuration], tasks: list[str], attributes: list[str], *, omitted: int) -> Section:
+def _curves_section(configs: list[Configuration], tasks: list[str], attributes: list[str], *,
+                    omitted: int) -> Section | None:  # fmt: skip
     subsections = []
-    task = tasks[0]
     for index, config in enumerate(configs):
         record = config.first
-        scored = scored_rows(record, task)
-        if scored is None:
+        found = next(((t, sc) for t in tasks if (sc := scored_rows(record, t)) is not None), None)
+        if found is None:
             continue
-        blocks: list[Any] = []
-        for attribute in attributes:
-            if attribute not in scored.groups.columns:
-                continue
-            blocks.append(DetailsBlock(f"{attribute}", curve_blocks(scored, attribute, where=f"run {record.run_id}")))
-        if blocks and isinstance(blocks[0], DetailsBlock):
-            blocks[0].open = True  # the first attribute is shown; the others one click away
-        subsections.append(Section(f"curves-{index}", config.label, blocks=[
-            TextBlock(f"Run {record.run_id} (seed {record.spec.get('seed')}), task {task}, test split. Threshold: "
-                      + ("none recorded" if scored.threshold is None else f"{scored.threshold:.3f} ({scored.policy})")
-                      + "."),
-            *blocks]))  # fmt: skip
-    intro = "Per-group ROC and calibration curves and the thresholded rates as the threshold varies, for the first " \
-            f"run of each configuration (task {task})."
+        task, scored = found
+        shown = [a for a in attributes if a in scored.groups.columns]
+        # the first attribute's curves open, the others one click away
+        blocks: list[Any] = [DetailsBlock(a, curve_blocks(scored, a, where=f"run {record.run_id}"), open=i == 0)
+                             for i, a in enumerate(shown)]  # fmt: skip
+        if not blocks:
+            continue
+        threshold = "none recorded" if scored.threshold is None else f"{scored.threshold:.3f} ({scored.policy})"
+        subsections.append(Section(_sid("curves", str(index)), config.label, blocks=[
+            TextBlock(f"Run {record.run_id} (seed {record.spec.get('seed')}), task {task}, test split. "
+                      f"Threshold: {threshold}."), *blocks]))  # fmt: skip
+    if not subsections:
+        return None
+    intro = ("Per-group ROC and calibration curves and the thresholded rates as the threshold varies, for the first "
+             "run of each configuration (its first task).")
     if omitted:
         intro += f" {omitted} further configuration(s) omitted (raise --curves to include them)."
-    return Section("curves", "Curves per group", subsections=subsections, intro=intro)
+    return Section(_sid("curves"), "Curves per group", subsections=subsections, intro=intro)
 
 
 def _distribution_section(configs: list[Configuration], tasks: list[str], attributes: list[str]) -> Section:
+    from fairfm.groups import is_unknown
     from fairfm.report.figures import distribution_plot, figure_data_uri
 
     subsections = []
@@ -480,33 +535,48 @@ def _distribution_section(configs: list[Configuration], tasks: list[str], attrib
                 column = f"group_{attribute}"
                 if column not in rows.columns:
                     continue
+                known = rows[~is_unknown(rows[column])]  # unknown groups are in no group, as in the metrics
                 for metric in ("dice", "iou"):
                     if metric not in rows.columns:
                         continue
-                    fig = distribution_plot(rows[metric].to_numpy(float), rows[column].astype(str).to_numpy(),
+                    fig = distribution_plot(known[metric].to_numpy(float), known[column].astype(str).to_numpy(),
                                             metric=_label(metric), title=f"{task}: {_label(metric)} by {attribute}")
                     blocks.append(FigureBlock(figure_data_uri(fig), alt=(
                         f"Per-sample {_label(metric)} distributions of {task} for each {attribute} group, run "
                         f"{record.run_id}.")))  # fmt: skip
         if blocks:
-            subsections.append(Section(f"distributions-{index}", config.label, blocks=blocks))
-    return Section("segmentation", "Segmentation: per-group Dice and IoU", subsections=subsections,
+            subsections.append(Section(_sid("distributions", str(index)), config.label, blocks=blocks))
+    return Section(_sid("segmentation"), "Segmentation: per-group Dice and IoU", subsections=subsections,
                    intro="Per-sample scores of the test split (the first run of each configuration).")
 
 
-def _embedding_section(store: "Store", records: Sequence["RunRecord"]) -> Section | None:
+def _embedding_section(store: "Store", records: Sequence["RunRecord"],
+                       configs: list[Configuration]) -> Section | None:  # fmt: skip
     try:
         from fairfm.analysis.embeddings import stored_embedding_analyses
     except ImportError:  # the analysis package is optional at build time
         return None
     from fairfm.report.embedding_blocks import embedding_blocks
 
-    found = stored_embedding_analyses(store, [r.run_id for r in records])
-    if not found:
+    label_of = {r.run_id: c.label for c in configs for r in c.records}
+    keys = {str((r.meta.get("features") or {}).get("key")) for r in records if (r.meta.get("features") or {}).get("key")}
+    found = stored_embedding_analyses(store, [r.run_id for r in records], sorted(keys))
+    # One analysis per (feature cache, split, options), the newest: the runs of one cache share their embedding.
+    newest: dict[str, tuple[str, Any]] = {}
+    for name, analysis in found:
+        identity = json.dumps([analysis.source.get("key"), analysis.source.get("split"), analysis.options],
+                              sort_keys=True, default=str)  # fmt: skip
+        newest[identity] = (name, analysis)
+    if not newest:
         return None
-    subsections = [Section(f"embeddings-{index}", f"{key}", blocks=embedding_blocks(analysis))
-                   for index, (key, analysis) in enumerate(found)]  # fmt: skip
-    return Section("embeddings", "Embedding-bias analysis", subsections=subsections,
+    subsections = []
+    for index, (name, analysis) in enumerate(newest.values()):
+        run_id = analysis.source.get("run_id")
+        split = analysis.source.get("split", analysis.options.get("split", "test"))
+        title = (f"{label_of.get(run_id, run_id)} (run {run_id}, {split} split)" if run_id
+                 else f"feature cache {str(analysis.source.get('key'))[:12]} ({split} split)")  # fmt: skip
+        subsections.append(Section(_sid("embeddings", str(index)), title, blocks=embedding_blocks(analysis)))
+    return Section(_sid("embeddings"), "Embedding-bias analysis", subsections=subsections,
                    intro="From 'fairfm analyze embeddings' (Glocker et al.): how the frozen embedding separates the "
                          "groups — principal modes by group, Kolmogorov–Smirnov tests between groups, and how well "
                          "the attribute is predicted from the embedding.")  # fmt: skip
@@ -530,7 +600,7 @@ def _provenance_section(records: Sequence["RunRecord"], configs: list[Configurat
     specs = [DetailsBlock(f"spec of {record.run_id}", [TextBlock(json.dumps(record.spec, indent=2, sort_keys=True,
                                                                             default=str))])
              for record in records]  # fmt: skip
-    return Section("provenance", "Provenance", blocks=[
+    return Section(_sid("provenance"), "Provenance", blocks=[
         TextBlock("What produced every number: the code version, the data checksum (SHA-256 of the prepared "
                   "dataset), the weights checksum and the results versions of the components each run used."),
         TableBlock(["run", "configuration", "seed", "created (UTC)", "fairfm (git)", "data sha256", "weights",
@@ -550,9 +620,16 @@ def _short(value: Any) -> str:
 
 
 def build_evaluation_report(report: "Report", inputs: Any = None, *, source: str = "predictions",
-                            title: str = "fairfm evaluation") -> Document:  # fmt: skip
+                            title: str = "fairfm evaluation", provenance: Sequence[str] = ()) -> Document:  # fmt: skip
     """The HTML document of one ``fairfm evaluate``: the auditor's journey from predictions and demographics to one
-    file. ``inputs`` (:class:`fairfm.metrics.frames.EvaluatedInputs`, optional) adds the per-group curves."""
+    file. ``inputs`` (:class:`fairfm.metrics.frames.EvaluatedInputs`, optional) adds the per-group curves;
+    ``provenance``: lines naming what was evaluated (files and their checksums, the options)."""
+    with _document_ids():
+        return _build_evaluation_report(report, inputs, source=source, title=title, provenance=provenance)
+
+
+def _build_evaluation_report(report: "Report", inputs: Any, *, source: str, title: str,
+                             provenance: Sequence[str]) -> Document:  # fmt: skip
     from fairfm import __version__
     from fairfm.report.figures import distribution_plot, figure_data_uri, forest_plot, relative_performance_plot
 
@@ -566,7 +643,7 @@ def build_evaluation_report(report: "Report", inputs: Any = None, *, source: str
             intro.append(NoteBlock(f"{task.task}: the threshold ({task.threshold_policy}) was chosen on the evaluated "
                                    "set's own labels; thresholded metrics are optimistic. Give validation "
                                    "predictions (--val-file or --split-column) to avoid it.", kind="warning"))
-    sections.append(Section("summary", "Summary", blocks=intro))
+    sections.append(Section(_sid("summary"), "Summary", blocks=intro))
     segmentation = report.kind == "segmentation"
     for task in report.tasks.values():
         blocks: list[Any] = []
@@ -633,7 +710,7 @@ def build_evaluation_report(report: "Report", inputs: Any = None, *, source: str
                                             title=f"{_label(metric)} by {attr.name}")
                     sub_blocks.append(FigureBlock(figure_data_uri(fig), alt=f"Per-sample {_label(metric)} "
                                                                             f"distributions of each {attr.name} group."))
-            blocks.append(Section(f"task-{task.task}-{attr.name}", f"{attr.name}", blocks=sub_blocks))
+            blocks.append(Section(_sid("task", task.task, attr.name), f"{attr.name}", blocks=sub_blocks))
         figures: list[Any] = []
         if relative_rows:
             frame = pd.DataFrame(relative_rows)
@@ -646,8 +723,8 @@ def build_evaluation_report(report: "Report", inputs: Any = None, *, source: str
                                                                  "attribute with 95% intervals."))
         subsections = [b for b in blocks if isinstance(b, Section)]
         plain = [b for b in blocks if not isinstance(b, Section)]
-        sections.append(Section(f"task-{task.task}", f"Task {task.task}", blocks=plain + figures,
+        sections.append(Section(_sid("task", task.task), f"Task {task.task}", blocks=plain + figures,
                                 subsections=subsections))  # fmt: skip
     generated = f"fairfm {__version__} · generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
     return Document(title=title, subtitle=source, sections=sections, generated=generated,
-                    provenance=[f"input {source}", f"bootstrap {json.dumps(report.bootstrap, default=str)}"])
+                    provenance=[*provenance, f"bootstrap {json.dumps(report.bootstrap, default=str)}"])

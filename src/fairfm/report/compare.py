@@ -11,7 +11,6 @@ print(comparison.to_markdown())
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import pandas as pd
 
 from fairfm.errors import InputError
 from fairfm.metrics import paired as P
+from fairfm.metrics.report import BootstrapProgress
 
 #: A difference is marked significant when its Benjamini–Hochberg q-value is below this.
 SIGNIFICANCE_LEVEL = 0.05
@@ -150,7 +150,8 @@ def compare_runs(store, run_a: str, run_b: str, *, bootstrap: int = 1000, seed: 
     notes = _notes(record_a, record_b, ids)
     task_seeds = np.random.SeedSequence(int(seed)).spawn(len(aligned))
     n_attributes = len([c for c in tests["a"].columns if str(c).startswith("group_")])
-    tracker = _Progress(progress, len(aligned) * n_attributes * int(bootstrap), int(bootstrap))
+    tracker = BootstrapProgress(progress, len(aligned) * n_attributes * int(bootstrap), int(bootstrap),
+                                label="paired bootstrap")  # fmt: skip
     parts, thresholds = [], {}
     try:
         for (task, rows), task_seed in zip(aligned.items(), task_seeds):
@@ -192,21 +193,12 @@ def compare_runs(store, run_a: str, run_b: str, *, bootstrap: int = 1000, seed: 
 
 
 def resolve_run(store, text: str, label: str = "run"):
-    """The stored run named by ``text``: an id or a unique prefix of one (like git). Unknown or ambiguous →
-    :class:`InputError` listing the candidates."""
-    text = str(text).strip()
-    ids = sorted(record.run_id for record in store.list())
-    if text in ids:
+    """The stored run named by ``text``: an id or a unique prefix of one (:meth:`Store.load`); an unknown or
+    ambiguous one is an :class:`InputError` that says which argument (``label``) it was."""
+    try:
         return store.load(text)
-    matches = [run_id for run_id in ids if text and run_id.startswith(text)]
-    if len(matches) == 1:
-        return store.load(matches[0])
-    if matches:
-        shown = ", ".join(matches[:8]) + (f", … ({len(matches)} in all)" if len(matches) > 8 else "")
-        raise InputError(f"{label} {text!r} is ambiguous in {store.path}: it is a prefix of {shown}")
-    close = difflib.get_close_matches(text, ids, n=5, cutoff=0.4) or ids[:5]
-    hint = f"; did you mean: {', '.join(close)}" if close else ""
-    raise InputError(f"{label} {text!r}: no such run in {store.path} ({len(ids)} run(s)){hint}")
+    except InputError as exc:
+        raise InputError(f"{label}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -310,20 +302,16 @@ def _examples(index: pd.Index, k: int = 3) -> str:
 
 
 def _threshold(record, key: str, task: str, y: np.ndarray, scores: np.ndarray, ids: dict[str, str]) -> dict:
-    """The run's threshold for ``task``, from its stored spec's policy and its own val rows, as its report chose
-    it (``fairfm.runner.report_from_predictions``: the spec's ``threshold``, the val rows' known labels)."""
-    predictions = record.predictions
-    val = predictions[(predictions["split"].astype(str) == "val") & (predictions["task"].astype(str) == task)]
-    val = val[val["y_true"].isin([0, 1])]
-    y_val = val["y_true"].to_numpy(dtype=np.uint8) if len(val) else None
-    p_val = val["y_score"].to_numpy(dtype=np.float64) if len(val) else None
-    policy = record.spec.get("threshold", "best_f1@val")
+    """The run's threshold for ``task`` (:func:`fairfm.report.runs.run_threshold`: the value its report stored,
+    else chosen again from its own val rows by its spec's policy, as its report chose it)."""
+    from fairfm.report.runs import run_threshold
+
     try:
-        value, leaks, name = P.run_threshold(policy, y.astype(np.uint8), scores.astype(np.float64), y_val, p_val)
+        found = run_threshold(record, task, y, scores)
     except InputError as exc:
         label = "A" if key == "a" else "B"
         raise InputError(f"run {label} '{ids[key]}', task '{task}': {exc}") from None
-    return {"policy": name, "value": value, "leaks_labels": leaks}
+    return {"policy": found.policy, "value": found.value, "leaks_labels": found.leaks_labels}
 
 
 def _notes(record_a, record_b, ids: dict[str, str]) -> list[str]:
@@ -343,37 +331,6 @@ def _notes(record_a, record_b, ids: dict[str, str]) -> list[str]:
         notes.append(f"the runs are on different datasets (A: {dataset_a}, B: {dataset_b}) that share sample ids, "
                      "labels and groups; check that they really are the same samples")  # fmt: skip
     return notes
-
-
-class _Progress:
-    """A rich progress bar on stderr over every resample, a caller's callback, or nothing."""
-
-    def __init__(self, progress: bool | Callable[[], None], total: int, n_resamples: int) -> None:
-        self._bar = None
-        self._callback = progress if callable(progress) else None
-        if progress is True:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn(f"paired bootstrap ×{n_resamples} {{task.description}}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
-                                 transient=True)  # fmt: skip
-            self._task = self._bar.add_task("", total=total)
-            self._bar.start()
-
-    def describe(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, description=text)
-
-    def advance(self) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task)
-        if self._callback is not None:
-            self._callback()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def _num(value: float, digits: int = 3) -> str:

@@ -44,8 +44,6 @@ SEGMENTATION_COLUMNS = (
 )
 #: The utility and the gap of the trade-off plot, per kind of run.
 TRADEOFF = {"classification": ("auc", "auc_gap"), "segmentation": ("mean_dice", "dice_gap")}
-#: Metrics computed at a threshold: flagged when the threshold was chosen on the evaluated set's labels.
-THRESHOLDED = {"eod", "dpd", "tpr_gap", "fpr_gap", "acc_gap", "ppv_gap"}
 
 
 def run_kind(record: "RunRecord") -> str:
@@ -229,15 +227,17 @@ def cell_of(config: Configuration, task: str, attribute: str, metric: str, where
     std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
     cell = Cell(mean, std, int(finite.size), per_seed=[(s, v, lo, hi) for s, v, lo, hi, _ in found],
                 leaks_labels=any(f[4] for f in found))
-    if len(found) == 1:
-        cell.ci_low, cell.ci_high = found[0][2], found[0][3]
+    if finite.size == 1:  # one seed with a value (another may lack it): that run's interval
+        only = next(f for f in found if math.isfinite(f[1]))
+        cell.ci_low, cell.ci_high = only[2], only[3]
     return cell
 
 
 def leaderboard(configs: Sequence[Configuration], *, task: str, attribute: str) -> pd.DataFrame:
     """One row per configuration of the given kind-homogeneous list: its label, description, seeds and, per
     leaderboard metric, ``<metric>`` (mean over seeds), ``<metric>_std``, ``<metric>_low``/``_high`` (the bootstrap
-    interval when one seed ran) and ``<metric>_leaks`` (a threshold chosen on test labels)."""
+    interval when one seed has a value), ``<metric>_n`` (seeds with a value), ``<metric>_leaks`` (a threshold chosen
+    on test labels) and ``<metric>_per_seed`` ([(seed, value, ci_low, ci_high)], for display; not in CSV)."""
     if not configs:
         raise InputError("no runs to put on a leaderboard")
     kinds = {c.kind for c in configs}
@@ -259,7 +259,8 @@ def leaderboard(configs: Sequence[Configuration], *, task: str, attribute: str) 
             else:
                 present = True
             row.update({metric: cell.mean, f"{metric}_std": cell.std, f"{metric}_low": cell.ci_low,
-                        f"{metric}_high": cell.ci_high, f"{metric}_leaks": cell.leaks_labels})  # fmt: skip
+                        f"{metric}_high": cell.ci_high, f"{metric}_n": cell.n_seeds,
+                        f"{metric}_leaks": cell.leaks_labels, f"{metric}_per_seed": cell.per_seed})  # fmt: skip
         if present:
             rows.append(row)
     return pd.DataFrame(rows)

@@ -138,6 +138,10 @@ _LATEX_SPECIAL = {
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
     "–": r"\textendash{}", "—": r"\textemdash{}", "±": r"$\pm$", "×": r"$\times$", "≤": r"$\leq$",
     "≥": r"$\geq$", "·": r"$\cdot$", "Δ": r"$\Delta$", "<": r"\textless{}", ">": r"\textgreater{}",
+    "−": r"$-$", "→": r"$\rightarrow$", "←": r"$\leftarrow$", "≈": r"$\approx$", "≠": r"$\neq$", "…": r"\ldots{}",
+    "✱": r"$\ast$", "⚠": r"(!)", "†": r"\dag{}", "‡": r"\ddag{}", "“": "``", "”": "''", "‘": "`", "’": "'",
+    "°": r"$^\circ$", "µ": r"$\mu$", "α": r"$\alpha$", "β": r"$\beta$", "π": r"$\pi$", "σ": r"$\sigma$",
+    "²": r"$^2$", "√": r"$\surd$", "∞": r"$\infty$", "↕": r"$\updownarrow$",
 }  # fmt: skip
 _LATEX_PATTERN = re.compile("|".join(re.escape(ch) for ch in _LATEX_SPECIAL))
 _LATEX_HEADINGS = ("section", "subsection", "subsubsection", "paragraph", "subparagraph")

@@ -43,7 +43,8 @@ def write_report(built: "StoreReport | Document", out: Path | None, fmt: str) ->
         if not isinstance(built, StoreReport):
             raise InputError("--format csv writes leaderboards of stored runs; use 'fairfm evaluate --format csv' "
                              "for one evaluation's MetricTable")  # fmt: skip
-        text = built.leaderboards.to_csv(index=False)
+        boards = built.leaderboards
+        text = boards.drop(columns=[c for c in boards.columns if str(c).endswith("_per_seed")]).to_csv(index=False)
     elif fmt == "html" and out is None:
         raise InputError("an HTML report needs --out FILE")
     else:

@@ -268,7 +268,8 @@ class Store:
         if len(matches) == 1:
             return self._read(matches[0])
         if len(matches) > 1:
-            raise InputError(f"run id {run_id!r} is ambiguous in {self.path}: matches {', '.join(sorted(matches)[:5])}")
+            shown = ", ".join(sorted(matches)[:5]) + (f", … ({len(matches)} in all)" if len(matches) > 5 else "")
+            raise InputError(f"run id {run_id!r} is ambiguous in {self.path}: matches {shown}")
         count = len(self._run_dirs())
         raise InputError(f"no run {run_id!r} in {self.path} ({count} run(s); see 'fairfm runs list')")
 
