@@ -113,6 +113,20 @@ class Page:
         return Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB")
 
 
+    def decoded_images(self) -> list[Image.Image]:
+        """Every ``<img>`` of the page as the browser decoded it (drawn onto a canvas at its natural size): what
+        each figure shows, without scrolling to it — much faster than an element screenshot per image."""
+        script = """
+            return Array.from(document.images).map(img => {
+                const canvas = document.createElement('canvas');
+                canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+                canvas.getContext('2d').drawImage(img, 0, 0);
+                return canvas.toDataURL('image/png');
+            });"""
+        return [Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
+                for uri in self.run(script)]  # fmt: skip
+
+
 class Browser:
     def __init__(self, driver) -> None:
         self.driver = driver
@@ -162,7 +176,8 @@ def image_is_blank(img: Image.Image, *, tolerance: int = 12, min_fraction: float
     pixels = np.asarray(img.convert("RGB"), dtype=np.int16).reshape(-1, 3)
     if pixels.shape[0] == 0:
         return True
-    colours, counts = np.unique(pixels, axis=0, return_counts=True)
-    dominant = colours[np.argmax(counts)]
+    packed = (pixels[:, 0].astype(np.int32) << 16) | (pixels[:, 1].astype(np.int32) << 8) | pixels[:, 2]
+    mode = int(np.argmax(np.bincount(packed)))  # the most common colour, from one pass over packed RGB
+    dominant = np.array([mode >> 16, (mode >> 8) & 255, mode & 255], dtype=np.int16)
     differing = np.any(np.abs(pixels - dominant) > tolerance, axis=1)
     return float(differing.mean()) < min_fraction
