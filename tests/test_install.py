@@ -23,7 +23,7 @@ PACKAGE = ROOT / "src" / "fairfm"
 #: Import name → distribution name, where they differ.
 DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "open_clip": "open_clip_torch",
                 "segment_anything": "segment-anything", "pydantic_core": "pydantic",
-                "umap": "umap-learn"}  # fmt: skip
+                "umap": "umap-learn", "ot": "pot"}  # fmt: skip
 
 #: The extras a module may import from (besides the core dependencies), by path prefix in src/fairfm; first match
 #: wins, anything unlisted is core (metrics, evaluate, errors, tables, report, …).
@@ -57,6 +57,8 @@ MODULE_EXTRAS = [
     ("report/markdown.py", set()),
     ("report/", {"report", "results"}),
     ("analysis/", {"report", "results", "data"}),  # scikit-learn, umap-learn, matplotlib; reads the store
+    ("cli/fl.py", {"federated", "models", "data", "results"}),
+    ("federated/", {"federated", "models", "data", "results"}),
 ]
 
 

@@ -76,6 +76,7 @@ EXTRA_OF_MODULE = {
     **dict.fromkeys(("duckdb", "pydantic", "pydantic_core", "yaml"), "results"),
     "ray": "sweep",
     **dict.fromkeys(("matplotlib", "jinja2", "umap"), "report"),
+    **dict.fromkeys(("flwr", "ot"), "federated"),
 }  # fmt: skip
 
 
