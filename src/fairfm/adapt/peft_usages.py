@@ -449,6 +449,7 @@ def finetune(
     predict_splits: Sequence[str] = ("val", "test"),
     column: str = "path",
     modality: str | None = None,
+    build_model: ModelBuilder | None = None,
     **hooks: Any,
 ) -> FinetuneOutput:
     """Fine-tune ``encoder`` for ``usage``: train on the ``train`` rows, select on ``val``, predict splits.
@@ -467,6 +468,7 @@ def finetune(
         out.save(heads_path)            # optional
         return UsageOutput({"val": out.probabilities["val"], "test": out.probabilities["test"]}, out.meta)
 
+    ``build_model``: the usage's own model (:data:`ModelBuilder`; default :func:`image_model`).
     ``table`` needs a ``split`` column with train / val (and the ``predict_splits``) rows;
     ``probabilities[s]`` follows the order of ``table[table.split == s]``. ``group_column`` gives the loop
     group codes (for a ``loss_wrapper``); ``hooks`` go to :func:`fairfm.adapt.train.fit` (sampler,
@@ -523,22 +525,38 @@ def finetune(
     with seeded(derive_seed(seed, "finetune")):
         return _finetune_seeded(usage, hparams, encoder, tasks, part, seed=seed, device=device,
                                 progress=progress, predict_splits=predict_splits, volumes=volumes,
-                                randaugment=randaugment, hooks=hooks)  # fmt: skip
+                                randaugment=randaugment, hooks=hooks, build_model=build_model)  # fmt: skip
+
+
+#: ``(usage, encoder, hparams, tasks, seed) -> (model, trainable parameter names, meta)``: the trainable model of an
+#: image-loop usage (:func:`image_model` for the PEFT usages; a usage with a model of its own, e.g. prompt learning,
+#: passes its builder to :func:`finetune`).
+ModelBuilder = Callable[[str, "Encoder", "TrainHParams", Sequence[str], int], tuple[Any, list[str], dict[str, Any]]]
+
+
+def image_model(usage: str, encoder: "Encoder", hparams: "TrainHParams", tasks: Sequence[str],
+                seed: int) -> tuple[Any, list[str], dict[str, Any]]:  # fmt: skip
+    """The classifier a PEFT usage trains: the encoder prepared for ``usage`` (:func:`apply_usage`) with a linear
+    head over its embedding, the names of its trainable parameters, and what to record."""
+    from fairfm.adapt.train import make_classifier
+
+    names, meta = apply_usage(usage, encoder, hparams)
+    # Encoder.encode_image runs under inference_mode; training needs the same forward with autograd, which
+    # is the encoder's image function itself.
+    model = make_classifier(encoder.module, encoder.image_features, encoder.embed_dim, len(tasks), seed=seed)
+    return model, [f"backbone.{n}" for n in names] + ["head.weight", "head.bias"], meta
 
 
 def _finetune_seeded(usage: str, hparams: "TrainHParams", encoder: "Encoder", tasks: Sequence[str],
                      part: Callable[[str, bool], Any], *, seed: int, device: str,
                      progress: bool, predict_splits: Sequence[str], volumes: dict[str, Any],
-                     randaugment: str | None, hooks: dict[str, Any]) -> FinetuneOutput:  # fmt: skip
-    from fairfm.adapt.train import LAYER_IDS_ATTRIBUTE, fit, load_state, make_classifier, predict
+                     randaugment: str | None, hooks: dict[str, Any],
+                     build_model: ModelBuilder | None = None) -> FinetuneOutput:  # fmt: skip
+    from fairfm.adapt.train import LAYER_IDS_ATTRIBUTE, fit, load_state, predict
     from fairfm.adapt.volumes import volume_model
 
     train, val = part("train", True), part("val", False)
-    names, meta = apply_usage(usage, encoder, hparams)
-    # Encoder.encode_image runs under inference_mode; training needs the same forward with autograd, which
-    # is the encoder's image function itself.
-    model = make_classifier(encoder.module, encoder.image_features, encoder.embed_dim, len(tasks), seed=seed)
-    trainable = [f"backbone.{n}" for n in names] + ["head.weight", "head.bias"]
+    model, trainable, meta = (build_model or image_model)(usage, encoder, hparams, tasks, seed)
     if volumes:  # slice max-pooling, or a trainable Conv2d projector with logits averaged over OCT chunks
         model, projector_names, meta["volumes"] = volume_model(model, encoder.preprocess, volumes, seed)
         trainable += projector_names
