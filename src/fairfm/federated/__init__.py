@@ -15,8 +15,8 @@ from fairfm.federated.partition import ClientPartition, assign_clients
 
 _STRATEGY_NAMES = ("STRATEGIES", "FederatedStrategy", "list_strategies", "make_strategy", "register_strategy")
 
-__all__ = ["ClientPartition", "assign_clients", "fair_lora_average", "half_shared", "sample_clients", "server_ema",
-           "weighted_average", *_STRATEGY_NAMES]
+__all__ = ["ClientPartition", "assign_clients", "fair_lora_average", "half_shared", "sample_clients",
+           "server_ema", "weighted_average", *_STRATEGY_NAMES]
 
 
 def __getattr__(name: str):

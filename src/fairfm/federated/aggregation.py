@@ -1,13 +1,13 @@
 """Server-side aggregation math of the federated strategies: pure numpy (no flwr, no torch).
 
 A *state* is ``dict[str, np.ndarray]`` named as in the model's state dict. Floating tensors come back float32
-(the sums run in float64 so the order of clients does not change the result beyond float32 rounding); an integer
-tensor (BatchNorm's ``num_batches_tracked``) comes back rounded to its own dtype.
+(the sums run in float64 so the order of clients does not change the result beyond float32 rounding); an
+integer tensor (BatchNorm's ``num_batches_tracked``) comes back rounded to its own dtype.
 
 FairLoRA (reference/FEDERATED.md §3): every tensor is averaged with the clients' sample counts n_k, except the
-per-group singular values S (G×r, names ending in ``lora_S``), whose row g is averaged with the clients' counts
-n_{k,g} of group g; optional half-shared S; then the server EMA β_t = β_max·t/T. Client sampling follows
-FairFedMed: round 1 trains every client, later rounds m = max(⌊fraction·K⌋, 1) of them.
+per-group singular values S (G×r, names ending in ``lora_S``), whose row g is averaged with the clients'
+counts n_{k,g} of group g; optional half-shared S; then the server EMA β_t = β_max·t/T. Client sampling
+follows FairFedMed: round 1 trains every client, later rounds m = max(⌊fraction·K⌋, 1) of them.
 """
 
 from __future__ import annotations
@@ -81,18 +81,18 @@ def fair_lora_average(
     """FairLoRA's aggregation (reference/FEDERATED.md §3, steps 1–2).
 
     Tensors whose name ends with ``s_suffix`` (shape G×r, one row per group in the run's group order) are
-    averaged row by row: S̄_g = Σ_k (n_{k,g} / Σ_j n_{j,g})·S_{k,g}, so a client without group-g data does not move
-    row g. A row no client has data for is undefined (the reference divides by zero): it keeps
-    ``previous[name][g]``, or with no previous state the unweighted mean of the clients' rows (they all started
-    from the same global row, so that is the global row unless a client moved it). Every other tensor is averaged
-    with the clients' sizes n_k. ``group_counts``: (K, G) counts n_{k,g}.
+    averaged row by row: S̄_g = Σ_k (n_{k,g} / Σ_j n_{j,g})·S_{k,g}, so a client without group-g data does not
+    move row g. A row no client has data for is undefined (the reference divides by zero): it keeps
+    ``previous[name][g]``, or with no previous state the unweighted mean of the clients' rows (they all
+    started from the same global row, so that is the global row unless a client moved it). Every other tensor
+    is averaged with the clients' sizes n_k. ``group_counts``: (K, G) counts n_{k,g}.
     """
     names = _check_states(states)
     out = weighted_average(states, sizes)
     counts = np.asarray(group_counts, dtype=np.float64)
     if counts.ndim != 2 or counts.shape[0] != len(states):
-        raise InputError(f"group_counts: expected one row of per-group counts per client ({len(states)} rows), "
-                         f"got shape {counts.shape}")  # fmt: skip
+        raise InputError(f"group_counts: expected one row of per-group counts per client ({len(states)} "
+                         f"rows), got shape {counts.shape}")  # fmt: skip
     if not np.all(np.isfinite(counts)) or (counts < 0).any():
         raise InputError(f"group_counts: counts must be finite and ≥ 0, got {counts.tolist()}")
     totals = counts.sum(axis=0)
@@ -101,8 +101,8 @@ def fair_lora_average(
             continue
         shape = np.shape(states[0][name])
         if len(shape) != 2 or shape[0] != counts.shape[1]:
-            raise InputError(f"tensor {name!r}: shape {shape} is not (groups × rank) with the {counts.shape[1]} "
-                             "groups of group-counts")  # fmt: skip
+            raise InputError(f"tensor {name!r}: shape {shape} is not (groups × rank) with the "
+                             f"{counts.shape[1]} groups of group-counts")  # fmt: skip
         stacked = np.stack([np.asarray(state[name], dtype=np.float64) for state in states])  # (K, G, r)
         with np.errstate(invalid="ignore", divide="ignore"):
             row_weights = np.where(totals > 0, counts / np.where(totals > 0, totals, 1.0), 0.0)  # (K, G)
@@ -112,8 +112,8 @@ def fair_lora_average(
             if previous is not None and name in previous:
                 before = np.asarray(previous[name], dtype=np.float64)
                 if before.shape != shape:
-                    raise InputError(f"tensor {name!r}: previous global shape {before.shape} differs from the "
-                                     f"clients' {shape}")  # fmt: skip
+                    raise InputError(f"tensor {name!r}: previous global shape {before.shape} differs from "
+                                     f"the clients' {shape}")  # fmt: skip
                 merged[empty] = before[empty]
             else:
                 merged[empty] = stacked[:, empty].mean(axis=0)

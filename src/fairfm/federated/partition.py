@@ -1,15 +1,17 @@
 """Which client (hospital) holds each row of a prepared dataset.
 
-Three ways: ``site`` — the table's own ``site`` column (FairFedMed-Oph's three sites, FairFedMed-Chest's CheXpert
-and MIMIC-CXR clients); ``dirichlet_label`` / ``dirichlet_group`` — the usual non-IID recipe (Hsu, Qi, Brown 2019,
-arXiv 1909.06335) for a dataset without sites: for each value of the task's label (or each group of an attribute)
-the share of each client is drawn from Dir(α·1_K); small α gives skewed clients, large α near-IID ones.
+Three ways: ``site`` — the table's own ``site`` column (FairFedMed-Oph's three sites, FairFedMed-Chest's
+CheXpert and MIMIC-CXR clients); ``dirichlet_label`` / ``dirichlet_group`` — the usual non-IID recipe (Hsu,
+Qi, Brown 2019, arXiv 1909.06335) for a dataset without sites: for each value of the task's label (or each
+group of an attribute) the share of each client is drawn from Dir(α·1_K); small α gives skewed clients, large
+α near-IID ones.
 
-Rows are assigned **by patient**: all rows of one ``patient_id`` go to one client, since a patient is never split
-across hospitals. The table's ``split`` column is kept (splits were made by patient already); the same drawn
-shares are applied within each split, so a client's validation and test sets look like its training set. Every
-client must get train, val and test rows of both classes; a draw that fails this is redrawn (a bounded number of
-times, with seeds derived from ``seed``, so the result stays deterministic) before the call gives up.
+Rows are assigned **by patient**: all rows of one ``patient_id`` go to one client, since a patient is never
+split across hospitals. The table's ``split`` column is kept (splits were made by patient already); the same
+drawn shares are applied within each split, so a client's validation and test sets look like its training set.
+Every client must get train, val and test rows of both classes; a draw that fails this is redrawn (a bounded
+number of times, with seeds derived from ``seed``, so the result stays deterministic) before the call gives
+up.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ MAX_DRAWS = 50
 @dataclass
 class ClientPartition:
     """``clients``: client names, in client-index order; ``assignment``: the client index of each table row;
-    ``description``: what to record in the run (how it was made and counts per client × split × label/group)."""
+    ``description``: what to record in the run (how it was made and counts per client × split ×
+    label/group)."""
 
     clients: list[str]
     assignment: np.ndarray
@@ -61,7 +64,8 @@ def _resolve_task(table: pd.DataFrame, task: str | None) -> str:
 def _group_column(table: pd.DataFrame, attribute: str | None) -> str:
     groups = [c.removeprefix("group_") for c in table.columns if c.startswith("group_")]
     if attribute is None:
-        raise InputError(f"partition by dirichlet_group needs an attribute (one of {', '.join(groups) or 'none'})")
+        known = ", ".join(groups) or "none"
+        raise InputError(f"partition by dirichlet_group needs an attribute (one of {known})")
     if f"group_{attribute}" not in table.columns:
         raise InputError(f"partition: attribute {attribute!r} has no column 'group_{attribute}'; the table's "
                          f"attributes: {', '.join(groups) or 'none'}")  # fmt: skip
@@ -76,11 +80,13 @@ def _check_table(table: pd.DataFrame) -> None:
     bad = ~table["split"].isin(SPLITS)
     if bad.any():
         rows = np.flatnonzero(bad.to_numpy())[:5].tolist()
-        raise InputError(f"partition: column 'split' has values other than {', '.join(SPLITS)} in rows {rows}")
+        raise InputError(f"partition: column 'split' has values other than {', '.join(SPLITS)} in rows "
+                         f"{rows}")  # fmt: skip
 
 
 def _counts(table: pd.DataFrame, assignment: np.ndarray, clients: list[str], column: str | None) -> dict:
-    """{client: {split: {value: rows}}} (values as strings; NaN as 'unknown'); without a column, rows per split."""
+    """{client: {split: {value: rows}}} (values as strings; NaN as 'unknown'); without a column, rows per
+    split."""
     out: dict[str, dict[str, Any]] = {}
     split = table["split"].to_numpy()
     values = None
@@ -107,8 +113,8 @@ def _counts(table: pd.DataFrame, assignment: np.ndarray, clients: list[str], col
 
 def _missing_cells(table: pd.DataFrame, assignment: np.ndarray, clients: list[str], task: str,
                    min_per_client: int) -> list[str]:  # fmt: skip
-    """'client/split/class' cells with fewer than ``min_per_client`` rows (and clients with no rows at all, which
-    no ``min_per_client`` allows)."""
+    """'client/split/class' cells with fewer than ``min_per_client`` rows (and clients with no rows at all,
+    which no ``min_per_client`` allows)."""
     y = pd.to_numeric(table[f"label_{task}"], errors="coerce").to_numpy()
     split = table["split"].to_numpy()
     missing = []
@@ -123,23 +129,26 @@ def _missing_cells(table: pd.DataFrame, assignment: np.ndarray, clients: list[st
 
 
 def _patient_strata(table: pd.DataFrame, column: str) -> pd.DataFrame:
-    """One row per patient: its split and its stratum (the most frequent value of ``column`` among its rows; ties
-    broken by the sorted value, unknown values only when the patient has nothing else)."""
+    """One row per patient: its split and its stratum (the most frequent value of ``column`` among its rows;
+    ties broken by the sorted value, unknown values only when the patient has nothing else)."""
     values = table[column]
     if column.startswith("label_"):
-        values = pd.to_numeric(values, errors="coerce").map(lambda v: "unknown" if pd.isna(v) else str(int(v)))
+        numbers = pd.to_numeric(values, errors="coerce")
+        values = numbers.map(lambda v: "unknown" if pd.isna(v) else str(int(v)))
     else:
         values = values.astype(object).where(values.notna(), "unknown").astype(str)
-    frame = pd.DataFrame({"patient": table["patient_id"].astype(str).to_numpy(), "split": table["split"].to_numpy(),
-                          "value": values.to_numpy()})  # fmt: skip
+    frame = pd.DataFrame({"patient": table["patient_id"].astype(str).to_numpy(),
+                          "split": table["split"].to_numpy(), "value": values.to_numpy()})  # fmt: skip
     splits = frame.groupby("patient", sort=True)["split"].nunique()
     if (splits > 1).any():
         patient = splits.index[np.argmax(splits.to_numpy() > 1)]
-        raise InputError(f"partition: patient {patient!r} has rows in more than one split; the table's split must "
-                         "be by patient")  # fmt: skip
+        raise InputError(f"partition: patient {patient!r} has rows in more than one split; the table's split "
+                         "must be by patient")  # fmt: skip
     known = frame.assign(known=frame["value"] != "unknown")
-    counted = known.groupby(["patient", "value"], sort=True).agg(n=("value", "size"), known=("known", "first"))
-    counted = counted.reset_index().sort_values(["patient", "known", "n", "value"], ascending=[True, False, False, True])
+    counted = known.groupby(["patient", "value"], sort=True).agg(n=("value", "size"),
+                                                                 known=("known", "first"))  # fmt: skip
+    counted = counted.reset_index().sort_values(["patient", "known", "n", "value"],
+                                                ascending=[True, False, False, True])  # fmt: skip
     first = counted.drop_duplicates("patient").set_index("patient")["value"]
     out = frame.drop_duplicates("patient").set_index("patient")[["split"]]
     out["stratum"] = first
@@ -148,8 +157,8 @@ def _patient_strata(table: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def _dirichlet_draw(patients: pd.DataFrame, n_clients: int, alpha: float, seed: int) -> pd.Series:
-    """Client index per patient: per stratum, shares p ~ Dir(α·1_K); within each split the stratum's patients, in
-    a seeded random order, are cut where their cumulative row count crosses the cumulative shares."""
+    """Client index per patient: per stratum, shares p ~ Dir(α·1_K); within each split the stratum's patients,
+    in a seeded random order, are cut where their cumulative row count crosses the cumulative shares."""
     rng = np.random.default_rng(seed)
     client = pd.Series(-1, index=patients.index, dtype=np.int64)
     for stratum in sorted(patients["stratum"].unique()):
@@ -181,10 +190,11 @@ def assign_clients(
 ) -> ClientPartition:
     """Assign every row of a prepared SampleTable to a client (see the module docstring).
 
-    ``by="site"`` uses the ``site`` column (clients = sorted site names; ``n_clients``, when given, must match).
-    ``by="dirichlet_label"`` draws client shares per value of ``label_<task>``; ``by="dirichlet_group"`` per
-    group of ``group_<attribute>`` (``n_clients`` ≥ 2 and ``alpha`` > 0 needed). ``task`` (default: the table's
-    only task) is the label every client needs ``min_per_client`` rows of each class of, in each split.
+    ``by="site"`` uses the ``site`` column (clients = sorted site names; ``n_clients``, when given, must
+    match). ``by="dirichlet_label"`` draws client shares per value of ``label_<task>``;
+    ``by="dirichlet_group"`` per group of ``group_<attribute>`` (``n_clients`` ≥ 2 and ``alpha`` > 0 needed).
+    ``task`` (default: the table's only task) is the label every client needs ``min_per_client`` rows of each
+    class of, in each split.
     """
     if by not in BY:
         raise InputError(f"partition by {by!r}: expected one of {', '.join(BY)}")
@@ -194,7 +204,8 @@ def assign_clients(
     if by == "site":
         return _by_site(table, n_clients=n_clients, task=task, min_per_client=int(min_per_client))
     if n_clients is None or int(n_clients) < 2:
-        raise InputError(f"partition by {by}: n_clients {n_clients}: a Dirichlet partition needs at least 2 clients")
+        raise InputError(f"partition by {by}: n_clients {n_clients}: a Dirichlet partition needs at least 2 "
+                         "clients")  # fmt: skip
     if not (np.isfinite(alpha) and alpha > 0):
         raise InputError(f"partition by {by}: alpha {alpha}: expected a positive number")
     n_clients = int(n_clients)
@@ -222,13 +233,14 @@ def assign_clients(
                 description["group_counts"] = _counts(table, assignment, clients, column)
             return ClientPartition(clients, assignment, description)
     shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-    raise InputError(f"partition by {by} (alpha {alpha:g}, {n_clients} clients, seed {seed}): in {MAX_DRAWS} draws "
-                     f"no partition gave every client at least {min_per_client} row(s) of both classes of "
-                     f"{task!r} in train, val and test (last draw lacks {shown}); use a larger alpha or fewer "
-                     "clients")  # fmt: skip
+    raise InputError(f"partition by {by} (alpha {alpha:g}, {n_clients} clients, seed {seed}): in {MAX_DRAWS} "
+                     f"draws no partition gave every client at least {min_per_client} row(s) of both classes "
+                     f"of {task!r} in train, val and test (last draw lacks {shown}); use a larger alpha or "
+                     "fewer clients")  # fmt: skip
 
 
-def _by_site(table: pd.DataFrame, *, n_clients: int | None, task: str | None, min_per_client: int) -> ClientPartition:
+def _by_site(table: pd.DataFrame, *, n_clients: int | None, task: str | None,
+             min_per_client: int) -> ClientPartition:  # fmt: skip
     if "site" not in table.columns:
         raise InputError(f"partition by site: the table has no 'site' column; its columns: "
                          f"{', '.join(map(str, table.columns))} (use by=dirichlet_label or dirichlet_group)")
@@ -237,13 +249,14 @@ def _by_site(table: pd.DataFrame, *, n_clients: int | None, task: str | None, mi
     blank = (text == "") | text.str.lower().isin(["unknown", "nan", "none"])
     if blank.any():
         rows = np.flatnonzero(blank.to_numpy())
-        raise InputError(f"partition by site: column 'site' is blank or unknown in {rows.size} row(s), e.g. rows "
-                         f"{rows[:5].tolist()}; every row needs its site")  # fmt: skip
+        raise InputError(f"partition by site: column 'site' is blank or unknown in {rows.size} row(s), e.g. "
+                         f"rows {rows[:5].tolist()}; every row needs its site")  # fmt: skip
     clients = sorted(text.unique().tolist())
     if n_clients is not None and int(n_clients) != len(clients):
-        raise InputError(f"partition by site: n_clients {n_clients} differs from the table's {len(clients)} sites "
-                         f"({', '.join(clients)})")  # fmt: skip
-    per_patient = pd.DataFrame({"patient": table["patient_id"].astype(str), "site": text}).groupby("patient")["site"]
+        raise InputError(f"partition by site: n_clients {n_clients} differs from the table's {len(clients)} "
+                         f"sites ({', '.join(clients)})")  # fmt: skip
+    patients = pd.DataFrame({"patient": table["patient_id"].astype(str), "site": text})
+    per_patient = patients.groupby("patient")["site"]
     spread = per_patient.nunique()
     if (spread > 1).any():
         patient = spread.index[np.argmax(spread.to_numpy() > 1)]
@@ -256,9 +269,9 @@ def _by_site(table: pd.DataFrame, *, n_clients: int | None, task: str | None, mi
     if resolved is not None and min_per_client > 0:
         missing = _missing_cells(table, assignment, clients, resolved, min_per_client)
         if missing:
-            raise InputError(f"partition by site: site/split/class cells with fewer than {min_per_client} row(s) of "
-                             f"{resolved!r}: {', '.join(missing[:6])}; every client needs train, val and test rows "
-                             "of both classes")  # fmt: skip
+            raise InputError(f"partition by site: site/split/class cells with fewer than {min_per_client} "
+                             f"row(s) of {resolved!r}: {', '.join(missing[:6])}; every client needs train, "
+                             "val and test rows of both classes")  # fmt: skip
     description = {"by": "site", "alpha": None, "seed": None, "n_clients": len(clients), "task": resolved,
                    "counts": _counts(table, assignment, clients, f"label_{resolved}" if resolved else None)}
     return ClientPartition(clients, assignment, description)

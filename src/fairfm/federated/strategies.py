@@ -1,7 +1,7 @@
 """The federated strategies, as Flower strategies (``flwr.serverapp.strategy``, Message API).
 
-Each one subclasses Flower's ``FedAvg`` and overrides ``configure_train`` (FairFedMed's client sampling, seeded:
-:func:`fairfm.federated.aggregation.sample_clients`) and ``aggregate_train`` (the pure functions of
+Each one subclasses Flower's ``FedAvg`` and overrides ``configure_train`` (FairFedMed's client sampling,
+seeded: :func:`fairfm.federated.aggregation.sample_clients`) and ``aggregate_train`` (the pure functions of
 :mod:`fairfm.federated.aggregation`). The math lives there; here only records are unpacked and packed.
 
 Contract with the ClientApp (binding):
@@ -9,16 +9,16 @@ Contract with the ClientApp (binding):
 - The server sends ``RecordDict({"arrays": ArrayRecord, "config": ConfigRecord})``. ``arrays`` is the global
   state; ``config`` carries ``"server-round"`` (the federated round, from 1, continued across a resume),
   ``"local-epochs"`` (int), ``"proximal-mu"`` (float; FedProx's μ, 0.0 for every other strategy) and
-  ``"local-patterns"`` (comma-separated substrings: a tensor whose name contains one stays on the client and is
-  never sent — ``"local_ctx"`` for FedOTP's local prompts, ``"*"`` for local-only training: nothing is shared;
-  ``""`` shares every trainable tensor). These four keys belong to the strategy: it overwrites them in the
-  ``train_config`` given to ``start``; any other key of that config is passed through.
-- The client replies ``RecordDict({"arrays": ArrayRecord (the shared trainable tensors only; empty when nothing
-  is shared), "metrics": MetricRecord({"num-examples": int, "group-counts": [int] * G, "train-loss": float,
-  "partition-id": int, ...})})``. ``num-examples`` (n_k) weights the average; ``group-counts`` (n_{k,g}, in the
-  run's sorted group order) weights FairLoRA's S rows and is required by ``fair_lora`` only; ``partition-id`` (the
-  node's ``node_config["partition-id"]``) lets the server map client indices to nodes (below). All values plain
-  Python ``int``/``float`` (a MetricRecord refuses numpy scalars).
+  ``"local-patterns"`` (comma-separated substrings: a tensor whose name contains one stays on the client and
+  is never sent — ``"local_ctx"`` for FedOTP's local prompts, ``"*"`` for local-only training: nothing is
+  shared; ``""`` shares every trainable tensor). These four keys belong to the strategy: it overwrites them in
+  the ``train_config`` given to ``start``; any other key of that config is passed through.
+- The client replies ``RecordDict({"arrays": ArrayRecord (the shared trainable tensors only; empty when
+  nothing is shared), "metrics": MetricRecord({"num-examples": int, "group-counts": [int] * G, "train-loss":
+  float, "partition-id": int, ...})})``. ``num-examples`` (n_k) weights the average; ``group-counts``
+  (n_{k,g}, in the run's sorted group order) weights FairLoRA's S rows and is required by ``fair_lora`` only;
+  ``partition-id`` (the node's ``node_config["partition-id"]``) lets the server map client indices to nodes
+  (below). All values plain Python ``int``/``float`` (a MetricRecord refuses numpy scalars).
 - Tensors a client sends although they match a local pattern are dropped with a warning, never averaged. A
   tensor of the global state no client sends (frozen weights, local tensors) is returned unchanged.
 
@@ -29,9 +29,9 @@ sorted order. ``client_nodes`` can be set by the runner to fix the mapping itsel
 
 Evaluation: Flower's federated evaluation is kept, on every client every round (``fraction_evaluate`` 1, as
 FairFedMed evaluates every client every round with the global model), unless ``evaluate=False``. Per-client
-train and evaluate metrics are kept in ``strategy.client_metrics`` (round → phase → partition-id → metrics), and
-the aggregated MetricRecord (:func:`aggregate_client_metrics`) sums ``num-examples`` and ``group-counts`` and
-averages every other metric weighted by ``num-examples``.
+train and evaluate metrics are kept in ``strategy.client_metrics`` (round → phase → partition-id → metrics),
+and the aggregated MetricRecord (:func:`aggregate_client_metrics`) sums ``num-examples`` and ``group-counts``
+and averages every other metric weighted by ``num-examples``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,13 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes, validate_messag
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fairfm.errors import InputError
-from fairfm.federated.aggregation import fair_lora_average, half_shared, sample_clients, server_ema, weighted_average
+from fairfm.federated.aggregation import (
+    fair_lora_average,
+    half_shared,
+    sample_clients,
+    server_ema,
+    weighted_average,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +78,8 @@ class FedProxParams(StrategyParams):
 
 
 class EmaParams(StrategyParams):
-    ema: bool = Field(True, description="server EMA θ = (1 − β)·θ̄ + β·θ_prev, β = beta_max·t/T (as the reference)")
+    ema: bool = Field(True, description="server EMA θ = (1 − β)·θ̄ + β·θ_prev, β = beta_max·t/T "
+                      "(as the reference)")  # fmt: skip
     beta_max: float = Field(0.999, ge=0, lt=1, description="β at the last round's limit")
 
 
@@ -91,7 +98,8 @@ def arrays_to_state(arrays: ArrayRecord | None) -> dict[str, np.ndarray]:
 
 
 def state_to_arrays(state: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """``{name: ndarray}`` as an ArrayRecord (it refuses a plain dict of ndarrays: each becomes an ``Array``)."""
+    """``{name: ndarray}`` as an ArrayRecord (it refuses a plain dict of ndarrays: each becomes an
+    ``Array``)."""
     return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in state.items()})
 
 
@@ -101,18 +109,9 @@ def parse_patterns(patterns: str) -> tuple[str, ...]:
 
 
 def is_local(name: str, patterns: Iterable[str]) -> bool:
-    """Whether tensor ``name`` stays on the client: ``"*"`` matches every name, any other pattern a substring."""
+    """Whether tensor ``name`` stays on the client: ``"*"`` matches every name, any other pattern a
+    substring."""
     return any(p == "*" or p in name for p in patterns)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    return float(value)
 
 
 def aggregate_client_metrics(records: list[RecordDict], weighted_by_key: str = WEIGHT_KEY) -> MetricRecord:
@@ -120,16 +119,18 @@ def aggregate_client_metrics(records: list[RecordDict], weighted_by_key: str = W
     every other metric (scalar or list, element-wise) averaged weighted by ``num-examples``; ``clients`` = the
     number of replies. (Flower's default would average the counts and drop ``num-examples``.)"""
     metrics = [next(iter(r.metric_records.values())) for r in records]
-    weights = np.array([float(m[weighted_by_key]) for m in metrics], dtype=np.float64)
+    raw = [m[weighted_by_key] for m in metrics]
+    weights = np.array([float(v) for v in raw], dtype=np.float64)
     w = weights / weights.sum() if weights.sum() > 0 else np.full(len(metrics), 1 / max(len(metrics), 1))
-    out: dict[str, Any] = {"clients": len(metrics), weighted_by_key: _plain(weights.sum())}
+    total = sum(raw) if all(isinstance(v, int) for v in raw) else float(weights.sum())
+    out: dict[str, Any] = {"clients": len(metrics), weighted_by_key: total}
     keys = [k for k in metrics[0].keys() if k not in (weighted_by_key, PARTITION_KEY)] if metrics else []
     for key in keys:
         values = [m[key] for m in metrics if key in m]
         if len(values) != len(metrics):
             continue  # a metric only some clients report has no round value
         if key == GROUP_COUNTS_KEY:
-            out[key] = _plain(np.sum(np.asarray(values, dtype=np.int64), axis=0).tolist())
+            out[key] = [int(v) for v in np.sum(np.asarray(values, dtype=np.int64), axis=0)]
         elif isinstance(values[0], list):
             out[key] = [float(v) for v in np.einsum("k,kj->j", w, np.asarray(values, dtype=np.float64))]
         else:
@@ -140,7 +141,7 @@ def aggregate_client_metrics(records: list[RecordDict], weighted_by_key: str = W
 # ------------------------------------------------------------------------------------------------ base class
 
 class FederatedStrategy(FedAvg):
-    """FedAvg with fairfm's seeded client sampling, local patterns, per-client metrics and (optional) server EMA.
+    """FedAvg with fairfm's seeded client sampling, local patterns, per-client metrics and the server EMA.
 
     Subclasses set ``local_patterns`` and override :meth:`aggregate_states`."""
 
@@ -209,16 +210,18 @@ class FederatedStrategy(FedAvg):
 
     def plan_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                    grid: Any) -> tuple[RecordDict, list[int]]:  # fmt: skip
-        """The record every selected node receives and the selected node ids (what ``configure_train`` sends)."""
+        """The record every selected node receives and the selected node ids (what ``configure_train``
+        sends)."""
         self._previous = arrays_to_state(arrays)
         federated_round = self.federated_round(server_round)
         _, nodes = sample_nodes(grid, self.n_clients, self.n_clients)  # waits until every client is connected
         nodes = list(nodes)
         if len(nodes) != self.n_clients:
-            raise InputError(f"the federation has {len(nodes)} connected nodes, the run expects {self.n_clients} "
-                             "clients")  # fmt: skip
+            raise InputError(f"the federation has {len(nodes)} connected nodes, the run expects "
+                             f"{self.n_clients} clients")  # fmt: skip
         ordered = self._ordered_nodes(nodes)
-        chosen = [ordered[k] for k in sample_clients(self.n_clients, self.fraction, federated_round, self.seed)]
+        indices = sample_clients(self.n_clients, self.fraction, federated_round, self.seed)
+        chosen = [ordered[k] for k in indices]
         log.info("round %d: training clients %s of %d", federated_round, chosen, self.n_clients)
         sent = ConfigRecord(dict(config.items()))
         sent["server-round"] = federated_round
@@ -233,9 +236,11 @@ class FederatedStrategy(FedAvg):
         record, nodes = self.plan_train(server_round, arrays, config, grid)
         return self._construct_messages(record, nodes, MessageType.TRAIN)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any) -> Any:
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Any) -> Any:  # fmt: skip
         config = ConfigRecord(dict(config.items()))
-        config["local-patterns"] = ",".join(self.local_patterns)  # a local-only client evaluates its own model
+        # a local-only client evaluates its own model, a FedOTP client its own local prompts
+        config["local-patterns"] = ",".join(self.local_patterns)
         return super().configure_evaluate(self.federated_round(server_round), arrays, config, grid)
 
     # ---- what the strategy receives
@@ -245,13 +250,15 @@ class FederatedStrategy(FedAvg):
         for msg in replies:
             if msg.has_error():
                 reason = getattr(getattr(msg, "error", None), "reason", "?")
-                log.warning("%s: a client replied with an error (%s); it is left out of this round", phase, reason)
+                log.warning("%s: a client replied with an error (%s); it is left out of this round", phase,
+                            reason)  # fmt: skip
             else:
                 valid.append(msg)
         if valid:
             validate_message_reply_consistency([m.content for m in valid], self.weighted_by_key,
                                                check_arrayrecord=phase == "train")  # fmt: skip
-        round_metrics = self.client_metrics.setdefault(self.federated_round(server_round), {}).setdefault(phase, {})
+        per_round = self.client_metrics.setdefault(self.federated_round(server_round), {})
+        round_metrics = per_round.setdefault(phase, {})
         for msg in valid:
             metrics = dict(next(iter(msg.content.metric_records.values())).items())
             node = getattr(getattr(msg, "metadata", None), "src_node_id", None)
@@ -265,8 +272,8 @@ class FederatedStrategy(FedAvg):
         state = {}
         for name, value in arrays_to_state(next(iter(content.array_records.values()))).items():
             if is_local(name, self.local_patterns):
-                log.warning("tensor %r matches a local pattern of %s (%s) but was sent; it is not averaged", name,
-                            self.name, ",".join(self.local_patterns))  # fmt: skip
+                log.warning("tensor %r matches a local pattern of %s (%s) but was sent; it is not averaged",
+                            name, self.name, ",".join(self.local_patterns))  # fmt: skip
                 continue
             state[name] = value
         return state
@@ -276,8 +283,9 @@ class FederatedStrategy(FedAvg):
         """The aggregated shared tensors of one round (before the server EMA). Default: FedAvg."""
         return weighted_average(states, sizes)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> tuple[ArrayRecord | None,
-                                                                                  MetricRecord | None]:  # fmt: skip
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Any]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         contents = self._valid_contents(list(replies), "train", server_round)
         if not contents:
             return None, None
@@ -286,8 +294,9 @@ class FederatedStrategy(FedAvg):
         sizes = [float(m[self.weighted_by_key]) for m in metrics]
         merged = self.aggregate_states(states, sizes, metrics) if any(states) else {}
         if self.uses_ema and merged:
+            beta_max = float(self.params.beta_max)  # type: ignore[attr-defined]
             merged = server_ema(merged, self._previous, server_round=self.federated_round(server_round),
-                                num_rounds=self.num_rounds, beta_max=self.params.beta_max)  # type: ignore[attr-defined]
+                                num_rounds=self.num_rounds, beta_max=beta_max)  # fmt: skip
         new_global = {**self._previous, **merged}
         self._previous = new_global
         return state_to_arrays(new_global), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
@@ -320,8 +329,8 @@ def list_strategies() -> list[str]:
 
 
 def validate_params(name: str, params: Mapping[str, Any] | None) -> StrategyParams:
-    """The validated parameters of strategy ``name``; InputError naming an unknown key (and the allowed ones) or a
-    bad value."""
+    """The validated parameters of strategy ``name``; InputError naming an unknown key (and the allowed ones)
+    or a bad value."""
     if name not in STRATEGIES:
         raise InputError(f"strategy {name!r} is not known; known strategies: {', '.join(list_strategies())}")
     model = STRATEGIES[name].params_model
@@ -336,21 +345,23 @@ def validate_params(name: str, params: Mapping[str, Any] | None) -> StrategyPara
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"strategy {name!r}: parameter {where!r} = {first.get('input')!r}: {first['msg']}") from None
+        raise InputError(f"strategy {name!r}: parameter {where!r} = {first.get('input')!r}: "
+                         f"{first['msg']}") from None
 
 
-def make_strategy(name: str, *, params: Mapping[str, Any] | None, num_rounds: int, n_clients: int, fraction: float,
-                  seed: int, local_epochs: int = 1, evaluate: bool = True,
+def make_strategy(name: str, *, params: Mapping[str, Any] | None, num_rounds: int, n_clients: int,
+                  fraction: float, seed: int, local_epochs: int = 1, evaluate: bool = True,
                   first_round: int = 1) -> FederatedStrategy:  # fmt: skip
     """The strategy ``name`` with validated ``params``, for ``num_rounds`` federated rounds over ``n_clients``
     clients of which ``fraction`` train after round 1 (sampled from ``seed``). ``first_round`` > 1 continues a
     resumed federation (Flower's round 1 of this start is that federated round: sampling and EMA go on)."""
     validated = validate_params(name, params)
-    return STRATEGIES[name](validated, num_rounds=num_rounds, n_clients=n_clients, fraction=fraction, seed=seed,
-                            local_epochs=local_epochs, evaluate=evaluate, first_round=first_round)  # fmt: skip
+    return STRATEGIES[name](validated, num_rounds=num_rounds, n_clients=n_clients, fraction=fraction,
+                            seed=seed, local_epochs=local_epochs, evaluate=evaluate,
+                            first_round=first_round)  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------ the strategies
+# ------------------------------------------------------------------------------------------- the strategies
 
 @register_strategy("local")
 class LocalOnly(FederatedStrategy):
@@ -391,13 +402,14 @@ class _EmaStrategy(FederatedStrategy):
 
 @register_strategy("sv_lora")
 class SVLoRAStrategy(_EmaStrategy):
-    description = "SVLoRA: LoRA with one shared row of singular values S; FedAvg of A, B and S, then the server EMA"
+    description = ("SVLoRA: LoRA with one shared row of singular values S; FedAvg of A, B and S, then the "
+                   "server EMA")  # fmt: skip
 
 
 @register_strategy("fair_lora")
 class FairLoRAStrategy(_EmaStrategy):
-    description = ("FairLoRA (FairFedMed): A, B by n_k, each group's row of S by that group's counts n_{k,g}, "
-                   "optional half-shared S, then the server EMA")  # fmt: skip
+    description = ("FairLoRA (FairFedMed): A, B by n_k, each group's row of S by that group's counts "
+                   "n_{k,g}, optional half-shared S, then the server EMA")  # fmt: skip
     params_model = FairLoRAParams
     s_suffix: ClassVar[str] = "lora_S"
 
@@ -405,12 +417,15 @@ class FairLoRAStrategy(_EmaStrategy):
         counts = []
         for k, m in enumerate(metrics):
             if GROUP_COUNTS_KEY not in m:
-                raise InputError(f"fair_lora: client reply {k} (partition-id {m.get(PARTITION_KEY, '?')}) has no "
+                partition = m.get(PARTITION_KEY, "?")
+                raise InputError(f"fair_lora: client reply {k} (partition-id {partition}) has no "
                                  f"{GROUP_COUNTS_KEY!r} metric; FairLoRA weights S rows by per-group counts")
             counts.append([int(v) for v in m[GROUP_COUNTS_KEY]])
         if len({len(c) for c in counts}) > 1:
-            raise InputError(f"fair_lora: clients report group-counts of different lengths {[len(c) for c in counts]}")
-        merged = fair_lora_average(states, sizes, np.asarray(counts), previous=self._previous, s_suffix=self.s_suffix)
+            lengths = [len(c) for c in counts]
+            raise InputError(f"fair_lora: clients report group-counts of different lengths {lengths}")
+        merged = fair_lora_average(states, sizes, np.asarray(counts), previous=self._previous,
+                                   s_suffix=self.s_suffix)  # fmt: skip
         if self.params.shared_half_s:  # type: ignore[attr-defined]
             merged = {n: half_shared(v) if n.endswith(self.s_suffix) else v for n, v in merged.items()}
         return merged
@@ -423,6 +438,6 @@ class PromptFLStrategy(FederatedStrategy):
 
 @register_strategy("fedotp")
 class FedOTPStrategy(FederatedStrategy):
-    description = ("FedOTP (Li et al. 2024): FedAvg of the global prompts; the local prompts (names containing "
-                   "'local_ctx') stay on each client")  # fmt: skip
+    description = ("FedOTP (Li et al. 2024): FedAvg of the global prompts; the local prompts (names "
+                   "containing 'local_ctx') stay on each client")  # fmt: skip
     local_patterns = ("local_ctx",)
