@@ -23,7 +23,8 @@ def client_states(draw, min_clients=1, max_clients=5):
     k = draw(st.integers(min_clients, max_clients))
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
-    states = [{name: rng.normal(size=shape).astype(np.float32) for name, shape in SHAPES.items()} for _ in range(k)]
+    states = [{name: rng.normal(size=shape).astype(np.float32) for name, shape in SHAPES.items()}
+              for _ in range(k)]  # fmt: skip
     weights = draw(st.lists(st.integers(1, 1000), min_size=k, max_size=k))
     return states, weights
 
@@ -42,7 +43,8 @@ def test_weighted_average_hand_computed():
 
 
 def test_weighted_average_keeps_integer_tensors_integer():
-    states = [{"bn.num_batches_tracked": np.array(10, np.int64)}, {"bn.num_batches_tracked": np.array(21, np.int64)}]
+    states = [{"bn.num_batches_tracked": np.array(10, np.int64)},
+              {"bn.num_batches_tracked": np.array(21, np.int64)}]  # fmt: skip
     out = weighted_average(states, [1, 1])
     assert out["bn.num_batches_tracked"].dtype == np.int64 and int(out["bn.num_batches_tracked"]) == 16
 
@@ -64,7 +66,8 @@ def test_weighted_average_ignores_client_order(data, rnd):
     states, weights = data
     order = list(range(len(states)))
     rnd.shuffle(order)
-    _close(weighted_average(states, weights), weighted_average([states[i] for i in order], [weights[i] for i in order]))
+    permuted = weighted_average([states[i] for i in order], [weights[i] for i in order])
+    _close(weighted_average(states, weights), permuted)
 
 
 @settings(max_examples=40)
@@ -131,10 +134,11 @@ def test_fair_lora_rows_equal_brute_force(seed, k, g, r):
         total = counts[:, group].sum()
         if total == 0:
             continue
-        expected = sum(counts[j, group] / total * states[j]["m.lora_S"][group].astype(float) for j in range(k))
+        expected = sum(counts[j, group] / total * states[j]["m.lora_S"][group].astype(float)
+                       for j in range(k))  # fmt: skip
         np.testing.assert_allclose(out["m.lora_S"][group], expected, rtol=1e-5, atol=1e-5)
-    _close({"m.lora_B": out["m.lora_B"]}, {"m.lora_B": weighted_average([{"b": s["m.lora_B"]} for s in states],
-                                                                         sizes)["b"]})  # fmt: skip
+    b_average = weighted_average([{"b": s["m.lora_B"]} for s in states], sizes)["b"]
+    _close({"m.lora_B": out["m.lora_B"]}, {"m.lora_B": b_average})
 
 
 def test_fair_lora_shape_errors():

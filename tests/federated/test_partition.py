@@ -61,8 +61,8 @@ def test_patient_never_split_and_every_row_assigned(by):
     assert part.description["by"] == by and part.description["alpha"] == 1.0 and part.description["seed"] == 3
     if by == "dirichlet_group":
         group_counts = part.description["group_counts"]
-        assert sum(group_counts[c][s].get("F", 0) for c in part.clients for s in ("train", "val", "test")) == \
-            int((table["group_sex"] == "F").sum())
+        women = sum(group_counts[c][s].get("F", 0) for c in part.clients for s in ("train", "val", "test"))
+        assert women == int((table["group_sex"] == "F").sum())
 
 
 def test_deterministic_under_the_seed():
@@ -80,14 +80,15 @@ def test_deterministic_under_the_seed():
     assert all(by_patient_a[p] == k for p, k in zip(shuffled["patient_id"], d.assignment))
 
 
-@pytest.mark.parametrize("by,column", [("dirichlet_label", "label_disease"), ("dirichlet_group", "group_sex")])
+@pytest.mark.parametrize("by,column", [("dirichlet_label", "label_disease"),
+                                       ("dirichlet_group", "group_sex")])  # fmt: skip
 def test_small_alpha_skews_more_than_large(by, column):
     table = make_table(n_patients=3000, seed=1)
     skew = {}
     for alpha in (0.3, 100.0):
-        tvs = [tv_from_pooled(table, assign_clients(table, by=by, n_clients=3, alpha=alpha, seed=s, attribute="sex",
-                                                    min_per_client=0), column)  # fmt: skip
-               for s in range(6)]
+        parts = [assign_clients(table, by=by, n_clients=3, alpha=alpha, seed=s, attribute="sex",
+                                min_per_client=0) for s in range(6)]  # fmt: skip
+        tvs = [tv_from_pooled(table, part, column) for part in parts]
         skew[alpha] = np.mean(tvs)
     assert skew[0.3] > 3 * skew[100.0], skew
     assert skew[100.0] < 0.05

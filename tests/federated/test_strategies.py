@@ -1,5 +1,6 @@
-"""The Flower strategies with stand-in replies and grid (real Messages cannot be built outside a run): sampling,
-the config they send, and that aggregate_train does the math of fairfm.federated.aggregation. No Ray."""
+"""The Flower strategies with stand-in replies and grid (real Messages cannot be built outside a run):
+sampling, the config they send, and that aggregate_train does the math of fairfm.federated.aggregation.
+No Ray."""
 
 import os
 from types import SimpleNamespace
@@ -63,14 +64,16 @@ def build(name, params=None, **kwargs):
 
 
 def start_round(strategy, global_state, server_round=1, grid=None):
-    record, nodes = strategy.plan_train(server_round, state_to_arrays(global_state), ConfigRecord({"lr": 0.01}),
-                                        grid or Grid())  # fmt: skip
+    record, nodes = strategy.plan_train(server_round, state_to_arrays(global_state),
+                                        ConfigRecord({"lr": 0.01}), grid or Grid())  # fmt: skip
     return record, nodes
 
 
 def test_registry_and_params():
-    assert list_strategies() == ["fair_lora", "fedavg", "fedotp", "fedprox", "local", "lora", "prompt_fl", "sv_lora"]
-    with pytest.raises(InputError, match=r"unknown parameter 'sharedhalf_s'; allowed: ema, beta_max, shared_half_s"):
+    assert list_strategies() == ["fair_lora", "fedavg", "fedotp", "fedprox", "local", "lora", "prompt_fl",
+                                 "sv_lora"]  # fmt: skip
+    with pytest.raises(InputError, match=r"unknown parameter 'sharedhalf_s'; allowed: ema, beta_max, "
+                                         r"shared_half_s"):  # fmt: skip
         build("fair_lora", {"sharedhalf_s": False})
     with pytest.raises(InputError, match="strategy 'fedavg': unknown parameter 'mu'; allowed: none"):
         build("fedavg", {"mu": 0.1})
@@ -91,7 +94,8 @@ def test_round_one_trains_every_client_and_sends_the_contract_config():
     assert config["server-round"] == 1 and config["local-epochs"] == 2 and config["proximal-mu"] == 0.25
     assert config["local-patterns"] == "" and config["lr"] == 0.01
     assert arrays_to_state(record["arrays"]).keys() == {"w"}
-    assert build("fedavg").plan_train(1, state_to_arrays({}), ConfigRecord(), Grid())[0]["config"]["proximal-mu"] == 0
+    plain, _ = build("fedavg").plan_train(1, state_to_arrays({}), ConfigRecord(), Grid())
+    assert plain["config"]["proximal-mu"] == 0
     assert start_round(build("fedotp"), {})[0]["config"]["local-patterns"] == "local_ctx"
     assert start_round(build("local"), {})[0]["config"]["local-patterns"] == "*"
 
@@ -110,8 +114,8 @@ def test_later_rounds_sample_by_partition_id_seeded():
         _, nodes = start_round(strategy, {"w": np.zeros(1, np.float32)}, server_round)
         assert nodes == [node_of[k] for k in sample_clients(3, 0.8, server_round, 7)]
         assert len(nodes) == 2
-    # deterministic: a fresh strategy with the same seed picks the same clients (before it knows partition ids:
-    # the sorted node ids)
+    # deterministic: a fresh strategy with the same seed picks the same clients (before it knows partition
+    # ids: the sorted node ids)
     fresh = build("fedavg", fraction=0.8, seed=7)
     assert start_round(fresh, {}, 3)[1] == [sorted(NODES)[k] for k in sample_clients(3, 0.8, 3, 7)]
 
@@ -119,8 +123,11 @@ def test_later_rounds_sample_by_partition_id_seeded():
 def test_configure_train_builds_one_message_per_selected_node(monkeypatch):
     strategy = build("fedavg", fraction=0.5)
     sent = []
-    monkeypatch.setattr(strategy, "_construct_messages", lambda record, nodes, kind: sent.append((record, nodes,
-                                                                                                  kind)) or nodes)
+    def construct(record, nodes, kind):
+        sent.append((record, nodes, kind))
+        return nodes
+
+    monkeypatch.setattr(strategy, "_construct_messages", construct)
     out = strategy.configure_train(2, state_to_arrays({"w": np.zeros(1, np.float32)}), ConfigRecord(), Grid())
     assert len(out) == 1 and sent[0][2] == "train" and sent[0][0]["config"]["server-round"] == 2
 
@@ -133,7 +140,8 @@ def test_resumed_federation_continues_rounds():
 
 
 def test_fedavg_equals_flower_fedavg_and_weighted_average():
-    shapes = {"blocks.0.attn.qkv.lora_A.weight": (4, 3), "blocks.0.attn.qkv.lora_B.weight": (3, 4), "head.w": (2,)}
+    shapes = {"blocks.0.attn.qkv.lora_A.weight": (4, 3), "blocks.0.attn.qkv.lora_B.weight": (3, 4),
+              "head.w": (2,)}  # fmt: skip
     states = [rng_state(s, shapes) for s in range(3)]
     sizes = [12, 30, 7]
     replies = [Reply(st, {"num-examples": n, "train-loss": float(i), "partition-id": i}, node=NODES[i])
@@ -170,12 +178,14 @@ def test_tensors_no_client_sends_stay_and_error_replies_are_left_out():
 
 def test_fedotp_never_averages_local_prompts():
     strategy = build("fedotp")
-    previous = {"prompt.global_ctx": np.zeros((2, 4), np.float32), "prompt.local_ctx": np.full((2, 4), -1.0, np.float32)}
+    previous = {"prompt.global_ctx": np.zeros((2, 4), np.float32),
+                "prompt.local_ctx": np.full((2, 4), -1.0, np.float32)}  # fmt: skip
     start_round(strategy, previous)
     replies = [Reply({"prompt.global_ctx": np.full((2, 4), 1.0, np.float32),
                       "prompt.local_ctx": np.full((2, 4), 100.0, np.float32)}, {"num-examples": 1}, node=17),
                Reply({"prompt.global_ctx": np.full((2, 4), 3.0, np.float32),
-                      "prompt.local_ctx": np.full((2, 4), 200.0, np.float32)}, {"num-examples": 1}, node=4242)]
+                      "prompt.local_ctx": np.full((2, 4), 200.0, np.float32)}, {"num-examples": 1},
+                     node=4242)]  # fmt: skip
     out = arrays_to_state(strategy.aggregate_train(1, replies)[0])
     np.testing.assert_allclose(out["prompt.global_ctx"], 2.0)
     np.testing.assert_array_equal(out["prompt.local_ctx"], previous["prompt.local_ctx"])
@@ -192,7 +202,8 @@ def test_local_only_returns_the_previous_global_state():
     assert metrics["train-loss"] == pytest.approx(0.8)
     # even a client that (wrongly) sends its tensors does not move the global state
     leaked = [Reply({"lora_A": np.full((2, 2), 9.0, np.float32)}, {"num-examples": 1}, node=17)]
-    np.testing.assert_array_equal(arrays_to_state(strategy.aggregate_train(2, leaked)[0])["lora_A"], previous["lora_A"])
+    after_leak = arrays_to_state(strategy.aggregate_train(2, leaked)[0])
+    np.testing.assert_array_equal(after_leak["lora_A"], previous["lora_A"])
 
 
 def fair_lora_round(params, server_round=2, num_rounds=10):
@@ -240,8 +251,8 @@ def test_fair_lora_default_is_half_shared_then_ema():
 def test_fair_lora_needs_group_counts():
     strategy = build("fair_lora", n_clients=2, fraction=1.0)
     start_round(strategy, {"x.lora_S": np.zeros((2, 2), np.float32)}, grid=Grid([1, 2]))
-    replies = [Reply({"x.lora_S": np.ones((2, 2), np.float32)}, {"num-examples": 3, "partition-id": k}, node=k + 1)
-               for k in range(2)]  # fmt: skip
+    replies = [Reply({"x.lora_S": np.ones((2, 2), np.float32)}, {"num-examples": 3, "partition-id": k},
+                     node=k + 1) for k in range(2)]  # fmt: skip
     with pytest.raises(InputError, match="no 'group-counts' metric"):
         strategy.aggregate_train(1, replies)
 
@@ -255,7 +266,8 @@ def test_sv_lora_applies_the_server_ema_unless_off():
                                1 - 0.999 * 4 / 5, rtol=1e-6)  # fmt: skip
     first = build("sv_lora", num_rounds=5)
     start_round(first, previous, 1)
-    np.testing.assert_allclose(arrays_to_state(first.aggregate_train(1, replies)[0])["l.lora_S"], 1.0)  # t = 0
+    round_one = arrays_to_state(first.aggregate_train(1, replies)[0])
+    np.testing.assert_allclose(round_one["l.lora_S"], 1.0)  # t = 0: no smoothing
     off = build("sv_lora", {"ema": False}, num_rounds=5)
     start_round(off, previous, 5)
     np.testing.assert_allclose(arrays_to_state(off.aggregate_train(5, replies)[0])["l.lora_S"], 1.0)
@@ -263,8 +275,10 @@ def test_sv_lora_applies_the_server_ema_unless_off():
 
 def test_evaluate_aggregates_weighted_and_keeps_per_client_metrics():
     strategy = build("fedavg")
-    replies = [Reply({}, {"num-examples": 10, "auc": 0.6, "group-auc": [0.5, 0.7], "partition-id": 0}, node=17),
-               Reply({}, {"num-examples": 30, "auc": 0.8, "group-auc": [0.9, 0.7], "partition-id": 1}, node=4242)]
+    replies = [Reply({}, {"num-examples": 10, "auc": 0.6, "group-auc": [0.5, 0.7], "partition-id": 0},
+                     node=17),
+               Reply({}, {"num-examples": 30, "auc": 0.8, "group-auc": [0.9, 0.7], "partition-id": 1},
+                     node=4242)]  # fmt: skip
     metrics = strategy.aggregate_evaluate(2, replies)
     assert metrics["auc"] == pytest.approx(0.75) and metrics["group-auc"] == pytest.approx([0.8, 0.7])
     assert metrics["num-examples"] == 40 and isinstance(metrics["num-examples"], int)
