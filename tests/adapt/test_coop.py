@@ -21,8 +21,13 @@ from fairfm.results import Store
 from fairfm.usages.coop import CoOpHParams
 from tests.conftest import run_cli
 
-FAST = {"epochs": 2, "batch_size": 32, "warmup_epochs": 0, "early_stopping_patience": None,
-        "prompt_dataset": "synthetic"}  # fmt: skip
+FAST = {
+    "epochs": 2,
+    "batch_size": 32,
+    "warmup_epochs": 0,
+    "early_stopping_patience": None,
+    "prompt_dataset": "synthetic",
+}
 
 
 @pytest.fixture
@@ -67,13 +72,16 @@ def _words(clip, tokenizer, words: str) -> torch.Tensor:
     ids = tokenizer([words])[0]
     count = int((ids == tokenizer.eot_token_id).nonzero()[0]) - 1
     with torch.no_grad():
-        return clip.token_embedding(ids)[1:1 + count]
+        return clip.token_embedding(ids)[1 : 1 + count]
 
 
 def test_task_logit_is_l_pos_minus_l_neg_of_open_clips_own_features(encoder, clip_dir):
-    # Context vectors equal to the embeddings of real words make CoOp's text feature open_clip's encode_text of
+    # Context vectors equal to the embeddings of real words make CoOp's text feature open_clip's encode_text
+    # of
     # the sentence: an oracle outside fairfm's code. Two prompts (ot none): their class logits are averaged.
-    hp = CoOpHParams(ctx_init="a photo of a", num_prompts=2, local_prompts=1, classnames=["normal", "opacity"])
+    hp = CoOpHParams(
+        ctx_init="a photo of a", num_prompts=2, local_prompts=1, classnames=["normal", "opacity"]
+    )
     model, _, meta = build_coop_model("coop", encoder, hp, ["disease"], 0)
     assert meta["n_ctx"] == 4
     clip, tokenizer = encoder.module, open_clip.get_tokenizer(f"local-dir:{clip_dir}")
@@ -128,10 +136,12 @@ def test_transport_plan_meets_the_unbalanced_constraints_and_equals_fedotps_plan
         np.testing.assert_allclose(plan.sum(axis=0), top / prompts, atol=1e-7)  # prompt marginals: equalities
         assert (plan.sum(axis=1) <= 1.0 / patches + 1e-7).all()  # patch marginals: at most 1/M
         assert (plan.sum(axis=1) < 1.0 / patches - 1e-3).any()  # ... and some patches carry less (unbalanced)
-        reference = _fedotp_iteration(np.exp(-(1.0 - sim) / eps), np.full(patches, 1 / patches),
-                                      np.full(prompts, top / prompts), 20000)  # fmt: skip
+        reference = _fedotp_iteration(
+            np.exp(-(1.0 - sim) / eps), np.full(patches, 1 / patches), np.full(prompts, top / prompts), 20000
+        )
         np.testing.assert_allclose(plan, reference, atol=1e-7)
-    # FedOTP's settings (100 iterations, threshold 1e-3): the mass is exact, the marginals within POT's tolerance
+    # FedOTP's settings (100 iterations, threshold 1e-3): the mass is exact, the marginals within POT's
+    # tolerance
     rough = transport_plans(similarity, top_percent=top, eps=eps, max_iter=100, thresh=1e-3)
     np.testing.assert_allclose(rough.sum(axis=(1, 2)), top, atol=1e-9)
     np.testing.assert_allclose(rough.sum(axis=1), top / prompts, atol=2e-2)
@@ -140,8 +150,16 @@ def test_transport_plan_meets_the_unbalanced_constraints_and_equals_fedotps_plan
 
 def _probabilities(table, synth_dir, clip_dir, seed, **hparams):
     hp = CoOpHParams(**{**FAST, **hparams})
-    out = finetune("coop", hp, create_model("clip", clip_dir), table, ["disease"], root=synth_dir, seed=seed,
-                   build_model=build_coop_model)  # fmt: skip
+    out = finetune(
+        "coop",
+        hp,
+        create_model("clip", clip_dir),
+        table,
+        ["disease"],
+        root=synth_dir,
+        seed=seed,
+        build_model=build_coop_model,
+    )
     return out
 
 
@@ -167,8 +185,17 @@ def test_prompt_learning_lowers_the_training_loss(synth_dir, clip_dir):
     encoder = create_model("clip", clip_dir)
     untrained, _, _ = build_coop_model("coop", encoder, hp, ["disease"], 0)
     start = predict(untrained, ImageTable(train, synth_dir, encoder.preprocess, ["disease"]))[:, 0]
-    out = finetune("coop", hp, create_model("clip", clip_dir), table, ["disease"], root=synth_dir, seed=0,
-                   build_model=build_coop_model, predict_splits=("train", "val", "test"))  # fmt: skip
+    out = finetune(
+        "coop",
+        hp,
+        create_model("clip", clip_dir),
+        table,
+        ["disease"],
+        root=synth_dir,
+        seed=0,
+        build_model=build_coop_model,
+        predict_splits=("train", "val", "test"),
+    )
     end = out.probabilities["train"][:, 0]
     assert log_loss(y, end, sample_weight=weights) < log_loss(y, start, sample_weight=weights) - 0.02
 
@@ -176,8 +203,24 @@ def test_prompt_learning_lowers_the_training_loss(synth_dir, clip_dir):
 @pytest.mark.parametrize("flags", [(), ("ot=unbalanced", "num_prompts=2", "local_prompts=1")])
 def test_fairfm_run_coop_stores_a_run(capsys, synth_dir, clip_dir, tmp_path, flags):
     hp = [item for h in ("epochs=1", "batch_size=32", "warmup_epochs=0", *flags) for item in ("--hp", h)]
-    code, _, err = run_cli(capsys, "run", "--dataset", synth_dir, "--model", "clip", "--checkpoint", clip_dir,
-                           "--usage", "coop", "--bootstrap", 0, "--store", tmp_path / "s", "-q", *hp)  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "--dataset",
+        synth_dir,
+        "--model",
+        "clip",
+        "--checkpoint",
+        clip_dir,
+        "--usage",
+        "coop",
+        "--bootstrap",
+        0,
+        "--store",
+        tmp_path / "s",
+        "-q",
+        *hp,
+    )
     assert code == 0, err
     record = Store(tmp_path / "s").list()[0]
     meta = record.meta
@@ -191,8 +234,28 @@ def test_fairfm_run_coop_stores_a_run(capsys, synth_dir, clip_dir, tmp_path, fla
 
 
 def test_a_method_wrapping_the_linear_head_is_refused(capsys, synth_dir, clip_dir, tmp_path):
-    code, _, err = run_cli(capsys, "run", "--dataset", synth_dir, "--model", "clip", "--checkpoint", clip_dir,
-                           "--usage", "coop", "--method", "fin", "--attr", "sex", "--hp", "epochs=1",
-                           "--bootstrap", 0, "--store", tmp_path / "s", "-q")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "--dataset",
+        synth_dir,
+        "--model",
+        "clip",
+        "--checkpoint",
+        clip_dir,
+        "--usage",
+        "coop",
+        "--method",
+        "fin",
+        "--attr",
+        "sex",
+        "--hp",
+        "epochs=1",
+        "--bootstrap",
+        0,
+        "--store",
+        tmp_path / "s",
+        "-q",
+    )
     assert code == 2
     assert "linear head" in err and len(err.strip().splitlines()) == 1

@@ -1,19 +1,24 @@
-"""CoOp prompt learning over a frozen open_clip CLIP (Zhou et al., IJCV 2022), with FedOTP's prompt matching by
+"""CoOp prompt learning over a frozen open_clip CLIP (Zhou et al., IJCV 2022), with FedOTP's prompt matching
+by
 unbalanced optimal transport (Li et al., CVPR 2024; FEDERATED.md §2).
 
 CLIP stays frozen. M learnable context vectors [V]_1…[V]_M (token embeddings, ``(n_ctx, width)``) replace the
 placeholder tokens of ``"X X … X {class name}."`` and the sequence runs through CLIP's own text transformer; a
-class's logit is ``logit_scale · cos(image feature, text feature of the class)``. Each fairfm task is binary with
-the class names of :mod:`fairfm.adapt.prompts` ``[negative, positive]``; the task logit is ``l_pos − l_neg``, so
+class's logit is ``logit_scale · cos(image feature, text feature of the class)``. Each fairfm task is binary
+with
+the class names of :mod:`fairfm.adapt.prompts` ``[negative, positive]``; the task logit is ``l_pos − l_neg``,
+so
 its sigmoid is the softmax over the two classes, P(positive).
 
 Several prompts (``num_prompts``) are one context tensor each. The parameters are ``prompt_learner.ctx``
 (``(num_prompts − local_prompts, n_ctx, width)``, the prompts a federated server averages: PromptFL) and
-``prompt_learner.local_ctx`` (``(local_prompts, n_ctx, width)``, FedOTP's local prompt, never sent: the federated
+``prompt_learner.local_ctx`` (``(local_prompts, n_ctx, width)``, FedOTP's local prompt, never sent: the
+federated
 runner filters tensors whose names contain ``local_ctx``). Centrally both are just prompts.
 
 ``ot: none``
-    the pooled image feature against each prompt's class texts; with several prompts their logits are averaged.
+    the pooled image feature against each prompt's class texts; with several prompts their logits are
+    averaged.
 ``ot: unbalanced`` (FedOTP)
     each image's patch tokens (open_clip's ViT with ``output_tokens``, projected like the pooled feature) are
     matched to the prompts' class texts: for each (image, class) the plan T (patches × prompts) minimises
@@ -21,12 +26,14 @@ runner filters tensors whose names contain ``local_ctx``). Centrally both are ju
     constraints of FedOTP's ``entropic_COT_fast``, total mass top_percent). T is POT's
     ``ot.partial.entropic_partial_wasserstein`` (the solver FedOTP's code says it modified: with
     b = top_percent/N and m = top_percent its constraint set is exactly FedOTP's), computed without gradient
-    in float64 as the reference does, and the class logit is ``logit_scale · Σ T ⊙ sim``. POT solves one problem
+    in float64 as the reference does, and the class logit is ``logit_scale · Σ T ⊙ sim``. POT solves one
+    problem
     per call, so the (image, class) problems run in a loop; ``ot.batch`` has only balanced solvers.
 
 No linear head: a method that wraps the head (FIN, DomainInd, the adversarial family) is refused
 (:func:`refuse_head_wrapping`); methods that act on the loss, the rows, the optimiser step or the backbone
-(reweighting, resampling, GroupDRO, FIS, SAM, SWA/SWAD, FairLoRA on the frozen image tower) run. The CLIP model is
+(reweighting, resampling, GroupDRO, FIS, SAM, SWA/SWAD, FairLoRA on the frozen image tower) run. The CLIP
+model is
 the model's ``backbone`` so such methods find it, and it stays in eval mode while the prompts train.
 """
 
@@ -48,7 +55,8 @@ if TYPE_CHECKING:
     from fairfm.models.base import Encoder
     from fairfm.usages.base import TrainHParams
 
-#: name fragments of the prompt parameters (the federated server averages ``ctx`` and keeps ``local_ctx`` local)
+#: name fragments of the prompt parameters (the federated server averages ``ctx`` and keeps ``local_ctx``
+#: local)
 SHARED_PROMPTS = "prompt_learner.ctx"
 LOCAL_PROMPTS = "prompt_learner.local_ctx"
 #: CoOp's initialisation of random context vectors
@@ -56,7 +64,7 @@ CTX_INIT_STD = 0.02
 _DEFAULT_N_CTX = 4  # FairFedMed's scripts (the CoOp paper: 16)
 
 
-# ------------------------------------------------------------------------------------------------ open_clip parts
+# -------------------------------------------------------------------------------------------- open_clip parts
 
 
 class _TextTower:
@@ -67,15 +75,23 @@ class _TextTower:
         text = clip if hasattr(clip, "token_embedding") else getattr(clip, "text", None)
         needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
         if text is None or not all(hasattr(text, n) for n in needed):
-            raise InputError(f"model {name!r}: coop needs an open_clip text transformer with token embeddings; its "
-                             f"text tower is {type(getattr(clip, 'text', clip)).__name__} (a Hugging Face text tower, "
-                             "e.g. BiomedCLIP's, is not supported yet)")  # fmt: skip
+            raise InputError(
+                f"model {name!r}: coop needs an open_clip text transformer with token embeddings; its "
+                f"text tower is {type(getattr(clip, 'text', clip)).__name__} (a Hugging Face text tower, "
+                "e.g. BiomedCLIP's, is not supported yet)"
+            )
         if getattr(text, "cls_emb", None) is not None or getattr(text, "use_pad_mask", False):
-            raise InputError(f"model {name!r}: coop supports causal text towers without a class token or padding "
-                             "mask (CLIP's); this one has them (CoCa / SigLIP style)")  # fmt: skip
+            raise InputError(
+                f"model {name!r}: coop supports causal text towers without a class token or padding "
+                "mask (CLIP's); this one has them (CoCa / SigLIP style)"
+            )
         self.module = text
         self.pool_type = getattr(text, "text_pool_type", None) or getattr(text, "pool_type", "argmax")
-        self.eos_id = getattr(text, "text_eos_id", None) if hasattr(text, "text_eos_id") else getattr(text, "eos_id", None)
+        self.eos_id = (
+            getattr(text, "text_eos_id", None)
+            if hasattr(text, "text_eos_id")
+            else getattr(text, "eos_id", None)
+        )
         if self.pool_type not in ("argmax", "eos", "first", "last"):
             raise InputError(f"model {name!r}: text pooling {self.pool_type!r} is not one coop knows")
 
@@ -97,14 +113,17 @@ class _TextTower:
 
 
 def open_clip_tokenizer(encoder: "Encoder") -> Any:
-    """The tokenizer open_clip gives the encoder's model: the checkpoint folder's own config (``local-dir:``) or
+    """The tokenizer open_clip gives the encoder's model: the checkpoint folder's own config (``local-dir:``)
+    or
     the card's named architecture, as :func:`fairfm.models.open_clip_family.build_open_clip` chose it."""
     import open_clip
 
     card = encoder.card
     if card.library != "open_clip":
-        raise InputError(f"model {card.name!r} ({card.library}): coop needs an open_clip CLIP (family "
-                         "vision-language, e.g. clip, clip_vit_b16)")  # fmt: skip
+        raise InputError(
+            f"model {card.name!r} ({card.library}): coop needs an open_clip CLIP (family "
+            "vision-language, e.g. clip, clip_vit_b16)"
+        )
     weights = Path(encoder.weights) if encoder.weights is not None else None
     if weights is not None and weights.is_dir() and (weights / "open_clip_config.json").is_file():
         name = f"local-dir:{weights}"
@@ -116,7 +135,8 @@ def open_clip_tokenizer(encoder: "Encoder") -> Any:
 
 
 def _patch_tokens(visual: Any, images: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
-    """(pooled (B, D), patch tokens (B, M, D)) of open_clip's ViT: ``output_tokens`` switched on for this forward
+    """(pooled (B, D), patch tokens (B, M, D)) of open_clip's ViT: ``output_tokens`` switched on for this
+    forward
     only; the tokens get the pooled feature's projection, as FedOTP's modified CLIP gives them."""
     previous = visual.output_tokens
     visual.output_tokens = True
@@ -135,18 +155,23 @@ def check_patch_tokens(clip: Any, name: str) -> None:
     """Refuse a model whose image tower cannot give patch tokens (FedOTP's matching needs them)."""
     visual = getattr(clip, "visual", None)
     if visual is None or not hasattr(visual, "output_tokens") or not hasattr(visual, "proj"):
-        raise InputError(f"model {name!r}: ot: unbalanced matches patch tokens to the prompts, and its image tower "
-                         f"({type(visual).__name__}) gives none; use open_clip's ViT (e.g. clip, clip_vit_b16) or "
-                         "ot: none")  # fmt: skip
+        raise InputError(
+            f"model {name!r}: ot: unbalanced matches patch tokens to the prompts, and its image tower "
+            f"({type(visual).__name__}) gives none; use open_clip's ViT (e.g. clip, clip_vit_b16) or "
+            "ot: none"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ transport
 
 
-def transport_plans(similarity: np.ndarray, *, top_percent: float, eps: float, max_iter: int,
-                    thresh: float) -> np.ndarray:  # fmt: skip
-    """FedOTP's plans for a stack of (patches × prompts) similarity matrices ``(K, M, N)``: each the entropic partial
-    transport of POT with patch marginals ≤ 1/M, prompt marginals ≤ top_percent/N and total mass top_percent (so
+def transport_plans(
+    similarity: np.ndarray, *, top_percent: float, eps: float, max_iter: int, thresh: float
+) -> np.ndarray:
+    """FedOTP's plans for a stack of (patches × prompts) similarity matrices ``(K, M, N)``: each the entropic
+    partial
+    transport of POT with patch marginals ≤ 1/M, prompt marginals ≤ top_percent/N and total mass top_percent
+    (so
     the prompt marginals are equalities), cost 1 − similarity, regularisation ``eps``."""
     import ot
 
@@ -156,11 +181,13 @@ def transport_plans(similarity: np.ndarray, *, top_percent: float, eps: float, m
     plans = np.empty_like(similarity)
     for k, sim in enumerate(similarity):
         cost = 1.0 - sim
-        plan = ot.partial.entropic_partial_wasserstein(a, b, cost, eps, m=top_percent, numItermax=max_iter,
-                                                       stopThr=thresh)  # fmt: skip
+        plan = ot.partial.entropic_partial_wasserstein(
+            a, b, cost, eps, m=top_percent, numItermax=max_iter, stopThr=thresh
+        )
         if not np.isfinite(plan).all():  # the multiplicative kernel underflowed: POT's log-domain solver
-            plan = ot.partial.entropic_partial_wasserstein(a, b, cost, eps, m=top_percent, method="sinkhorn_log",
-                                                           numItermax=max_iter, stopThr=thresh)  # fmt: skip
+            plan = ot.partial.entropic_partial_wasserstein(
+                a, b, cost, eps, m=top_percent, method="sinkhorn_log", numItermax=max_iter, stopThr=thresh
+            )
         plans[k] = plan
     return plans
 
@@ -177,11 +204,23 @@ def _torch_modules():
     class PromptLearner(nn.Module):
         """Learnable context vectors between CLIP's start token and each class name's tokens.
 
-        Buffers: ``token_prefix`` (C, 1, width) start token, ``token_suffix`` (C, L − 1 − n_ctx, width) class name,
-        full stop, end token and padding, ``tokenized`` (C, L) the token ids (text pooling finds the end token)."""
+        Buffers: ``token_prefix`` (C, 1, width) start token, ``token_suffix`` (C, L − 1 − n_ctx, width) class
+        name,
+        full stop, end token and padding, ``tokenized`` (C, L) the token ids (text pooling finds the end
+        token)."""
 
-        def __init__(self, token_embedding: nn.Embedding, tokenizer: Any, classnames: Sequence[str], *, n_ctx: int,
-                     num_prompts: int, local_prompts: int, init: "torch.Tensor | None", seed: int) -> None:  # fmt: skip
+        def __init__(
+            self,
+            token_embedding: nn.Embedding,
+            tokenizer: Any,
+            classnames: Sequence[str],
+            *,
+            n_ctx: int,
+            num_prompts: int,
+            local_prompts: int,
+            init: "torch.Tensor | None",
+            seed: int,
+        ) -> None:
             super().__init__()
             width = token_embedding.weight.shape[1]
             placeholder = " ".join(["X"] * n_ctx)
@@ -189,7 +228,7 @@ def _torch_modules():
             with torch.no_grad():
                 embedded = token_embedding(tokenized.to(token_embedding.weight.device)).float()
             self.register_buffer("token_prefix", embedded[:, :1].clone())
-            self.register_buffer("token_suffix", embedded[:, 1 + n_ctx:].clone())
+            self.register_buffer("token_suffix", embedded[:, 1 + n_ctx :].clone())
             self.register_buffer("tokenized", tokenized.clone())
             generator = torch.Generator().manual_seed(seed)
             vectors = torch.randn(num_prompts, n_ctx, width, generator=generator) * CTX_INIT_STD
@@ -197,7 +236,9 @@ def _torch_modules():
                 vectors[0] = init  # prompts would receive identical gradients and never differ)
             self.n_ctx, self.num_prompts, self.n_classes = n_ctx, num_prompts, len(classnames)
             self.ctx = nn.Parameter(vectors[: num_prompts - local_prompts].clone())
-            self.local_ctx = nn.Parameter(vectors[num_prompts - local_prompts:].clone()) if local_prompts else None
+            self.local_ctx = (
+                nn.Parameter(vectors[num_prompts - local_prompts :].clone()) if local_prompts else None
+            )
 
         def contexts(self) -> "torch.Tensor":
             """(N, n_ctx, width): the shared prompts, then the local ones."""
@@ -213,20 +254,37 @@ def _torch_modules():
             return torch.cat([prefix, middle, suffix], dim=2).reshape(n * c, -1, prefix.shape[-1])
 
     class CoOpModel(nn.Module):
-        """CoOp / PromptFL / FedOTP over a frozen open_clip CLIP: ``forward(images) -> (logits (B, T), features
-        (B, D))`` (the loop's model contract: :class:`fairfm.adapt.train.Classifier`'s), logits ``l_pos − l_neg``
+        """CoOp / PromptFL / FedOTP over a frozen open_clip CLIP: ``forward(images) -> (logits (B, T),
+        features
+        (B, D))`` (the loop's model contract: :class:`fairfm.adapt.train.Classifier`'s), logits ``l_pos −
+        l_neg``
         per task, features the L2-normalised pooled image embedding."""
 
-        def __init__(self, clip: nn.Module, tokenizer: Any, classnames: Sequence[tuple[str, str]], *,
-                     name: str = "clip",
-                     n_ctx: int | None = None, num_prompts: int = 1, local_prompts: int = 0,
-                     ctx_init: str | None = None, ot: str = "none", ot_eps: float = 0.1, ot_top_percent: float = 0.8,
-                     ot_max_iter: int = 100, ot_thresh: float = 1e-3, seed: int = 0) -> None:  # fmt: skip
+        def __init__(
+            self,
+            clip: nn.Module,
+            tokenizer: Any,
+            classnames: Sequence[tuple[str, str]],
+            *,
+            name: str = "clip",
+            n_ctx: int | None = None,
+            num_prompts: int = 1,
+            local_prompts: int = 0,
+            ctx_init: str | None = None,
+            ot: str = "none",
+            ot_eps: float = 0.1,
+            ot_top_percent: float = 0.8,
+            ot_max_iter: int = 100,
+            ot_thresh: float = 1e-3,
+            seed: int = 0,
+        ) -> None:
             super().__init__()
             if ot not in ("none", "unbalanced"):
                 raise InputError(f"coop: ot {ot!r} is not one of none, unbalanced")
             if not 0 <= local_prompts < num_prompts:
-                raise InputError(f"coop: local_prompts {local_prompts} must lie in [0, num_prompts = {num_prompts})")
+                raise InputError(
+                    f"coop: local_prompts {local_prompts} must lie in [0, num_prompts = {num_prompts})"
+                )
             self.text = _TextTower(clip, name)
             if ot == "unbalanced":
                 check_patch_tokens(clip, name)
@@ -235,14 +293,24 @@ def _torch_modules():
             if ctx_init:  # n_ctx None: the string's token count
                 n_ctx, init = _context_init(self.text.module.token_embedding, tokenizer, ctx_init, n_ctx)
             n_ctx = _DEFAULT_N_CTX if n_ctx is None else int(n_ctx)
-            self.prompt_learner = PromptLearner(self.text.module.token_embedding, tokenizer,
-                                                [name_ for pair in classnames for name_ in pair], n_ctx=n_ctx,
-                                                num_prompts=num_prompts, local_prompts=local_prompts, init=init,
-                                                seed=seed)  # fmt: skip
+            self.prompt_learner = PromptLearner(
+                self.text.module.token_embedding,
+                tokenizer,
+                [name_ for pair in classnames for name_ in pair],
+                n_ctx=n_ctx,
+                num_prompts=num_prompts,
+                local_prompts=local_prompts,
+                init=init,
+                seed=seed,
+            )
             self.n_tasks = len(classnames)
             self.ot = ot
-            self.ot_settings = {"eps": float(ot_eps), "top_percent": float(ot_top_percent),
-                                "max_iter": int(ot_max_iter), "thresh": float(ot_thresh)}  # fmt: skip
+            self.ot_settings = {
+                "eps": float(ot_eps),
+                "top_percent": float(ot_top_percent),
+                "max_iter": int(ot_max_iter),
+                "thresh": float(ot_thresh),
+            }
 
         def train(self, mode: bool = True) -> "CoOpModel":
             super().train(mode)
@@ -250,7 +318,8 @@ def _torch_modules():
             return self
 
         def text_features(self) -> "torch.Tensor":
-            """(N, C, D) L2-normalised text features of every prompt and class (C = 2T: [neg, pos] per task)."""
+            """(N, C, D) L2-normalised text features of every prompt and class (C = 2T: [neg, pos] per
+            task)."""
             learner = self.prompt_learner
             features = self.text.encode(learner(), learner.tokenized.repeat(learner.contexts().shape[0], 1))
             return F.normalize(features.float(), dim=-1).reshape(-1, learner.n_classes, features.shape[-1])
@@ -267,8 +336,9 @@ def _torch_modules():
             pooled, tokens = F.normalize(pooled.float(), dim=-1), F.normalize(tokens.float(), dim=-1)
             sim = torch.einsum("bmd,ncd->bcmn", tokens, text)  # (B, C, M patches, N prompts)
             b, c, m, n = sim.shape
-            plans = transport_plans(sim.detach().reshape(b * c, m, n).double().cpu().numpy(),
-                                    **self.ot_settings)  # fmt: skip
+            plans = transport_plans(
+                sim.detach().reshape(b * c, m, n).double().cpu().numpy(), **self.ot_settings
+            )
             plan = torch.from_numpy(plans).to(device=sim.device, dtype=sim.dtype).reshape(b, c, m, n)
             return scale * (plan * sim).sum(dim=(2, 3)), pooled
 
@@ -280,8 +350,9 @@ def _torch_modules():
     return PromptLearner, CoOpModel
 
 
-def _context_init(token_embedding: "nn.Embedding", tokenizer: Any, words: str,
-                  n_ctx: int | None) -> tuple[int, "torch.Tensor"]:  # fmt: skip
+def _context_init(
+    token_embedding: "nn.Embedding", tokenizer: Any, words: str, n_ctx: int | None
+) -> tuple[int, "torch.Tensor"]:
     """(number of context tokens, their embeddings (n, width)) of an initialisation string such as
     ``"a photo of a"`` (CoOp: the context length is the string's token count)."""
     import torch
@@ -293,10 +364,14 @@ def _context_init(token_embedding: "nn.Embedding", tokenizer: Any, words: str,
     if count < 1:
         raise InputError(f"hparams.ctx_init: {words!r} has no tokens")
     if n_ctx is not None and n_ctx != count:
-        raise InputError(f"hparams.ctx_init: {words!r} is {count} tokens, but hparams.n_ctx is {n_ctx}; leave n_ctx "
-                         "out (the string sets it) or make them agree")  # fmt: skip
+        raise InputError(
+            f"hparams.ctx_init: {words!r} is {count} tokens, but hparams.n_ctx is {n_ctx}; leave n_ctx "
+            "out (the string sets it) or make them agree"
+        )
     with torch.no_grad():
-        embedded = token_embedding(ids.unsqueeze(0).to(token_embedding.weight.device))[0, 1:1 + count].float()
+        embedded = token_embedding(ids.unsqueeze(0).to(token_embedding.weight.device))[
+            0, 1 : 1 + count
+        ].float()
     return count, embedded.cpu().clone()
 
 
@@ -320,14 +395,17 @@ def coop_classnames(hparams: Any, tasks: Sequence[str]) -> list[tuple[str, str]]
     return [prompt_set.class_names(task) for task in tasks]
 
 
-def build_coop_model(usage: str, encoder: "Encoder", hparams: "TrainHParams", tasks: Sequence[str],
-                     seed: int) -> tuple[Any, list[str], dict[str, Any]]:  # fmt: skip
+def build_coop_model(
+    usage: str, encoder: "Encoder", hparams: "TrainHParams", tasks: Sequence[str], seed: int
+) -> tuple[Any, list[str], dict[str, Any]]:
     """:data:`fairfm.adapt.peft_usages.ModelBuilder` of ``coop``: the frozen CLIP of ``encoder`` with a prompt
     learner, the prompt parameters' names (the only trainable ones) and what to record."""
     from fairfm.adapt.seeding import derive_seed
 
     if not hasattr(encoder, "encode_text"):
-        raise InputError(f"model {encoder.card.name!r} has no text encoder: coop needs a vision-language model")
+        raise InputError(
+            f"model {encoder.card.name!r} has no text encoder: coop needs a vision-language model"
+        )
     tokenizer = open_clip_tokenizer(encoder)
     clip = encoder.module
     for parameter in clip.parameters():
@@ -335,14 +413,21 @@ def build_coop_model(usage: str, encoder: "Encoder", hparams: "TrainHParams", ta
     classnames = coop_classnames(hparams, tasks)
     n_ctx = getattr(hparams, "n_ctx", None)  # None: 4, or the ctx_init string's token count
     model = _torch_modules()[1](
-        clip, tokenizer, classnames, name=encoder.card.name,
-        n_ctx=n_ctx, num_prompts=int(getattr(hparams, "num_prompts", 1)),
-        local_prompts=int(getattr(hparams, "local_prompts", 0)), ctx_init=getattr(hparams, "ctx_init", None),
-        ot=str(getattr(hparams, "ot", "none")), ot_eps=float(getattr(hparams, "ot_eps", 0.1)),
+        clip,
+        tokenizer,
+        classnames,
+        name=encoder.card.name,
+        n_ctx=n_ctx,
+        num_prompts=int(getattr(hparams, "num_prompts", 1)),
+        local_prompts=int(getattr(hparams, "local_prompts", 0)),
+        ctx_init=getattr(hparams, "ctx_init", None),
+        ot=str(getattr(hparams, "ot", "none")),
+        ot_eps=float(getattr(hparams, "ot_eps", 0.1)),
         ot_top_percent=float(getattr(hparams, "ot_top_percent", 0.8)),
-        ot_max_iter=int(getattr(hparams, "ot_max_iter", 100)), ot_thresh=float(getattr(hparams, "ot_thresh", 1e-3)),
+        ot_max_iter=int(getattr(hparams, "ot_max_iter", 100)),
+        ot_thresh=float(getattr(hparams, "ot_thresh", 1e-3)),
         seed=derive_seed(seed, "coop:ctx"),
-    )  # fmt: skip
+    )
     trainable = [n for n, _ in model.prompt_learner.named_parameters(prefix="prompt_learner")]
     learner = model.prompt_learner
     meta = {
@@ -352,13 +437,18 @@ def build_coop_model(usage: str, encoder: "Encoder", hparams: "TrainHParams", ta
         "local_prompts": 0 if learner.local_ctx is None else int(learner.local_ctx.shape[0]),
         "ctx_init": getattr(hparams, "ctx_init", None) or f"normal(0, {CTX_INIT_STD})",
         "class_specific_context": False,
-        "classnames": {task: {"negative": neg, "positive": pos} for task, (neg, pos) in zip(tasks, classnames)},
+        "classnames": {
+            task: {"negative": neg, "positive": pos} for task, (neg, pos) in zip(tasks, classnames)
+        },
         "ot": model.ot,
-        **({"ot_settings": {**model.ot_settings, "solver": "ot.partial.entropic_partial_wasserstein (POT)"}}
-           if model.ot != "none" else {}),
+        **(
+            {"ot_settings": {**model.ot_settings, "solver": "ot.partial.entropic_partial_wasserstein (POT)"}}
+            if model.ot != "none"
+            else {}
+        ),
         "shared_parameters": [n for n in trainable if LOCAL_PROMPTS not in n],
         "local_parameters": [n for n in trainable if LOCAL_PROMPTS in n],
-    }  # fmt: skip
+    }
     return model, trainable, meta
 
 
@@ -366,6 +456,8 @@ def refuse_head_wrapping(hooks: Any, method: str | None) -> None:
     """coop has no linear head: refuse a method whose hooks replace it (FIN, DomainInd, the adversarial
     methods), before the model is loaded."""
     if hooks is not None and getattr(hooks, "wrap_head", None) is not None:
-        raise InputError(f"method {method!r} builds on the usage's linear head, and coop has none (its logits are "
-                         "prompt-text similarities); use it with lora, bitfit, vpt, adapter or full_finetune, or a "
-                         "method acting on the loss, rows, optimiser step or backbone with coop")  # fmt: skip
+        raise InputError(
+            f"method {method!r} builds on the usage's linear head, and coop has none (its logits are "
+            "prompt-text similarities); use it with lora, bitfit, vpt, adapter or full_finetune, or a "
+            "method acting on the loss, rows, optimiser step or backbone with coop"
+        )
