@@ -14,6 +14,6 @@ from fairfm.usages.base import (
 )
 
 # The built-in usages register themselves on import (after the registry above exists).
-from fairfm.usages import linear_probe, zero_shot, clip_adaptation, finetune, sam_prompt  # noqa: E402,F401  isort: skip
+from fairfm.usages import linear_probe, zero_shot, clip_adaptation, finetune, sam_prompt, coop  # noqa: E402,F401  isort: skip
 
 __all__ = ["LOOPS", "HParams", "TrainHParams", "Usage", "UsageOutput", "get_usage", "list_usages", "register_usage"]
