@@ -72,11 +72,11 @@ def _register_commands() -> None:
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("PIL", "pydicom", "nibabel", "h5py", "openpyxl"), "data"),
     **dict.fromkeys(("torch", "torchvision", "timm", "open_clip", "transformers", "safetensors", "segment_anything",
-                     "peft", "sklearn", "fairlearn", "geomloss"), "models"),
+                     "peft", "sklearn", "fairlearn", "geomloss", "ot"), "models"),
     **dict.fromkeys(("duckdb", "pydantic", "pydantic_core", "yaml"), "results"),
     "ray": "sweep",
     **dict.fromkeys(("matplotlib", "jinja2", "umap"), "report"),
-    **dict.fromkeys(("flwr", "ot"), "federated"),
+    "flwr": "federated",
 }  # fmt: skip
 
 
