@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -189,16 +190,29 @@ def _check_images_2d(job: FederatedJob) -> None:
 # ------------------------------------------------------------------------------------------------ running
 
 
-def run_federated(fspec: FederatedSpec, store: "Store", *, progress: bool = True,
-                  on_round: RoundCallback | None = None) -> "RunRecord":  # fmt: skip
-    """The stored run of ``fspec``: found in ``store``, or federated, predicted and stored (see the module doc).
-    ``on_round(round, entry)`` is called after every round (progress)."""
+@dataclass
+class FederationPlan:
+    """A checked federation, before anything runs: its job, stored document and run id, the partition, and the
+    strategy's factory."""
+
+    job: FederatedJob
+    document: dict[str, Any]
+    run_id: str
+    clients: list[str]
+    description: dict[str, Any]
+    build_strategy: Callable[[], Any] | None
+    manifest: dict[str, Any]
+
+
+def plan_federation(fspec: FederatedSpec, store: "Store") -> FederationPlan:
+    """Partition and check everything a federation can be refused for (see the module doc, step 2); for a run
+    already stored only the partition is made (``build_strategy`` None)."""
     from fairfm.data.prepare import load_prepared
+    from fairfm.mitigate.runs import group_names
     from fairfm.models import check_model
     from fairfm.runner import check_model_family, resolve_device
 
     run = fspec.run
-    started = time.perf_counter()
     resolved = run.resolve()
     table, manifest = load_prepared(resolved["dataset"])
     tasks, attributes = list(resolved["tasks"]), list(resolved["attributes"])
@@ -207,26 +221,38 @@ def run_federated(fspec: FederatedSpec, store: "Store", *, progress: bool = True
         raise InputError(f"the partition has {len(clients)} client(s); a federation needs at least two")
     document = run_document(fspec, len(clients))
     run_id = federated_run_id(document)
-    if store.exists(run_id):
-        return store.load(run_id)
-    check_model_family(run)
-    check_model(run.model, run.checkpoint, trust_checkpoint=run.trust_checkpoint, **run.model_options)
-    group_attribute = check_clients(fspec, table, clients, assignment, tasks, attributes)
-    build_strategy = strategy_factory(fspec, len(clients))
-    store.check_writable()
-    from fairfm.mitigate.runs import group_names
-
     sample_ids = table["sample_id"].astype(str).to_numpy()
     root = resolved.get("root") or resolved["dataset"]
     job = FederatedJob(run_id=run_id, run_spec=run.model_dump(mode="json"), tasks=tasks, attributes=attributes,
                        dataset=str(resolved["dataset"]), root=str(root), clients=list(clients),
                        client_samples=[sample_ids[assignment == k].tolist() for k in range(len(clients))],
-                       group_attribute=group_attribute,
-                       group_names=group_names(table, group_attribute) if group_attribute else [],
+                       group_attribute=None, group_names=[],
                        rounds=int(fspec.federated.rounds), local_epochs=int(fspec.federated.local_epochs),
-                       workdir=str(Path(store.path) / FEDERATED_DIR / run_id), device=resolve_device(run.device),
+                       workdir=str(Path(store.path) / FEDERATED_DIR / run_id), device="cpu",
                        evaluate_every_round=bool(fspec.federated.evaluate_every_round))  # fmt: skip
+    if store.exists(run_id):
+        return FederationPlan(job, document, run_id, list(clients), description, None, manifest)
+    check_model_family(run)
+    check_model(run.model, run.checkpoint, trust_checkpoint=run.trust_checkpoint, **run.model_options)
+    job.group_attribute = check_clients(fspec, table, clients, assignment, tasks, attributes)
+    job.group_names = group_names(table, job.group_attribute) if job.group_attribute else []
+    job.device = resolve_device(run.device)
+    build_strategy = strategy_factory(fspec, len(clients))
+    store.check_writable()
     _check_images_2d(job)
+    return FederationPlan(job, document, run_id, list(clients), description, build_strategy, manifest)
+
+
+def run_federated(fspec: FederatedSpec, store: "Store", *, progress: bool = True,
+                  on_round: RoundCallback | None = None) -> "RunRecord":  # fmt: skip
+    """The stored run of ``fspec``: found in ``store``, or federated, predicted and stored (see the module doc).
+    ``on_round(round, entry)`` is called after every round (progress)."""
+    started = time.perf_counter()
+    plan = plan_federation(fspec, store)
+    if plan.build_strategy is None:
+        return store.load(plan.run_id)
+    run, job, clients, description, manifest = fspec.run, plan.job, plan.clients, plan.description, plan.manifest
+    run_id, document, build_strategy = plan.run_id, plan.document, plan.build_strategy
     timings: dict[str, float] = {"prepare_s": time.perf_counter() - started}
 
     checkpoint = FederationCheckpoint(job.workdir)
