@@ -183,7 +183,7 @@ class Crash(RuntimeError):
     pass
 
 
-def test_a_crashed_federation_resumes_after_its_last_completed_round(site_dir, clip_dir, tmp_path):
+def test_a_crashed_federation_resumes_after_its_last_completed_round(site_dir, clip_dir, tmp_path, capsys):
     """Two real simulations: the first crashes in round 2 (before its checkpoint), the second resumes — round 1 is
     not trained again — and the stored run equals a sequential, Flower-free replay of the same federation."""
     import dataclasses
@@ -255,3 +255,42 @@ def test_a_crashed_federation_resumes_after_its_last_completed_round(site_dir, c
     assert set(fed["history"][1]["val_auc"]) == {"0", "1"} and fed["strategy"] == "fedavg"
     # Asked again: found in the store, nothing simulated.
     assert run_federated(spec, store, progress=False).run_id == record.run_id
+    # The CLI finds it too and prints the pooled and client-averaged table with the run id.
+    import yaml
+
+    from fairfm.cli import main
+
+    spec_file = tmp_path / "fl.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_data(site_dir, clip_dir)))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fl", "run", str(spec_file), "--store", str(tmp_path / "store"), "--quiet"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"run {record.run_id}" in out and "client-averaged" in out and "pooled" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rounds", "0"], "federated.rounds"),
+    (["--strategy", "fedfancy"], "fedfancy"),
+])  # fmt: skip
+def test_cli_errors_are_one_line_with_exit_code_2(site_dir, clip_dir, tmp_path, capsys, args, message):
+    import yaml
+
+    from fairfm.cli import main
+
+    spec_file = tmp_path / "fl.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_data(site_dir, clip_dir)))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fl", "run", str(spec_file), "--store", str(tmp_path / "store"), "-q", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_cli_names_a_missing_spec_file(tmp_path, capsys):
+    from fairfm.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fl", "run", str(tmp_path / "nope.yaml")])
+    assert exit_info.value.code == 2
+    assert "nope.yaml: spec file not found" in capsys.readouterr().err
