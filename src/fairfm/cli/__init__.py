@@ -66,6 +66,10 @@ def _register_commands() -> None:
 
     app.add_typer(analyze_cli.app, name="analyze")
 
+    from fairfm.cli import fl as fl_cli
+
+    app.add_typer(fl_cli.app, name="fl")
+
 
 #: Top-level module → the extra that installs it (``pip install 'fairfm[EXTRA]'``); checked against pyproject.toml
 #: by tests/test_install.py. A command whose extra is missing says so in one line instead of a traceback.

@@ -17,6 +17,7 @@ RESULTS_VERSIONS: dict[str, int] = {
     "runner": 1,  # fairfm.runner: PredictionTable rows, val/test split handling, how the Report is composed
     "features": 1,  # fairfm.adapt.features: frozen-encoder embeddings (decoding, preprocessing, slices)
     "usage.ensemble": 1,  # fairfm.ensemble: a run derived from stored runs (not a registered usage)
+    "usage.federated": 1,  # fairfm.federated: rounds, client training, pooled/client-averaged views (+ local usage's)
 }
 # A usage's own version is declared where the usage is, in its registration (fairfm.usages: ``results_version``,
 # and ``cached_features`` when its numbers also depend on "features").
