@@ -151,7 +151,8 @@ def test_a_client_without_both_classes_or_a_group_is_refused_before_ray(site_dir
     table.loc[(table["site"] == "south") & (table["split"] == "val"), "label_disease"] = 0
     table.to_parquet(folder / "samples.parquet", index=False)
     spec = FederatedSpec.from_dict(spec_data(folder, clip_dir))
-    with pytest.raises(InputError, match="client 'south': task 'disease' has one class in its val rows"):
+    # the partition refuses it, naming the site, split and missing class
+    with pytest.raises(InputError, match=r"south/val/class 1; every client needs train, val and test rows"):
         plan_federation(spec, Store(tmp_path / "store"))
     table = pd.read_parquet(site_dir / "samples.parquet")
     table = table[~((table["site"] == "north") & (table["group_sex"] == "F"))]

@@ -133,21 +133,30 @@ class ClientModel:
     meta: dict[str, Any]
 
 
+def _hparams(spec: "RunSpec") -> Any:
+    from fairfm.usages import get_usage
+
+    return get_usage(spec.usage).typed_hparams(spec)
+
+
 def build_model(job: FederatedJob, table: pd.DataFrame, device: str = "cpu") -> ClientModel:
     """The usage's model as the central run builds it, seeded from the run's seed (so every client and the server
     start from the same initial tensors), with the method's wrappers applied for ``table``'s rows."""
-    from fairfm.adapt.peft_usages import image_model, model_overrides
+    from fairfm.adapt.peft_usages import model_overrides
     from fairfm.adapt.seeding import derive_seed, seeded
     from fairfm.adapt.train import _apply_model_hooks
     from fairfm.mitigate.runs import loop_setup
     from fairfm.models import create_model, get_model
 
+    from fairfm.usages import get_usage
+
     spec = job.spec()
-    hp = spec.typed_hparams()
+    usage = get_usage(spec.usage)
+    hp = usage.typed_hparams(spec)
     options = {**spec.model_options, **model_overrides(spec.usage, hp, get_model(spec.model).library)}
     with seeded(derive_seed(spec.seed, "fl:model")):
         encoder = create_model(spec.model, spec.checkpoint, trust_checkpoint=spec.trust_checkpoint, **options)
-        model, trainable, meta = image_model(spec.usage, encoder, hp, job.tasks, spec.seed)
+        model, trainable, meta = usage.build_model_fn()(spec.usage, encoder, hp, job.tasks, spec.seed)
         setup = loop_setup(spec, table, job.tasks, "images", hp, device=device)
         hooks = setup.hooks
         if hooks is not None:
@@ -173,7 +182,7 @@ def image_tables(job: FederatedJob, built: ClientModel, table: pd.DataFrame,
     from fairfm.adapt.train import ImageTable, timm_randaugment
 
     spec = job.spec()
-    hp = spec.typed_hparams()
+    hp = _hparams(spec)
     split = table["split"].astype(str).to_numpy()
     randaugment = getattr(hp, "randaugment", None) if spec.usage == "full_finetune" else None
     augment = timm_randaugment(randaugment) if randaugment else None
@@ -253,7 +262,7 @@ def train_client(job: FederatedJob, client: int, server_round: int, global_state
 
     started = time.perf_counter()
     spec = job.spec()
-    hp = spec.typed_hparams()
+    hp = _hparams(spec)
     table = client_table(job, client)
     built = build_model(job, table, job.device)
     shared, local = split_names(built.trainable, patterns)
@@ -300,7 +309,7 @@ def predict_client(job: FederatedJob, client: int, global_state: Mapping[str, An
     """(the client's rows, (N, T) probabilities per split) of the global model with the client's local tensors."""
     from fairfm.adapt.train import predict
 
-    hp = job.spec().typed_hparams()
+    hp = _hparams(job.spec())
     table = client_table(job, client)
     built = build_model(job, table, job.device)
     load_global(built, global_state, local_state)

@@ -56,30 +56,17 @@ HEADLINE = ("auc", "es_auc", "eod", "dpd", "auc_gap")
 
 
 def partition(fspec: FederatedSpec, table: pd.DataFrame) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """(client names, client index per row, description) of the run's rows."""
+    """(client names, client index per row, description) of the run's rows
+    (:func:`fairfm.federated.partition.assign_clients`)."""
+    from fairfm.federated.partition import assign_clients
+
     clients = fspec.federated.clients
-    try:
-        from fairfm.federated.partition import assign_clients
-    except ImportError:  # the partition module is not in this tree yet: sites only
-        assign_clients = None
-    if assign_clients is not None:
-        attribute = clients.attribute
-        if clients.by == "dirichlet_group" and attribute is None:
-            attribute = (fspec.run.attributes or [None])[0]
-        result = assign_clients(table, by=clients.by, n_clients=clients.n_clients, alpha=clients.alpha,
-                                seed=fspec.run.seed, task=clients.task, attribute=attribute)  # fmt: skip
-        return list(result.clients), np.asarray(result.assignment), dict(result.description)
-    if clients.by != "site":
-        raise InputError(f"federated.clients.by: {clients.by!r} needs fairfm.federated.partition (not installed)")
-    if "site" not in table.columns:
-        raise InputError(f"federated.clients.by: site: the dataset has no 'site' column (columns: "
-                         f"{', '.join(map(str, table.columns))})")  # fmt: skip
-    sites = table["site"]
-    if sites.isna().any():
-        raise InputError(f"site: row {int(np.flatnonzero(sites.isna().to_numpy())[0])} has no site")
-    names = sorted(set(sites.astype(str)))
-    index = {name: i for i, name in enumerate(names)}
-    return names, sites.astype(str).map(index).to_numpy(), {"by": "site", "clients": names}
+    attribute = clients.attribute
+    if clients.by == "dirichlet_group" and attribute is None:
+        attribute = (fspec.run.attributes or [None])[0]
+    result = assign_clients(table, by=clients.by, n_clients=clients.n_clients, alpha=clients.alpha,
+                            seed=fspec.run.seed, task=clients.task, attribute=attribute)  # fmt: skip
+    return list(result.clients), np.asarray(result.assignment), dict(result.description)
 
 
 # ------------------------------------------------------------------------------------------------ strategy
@@ -87,27 +74,17 @@ def partition(fspec: FederatedSpec, table: pd.DataFrame) -> tuple[list[str], np.
 
 def strategy_factory(fspec: FederatedSpec, n_clients: int) -> Callable[[], Any]:
     """A function building the spec's strategy (called once here to validate it, once in the ServerApp)."""
+    from fairfm.federated.strategies import make_strategy
+
     block = fspec.federated
     fraction = fspec.fraction_for(n_clients)
-    try:
-        from fairfm.federated.strategies import make_strategy
-    except ImportError:
-        make_strategy = None
-    if make_strategy is not None:
-        def build() -> Any:
-            return make_strategy(block.strategy, params=dict(block.strategy_params), num_rounds=int(block.rounds),
-                                 n_clients=n_clients, fraction=fraction, seed=fspec.run.seed)  # fmt: skip
-    else:  # until the strategies module is in this tree: Flower's FedAvg
-        if block.strategy != "fedavg" or block.strategy_params:
-            raise InputError(f"federated.strategy: {block.strategy!r} needs fairfm.federated.strategies; only "
-                             "fedavg without parameters is available")  # fmt: skip
 
-        def build() -> Any:
-            from flwr.serverapp.strategy import FedAvg
+    def build() -> Any:
+        return make_strategy(block.strategy, params=dict(block.strategy_params), num_rounds=int(block.rounds),
+                             n_clients=n_clients, fraction=fraction, seed=fspec.run.seed,
+                             local_epochs=int(block.local_epochs),
+                             evaluate=bool(block.evaluate_every_round))  # fmt: skip
 
-            return FedAvg(fraction_train=fraction, fraction_evaluate=1.0,
-                          min_train_nodes=max(1, int(math.floor(fraction * n_clients))),
-                          min_evaluate_nodes=n_clients, min_available_nodes=n_clients)  # fmt: skip
     build()  # unknown strategy or parameters: refused now, before Ray
     return build
 

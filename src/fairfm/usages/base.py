@@ -172,6 +172,21 @@ class Usage:
     #: this usage's results version (part of its run ids; :mod:`fairfm.results.versions`): bump it when the same
     #: spec, data and weights would give other numbers; never lower it
     results_version: int = 1
+    #: image loop: ``"module:function"`` building the trainable model (a
+    #: :data:`fairfm.adapt.peft_usages.ModelBuilder`; None: ``image_model``, the PEFT usages' encoder + linear head),
+    #: named by path so that registering a usage imports no torch; the federated clients build it the same way
+    model_builder: Optional[str] = None
+    #: ``"module:function"`` ``(spec) -> hparams`` when the usage completes its hyper-parameters from the spec (e.g.
+    #: class names from the dataset card); None: ``spec.typed_hparams()``
+    hparams_resolver: Optional[str] = None
+
+    def build_model_fn(self) -> Callable[..., Any]:
+        """The model builder of an image-loop usage (see :attr:`model_builder`)."""
+        return _resolve(self.model_builder or "fairfm.adapt.peft_usages:image_model")
+
+    def typed_hparams(self, spec: "RunSpec") -> HParams:
+        """The run's hyper-parameters as this usage reads them (see :attr:`hparams_resolver`)."""
+        return _resolve(self.hparams_resolver)(spec) if self.hparams_resolver else spec.typed_hparams()
 
     def family_refusal(self, model: str, family: str) -> str | None:
         """Why a model of ``family`` cannot serve this usage (the one rule of spec validation and the runner's
@@ -194,9 +209,17 @@ class Usage:
 _USAGES: dict[str, Usage] = {}
 
 
+def _resolve(path: str) -> Callable[..., Any]:
+    import importlib
+
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def register_usage(name: str, *, hparams: type[HParams], trains: bool, loop: str | None,
                    model_family: str | None = None, segmentation: bool = False, cached_features: bool = False,
-                   results_version: int = 1) -> Callable[[UsageFn], UsageFn]:  # fmt: skip
+                   results_version: int = 1, model_builder: str | None = None,
+                   hparams_resolver: str | None = None) -> Callable[[UsageFn], UsageFn]:  # fmt: skip
     """Function decorator: register the usage ``name`` — its hyper-parameter model, the decorated run function and
     what it needs (the fields of :class:`Usage`). Registering the same name again with other code is an error (two
     modules claiming a name)."""
@@ -218,7 +241,8 @@ def register_usage(name: str, *, hparams: type[HParams], trains: bool, loop: str
             raise ValueError(f"usage {name!r} registered twice")
         _USAGES[name] = Usage(name=name, hparams=hparams, run=seeded_run(fn), trains=trains, loop=loop,
                               model_family=model_family, segmentation=segmentation,
-                              cached_features=cached_features, results_version=results_version)  # fmt: skip
+                              cached_features=cached_features, results_version=results_version,
+                              model_builder=model_builder, hparams_resolver=hparams_resolver)  # fmt: skip
         return fn
 
     return decorate

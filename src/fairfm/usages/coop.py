@@ -92,7 +92,9 @@ def coop_hparams(spec: "RunSpec") -> CoOpHParams:
     return hp
 
 
-@register_usage("coop", hparams=CoOpHParams, trains=True, loop="images", model_family="vision-language")
+@register_usage("coop", hparams=CoOpHParams, trains=True, loop="images", model_family="vision-language",
+                model_builder="fairfm.adapt.coop:build_coop_model",
+                hparams_resolver="fairfm.usages.coop:coop_hparams")  # fmt: skip
 def _coop(
     spec: "RunSpec",
     table: pd.DataFrame,
