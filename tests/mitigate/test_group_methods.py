@@ -397,3 +397,30 @@ def test_fairfm_run_fair_lora_on_bitfit_and_lora_and_refusals(synth_dir, clip_di
                                  "bootstrap=0", "--hp", "epochs=1", *extra)  # fmt: skip
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
     assert len(Store(store)) == n_runs
+
+
+def test_shared_singular_values_are_svlora_one_row_and_blind_to_the_group():
+    model = _tiny_clip()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    method = build_method("fair_lora", {"singular_values": "shared"})
+    assert not method.uses_attribute_at_test()
+    hooks = method.training_hooks(_context(np.array([0, 1, 2]), 3, loop="images"))
+    names = hooks.wrap_backbone(model)
+    params = dict(model.named_parameters())
+    s_rows = [params[n] for n in names if n.endswith("lora_S")]
+    assert s_rows and all(s.shape == (1, 12) for s in s_rows)
+    with torch.no_grad():
+        for s in s_rows:
+            s.add_(torch.linspace(0, 1, 12))
+        for n in names:
+            if n.endswith("lora_A"):
+                params[n].normal_(generator=torch.Generator().manual_seed(1))
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for codes in (torch.tensor([0, 1, 2]), torch.tensor([2, 2, 0]), None):
+        hooks.group_context.codes = codes  # what the loop sets: ignored
+        with torch.no_grad():
+            outputs.append(model.encode_image(images))
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+    assert hooks.meta["singular_values"] == "shared" and hooks.meta["groups"] == []

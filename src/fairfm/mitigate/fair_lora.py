@@ -43,6 +43,9 @@ class FairLoRAParams(MethodParams):
     inference: Literal["aware", "blind"] = Field(
         "aware", description="aware: π from the sample's group (the reference; needs the attribute at test time); "
         "blind: uniform π (the mean of the groups' singular values)")  # fmt: skip
+    singular_values: Literal["per_group", "shared"] = Field(
+        "per_group", description="per_group: one row of S per group (FairLoRA); shared: one row for every sample "
+        "(SVLoRA, FairFedMed's --lora_type SVLoRA: no group is read, at training or test time)")  # fmt: skip
 
     @field_validator("rank")
     @classmethod
@@ -61,7 +64,7 @@ class FairLoRA(Method):
                  "(METHODS.md §3.16)")
 
     def uses_attribute_at_test(self) -> bool:
-        return self.params.inference == "aware"
+        return self.params.inference == "aware" and self.params.singular_values == "per_group"
 
     def refusal(self, loop: Loop, usage: str, *, n_groups: int | None = None,
                 model_family: str | None = None) -> str | None:  # fmt: skip
@@ -76,10 +79,12 @@ class FairLoRA(Method):
         return why
 
     def training_hooks(self, context: TrainContext) -> TrainHooks:
-        group_context = GroupContext(context.n_groups)
         params = self.params
+        shared = params.singular_values == "shared"
+        group_context = SharedSingularValues() if shared else GroupContext(context.n_groups)
         hooks = TrainHooks(group_context=group_context, attribute_aware_inference=self.uses_attribute_at_test())
-        hooks.meta = {"inference": params.inference, "groups": list(context.group_names), "rank": params.rank,
+        hooks.meta = {"inference": "none" if shared else params.inference, "singular_values": params.singular_values,
+                      "groups": [] if shared else list(context.group_names), "rank": params.rank,
                       "alpha": params.alpha, "own_group_weight": params.own_group_weight, "init": params.init}
 
         def wrap_backbone(backbone) -> list[str]:
@@ -91,6 +96,22 @@ class FairLoRA(Method):
 
         hooks.wrap_backbone = wrap_backbone
         return hooks
+
+
+class SharedSingularValues(GroupContext):
+    """SVLoRA's context: one row of singular values for every sample. The loops still set the batch's group codes
+    before each forward; they are read as "no group", so S has one row and π = 1 for everyone."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    @property
+    def codes(self) -> None:
+        return None
+
+    @codes.setter
+    def codes(self, value: Any) -> None:  # the loop's group codes do not apply: one shared row
+        pass
 
 
 def _batch_dim(tower: Any, name: str) -> int:
