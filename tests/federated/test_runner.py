@@ -295,3 +295,39 @@ def test_cli_names_a_missing_spec_file(tmp_path, capsys):
         main(["fl", "run", str(tmp_path / "nope.yaml")])
     assert exit_info.value.code == 2
     assert "nope.yaml: spec file not found" in capsys.readouterr().err
+
+
+def test_fair_lora_and_fedotp_clients_send_what_their_strategy_aggregates(site_dir, clip_dir, tmp_path):
+    """Without Ray: a client of a FairLoRA federation sends its S rows with its per-group counts, and a FedOTP
+    (coop) client keeps its local prompts — the strategies' local patterns — and sends only the global ones."""
+    from fairfm.federated.aggregation import fair_lora_average
+    from fairfm.federated.client import train_client
+    from fairfm.federated.runner import initial_arrays, plan_federation
+    from fairfm.federated.spec import FederatedSpec
+    from fairfm.federated.strategies import STRATEGIES
+    from fairfm.results import Store
+
+    data = spec_data(site_dir, clip_dir, strategy="fair_lora")
+    data.update(method="fair_lora", method_params={"rank": 2})
+    plan = plan_federation(FederatedSpec.from_dict(data), Store(tmp_path / "store"))
+    state = initial_arrays(plan.job)
+    updates = [train_client(plan.job, k, 1, state, None, local_epochs=1) for k in range(2)]
+    s_names = [n for n in updates[0].shared if n.endswith("lora_S")]
+    assert s_names and all(updates[0].shared[n].shape == (2, 2) for n in s_names)  # one row per sex group
+    table = pd.read_parquet(site_dir / "samples.parquet")
+    for k, site in enumerate(plan.job.clients):
+        train = table[(table["site"] == site) & (table["split"] == "train")]
+        assert updates[k].metrics["group-counts"] == [int((train["group_sex"] == g).sum()) for g in ("F", "M")]
+    merged = fair_lora_average([u.shared for u in updates], [u.metrics["num-examples"] for u in updates],
+                               np.array([u.metrics["group-counts"] for u in updates]))  # fmt: skip
+    assert set(merged) == set(updates[0].shared)
+
+    data = spec_data(site_dir, clip_dir, strategy="fedotp")
+    data.update(usage="coop", hparams={"batch_size": 32, "lr": 0.01, "optimizer": "sgd", "num_workers": 0,
+                                       "num_prompts": 2, "local_prompts": 1, "n_ctx": 2, "ot": "unbalanced"})
+    plan = plan_federation(FederatedSpec.from_dict(data), Store(tmp_path / "store2"))
+    patterns = ",".join(STRATEGIES["fedotp"].local_patterns)
+    state = initial_arrays(plan.job)
+    update = train_client(plan.job, 0, 1, state, None, local_epochs=1, patterns=patterns)
+    assert list(update.shared) == ["prompt_learner.ctx"] and list(update.local) == ["prompt_learner.local_ctx"]
+    assert not np.allclose(update.shared["prompt_learner.ctx"], state["prompt_learner.ctx"])  # it trained
