@@ -33,8 +33,12 @@ system-deps:
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }; \
 	fi
 
+# Two test processes on the 2-core CI machine (pytest-xdist): every test is independent (its own tmp folders, its
+# own loopback services), and the suite takes half the wall time.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_metrics.py --write BENCHMARKS.md
