@@ -198,10 +198,15 @@ def test_a_crashed_federation_resumes_after_its_last_completed_round(site_dir, c
     from fairfm.results import Store
     from fairfm.runner import report_from_predictions
 
+    from fairfm.federated.aggregation import sample_clients
+
     store = Store(tmp_path / "store")
-    spec = FederatedSpec.from_dict(spec_data(site_dir, clip_dir))
+    # half the clients per round after round 1: the resumed round must train the same site an uninterrupted run
+    # trains (clients are sampled by partition, and node ids are new in every simulation)
+    spec = FederatedSpec.from_dict(spec_data(site_dir, clip_dir, fraction=0.5))
     plan = plan_federation(spec, store)
     job = plan.job
+    (chosen,) = sample_clients(2, 0.5, 2, spec.run.seed)
 
     def crash_in_round_2(server_round, entry):
         if server_round == 2:
@@ -214,16 +219,17 @@ def test_a_crashed_federation_resumes_after_its_last_completed_round(site_dir, c
     seen = []
     record = run_federated(spec, store, progress=False, on_round=lambda r, e: seen.append(r))
     assert seen == [2]
-    for client in range(2):  # round 1 once (first simulation), round 2 twice (crashed, then resumed)
-        assert [entry["round"] for entry in train_log(job, client)] == [1, 2, 2]
+    for client in range(2):  # round 1 once (first simulation); the sampled client: round 2 twice (crash, resume)
+        expected = [1, 2, 2] if client == chosen else [1]
+        assert [entry["round"] for entry in train_log(job, client)] == expected
 
     # The same federation replayed in this process, client by client, FedAvg by hand.
     replay = dataclasses.replace(job, workdir=str(tmp_path / "replay"))
     from fairfm.federated.runner import initial_arrays
 
     state = initial_arrays(replay)
-    for server_round in (1, 2):
-        updates = [train_client(replay, k, server_round, state, None, local_epochs=1) for k in range(2)]
+    for server_round, trained in ((1, (0, 1)), (2, (chosen,))):
+        updates = [train_client(replay, k, server_round, state, None, local_epochs=1) for k in trained]
         weights = np.array([u.metrics["num-examples"] for u in updates], dtype=np.float64)
         state = {name: sum(w * u.shared[name] for w, u in zip(weights / weights.sum(), updates))
                  for name in updates[0].shared}  # fmt: skip
@@ -262,7 +268,7 @@ def test_a_crashed_federation_resumes_after_its_last_completed_round(site_dir, c
     from fairfm.cli import main
 
     spec_file = tmp_path / "fl.yaml"
-    spec_file.write_text(yaml.safe_dump(spec_data(site_dir, clip_dir)))
+    spec_file.write_text(yaml.safe_dump(spec_data(site_dir, clip_dir, fraction=0.5)))
     with pytest.raises(SystemExit) as exit_info:
         main(["fl", "run", str(spec_file), "--store", str(tmp_path / "store"), "--quiet"])
     assert exit_info.value.code == 0
@@ -331,3 +337,23 @@ def test_fair_lora_and_fedotp_clients_send_what_their_strategy_aggregates(site_d
     update = train_client(plan.job, 0, 1, state, None, local_epochs=1, patterns=patterns)
     assert list(update.shared) == ["prompt_learner.ctx"] and list(update.local) == ["prompt_learner.local_ctx"]
     assert not np.allclose(update.shared["prompt_learner.ctx"], state["prompt_learner.ctx"])  # it trained
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"federated": {"strategy": "fair_lora"}}, "'fair_lora' needs method fair_lora with per-group singular values"),
+    ({"federated": {"strategy": "sv_lora"}, "method": "fair_lora", "method_params": {"rank": 2}},
+     "'sv_lora' needs method fair_lora with singular_values: shared"),
+    ({"federated": {"strategy": "fedotp"}}, "'fedotp' needs usage coop with local_prompts ≥ 1"),
+    ({"federated": {"strategy": "lora"}}, "'lora' needs usage lora"),
+    ({"federated": {"strategy": "fedprox"}, "method": "sam"}, "'fedprox' adds its proximal term"),
+])  # fmt: skip
+def test_a_strategy_that_does_not_fit_the_run_is_refused_before_ray(site_dir, clip_dir, tmp_path, change, message):
+    from fairfm.federated.runner import plan_federation
+    from fairfm.federated.spec import FederatedSpec
+    from fairfm.results import Store
+
+    data = spec_data(site_dir, clip_dir)
+    federated = {**data["federated"], **change.pop("federated")}
+    data.update(change, federated=federated)
+    with pytest.raises(InputError, match=message):
+        plan_federation(FederatedSpec.from_dict(data), Store(tmp_path / "store"))

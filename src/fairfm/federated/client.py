@@ -338,7 +338,8 @@ def evaluate_client(job: FederatedJob, client: int, global_state: Mapping[str, A
 
 
 def save_local(job: FederatedJob, client: int, server_round: int, tensors: Mapping[str, np.ndarray]) -> Path:
-    """Write the client's local tensors after ``server_round`` (atomically); older rounds' files are removed."""
+    """Write the client's local tensors after ``server_round`` (atomically). Earlier rounds' files stay: a client
+    that was not sampled in the previous round redoes a crashed round from the newest one before it."""
     from safetensors.numpy import save_file
 
     from fairfm.tableio import atomic_path
@@ -347,9 +348,6 @@ def save_local(job: FederatedJob, client: int, server_round: int, tensors: Mappi
     path = folder / f"local-round-{server_round}.safetensors"
     with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
-    for old in folder.glob("local-round-*.safetensors"):
-        if _round_of(old) < server_round - 1:  # keep the previous round's: a crashed round is redone from it
-            old.unlink(missing_ok=True)
     return path
 
 
@@ -419,6 +417,12 @@ def make_client_app(job: FederatedJob):
             context.state["local"] = _array_record(update.local)
         content = RecordDict({"arrays": _array_record(update.shared), "metrics": MetricRecord(update.metrics)})
         return Message(content=content, reply_to=msg)
+
+    @app.query()
+    def query(msg: Any, context: Any) -> Any:
+        """Which partition (client) this node serves: the server maps partitions to node ids with it."""
+        partition = int(context.node_config["partition-id"])
+        return Message(content=RecordDict({"metrics": MetricRecord({"partition-id": partition})}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Any, context: Any) -> Any:

@@ -215,9 +215,43 @@ def plan_federation(fspec: FederatedSpec, store: "Store") -> FederationPlan:
     job.group_names = group_names(table, job.group_attribute) if job.group_attribute else []
     job.device = resolve_device(run.device)
     build_strategy = strategy_factory(fspec, len(clients))
+    check_strategy_fits(fspec, job, build_strategy())
     store.check_writable()
     _check_images_2d(job)
     return FederationPlan(job, document, run_id, list(clients), description, build_strategy, manifest)
+
+
+#: strategy → (what it aggregates needs, a check of the run spec): a strategy that found nothing of its kind to
+#: aggregate would silently be FedAvg under another name in the stored run.
+def _strategy_needs(run: Any) -> dict[str, tuple[str, bool]]:
+    from fairfm.usages import get_usage
+
+    params = run.method_params or {}
+    shared = params.get("singular_values", "per_group") == "shared"
+    local_prompts = int(getattr(get_usage(run.usage).typed_hparams(run), "local_prompts", 0) or 0)
+    return {
+        "fair_lora": ("method fair_lora with per-group singular values", run.method == "fair_lora" and not shared),
+        "sv_lora": ("method fair_lora with singular_values: shared (SVLoRA)", run.method == "fair_lora" and shared),
+        "lora": ("usage lora (its LoRA tensors are what the strategy averages)", run.usage == "lora"),
+        "prompt_fl": ("usage coop without local prompts", run.usage == "coop" and local_prompts == 0),
+        "fedotp": ("usage coop with local_prompts ≥ 1 (FedOTP's local prompts)",
+                   run.usage == "coop" and local_prompts >= 1),
+    }  # fmt: skip
+
+
+def check_strategy_fits(fspec: FederatedSpec, job: FederatedJob, strategy: Any) -> None:
+    """Refuse, before Ray starts, a strategy whose tensors the run does not train, and FedProx with a method that
+    brings its own optimiser step (the proximal term is added in the step)."""
+    run = fspec.run
+    needs = _strategy_needs(run).get(fspec.federated.strategy)
+    if needs is not None and not needs[1]:
+        raise InputError(f"federated.strategy {fspec.federated.strategy!r} needs {needs[0]}; the run has usage "
+                         f"{run.usage!r} and method {run.method!r}")  # fmt: skip
+    if float(getattr(strategy, "proximal_mu", 0.0)) > 0 and run.method is not None:
+        from fairfm.federated.client import with_proximal
+
+        built = build_model(job, federation_rows(job))
+        with_proximal(built.hooks, float(strategy.proximal_mu), built.model, {}, run.method)
 
 
 def run_federated(fspec: FederatedSpec, store: "Store", *, progress: bool = True,
@@ -243,8 +277,8 @@ def run_federated(fspec: FederatedSpec, store: "Store", *, progress: bool = True
         timings["simulation_s"] = time.perf_counter() - started
         state = checkpoint.load()
         if state is None or state.round < job.rounds:
-            raise RuntimeError(f"the federation stopped after round {0 if state is None else state.round} of "
-                               f"{job.rounds}")  # fmt: skip
+            raise InputError(f"the federation stopped after round {0 if state is None else state.round} of "
+                             f"{job.rounds}; run the same command again to resume from there")  # fmt: skip
 
     def compute():
         from fairfm.metrics.stored import report_extras
@@ -287,15 +321,20 @@ def run_federated(fspec: FederatedSpec, store: "Store", *, progress: bool = True
     return store.run_derived(run_id, document, compute)
 
 
-def initial_arrays(job: FederatedJob) -> dict[str, np.ndarray]:
-    """The global model's trainable tensors before round 1: the model every client builds, seeded from the run's
-    seed, with the method's wrappers applied for the run's rows."""
+def federation_rows(job: FederatedJob) -> pd.DataFrame:
+    """Every client's train, val and test rows of the dataset (what the global model is built for)."""
     from fairfm.federated.client import full_table
 
     table = full_table(job)
     wanted = {s for ids in job.client_samples for s in ids}
     rows = table[table["sample_id"].astype(str).isin(wanted).to_numpy()].reset_index(drop=True)
-    built = build_model(job, rows[rows["split"].astype(str).isin(("train", "val", "test")).to_numpy()])
+    return rows[rows["split"].astype(str).isin(("train", "val", "test")).to_numpy()]
+
+
+def initial_arrays(job: FederatedJob) -> dict[str, np.ndarray]:
+    """The global model's trainable tensors before round 1: the model every client builds, seeded from the run's
+    seed, with the method's wrappers applied for the run's rows."""
+    built = build_model(job, federation_rows(job))
     params = dict(built.model.named_parameters())
     return {name: params[name].detach().cpu().float().numpy().copy() for name in built.trainable}
 

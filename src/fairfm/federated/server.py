@@ -25,8 +25,9 @@ CHECKPOINT_FILE = "global.safetensors"
 _STRATEGY_PREFIX = "strategy::"
 
 
-class FederationError(RuntimeError):
-    """A client failed during a round (its error reply's reason is in the message)."""
+class FederationError(InputError):
+    """A client failed during a round (its error reply's reason is in the message): one line from the CLI, and the
+    same command resumes from the last completed round."""
 
 
 @dataclass
@@ -93,6 +94,21 @@ def _metrics(record: Any) -> dict[str, Any]:
 RoundCallback = Callable[[int, dict[str, Any]], None]
 
 
+def learn_partitions(grid: Any, n_clients: int, timeout: float) -> dict[int, int]:
+    """partition-id → node id of every connected client, asked once per start with a query message. Node ids are
+    new in every simulation (and every deployment start), so a resumed federation must learn them again before it
+    samples its clients by partition — otherwise other sites would train than in an uninterrupted run."""
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+    _, nodes = sample_nodes(grid, n_clients, n_clients)  # waits until every client is connected
+    messages = [Message(content=RecordDict({"config": ConfigRecord({"query": "partition-id"})}), dst_node_id=node,
+                        message_type=MessageType.QUERY) for node in nodes]  # fmt: skip
+    replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
+    _raise_errors(replies, 0, "the partition query")
+    return {int(r.content["metrics"]["partition-id"]): int(r.metadata.src_node_id) for r in replies}
+
+
 def run_rounds(grid: Any, strategy: Any, checkpoint: FederationCheckpoint, initial: Checkpoint, *, rounds: int,
                local_epochs: int, evaluate: bool = True, on_round: RoundCallback | None = None,
                timeout: float = 3600.0) -> Checkpoint:  # fmt: skip
@@ -104,6 +120,8 @@ def run_rounds(grid: Any, strategy: Any, checkpoint: FederationCheckpoint, initi
     state = initial
     if state.strategy_state and hasattr(strategy, "load_strategy_state"):
         strategy.load_strategy_state(state.strategy_state)
+    if hasattr(strategy, "client_nodes"):
+        strategy.client_nodes.update(learn_partitions(grid, int(strategy.n_clients), timeout))
     arrays = array_record(state.arrays)
     for server_round in range(state.round + 1, rounds + 1):
         started = time.perf_counter()

@@ -387,17 +387,20 @@ class FedProxStrategy(FederatedStrategy):
         return float(self.params.mu)  # type: ignore[attr-defined]
 
 
-@register_strategy("lora")
-class LoRAStrategy(FederatedStrategy):
-    description = "plain LoRA: FedAvg of the LoRA tensors (and any other shared trainable tensor)"
-
-
 class _EmaStrategy(FederatedStrategy):
     params_model = EmaParams
+    # FairFedMed trains its LoRA variants on FedOTP's prompt learner: its local prompts stay local here too
+    local_patterns = ("local_ctx",)
 
     @property
     def uses_ema(self) -> bool:
         return bool(self.params.ema)  # type: ignore[attr-defined]
+
+
+@register_strategy("lora")
+class LoRAStrategy(_EmaStrategy):
+    description = ("plain LoRA: FedAvg of the LoRA tensors (and any other shared trainable tensor), then the server "
+                   "EMA, as the reference runs its LoRA baseline (average_weights_EMA)")  # fmt: skip
 
 
 @register_strategy("sv_lora")
