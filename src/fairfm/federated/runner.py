@@ -344,8 +344,9 @@ def simulate(job: FederatedJob, build_strategy: Callable[[], Any], checkpoint: F
     """Flower's simulation engine on this machine (Ray, one CPU per ClientApp), offline."""
     import logging
 
-    for key, value in OFFLINE_ENV.items():
-        os.environ[key] = value
+    # Offline switches for this simulation only (Ray's workers inherit them); the caller's environment is restored.
+    saved_env = {key: os.environ.get(key) for key in (*OFFLINE_ENV, "PYTHONPATH")}
+    os.environ.update(OFFLINE_ENV)
     from flwr.simulation import run_simulation
 
     from fairfm.federated.client import make_client_app
@@ -356,7 +357,6 @@ def simulate(job: FederatedJob, build_strategy: Callable[[], Any], checkpoint: F
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": cpus, "include_dashboard": False, "address": "local",
                              "logging_level": logging.ERROR, "log_to_driver": bool(progress)}}  # fmt: skip
-    python_path = os.environ.get("PYTHONPATH")
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
     if not progress:
@@ -366,10 +366,11 @@ def simulate(job: FederatedJob, build_strategy: Callable[[], Any], checkpoint: F
                        backend_config=backend)  # fmt: skip
     finally:
         flwr_logger.setLevel(level)
-        if python_path is None:  # Flower's Ray backend rewrites PYTHONPATH for its workers
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = python_path
+        for key, value in saved_env.items():  # Flower's Ray backend also rewrites PYTHONPATH for its workers
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # ------------------------------------------------------------------------------------------------ results
