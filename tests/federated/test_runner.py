@@ -357,3 +357,19 @@ def test_a_strategy_that_does_not_fit_the_run_is_refused_before_ray(site_dir, cl
     data.update(change, federated=federated)
     with pytest.raises(InputError, match=message):
         plan_federation(FederatedSpec.from_dict(data), Store(tmp_path / "store"))
+
+
+def test_default_strategy_parameters_and_the_partition_seed_in_the_run_id(site_dir, clip_dir, tmp_path):
+    from fairfm.federated.runner import plan_federation
+    from fairfm.federated.spec import FederatedSpec
+    from fairfm.results import Store
+
+    def run_id(**federated) -> str:
+        return plan_federation(FederatedSpec.from_dict(spec_data(site_dir, clip_dir, **federated)),
+                               Store(tmp_path / "store")).run_id  # fmt: skip
+
+    # FedProx's default μ given or not: one federation; another μ: another
+    assert run_id(strategy="fedprox") == run_id(strategy="fedprox", strategy_params={"mu": 0.5})
+    assert run_id(strategy="fedprox") != run_id(strategy="fedprox", strategy_params={"mu": 0.1})
+    # a partition seed given explicitly is part of the federation
+    assert run_id(clients={"by": "site"}) != run_id(clients={"by": "site", "seed": 7})

@@ -64,8 +64,9 @@ def partition(fspec: FederatedSpec, table: pd.DataFrame) -> tuple[list[str], np.
     attribute = clients.attribute
     if clients.by == "dirichlet_group" and attribute is None:
         attribute = (fspec.run.attributes or [None])[0]
-    result = assign_clients(table, by=clients.by, n_clients=clients.n_clients, alpha=clients.alpha,
-                            seed=fspec.run.seed, task=clients.task, attribute=attribute)  # fmt: skip
+    seed = fspec.run.seed if clients.seed is None else clients.seed
+    result = assign_clients(table, by=clients.by, n_clients=clients.n_clients, alpha=clients.alpha, seed=seed,
+                            task=clients.task, attribute=attribute)  # fmt: skip
     return list(result.clients), np.asarray(result.assignment), dict(result.description)
 
 

@@ -62,6 +62,8 @@ class ClientsSpec(_Strict):
     task: Optional[str] = Field(None, description="dirichlet_label: the task whose labels skew (null: the first)")
     attribute: Optional[str] = Field(None, description="dirichlet_group: the attribute whose groups skew "
                                      "(null: the run's first)")
+    seed: Optional[int] = Field(None, description="the partition's seed (null: the run's seed); fix it to repeat "
+                                "training seeds over one partition")
 
 
 class FederatedBlock(_Strict):
@@ -183,8 +185,13 @@ class FederatedSpec:
         return 1.0
 
     def resolved_block(self, n_clients: int) -> dict[str, Any]:
-        """The federated block as it runs (part of the run id)."""
+        """The federated block as it runs (part of the run id): the strategy's parameters validated with their
+        defaults filled in, so ``{}`` and ``{mu: 0.5}`` for FedProx are one federation."""
+        from fairfm.federated.strategies import validate_params
+
         block = self.federated.model_dump(mode="json")
+        block["strategy_params"] = validate_params(self.federated.strategy,
+                                                   self.federated.strategy_params).model_dump(mode="json")
         block["fraction"] = self.fraction_for(n_clients)
         block["n_clients"] = int(n_clients)
         return block
