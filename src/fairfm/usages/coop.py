@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from fairfm.usages.base import TrainHParams, UsageOutput, register_usage
+from fairfm.usages.zero_shot import two_class_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,12 +66,7 @@ class CoOpHParams(TrainHParams):
     warmup_epochs: float = Field(1, ge=0)
     weight_decay: float = Field(5e-4, ge=0)
 
-    @field_validator("classnames")
-    @classmethod
-    def _two_classes(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(value) != 2:
-            raise ValueError(f"expected 2 class names [negative, positive], got {len(value)}")
-        return value
+    _two_classes = field_validator("classnames")(two_class_names)
 
     @model_validator(mode="after")
     def _a_shared_prompt(self) -> "CoOpHParams":

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from fairfm.spec import RunSpec
 
 
+def two_class_names(value: list[str] | None) -> list[str] | None:
+    """``classnames`` of a binary task: [negative, positive] (shared by every usage that prompts with them)."""
+    if value is not None and len(value) != 2:
+        raise ValueError(f"expected 2 class names [negative, positive], got {len(value)}")
+    return value
+
+
 class _ZeroShotPrompts(HParams):
     templates: Optional[list[str]] = Field(None, description="prompt templates with '{}' (null: the dataset's)")
     classnames: Optional[list[str]] = Field(None, description="[negative, positive] class names (null: dataset's)")
@@ -32,12 +39,7 @@ class _ZeroShotPrompts(HParams):
                 raise ValueError(f"template {template!r} has no '{{}}' slot for the class name")
         return value
 
-    @field_validator("classnames")
-    @classmethod
-    def _two_classes(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(value) != 2:
-            raise ValueError(f"expected 2 class names [negative, positive], got {len(value)}")
-        return value
+    _two_classes = field_validator("classnames")(two_class_names)
 
 
 class ZeroShotHParams(_ZeroShotPrompts):
