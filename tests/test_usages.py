@@ -235,3 +235,15 @@ def test_every_usage_runs_the_training_loop_it_declares(usage, synth_dir, clip_d
     except _LoopReached as exc:
         ran = exc.args[0]
     assert ran == get_usage(usage).loop
+
+
+def test_prompting_usages_refuse_class_names_that_are_not_a_negative_positive_pair():
+    import pydantic
+
+    from fairfm.usages.coop import CoOpHParams
+    from fairfm.usages.zero_shot import ZeroShotHParams
+
+    for model in (ZeroShotHParams, CoOpHParams):
+        with pytest.raises(pydantic.ValidationError, match=r"expected 2 class names \[negative, positive\], got 3"):
+            model(classnames=["no finding", "effusion", "edema"])
+        assert model(classnames=["no finding", "effusion"]).classnames == ["no finding", "effusion"]
